@@ -1,0 +1,78 @@
+// Model file readers: safetensors (single or sharded), GGUF, PyTorch zip checkpoints
+// (.ckpt/.pt/.pth, through a restricted unpickler) and diffusers folders.
+//
+// Every reader memory-maps its files and only describes tensors: name, type, shape and where
+// the bytes are. Nothing is copied or converted here. Every offset and size is checked against
+// the file before a record is returned, so a consumer may read [offset, offset + nbytes) of
+// `file->data` without further checks.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ggml.h"
+
+namespace sd {
+
+// Read-only memory map of a whole file (RAII).
+class MappedFile {
+public:
+    explicit MappedFile(const std::string & path);  // throws sd::Error (Io) on failure
+    ~MappedFile();
+    MappedFile(const MappedFile &) = delete;
+    MappedFile & operator=(const MappedFile &) = delete;
+
+    const std::string & path() const { return path_; }
+    const uint8_t * data() const { return data_; }
+    uint64_t size() const { return size_; }
+
+private:
+    std::string path_;
+    const uint8_t * data_ = nullptr;
+    uint64_t size_ = 0;
+#if defined(_WIN32)
+    void * file_handle_ = nullptr;
+    void * mapping_handle_ = nullptr;
+#endif
+};
+
+// Element type of a stored tensor. Quantized and other ggml-native types come from GGUF and are
+// described by `ggml_type` with dtype == Ggml.
+enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, Bool, Ggml };
+
+const char * dtype_name(DType dtype, ggml_type type);  // "f32", "bf16", "q8_0", ...
+
+struct TensorRecord {
+    std::string name;            // as stored (diffusers: "<component>/<name>", e.g. "unet/conv_in.weight")
+    DType dtype = DType::F32;
+    ggml_type type = GGML_TYPE_COUNT;  // for DType::Ggml; for F32/F16/BF16 the matching ggml type
+    std::vector<int64_t> shape;  // outermost first (torch order); GGUF ne[] is reversed into this
+    std::shared_ptr<const MappedFile> file;
+    uint64_t offset = 0;  // byte offset of the first element in file->data()
+    uint64_t nbytes = 0;  // == element count x type size (blocks for quantized types), checked
+
+    int64_t numel() const;
+};
+
+struct ModelFile {
+    std::string path;    // what the caller opened (file or folder)
+    std::string format;  // "safetensors", "gguf", "torch", "diffusers"
+    std::vector<TensorRecord> tensors;  // unique names, file order
+    // Text metadata: safetensors __metadata__, GGUF key/values rendered as text (arrays as JSON),
+    // diffusers config files as "<component>/config.json" and "model_index.json" with their JSON text.
+    std::vector<std::pair<std::string, std::string>> metadata;
+    std::vector<std::shared_ptr<const MappedFile>> files;  // every file mapped for this model
+
+    const TensorRecord * find(const std::string & name) const;
+    const std::string * meta(const std::string & key) const;
+};
+
+// Opens any supported format, deciding by content (magic bytes / zip signature / folder layout),
+// not by extension alone. Throws sd::Error: Io (cannot open/map), ModelFormat (corrupt, truncated,
+// inconsistent), UnsupportedModel (well-formed but a dtype or feature we do not read). Messages
+// name the file and say what was found and what was expected.
+ModelFile open_model_file(const std::string & path);
+
+}  // namespace sd
