@@ -1,0 +1,47 @@
+// The one name table: every accepted spelling of a Stable Diffusion tensor name (original LDM
+// checkpoints, diffusers folders and single files, stable-diffusion.cpp GGUF files, standalone
+// VAE and text-encoder files) maps to one canonical set, per component.
+//
+// Canonical names (the engine's graphs only ever see these):
+//   unet:           LDM names without prefix      "input_blocks.1.0.in_layers.0.weight"
+//   vae:            LDM names without prefix      "decoder.up.0.block.0.conv1.weight"
+//   text_encoder:   HF CLIP names without prefix  "text_model.encoder.layers.0.self_attn.q_proj.weight"
+//   text_encoder_2: same HF CLIP naming (SDXL's OpenCLIP bigG, converted)
+// OpenCLIP tensors (SD2.x, SDXL) are renamed to the HF CLIP spelling; a fused in_proj is split
+// into q/k/v views (rows are outermost, so each third is a contiguous byte range).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model-file.h"
+
+namespace sd {
+
+enum class Component { Unet, Vae, TextEncoder, TextEncoder2 };
+const char * component_name(Component c);  // "unet", "vae", "text_encoder", "text_encoder_2"
+
+// A canonical tensor: a view of (part of) a stored tensor.
+struct CanonicalTensor {
+    Component component;
+    std::string name;             // canonical, without component prefix
+    const TensorRecord * source;  // the stored tensor (owned by the ModelFile)
+    std::vector<int64_t> shape;   // canonical shape, outermost first (may differ from source only by reshape/slice)
+    uint64_t offset = 0;          // byte offset inside source's bytes (non-zero for split q/k/v)
+    uint64_t nbytes = 0;          // bytes of this view
+};
+
+struct CanonicalModel {
+    std::vector<CanonicalTensor> tensors;
+    std::vector<std::string> ignored;  // stored names deliberately skipped (EMA copies, optimizer state, position_ids, ...)
+    std::vector<std::string> unknown;  // stored names the table does not know (reported, not fatal)
+
+    const CanonicalTensor * find(Component c, const std::string & name) const;
+    bool has(Component c) const;
+};
+
+// Normalizes every tensor of `file`. Throws ModelFormat on contradictions (two stored tensors
+// mapping to one canonical name, a fused qkv whose rows do not split in three).
+CanonicalModel canonicalize(const ModelFile & file);
+
+}  // namespace sd
