@@ -42,7 +42,22 @@ private:
 // described by `ggml_type` with dtype == Ggml.
 enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, Bool, Ggml };
 
-const char * dtype_name(DType dtype, ggml_type type);  // "f32", "bf16", "q8_0", ...
+inline const char * dtype_name(DType dtype, ggml_type type) {  // "f32", "bf16", "q8_0", ...
+    switch (dtype) {
+        case DType::F64: return "f64";
+        case DType::F32: return "f32";
+        case DType::F16: return "f16";
+        case DType::BF16: return "bf16";
+        case DType::I64: return "i64";
+        case DType::I32: return "i32";
+        case DType::I16: return "i16";
+        case DType::I8: return "i8";
+        case DType::U8: return "u8";
+        case DType::Bool: return "bool";
+        case DType::Ggml: return ggml_type_name(type);
+    }
+    return "unknown";
+}
 
 struct TensorRecord {
     std::string name;            // as stored (diffusers: "<component>/<name>", e.g. "unet/conv_in.weight")
@@ -53,7 +68,11 @@ struct TensorRecord {
     uint64_t offset = 0;  // byte offset of the first element in file->data()
     uint64_t nbytes = 0;  // == element count x type size (blocks for quantized types), checked
 
-    int64_t numel() const;
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int64_t d : shape) n *= d;
+        return n;
+    }
 };
 
 struct ModelFile {
@@ -65,8 +84,14 @@ struct ModelFile {
     std::vector<std::pair<std::string, std::string>> metadata;
     std::vector<std::shared_ptr<const MappedFile>> files;  // every file mapped for this model
 
-    const TensorRecord * find(const std::string & name) const;
-    const std::string * meta(const std::string & key) const;
+    const TensorRecord * find(const std::string & name) const {
+        for (const auto & t : tensors) if (t.name == name) return &t;
+        return nullptr;
+    }
+    const std::string * meta(const std::string & key) const {
+        for (const auto & kv : metadata) if (kv.first == key) return &kv.second;
+        return nullptr;
+    }
 };
 
 // Opens any supported format, deciding by content (magic bytes / zip signature / folder layout),
