@@ -6,6 +6,7 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "log.h"
 
 #if defined(SDNODE_BACKEND_DL)
 #  if defined(_WIN32)
@@ -43,10 +44,24 @@ std::string own_directory() {
 
 std::once_flag g_backends_once;
 
+// ggml's own messages (backend loading, allocation) go through our log hook, at our levels.
+void forward_ggml_log(ggml_log_level level, const char * text, void *) {
+    if (!text) return;
+    std::string msg(text);
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
+    if (msg.empty()) return;
+    LogLevel ours = LogLevel::Debug;
+    if (level == GGML_LOG_LEVEL_ERROR) ours = LogLevel::Error;
+    else if (level == GGML_LOG_LEVEL_WARN) ours = LogLevel::Warn;
+    else if (level == GGML_LOG_LEVEL_INFO) ours = LogLevel::Info;
+    log(ours, "ggml: " + msg);
+}
+
 }  // namespace
 
 void init_backends() {
     std::call_once(g_backends_once, [] {
+        ggml_log_set(forward_ggml_log, nullptr);
 #if defined(SDNODE_BACKEND_DL)
         ggml_backend_load_all_from_path(own_directory().c_str());
 #endif

@@ -1,0 +1,153 @@
+/**
+ * The native boundary, typed in one place. Everything the C++ addon exports is declared here;
+ * the rest of lib/ only talks to the addon through {@link native} and {@link callNative}.
+ * @module
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NativeLoadError, fromNative } from './errors.ts';
+
+/** Root of the installed package (lib/ or dist/ sit one level below it). */
+export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+// ------------------------------------------------------------------ shapes crossing the boundary
+
+export interface NativeDevice {
+  name: string;
+  description: string;
+  backend: string;
+  type: 'cpu' | 'gpu' | 'igpu' | 'accel';
+  memoryTotal: number;
+  memoryFree: number;
+}
+
+export interface NativeSystemInfo {
+  ggmlVersion: string;
+  ggmlCommit: string;
+  dynamicBackends: boolean;
+  defaultThreads: number;
+  backends: string[];
+  devices: NativeDevice[];
+  cpuFeatures: Record<string, string>;
+}
+
+export interface NativeUnetParams {
+  inChannels: number;
+  outChannels: number;
+  modelChannels: number;
+  channelMult: number[];
+  numResBlocks: number[];
+  transformerDepth: number[];
+  transformerDepthMiddle: number;
+  hasMiddleBlock: boolean;
+  contextDim: number;
+  numHeads: number;
+  numHeadChannels: number;
+  useLinearProjection: boolean;
+  admInChannels: number;
+  timeEmbedDim: number;
+  prediction: 'eps' | 'v';
+  variant: string;
+}
+
+export interface NativeVaeParams {
+  hasEncoder: boolean;
+  hasDecoder: boolean;
+  ch: number;
+  channelMult: number[];
+  numResBlocks: number;
+  zChannels: number;
+  inChannels: number;
+  scaleFactor: number;
+}
+
+export interface NativeTextEncoderParams {
+  kind: string;
+  width: number;
+  layers: number;
+  heads: number;
+  intermediate: number;
+  vocab: number;
+  maxPositions: number;
+  projectionDim: number;
+  activation: string;
+}
+
+export interface NativeModelInfo {
+  format: 'safetensors' | 'gguf' | 'torch' | 'diffusers';
+  architecture: 'sd1' | 'sd2' | 'sdxl' | 'sdxl-refiner' | 'unknown';
+  components: string[];
+  parameters: { unet: number; vae: number; textEncoder: number; textEncoder2: number };
+  dtypes: Record<string, number>;
+  unet: NativeUnetParams | null;
+  vae: NativeVaeParams | null;
+  textEncoder: NativeTextEncoderParams | null;
+  textEncoder2: NativeTextEncoderParams | null;
+  tensorCount: number;
+  unknownTensors: string[];
+  ignoredTensors: number;
+  metadata: Record<string, string>;
+  warnings: string[];
+}
+
+export interface NativeAddon {
+  /** sdnode's version as compiled into the addon. */
+  version: string;
+  systemInfo(): NativeSystemInfo;
+  inspectModel(path: string): Promise<NativeModelInfo>;
+}
+
+// ------------------------------------------------------------------ loading
+
+let loaded: NativeAddon | undefined;
+let loadError: unknown;
+
+function load(): NativeAddon {
+  const require = createRequire(import.meta.url);
+  const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+  return nodeGypBuild(packageRoot) as NativeAddon;
+}
+
+/** The addon, loaded on first use. Throws {@link NativeLoadError} with what to do when it cannot load. */
+export function native(): NativeAddon {
+  if (loaded) return loaded;
+  if (loadError === undefined) {
+    try {
+      loaded = load();
+      return loaded;
+    } catch (e) {
+      loadError = e;
+    }
+  }
+  const reason = loadError instanceof Error ? loadError.message : String(loadError);
+  throw new NativeLoadError(
+    `sdnode's native addon could not be loaded for ${process.platform}-${process.arch} (Node ${process.version}): ${reason}\n` +
+      `No prebuilt binary matched and no source build was found. Build it with \`npm rebuild sdnode\` ` +
+      `(needs cmake, a C++17 compiler and git), or see the README's build section.`,
+    { cause: loadError },
+  );
+}
+
+/**
+ * Calls into the addon and turns native failures into typed errors (see lib/errors.ts). For
+ * async calls the typed error is created after the await, so its stack is the caller's.
+ */
+export async function callNative<T>(fn: (addon: NativeAddon) => Promise<T> | T): Promise<T> {
+  const addon = native();
+  try {
+    return await fn(addon);
+  } catch (e) {
+    throw fromNative(e);
+  }
+}
+
+/** Synchronous variant of {@link callNative}. */
+export function callNativeSync<T>(fn: (addon: NativeAddon) => T): T {
+  const addon = native();
+  try {
+    return fn(addon);
+  } catch (e) {
+    throw fromNative(e);
+  }
+}

@@ -1,0 +1,29 @@
+/**
+ * sdnode: Stable Diffusion for Node.js.
+ * @module
+ */
+export { systemInfo, type SystemInfo, type DeviceInfo } from './system.ts';
+export {
+  inspectModel,
+  type ModelInspection,
+  type Architecture,
+  type ModelFormat,
+  type ComponentName,
+  type UnetHyperparameters,
+  type VaeHyperparameters,
+  type TextEncoderHyperparameters,
+} from './inspect.ts';
+export {
+  SdError,
+  InvalidArgumentError,
+  ModelFormatError,
+  UnsupportedModelError,
+  AbortError,
+  IoError,
+  OutOfMemoryError,
+  DisposedError,
+  NativeLoadError,
+  InternalError,
+  type SdErrorCode,
+} from './errors.ts';
+export { version } from './version.ts';

@@ -1,0 +1,68 @@
+import { callNativeSync, native } from './binding.ts';
+import { version as packageVersion } from './version.ts';
+
+/** A compute device ggml found. */
+export interface DeviceInfo {
+  /** ggml's device name, e.g. `"CPU"`, `"CUDA0"`, `"Vulkan0"`. */
+  name: string;
+  /** Human-readable description, e.g. the CPU or GPU model. */
+  description: string;
+  /** The backend that drives it: `"CPU"`, `"CUDA"`, `"Vulkan"`, `"Metal"`, ... */
+  backend: string;
+  type: 'cpu' | 'gpu' | 'igpu' | 'accel';
+  /** Total device memory in bytes (0 when unknown). */
+  memoryTotal: number;
+  /** Free device memory in bytes at the time of the call (0 when unknown). */
+  memoryFree: number;
+}
+
+/** What {@link systemInfo} reports. */
+export interface SystemInfo {
+  /** This package's version. */
+  sdnodeVersion: string;
+  /** The version compiled into the native addon (equals `sdnodeVersion` unless the install is mixed). */
+  addonVersion: string;
+  ggmlVersion: string;
+  ggmlCommit: string;
+  /** Backends compiled in (or loaded as modules in a portable build), e.g. `["CPU"]` or `["CUDA", "CPU"]`. */
+  backends: string[];
+  devices: DeviceInfo[];
+  /** CPU features the CPU backend uses, e.g. `["AVX2", "F16C", "FMA"]`. */
+  cpuFeatures: string[];
+  /** Threads used when `threads` is not given. */
+  defaultThreads: number;
+  /** True for portable builds, whose CPU variant and backends are picked at run time. */
+  dynamicBackends: boolean;
+  platform: string;
+  arch: string;
+  nodeVersion: string;
+}
+
+/**
+ * Versions, compiled backends, devices and CPU features.
+ * @example
+ * ```ts
+ * import { systemInfo } from 'sdnode';
+ * const info = systemInfo();
+ * console.log(info.backends, info.devices.map((d) => d.description));
+ * ```
+ */
+export function systemInfo(): SystemInfo {
+  const n = callNativeSync((a) => a.systemInfo());
+  return {
+    sdnodeVersion: packageVersion,
+    addonVersion: native().version,
+    ggmlVersion: n.ggmlVersion,
+    ggmlCommit: n.ggmlCommit,
+    backends: n.backends,
+    devices: n.devices,
+    cpuFeatures: Object.entries(n.cpuFeatures)
+      .filter(([, v]) => v !== '0' && v !== '')
+      .map(([k, v]) => (v === '1' ? k : `${k}=${v}`)),
+    defaultThreads: n.defaultThreads,
+    dynamicBackends: n.dynamicBackends,
+    platform: process.platform,
+    arch: process.arch,
+    nodeVersion: process.version,
+  };
+}

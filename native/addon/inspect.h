@@ -1,0 +1,7 @@
+#pragma once
+#include <napi.h>
+
+namespace sdnode {
+// inspectModel(path: string): Promise<NativeModelInfo> (shape in lib/binding.ts)
+Napi::Value InspectModel(const Napi::CallbackInfo & info);
+}  // namespace sdnode
