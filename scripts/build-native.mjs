@@ -42,9 +42,33 @@ export function buildNative(extraArgs = [], { portable = process.env.SDNODE_PORT
   }
 }
 
+
+/**
+ * Builds only the engine and ggml as static libraries with plain cmake, for binding.gyp: node-gyp
+ * (and tools that only know node-gyp, like @electron/rebuild) then compiles and links the addon
+ * glue itself against them. Prints nothing on stdout (gyp reads action output from files).
+ */
+export function buildEngineOnly(outDir) {
+  const src = ggmlSource();
+  if (src.kind !== 'source') throw new Error('sdnode: binding.gyp builds need a ggml source tree (SDNODE_GGML_DIR must not be an install prefix)');
+  const jobs = process.env.SDNODE_BUILD_JOBS || String(os.availableParallelism?.() ?? os.cpus().length);
+  const run = (args) => {
+    const r = spawnSync('cmake', args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+    if (r.status !== 0) throw new Error(`sdnode: cmake ${args.join(' ')} failed (exit ${r.status ?? r.signal})`);
+  };
+  run([
+    '-S', root, '-B', outDir, '-DCMAKE_BUILD_TYPE=Release', '-DSDNODE_ENGINE_ONLY=ON',
+    `-DSDNODE_GGML_SOURCE_DIR=${src.dir}`, '-DGGML_OPENMP=OFF',
+    ...(process.env.SDNODE_NATIVE === '0' ? ['-DSDNODE_NATIVE=OFF'] : []),
+  ]);
+  run(['--build', outDir, '--config', 'Release', '--parallel', jobs, '--target', 'sd_engine', 'ggml', 'ggml-base', 'ggml-cpu']);
+}
+
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   try {
-    buildNative(process.argv.slice(2));
+    const args = process.argv.slice(2);
+    if (args[0] === '--engine-only') buildEngineOnly(path.resolve(args[1] ?? path.join(root, 'build', 'engine')));
+    else buildNative(args);
   } catch (e) {
     process.stderr.write(`${e.message}\n`);
     process.exit(1);
