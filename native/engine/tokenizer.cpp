@@ -218,12 +218,17 @@ std::vector<int32_t> ClipTokenizer::bpe(const std::string & word) const {
     return ids;
 }
 
-const std::vector<int32_t> & ClipTokenizer::word_ids(const std::string & word) const {
+std::vector<int32_t> ClipTokenizer::word_ids(const std::string & word) const {
+    {
+        std::lock_guard<std::mutex> lock(cache_mutex_);
+        auto it = cache_.find(word);
+        if (it != cache_.end()) return it->second;
+    }
+    std::vector<int32_t> ids = bpe(word);
     std::lock_guard<std::mutex> lock(cache_mutex_);
-    auto it = cache_.find(word);
-    if (it != cache_.end()) return it->second;
     if (cache_.size() >= kMaxCachedWords) cache_.clear();
-    return cache_.emplace(word, bpe(word)).first->second;
+    cache_.emplace(word, ids);
+    return ids;
 }
 
 std::vector<int32_t> ClipTokenizer::encode(const std::string & text) const {
@@ -231,7 +236,7 @@ std::vector<int32_t> ClipTokenizer::encode(const std::string & text) const {
     std::vector<int32_t> ids;
     auto encode_plain = [&](const std::string & part) {
         for (const auto & word : split_words(part)) {
-            const auto & word_tokens = word_ids(word);
+            const auto word_tokens = word_ids(word);
             ids.insert(ids.end(), word_tokens.begin(), word_tokens.end());
         }
     };

@@ -16,7 +16,6 @@
 // "<|startoftext|>" and "<|endoftext|>" in a prompt become their special ids.
 #pragma once
 #include <cstdint>
-#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -65,8 +64,9 @@ public:
     int32_t token_id(const std::string & piece) const;
 
 private:
-    // The BPE of one word (raw bytes, already lowercased), as ids; cached.
-    const std::vector<int32_t> & word_ids(const std::string & word) const;
+    // The BPE of one word (raw bytes, already lowercased), as ids; cached. A copy, since
+    // another thread may clear the cache meanwhile.
+    std::vector<int32_t> word_ids(const std::string & word) const;
     std::vector<int32_t> bpe(const std::string & word) const;
 
     int32_t pad_token_;

@@ -10,7 +10,6 @@
 #include <dirent.h>
 #include <fstream>
 #include <map>
-#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
