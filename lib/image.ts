@@ -1,0 +1,172 @@
+/**
+ * PNG output with text metadata, and a small PNG reader for round trips. 8-bit RGB only is
+ * written; the reader accepts 8-bit gray, RGB and RGBA without interlace (what sdnode and most
+ * tools write).
+ * @module
+ */
+import { deflateSync, inflateSync } from 'node:zlib';
+import { InvalidArgumentError } from './errors.ts';
+
+const SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+export function crc32(data: Uint8Array, crc = 0): number {
+  let c = ~crc >>> 0;
+  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+function chunk(type: string, data: Uint8Array): Buffer {
+  const head = Buffer.alloc(8);
+  head.writeUInt32BE(data.length, 0);
+  head.write(type, 4, 'latin1');
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(data, crc32(head.subarray(4, 8))), 0);
+  return Buffer.concat([head, data, crc]);
+}
+
+/** Text chunks: Latin-1 text goes in tEXt (what A1111 readers expect); anything else in iTXt as UTF-8. */
+function textChunk(key: string, value: string): Buffer {
+  if (!/^[\x20-\x7e\xa1-\xff]{1,79}$/.test(key)) {
+    throw new InvalidArgumentError(`PNG text key must be 1-79 Latin-1 characters; received ${JSON.stringify(key)}`);
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/^[\x00-\xff]*$/.test(value)) return chunk('tEXt', Buffer.concat([Buffer.from(key, 'latin1'), Buffer.from([0]), Buffer.from(value, 'latin1')]));
+  return chunk(
+    'iTXt',
+    Buffer.concat([Buffer.from(key, 'latin1'), Buffer.from([0, 0, 0, 0, 0]), Buffer.from(value, 'utf8')]),
+  );
+}
+
+/**
+ * Encodes 8-bit RGB pixels (row-major, `width * height * 3` bytes) as PNG with optional text
+ * chunks (e.g. `{ parameters: '...' }`, the key A1111 and stable-diffusion.cpp use).
+ */
+export function encodePNG(
+  pixels: Uint8Array,
+  width: number,
+  height: number,
+  text: Record<string, string> = {},
+  channels: 3 | 4 = 3,
+): Buffer {
+  if (!Number.isSafeInteger(width) || !Number.isSafeInteger(height) || width < 1 || height < 1) {
+    throw new InvalidArgumentError(`PNG size must be positive integers; received ${width}x${height}`);
+  }
+  const stride = width * channels;
+  if (pixels.length !== stride * height) {
+    throw new InvalidArgumentError(
+      `PNG pixel data must be ${stride * height} bytes for ${width}x${height}x${channels}; received ${pixels.length}`,
+    );
+  }
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = channels === 3 ? 2 : 6; // color type: RGB / RGBA
+  // Filter each row with "Sub" (type 1): cheap and compresses photos well.
+  const raw = Buffer.alloc((stride + 1) * height);
+  for (let y = 0; y < height; y++) {
+    const o = y * (stride + 1);
+    const row = y * stride;
+    raw[o] = 1;
+    for (let x = 0; x < stride; x++) {
+      const left = x >= channels ? pixels[row + x - channels] : 0;
+      raw[o + 1 + x] = (pixels[row + x] - left) & 0xff;
+    }
+  }
+  const parts = [SIGNATURE, chunk('IHDR', ihdr)];
+  for (const [k, v] of Object.entries(text)) parts.push(textChunk(k, v));
+  parts.push(chunk('IDAT', deflateSync(raw, { level: 6 })), chunk('IEND', new Uint8Array(0)));
+  return Buffer.concat(parts);
+}
+
+/** A decoded PNG: pixels row-major, `channels` bytes per pixel. */
+export interface DecodedPNG {
+  width: number;
+  height: number;
+  channels: 1 | 3 | 4;
+  data: Uint8Array;
+  text: Record<string, string>;
+}
+
+function paeth(a: number, b: number, c: number): number {
+  const p = a + b - c;
+  const pa = Math.abs(p - a);
+  const pb = Math.abs(p - b);
+  const pc = Math.abs(p - c);
+  return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+
+/** Decodes an 8-bit, non-interlaced gray/RGB/RGBA PNG and its text chunks. */
+export function decodePNG(png: Uint8Array): DecodedPNG {
+  const buf = Buffer.from(png.buffer, png.byteOffset, png.byteLength);
+  const bad = (why: string): never => {
+    throw new InvalidArgumentError(`not a PNG sdnode can read: ${why}`);
+  };
+  if (buf.length < 8 || !buf.subarray(0, 8).equals(SIGNATURE)) bad('missing PNG signature');
+  let pos = 8;
+  let width = 0;
+  let height = 0;
+  let channels: 1 | 3 | 4 = 3;
+  const idat: Buffer[] = [];
+  const text: Record<string, string> = {};
+  while (pos + 12 <= buf.length) {
+    const len = buf.readUInt32BE(pos);
+    const type = buf.toString('latin1', pos + 4, pos + 8);
+    if (pos + 12 + len > buf.length) bad(`chunk ${type} runs past the end`);
+    const data = buf.subarray(pos + 8, pos + 8 + len);
+    if (crc32(data, crc32(buf.subarray(pos + 4, pos + 8))) !== buf.readUInt32BE(pos + 8 + len)) bad(`chunk ${type} CRC mismatch`);
+    if (type === 'IHDR') {
+      width = data.readUInt32BE(0);
+      height = data.readUInt32BE(4);
+      if (data[8] !== 8) bad(`bit depth ${data[8]}`);
+      const ct = data[9];
+      channels = ct === 0 ? 1 : ct === 2 ? 3 : ct === 6 ? 4 : bad(`color type ${ct}`);
+      if (data[12] !== 0) bad('interlaced');
+    } else if (type === 'IDAT') {
+      idat.push(data);
+    } else if (type === 'tEXt') {
+      const z = data.indexOf(0);
+      if (z > 0) text[data.toString('latin1', 0, z)] = data.toString('latin1', z + 1);
+    } else if (type === 'iTXt') {
+      const z = data.indexOf(0);
+      if (z > 0 && data[z + 1] === 0) {
+        const lang = data.indexOf(0, z + 3);
+        const trans = lang >= 0 ? data.indexOf(0, lang + 1) : -1;
+        if (trans >= 0) text[data.toString('latin1', 0, z)] = data.toString('utf8', trans + 1);
+      }
+    } else if (type === 'IEND') {
+      break;
+    }
+    pos += 12 + len;
+  }
+  if (width === 0 || height === 0) bad('no IHDR');
+  const raw = inflateSync(Buffer.concat(idat));
+  const stride = width * channels;
+  if (raw.length < (stride + 1) * height) bad('image data too short');
+  const out = new Uint8Array(stride * height);
+  for (let y = 0; y < height; y++) {
+    const f = raw[y * (stride + 1)];
+    const src = y * (stride + 1) + 1;
+    const dst = y * stride;
+    for (let x = 0; x < stride; x++) {
+      const a = x >= channels ? out[dst + x - channels] : 0;
+      const b = y > 0 ? out[dst - stride + x] : 0;
+      const c = x >= channels && y > 0 ? out[dst - stride + x - channels] : 0;
+      const v = raw[src + x];
+      out[dst + x] =
+        (f === 0 ? v : f === 1 ? v + a : f === 2 ? v + b : f === 3 ? v + ((a + b) >> 1) : f === 4 ? v + paeth(a, b, c) : bad(`filter ${f}`)) &
+        0xff;
+    }
+  }
+  return { width, height, channels, data: out, text };
+}
