@@ -54,6 +54,10 @@ public:
             throw_format(file_.path, std::string(component_name(component_)) + " tensor '" + name + "' (stored as '" +
                                          t->source->name + "') has " + std::to_string(t->shape.size()) +
                                          " dimensions; expected " + std::to_string(rank));
+        for (int64_t d : t->shape)
+            if (d <= 0)
+                throw_format(file_.path, std::string(component_name(component_)) + " tensor '" + name + "' (stored as '" +
+                                             t->source->name + "') has an empty dimension");
         return *t;
     }
     // Number of consecutive "<prefix>K." groups from K = 0.
@@ -158,7 +162,7 @@ UnetParams detect_unet(const ModelFile & file, const ComponentView & u) {
     p.in_channels = (int)conv_in.shape[1];
     p.out_channels = (int)conv_out.shape[0];
     p.time_embed_dim = (int)time_embed.shape[0];
-    if (const auto * label = u.find("label_emb.0.0.weight")) p.adm_in_channels = (int)label->shape.back();
+    if (u.find("label_emb.0.0.weight")) p.adm_in_channels = (int)u.require("label_emb.0.0.weight", 2).shape[1];
 
     auto mult_of = [&](const std::string & res_block) {
         const auto & conv = u.require(res_block + "in_layers.2.weight", 4);  // [out, in, 3, 3]
@@ -211,7 +215,7 @@ UnetParams detect_unet(const ModelFile & file, const ComponentView & u) {
     for (const auto & kv : u.all()) {
         const std::string & n = kv.first;
         if (p.context_dim == 0 && n.size() > 17 && n.compare(n.size() - 17, 17, "attn2.to_k.weight") == 0)
-            p.context_dim = (int)kv.second->shape.back();
+            p.context_dim = (int)u.require(n, 2).shape[1];  // [inner, context]
         if (n.size() > 14 && n.compare(n.size() - 14, 14, "proj_in.weight") == 0)
             p.use_linear_projection = kv.second->shape.size() == 2;
     }

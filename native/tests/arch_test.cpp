@@ -345,6 +345,12 @@ void test_errors() {
                          (t.file.find("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight") - t.file.tensors.data()));
     CHECK_THROWS_CODE(detect(t.file), sd::ErrorCode::ModelFormat);
 
+    // An empty dimension is reported, not divided by.
+    Builder z;
+    z.add("encoder.conv_in.weight", {0, 3, 3, 3});
+    z.add("encoder.conv_out.weight", {8, 512, 3, 3});
+    CHECK_THROWS_CODE(detect(z.file), sd::ErrorCode::ModelFormat);
+
     // A context width no supported architecture has.
     UnetConfig odd;
     odd.context = 512;
