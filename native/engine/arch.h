@@ -23,7 +23,9 @@ struct UnetParams {
     int model_channels = 320;
     std::vector<int> channel_mult;         // per level, e.g. {1, 2, 4, 4}
     std::vector<int> num_res_blocks;       // per level (input side), e.g. {2, 2, 2, 2}
-    std::vector<int> transformer_depth;    // per level, 0 = no attention at that level
+    std::vector<int> num_res_blocks_out;   // per level (output side), standard num_res_blocks + 1
+    std::vector<int> transformer_depth;    // per level (input side), 0 = no attention at that level
+    std::vector<int> transformer_depth_out;  // per level (output side); differs only in distilled UNets
     int transformer_depth_middle = 1;      // 0 = middle block has no attention
     bool has_middle_block = true;          // false for some distilled (tiny) UNets
     int context_dim = 768;
@@ -33,7 +35,9 @@ struct UnetParams {
     int adm_in_channels = 0;               // SDXL label embedding input, 0 = none
     int time_embed_dim = 1280;
     Prediction prediction = Prediction::Eps;
-    std::string variant;                   // "", "inpaint", "instruct-pix2pix", "tiny", "small"
+    // "", "inpaint", "instruct-pix2pix" (by in_channels), else for distilled UNets (fewer res blocks
+    // or levels than the architecture's standard): "tiny" without a middle block, "small" with one.
+    std::string variant;
 };
 
 struct VaeParams {

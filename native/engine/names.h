@@ -9,6 +9,23 @@
 //   text_encoder_2: same HF CLIP naming (SDXL's OpenCLIP bigG, converted)
 // OpenCLIP tensors (SD2.x, SDXL) are renamed to the HF CLIP spelling; a fused in_proj is split
 // into q/k/v views (rows are outermost, so each third is a contiguous byte range).
+//
+// Decisions the graphs rely on:
+// - UNet block indices are always the standard LDM arithmetic, contiguous, whatever the source:
+//   input_blocks: 0 = conv_in, then per level `num_res_blocks[level]` blocks (.0 resnet, .1
+//   attention if the level has one) and, except on the last level, one downsampler (.0.op);
+//   output_blocks: deepest level first, per level `num_res_blocks_out[level]` blocks, the
+//   upsampler in the level's last block as .1.conv (no attention) or .2.conv. Converters that
+//   leave gaps for distilled UNets (fixed 3*i+j arithmetic) are renumbered.
+// - VAE mid attention q/k/v/proj_out are [c, c, 1, 1] (LDM conv); diffusers' linear [c, c] are
+//   reshaped views of the same bytes.
+// - "text_projection.weight" has the HF Linear orientation [proj, width] (y = x W^T, i.e. a plain
+//   ggml_mul_mat). OpenCLIP stores [width, proj] (y = x P): its view is marked `transpose` and
+//   carries the canonical shape [proj, width]; the loader transposes those bytes on upload.
+//   stable-diffusion.cpp GGUF files name it "...text_model.text_projection" and keep the OpenCLIP
+//   orientation, so that spelling is marked `transpose` too.
+// - A model whose only text encoder is OpenCLIP bigG (width 1280: SDXL refiner) stores it as
+//   text_encoder_2, matching SDXL's second encoder.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -29,6 +46,7 @@ struct CanonicalTensor {
     std::vector<int64_t> shape;   // canonical shape, outermost first (may differ from source only by reshape/slice)
     uint64_t offset = 0;          // byte offset inside source's bytes (non-zero for split q/k/v)
     uint64_t nbytes = 0;          // bytes of this view
+    bool transpose = false;       // 2-D source bytes hold the transpose of `shape` (OpenCLIP text_projection)
 };
 
 struct CanonicalModel {
