@@ -81,6 +81,16 @@ void from_f32(ggml_type type, const float * src, uint8_t * dst, int64_t rows, in
     }
 }
 
+// The stored bytes of a 2-D tensor hold [cols, rows] of its canonical [rows, cols]: flip in place.
+void transpose_2d(std::vector<float> & data, const std::vector<int64_t> & canonical_shape) {
+    const int64_t rows = canonical_shape[0], cols = canonical_shape[1];
+    std::vector<float> out(data.size());
+    for (int64_t c = 0; c < cols; ++c) {
+        for (int64_t r = 0; r < rows; ++r) out[static_cast<size_t>(r * cols + c)] = data[static_cast<size_t>(c * rows + r)];
+    }
+    data.swap(out);
+}
+
 }  // namespace
 
 ggml_type parse_weight_type(const std::string & name) {
@@ -129,6 +139,7 @@ std::vector<float> read_as_f32(const CanonicalTensor & t) {
     for (int64_t d : t.shape) n *= d;
     std::vector<float> out(static_cast<size_t>(n));
     to_f32(*t.source, t.source->file->data() + t.source->offset + t.offset, out.data(), n);
+    if (t.transpose) transpose_2d(out, t.shape);
     return out;
 }
 
@@ -190,7 +201,7 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
                 ggml_tensor * g = out.map_.at(t.name);
                 const uint8_t * src = t.source->file->data() + t.source->offset + t.offset;
                 const ggml_type stored = stored_ggml_type(*t.source);
-                if (stored == types[i]) {
+                if (stored == types[i] && !t.transpose) {
                     // Same bytes: straight from the mapped file.
                     if (t.nbytes != ggml_nbytes(g)) {
                         throw Error(ErrorCode::ModelFormat, "tensor '" + t.source->name + "' holds " + std::to_string(t.nbytes) +
@@ -202,6 +213,7 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
                     const int64_t row_len = g->ne[0];
                     f32.resize(static_cast<size_t>(n));
                     to_f32(*t.source, src, f32.data(), n);
+                    if (t.transpose) transpose_2d(f32, t.shape);
                     staged.resize(ggml_nbytes(g));
                     from_f32(types[i], f32.data(), staged.data(), n / row_len, row_len);
                     ggml_backend_tensor_set(g, staged.data(), 0, staged.size());
