@@ -472,6 +472,28 @@ describe('containers', () => {
     }
   });
 
+  // torch is not installed by default; point SDNODE_TORCH_PYTHON at a python that has it
+  const torchPython = process.env.SDNODE_TORCH_PYTHON;
+  test('torch.load reads the .ckpt files bit-exact (SDNODE_TORCH_PYTHON)', { skip: !torchPython && 'SDNODE_TORCH_PYTHON not set' }, async () => {
+    const ref = join(tmp, 'torch-ref.safetensors');
+    await generateCheckpoint({ arch: 'sd2', format: 'safetensors', dtype: 'f32', seed: 5, out: ref });
+    const paths: string[] = [];
+    for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+      paths.push(join(tmp, `torch-${dtype}.ckpt`));
+      await generateCheckpoint({ arch: 'sd2', format: 'ckpt', dtype, seed: 5, out: paths[paths.length - 1]! });
+    }
+    const script = `import json, struct, sys, torch
+b = open(sys.argv[1], 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8+n]); h.pop('__metadata__', None)
+ref = {k: torch.frombuffer(bytearray(b[8+n+v['data_offsets'][0]:8+n+v['data_offsets'][1]]), dtype=torch.float32).reshape(v['shape']) for k, v in h.items()}
+for path, dt in zip(sys.argv[2:], (torch.float32, torch.float16, torch.bfloat16)):
+    sd = torch.load(path, map_location='cpu')['state_dict']
+    assert list(sd) == list(ref), path
+    for k, t in sd.items(): assert t.dtype == dt and torch.equal(t, ref[k].to(dt)), (path, k)
+print('ok')`;
+    const out = execFileSync(torchPython!, ['-c', script, ref, ...paths], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    assert.equal(out.trim(), 'ok');
+  });
+
   test('safetensors header parses in python', { skip: !HAVE_PYTHON && 'python3 not available' }, async () => {
     const out = join(tmp, 'py.safetensors');
     await generateCheckpoint({ arch: 'sd1', format: 'safetensors', dtype: 'f16', out, metadata: { note: 'hello' } });
