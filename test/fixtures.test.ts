@@ -15,7 +15,7 @@ import {
   type Arch, type Format,
 } from './fixtures/generate.js';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, initTensor, numel } from './fixtures/random.js';
-import { ggmlNe, quantizeQ4_0, quantizeQ8_0, writeCkpt, ValueSource } from './fixtures/writers.js';
+import { ggmlNe, quantizeQ4_0, quantizeQ8_0, safetensorsHeader, writeCkpt, ValueSource } from './fixtures/writers.js';
 
 const HAVE_PYTHON = spawnSync('python3', ['-c', 'import numpy'], { stdio: 'ignore' }).status === 0;
 const SD15_SCRIPT = '/work/shared/tools/make-sd15-random.py';
@@ -327,6 +327,25 @@ spec = importlib.util.spec_from_file_location('m', sys.argv[1]); m = importlib.u
 print(json.dumps([[n, list(s)] for n, s in m.clip_tensors() + m.unet_tensors() + m.vae_tensors()]))`;
     const py = JSON.parse(python(script, [SD15_SCRIPT]));
     assert.deepEqual(tensorList('sd1', 'full', 'ldm').map((e) => [e.name, e.shape]), py);
+  });
+
+  test('sd1 full f16 safetensors header is byte-identical to the script\'s (without writing 2 GB)', { skip: !(HAVE_PYTHON && statSafe(SD15_SCRIPT)) && 'python3 or the script is missing' }, () => {
+    // the script's own header code, run on its own tensor list
+    const script = `import importlib.util, json, struct, sys
+spec = importlib.util.spec_from_file_location('m', sys.argv[1]); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+header, off = {}, 0
+for name, shape in m.clip_tensors() + m.unet_tensors() + m.vae_tensors():
+    nb = 1
+    for d in shape: nb *= d
+    nb *= 2
+    header[name] = {'dtype': 'F16', 'shape': list(shape), 'data_offsets': [off, off + nb]}
+    off += nb
+hb = json.dumps(header, separators=(',', ':')).encode()
+hb += b' ' * ((8 - len(hb) % 8) % 8)
+sys.stdout.write((struct.pack('<Q', len(hb)) + hb).hex())`;
+    const py = Buffer.from(python(script, [SD15_SCRIPT]), 'hex');
+    const ours = safetensorsHeader(tensorEntries(modelConfig('sd1', 'full'), 'ldm'), 'f16');
+    assert.ok(ours.equals(py), 'headers differ');
   });
 
   test('other archs match published figures', () => {
