@@ -3,6 +3,9 @@
 // the file has it, else from the architecture's standard values.
 #include "arch.h"
 
+#include <cmath>
+#include <cstdlib>
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -133,7 +136,7 @@ bool metadata_prediction(const ModelFile & file, Prediction & prediction) {
         if (v == "epsilon" || v == "eps") { prediction = Prediction::Eps; return true; }
         return false;
     };
-    for (const char * key : {"modelspec.prediction_type", "prediction_type"})
+    for (const char * key : {"sdnode.prediction", "modelspec.prediction_type", "prediction_type"})
         if (const std::string * v = file.meta(key))
             if (parse(*v)) return true;
     if (const std::string * json = file.meta("scheduler/scheduler_config.json")) {
@@ -144,6 +147,18 @@ bool metadata_prediction(const ModelFile & file, Prediction & prediction) {
         if (a->find("768-v") != std::string::npos || a->find("-v-") != std::string::npos) { prediction = Prediction::V; return true; }
     }
     return false;
+}
+
+// sdnode's own metadata keys ("sdnode.unet.num_heads", ...) state what shapes cannot tell; any
+// file may carry them (sdnode's test fixtures do). A value that does not parse is ignored.
+bool meta_number(const ModelFile & file, const std::string & key, double & out) {
+    const std::string * v = file.meta(key);
+    if (!v || v->empty() || v->size() > 32) return false;
+    char * end = nullptr;
+    double d = std::strtod(v->c_str(), &end);
+    if (end != v->c_str() + v->size() || !std::isfinite(d)) return false;
+    out = d;
+    return true;
 }
 
 // ---------------------------------------------------------------- UNet
@@ -381,6 +396,15 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
         if (info.arch == Arch::SD1) { p.num_heads = 8; p.num_head_channels = -1; }
         else { p.num_heads = -1; p.num_head_channels = 64; }
         config_heads(file, p);
+        double heads = 0, head_channels = 0;
+        if (meta_number(file, "sdnode.unet.num_heads", heads) && heads >= 1) {
+            p.num_heads = (int)heads;
+            p.num_head_channels = -1;
+        }
+        if (meta_number(file, "sdnode.unet.num_head_channels", head_channels) && head_channels >= 1) {
+            p.num_head_channels = (int)head_channels;
+            p.num_heads = -1;
+        }
 
         if (p.in_channels == 9) p.variant = "inpaint";
         else if (p.in_channels == 8) p.variant = "instruct-pix2pix";
@@ -397,6 +421,14 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
     } else if (!te2.empty()) {
         info.vae.scale_factor = 0.13025f;  // a bigG encoder only ships with SDXL
     }
+
+    double scale = 0;
+    if (info.vae.present && meta_number(file, "sdnode.vae.scale_factor", scale) && scale > 0) info.vae.scale_factor = (float)scale;
+    double te_heads = 0;
+    if (info.text_encoder.present && meta_number(file, "sdnode.text_encoder.num_heads", te_heads) && te_heads >= 1)
+        info.text_encoder.heads = (int)te_heads;
+    if (info.text_encoder_2.present && meta_number(file, "sdnode.text_encoder_2.num_heads", te_heads) && te_heads >= 1)
+        info.text_encoder_2.heads = (int)te_heads;
 
     // Parameters and stored dtypes over canonical tensors; split views share one source.
     std::set<const TensorRecord *> counted;
