@@ -4,7 +4,11 @@
  * tools write).
  * @module
  */
+import * as zlib from 'node:zlib';
 import { deflateSync, inflateSync } from 'node:zlib';
+
+// Node >= 20.15 has a native crc32.
+const zlibCrc32 = (zlib as { crc32?: unknown }).crc32;
 import { InvalidArgumentError } from './errors.ts';
 
 const SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
@@ -19,7 +23,10 @@ const CRC_TABLE = (() => {
   return t;
 })();
 
+/** CRC-32 (ISO-HDLC, as zip and PNG use it), continuing from `crc`. */
 export function crc32(data: Uint8Array, crc = 0): number {
+  const fast = (zlibCrc32 as ((d: Uint8Array, v?: number) => number) | undefined);
+  if (fast) return fast(data, crc) >>> 0;
   let c = ~crc >>> 0;
   for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);
   return ~c >>> 0;
