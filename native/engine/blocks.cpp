@@ -123,7 +123,7 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
                         lk, d, heads * n);
 
     ggml_tensor * kq = ggml_mul_mat(ctx, k, q);  // [N*heads, Lq, Lk]
-    ggml_mul_mat_set_prec(kq, GGML_PREC_F32);
+    ggml_prec_set_acc(kq, GGML_PREC_F32);
     kq = ggml_scale(ctx, kq, 1.0f / std::sqrt(static_cast<float>(d)));
     if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
     kq = named(ggml_soft_max(ctx, kq), name + ".probs");

@@ -31,7 +31,9 @@ ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) co
     if (pos->ne[0] != width || pos->ne[1] < tokens) {
         throw Error(ErrorCode::ModelFormat, "position_embedding has fewer than " + std::to_string(tokens) + " positions");
     }
-    ggml_tensor * x = ggml_get_rows(g.ctx, tok, ids);  // ne {width, 77, chunks}, f32
+    const int64_t chunks = ids->ne[1];
+    ggml_tensor * x = ggml_get_rows(g.ctx, tok, ggml_reshape_1d(g.ctx, ids, tokens * chunks));  // f32
+    x = ggml_reshape_3d(g.ctx, x, width, tokens, chunks);
     ggml_tensor * positions = ggml_view_2d(g.ctx, pos, width, tokens, pos->nb[1], 0);
     if (positions->type != GGML_TYPE_F32) positions = ggml_cast(g.ctx, positions, GGML_TYPE_F32);
     x = named(ggml_add(g.ctx, x, positions), "text_model.embeddings");
