@@ -1,0 +1,264 @@
+#include "blocks.h"
+
+#include <cmath>
+
+#include "errors.h"
+#include "weights.h"
+
+namespace sd {
+
+namespace {
+
+std::string shape_text(const ggml_tensor * t) {
+    std::string s = "[";
+    for (int d = ggml_n_dims(t) - 1; d >= 0; --d) s += std::to_string(t->ne[d]) + (d ? ", " : "]");
+    return s;
+}
+
+[[noreturn]] void bad_weight(const ggml_tensor * w, const std::string & what) {
+    throw Error(ErrorCode::ModelFormat, std::string("tensor '") + w->name + "' has shape " + shape_text(w) + "; " + what);
+}
+
+// ggml wants f32 for element-wise operands; norms and biases are f32 already, but a model may
+// store e.g. an f16 position embedding.
+ggml_tensor * as_f32(ggml_context * ctx, ggml_tensor * t) {
+    return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
+}
+
+ggml_tensor * add_bias(Graph & g, ggml_tensor * x, ggml_tensor * bias, int64_t channels, int channel_dim) {
+    if (!bias) return x;
+    if (ggml_nelements(bias) != channels) bad_weight(bias, "expected " + std::to_string(channels) + " elements");
+    bias = as_f32(g.ctx, bias);
+    if (channel_dim == 2) bias = ggml_reshape_4d(g.ctx, bias, 1, 1, channels, 1);
+    return ggml_add(g.ctx, x, bias);
+}
+
+}  // namespace
+
+ggml_tensor * TensorSource::get(const std::string & name) const {
+    ggml_tensor * t = find(name);
+    if (!t) throw Error(ErrorCode::ModelFormat, "the model has no tensor '" + name + "'");
+    return t;
+}
+
+ggml_tensor * ComponentTensors::find(const std::string & name) const { return weights_.find(name); }
+
+ggml_tensor * named(ggml_tensor * t, const std::string & name) {
+    ggml_format_name(t, "%s", name.c_str());
+    return t;
+}
+
+ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    ggml_tensor * w = g.w.get(prefix + ".weight");
+    if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
+        bad_weight(w, "expected [out, " + std::to_string(x->ne[0]) + "] for a linear layer on " + shape_text(x));
+    }
+    ggml_tensor * y = ggml_mul_mat(g.ctx, w, x);
+    y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[1], 0);
+    return named(y, prefix);
+}
+
+ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride, int padding) {
+    ggml_tensor * w = g.w.get(prefix + ".weight");
+    if (ggml_n_dims(w) == 2) w = ggml_reshape_4d(g.ctx, w, 1, 1, w->ne[0], w->ne[1]);  // linear-stored 1x1
+    if (w->ne[2] != x->ne[2]) {
+        bad_weight(w, "expected " + std::to_string(x->ne[2]) + " input channels for a convolution on " + shape_text(x));
+    }
+    if (x->ne[0] + 2 * padding < w->ne[0] || x->ne[1] + 2 * padding < w->ne[1]) {
+        throw Error(ErrorCode::InvalidArgument, "input " + shape_text(x) + " is smaller than the kernel of '" + prefix + "'");
+    }
+    // ggml_conv_2d is im2col (in the kernel's type) + matmul, as stable-diffusion.cpp runs it.
+    ggml_tensor * y = ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1);
+    y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[3], 2);
+    return named(y, prefix);
+}
+
+ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    constexpr int kGroups = 32;
+    const int64_t channels = x->ne[2];
+    ggml_tensor * w = g.w.get(prefix + ".weight");
+    ggml_tensor * b = g.w.get(prefix + ".bias");
+    if (ggml_nelements(w) != channels || ggml_nelements(b) != channels) {
+        bad_weight(w, "expected " + std::to_string(channels) + " elements (group norm on " + shape_text(x) + ")");
+    }
+    if (channels % kGroups != 0) bad_weight(w, "group norm needs a channel count divisible by 32");
+    ggml_tensor * y = ggml_group_norm(g.ctx, x, kGroups, 1e-6f);
+    y = ggml_mul(g.ctx, y, ggml_reshape_4d(g.ctx, as_f32(g.ctx, w), 1, 1, channels, 1));
+    y = ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, as_f32(g.ctx, b), 1, 1, channels, 1));
+    return named(y, prefix);
+}
+
+ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix, float eps) {
+    ggml_tensor * w = g.w.get(prefix + ".weight");
+    ggml_tensor * b = g.w.find(prefix + ".bias");
+    if (ggml_nelements(w) != x->ne[0]) {
+        bad_weight(w, "expected " + std::to_string(x->ne[0]) + " elements (layer norm on " + shape_text(x) + ")");
+    }
+    ggml_tensor * y = ggml_norm(g.ctx, x, eps);
+    y = ggml_mul(g.ctx, y, as_f32(g.ctx, w));
+    if (b) {
+        if (ggml_nelements(b) != x->ne[0]) bad_weight(b, "expected " + std::to_string(x->ne[0]) + " elements");
+        y = ggml_add(g.ctx, y, as_f32(g.ctx, b));
+    }
+    return named(y, prefix);
+}
+
+ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
+                        const std::string & name) {
+    const int64_t width = q->ne[0], lq = q->ne[1], n = q->ne[2];
+    const int64_t lk = k->ne[1];
+    const int64_t d = width / heads;
+    if (heads <= 0 || width % heads != 0 || k->ne[0] != width || v->ne[0] != width || v->ne[1] != lk ||
+        k->ne[2] != n || v->ne[2] != n) {
+        throw Error(ErrorCode::ModelFormat, "attention '" + name + "': q " + shape_text(q) + ", k " + shape_text(k) +
+                                                ", v " + shape_text(v) + " do not fit " + std::to_string(heads) + " heads");
+    }
+    // [N, L, heads, d] -> [N*heads, L, d]
+    q = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, q, d, heads, lq, n), 0, 2, 1, 3)),
+                        d, lq, heads * n);
+    k = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, k, d, heads, lk, n), 0, 2, 1, 3)),
+                        d, lk, heads * n);
+    // v as [N*heads, d, Lk] so that the second matmul contracts over Lk.
+    v = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, v, d, heads, lk, n), 1, 2, 0, 3)),
+                        lk, d, heads * n);
+
+    ggml_tensor * kq = ggml_mul_mat(ctx, k, q);  // [N*heads, Lq, Lk]
+    ggml_prec_set_acc(kq, GGML_PREC_F32);
+    kq = ggml_scale(ctx, kq, 1.0f / std::sqrt(static_cast<float>(d)));
+    if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
+    kq = named(ggml_soft_max(ctx, kq), name + ".probs");
+
+    ggml_tensor * out = ggml_mul_mat(ctx, v, kq);  // [N*heads, Lq, d]
+    out = ggml_permute(ctx, ggml_reshape_4d(ctx, out, d, lq, heads, n), 0, 2, 1, 3);  // [N, Lq, heads, d]
+    out = ggml_reshape_3d(ctx, ggml_cont(ctx, out), width, lq, n);
+    return named(out, name);
+}
+
+ggml_tensor * image_to_tokens(ggml_context * ctx, ggml_tensor * x) {
+    // ne {W, H, C, N} -> {W*H, C, N} -> {C, W*H, N}
+    x = ggml_reshape_3d(ctx, x, x->ne[0] * x->ne[1], x->ne[2], x->ne[3]);
+    return ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));
+}
+
+ggml_tensor * tokens_to_image(ggml_context * ctx, ggml_tensor * x, int64_t w, int64_t h) {
+    // ne {C, W*H, N} -> {W*H, C, N} -> {W, H, C, N}
+    const int64_t c = x->ne[0], n = x->ne[2];
+    x = ggml_cont(ctx, ggml_permute(ctx, x, 1, 0, 2, 3));
+    return ggml_reshape_4d(ctx, x, w, h, c, n);
+}
+
+ggml_tensor * timestep_embedding(ggml_context * ctx, ggml_tensor * timesteps, int dim, int max_period) {
+    return named(ggml_timestep_embedding(ctx, timesteps, dim, max_period), "timestep_embedding");
+}
+
+// ---------------------------------------------------------------- UNet
+
+ggml_tensor * unet_resblock(Graph & g, ggml_tensor * x, ggml_tensor * emb, const std::string & prefix) {
+    ggml_tensor * h = group_norm(g, x, prefix + ".in_layers.0");
+    h = conv2d(g, ggml_silu(g.ctx, h), prefix + ".in_layers.2", 1, 1);
+    const int64_t channels = h->ne[2];
+
+    ggml_tensor * e = linear(g, ggml_silu(g.ctx, emb), prefix + ".emb_layers.1");  // [N, channels]
+    if (e->ne[0] != channels) bad_weight(g.w.get(prefix + ".emb_layers.1.weight"), "expected " + std::to_string(channels) + " outputs");
+    h = ggml_add(g.ctx, h, ggml_reshape_4d(g.ctx, e, 1, 1, channels, e->ne[1]));
+
+    h = group_norm(g, h, prefix + ".out_layers.0");
+    h = conv2d(g, ggml_silu(g.ctx, h), prefix + ".out_layers.3", 1, 1);
+
+    ggml_tensor * skip = x;
+    if (g.w.find(prefix + ".skip_connection.weight")) {
+        skip = conv2d(g, x, prefix + ".skip_connection", 1, 0);
+    } else if (x->ne[2] != channels) {
+        throw Error(ErrorCode::ModelFormat, "the model has no tensor '" + prefix + ".skip_connection.weight' although '" +
+                                                prefix + "' changes " + std::to_string(x->ne[2]) + " channels to " +
+                                                std::to_string(channels));
+    }
+    return named(ggml_add(g.ctx, skip, h), prefix);
+}
+
+namespace {
+
+// GEGLU feed-forward: proj to 2*inner, value * gelu(gate), proj back.
+ggml_tensor * geglu_ff(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    ggml_tensor * h = linear(g, x, prefix + ".net.0.proj");  // [N, L, 2*inner]
+    const int64_t inner = h->ne[0] / 2;
+    ggml_tensor * value = ggml_cont(g.ctx, ggml_view_3d(g.ctx, h, inner, h->ne[1], h->ne[2], h->nb[1], h->nb[2], 0));
+    ggml_tensor * gate = ggml_cont(g.ctx, ggml_view_3d(g.ctx, h, inner, h->ne[1], h->ne[2], h->nb[1], h->nb[2],
+                                                       inner * ggml_element_size(h)));
+    h = named(ggml_mul(g.ctx, value, ggml_gelu(g.ctx, gate)), prefix + ".geglu");
+    return linear(g, h, prefix + ".net.2");
+}
+
+// q from x, k/v from context (or x): to_q/to_k/to_v without bias, to_out.0 with bias.
+ggml_tensor * cross_attention(Graph & g, ggml_tensor * x, ggml_tensor * context, const std::string & prefix, int heads) {
+    ggml_tensor * q = linear(g, x, prefix + ".to_q");
+    ggml_tensor * k = linear(g, context, prefix + ".to_k");
+    ggml_tensor * v = linear(g, context, prefix + ".to_v");
+    ggml_tensor * a = attention(g.ctx, q, k, v, heads, false, prefix + ".attn");
+    return linear(g, a, prefix + ".to_out.0");
+}
+
+}  // namespace
+
+ggml_tensor * spatial_transformer(Graph & g, ggml_tensor * x, ggml_tensor * context, const std::string & prefix,
+                                  int heads, int depth) {
+    const int64_t w = x->ne[0], h = x->ne[1];
+    ggml_tensor * in = x;
+    x = group_norm(g, x, prefix + ".norm");
+    // SD1 projects with 1x1 convolutions, SD2/SDXL with linear layers.
+    const bool conv_proj = ggml_n_dims(g.w.get(prefix + ".proj_in.weight")) == 4;
+    if (conv_proj) {
+        x = image_to_tokens(g.ctx, conv2d(g, x, prefix + ".proj_in", 1, 0));
+    } else {
+        x = linear(g, image_to_tokens(g.ctx, x), prefix + ".proj_in");
+    }
+    for (int i = 0; i < depth; ++i) {
+        const std::string b = prefix + ".transformer_blocks." + std::to_string(i);
+        ggml_tensor * n1 = layer_norm(g, x, b + ".norm1");
+        x = ggml_add(g.ctx, x, cross_attention(g, n1, n1, b + ".attn1", heads));
+        x = ggml_add(g.ctx, x, cross_attention(g, layer_norm(g, x, b + ".norm2"), context, b + ".attn2", heads));
+        x = named(ggml_add(g.ctx, x, geglu_ff(g, layer_norm(g, x, b + ".norm3"), b + ".ff")), b);
+    }
+    if (conv_proj) {
+        x = conv2d(g, tokens_to_image(g.ctx, x, w, h), prefix + ".proj_out", 1, 0);
+    } else {
+        x = tokens_to_image(g.ctx, linear(g, x, prefix + ".proj_out"), w, h);
+    }
+    return named(ggml_add(g.ctx, x, in), prefix);
+}
+
+ggml_tensor * unet_downsample(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    return named(conv2d(g, x, prefix + ".op", 2, 1), prefix);
+}
+
+ggml_tensor * upsample(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    x = ggml_upscale(g.ctx, x, 2, GGML_SCALE_MODE_NEAREST);
+    return named(conv2d(g, x, prefix + ".conv", 1, 1), prefix);
+}
+
+// ---------------------------------------------------------------- VAE
+
+ggml_tensor * vae_resblock(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    ggml_tensor * h = conv2d(g, ggml_silu(g.ctx, group_norm(g, x, prefix + ".norm1")), prefix + ".conv1", 1, 1);
+    h = conv2d(g, ggml_silu(g.ctx, group_norm(g, h, prefix + ".norm2")), prefix + ".conv2", 1, 1);
+    ggml_tensor * skip = x;
+    if (g.w.find(prefix + ".nin_shortcut.weight")) {
+        skip = conv2d(g, x, prefix + ".nin_shortcut", 1, 0);
+    } else if (x->ne[2] != h->ne[2]) {
+        throw Error(ErrorCode::ModelFormat, "the model has no tensor '" + prefix + ".nin_shortcut.weight' although '" +
+                                                prefix + "' changes the channel count");
+    }
+    return named(ggml_add(g.ctx, skip, h), prefix);
+}
+
+ggml_tensor * vae_attention(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    const int64_t w = x->ne[0], h = x->ne[1];
+    ggml_tensor * n = group_norm(g, x, prefix + ".norm");
+    ggml_tensor * q = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".q", 1, 0));
+    ggml_tensor * k = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".k", 1, 0));
+    ggml_tensor * v = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".v", 1, 0));
+    ggml_tensor * a = tokens_to_image(g.ctx, attention(g.ctx, q, k, v, 1, false, prefix + ".attn"), w, h);
+    return named(ggml_add(g.ctx, x, conv2d(g, a, prefix + ".proj_out", 1, 0)), prefix);
+}
+
+}  // namespace sd

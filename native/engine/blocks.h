@@ -1,0 +1,102 @@
+// Building blocks shared by the text encoder, UNet and VAE graphs, written to compute what
+// stable-diffusion.cpp computes with the same ggml ops (so f16 kernels go through the same
+// im2col, attention through the same softmax path):
+//   - group norm: 32 groups, eps 1e-6 everywhere (UNet and VAE alike, as sd.cpp);
+//   - layer norm: eps 1e-5;
+//   - attention: softmax(Q K^T / sqrt(d_head)) V with an optional causal mask;
+//   - conv2d: ggml_conv_2d (im2col in the kernel's type, f16) + bias.
+//
+// Layout: ggml order, fastest dimension first. An image tensor [N, C, H, W] is ne {W, H, C, N};
+// a token sequence [N, L, C] is ne {C, L, N}. Every helper names its output after `prefix`
+// (ggml_format_name) so intermediates can be dumped and compared.
+//
+// Every helper checks the weight shape against its input before adding a node and throws
+// ModelFormat naming the tensor: a ggml shape assert would abort the whole process.
+#pragma once
+#include <string>
+
+#include "ggml.h"
+
+namespace sd {
+
+class ComponentWeights;
+
+// Where a graph finds its weights: canonical name -> tensor on the compute backend.
+class TensorSource {
+public:
+    virtual ~TensorSource() = default;
+    virtual ggml_tensor * find(const std::string & name) const = 0;  // nullptr when absent
+    ggml_tensor * get(const std::string & name) const;               // throws ModelFormat when absent
+};
+
+// A TensorSource over loaded component weights (not owned).
+class ComponentTensors : public TensorSource {
+public:
+    explicit ComponentTensors(const ComponentWeights & weights) : weights_(weights) {}
+    ggml_tensor * find(const std::string & name) const override;
+
+private:
+    const ComponentWeights & weights_;
+};
+
+// The graph under construction and its weights.
+struct Graph {
+    ggml_context * ctx;
+    const TensorSource & w;
+};
+
+// Names `t` (truncated to GGML_MAX_NAME) and returns it.
+ggml_tensor * named(ggml_tensor * t, const std::string & name);
+
+// x: [..., in] -> [..., out]; weight "<prefix>.weight" [out, in], bias "<prefix>.bias" if present.
+ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix);
+
+// x: [N, C, H, W]; kernel "<prefix>.weight" [out, C, kh, kw] (a 2-D [out, C] is taken as 1x1),
+// bias "<prefix>.bias" if present.
+ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride = 1, int padding = 0);
+
+// x: [N, C, H, W]: 32 groups over C, eps 1e-6, per-channel affine.
+ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix);
+
+// x: [..., C]: normalized over C, eps 1e-5, affine.
+ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix, float eps = 1e-5f);
+
+// q: [N, Lq, heads*d], k, v: [N, Lk, heads*d] -> [N, Lq, heads*d].
+// causal: position i attends to positions <= i only (CLIP).
+ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
+                        const std::string & name);
+
+// [N, C, H, W] <-> [N, H*W, C]
+ggml_tensor * image_to_tokens(ggml_context * ctx, ggml_tensor * x);
+ggml_tensor * tokens_to_image(ggml_context * ctx, ggml_tensor * x, int64_t w, int64_t h);
+
+// Sinusoidal timestep embedding, LDM's flip_sin_to_cos layout: [cos(t f_j) | sin(t f_j)],
+// f_j = max_period^(-j / (dim/2)). timesteps: [N] -> [N, dim].
+ggml_tensor * timestep_embedding(ggml_context * ctx, ggml_tensor * timesteps, int dim, int max_period = 10000);
+
+// ---- UNet blocks (LDM names under `prefix`)
+
+// ResBlock: in_layers (norm, SiLU, conv3x3), + emb_layers (SiLU, linear) per channel,
+// out_layers (norm, SiLU, conv3x3), + skip (identity or 1x1 skip_connection).
+// emb: [N, time_embed_dim].
+ggml_tensor * unet_resblock(Graph & g, ggml_tensor * x, ggml_tensor * emb, const std::string & prefix);
+
+// SpatialTransformer: norm, proj_in (1x1 conv or linear), `depth` BasicTransformerBlocks
+// (self-attention, cross-attention on context, GEGLU feed-forward, each pre-norm + residual),
+// proj_out, + input. heads: attention heads at this width.
+ggml_tensor * spatial_transformer(Graph & g, ggml_tensor * x, ggml_tensor * context, const std::string & prefix,
+                                  int heads, int depth);
+
+// Downsample: 3x3 conv, stride 2, padding 1 ("<prefix>.op").
+ggml_tensor * unet_downsample(Graph & g, ggml_tensor * x, const std::string & prefix);
+// Upsample: nearest x2, then 3x3 conv ("<prefix>.conv").
+ggml_tensor * upsample(Graph & g, ggml_tensor * x, const std::string & prefix);
+
+// ---- VAE blocks
+
+// ResnetBlock: norm1, SiLU, conv1, norm2, SiLU, conv2, + (x or nin_shortcut(x)).
+ggml_tensor * vae_resblock(Graph & g, ggml_tensor * x, const std::string & prefix);
+// AttnBlock: single-head self-attention over H*W positions with 1x1 q/k/v/proj_out, + x.
+ggml_tensor * vae_attention(Graph & g, ggml_tensor * x, const std::string & prefix);
+
+}  // namespace sd

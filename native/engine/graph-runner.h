@@ -1,0 +1,89 @@
+// Runs ggml graphs on one backend: builds a graph from a callback, allocates its activations
+// with one gallocr (reserved once per shape key, so the sampler loop reuses the same buffer),
+// copies host inputs in, computes, and copies outputs back as f32.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml.h"
+
+namespace sd {
+
+// A host tensor: flat data in ggml order (ne[0] fastest), i.e. torch's contiguous layout with
+// the shape reversed.
+struct HostTensor {
+    std::vector<float> data;
+    int64_t ne[4] = {1, 1, 1, 1};
+    int64_t numel() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
+};
+
+// What a build callback gets: the graph's context and a way to declare inputs, whose host data
+// the runner copies in once the graph is allocated.
+class GraphBuilder {
+public:
+    explicit GraphBuilder(ggml_context * ctx) : ctx_(ctx) {}
+    ggml_context * ctx() const { return ctx_; }
+
+    // `data` must stay alive until GraphRunner::run returns; it holds ggml_nelements floats/ints.
+    ggml_tensor * input_f32(const char * name, const float * data, int64_t ne0, int64_t ne1 = 1, int64_t ne2 = 1,
+                            int64_t ne3 = 1);
+    ggml_tensor * input_i32(const char * name, const int32_t * data, int64_t ne0, int64_t ne1 = 1);
+
+private:
+    friend class GraphRunner;
+    struct Pending {
+        ggml_tensor * tensor;
+        const void * data;
+    };
+    ggml_context * ctx_;
+    std::vector<Pending> inputs_;
+};
+
+class GraphRunner {
+public:
+    // `backend` is not owned and must outlive the runner.
+    GraphRunner(ggml_backend_t backend, int threads = 1);
+    ~GraphRunner();
+    GraphRunner(const GraphRunner &) = delete;
+    GraphRunner & operator=(const GraphRunner &) = delete;
+
+    ggml_backend_t backend() const { return backend_; }
+    void set_threads(int threads);
+    // Raised mid-graph, compute stops at the next node and run() throws Aborted.
+    void set_abort_flag(const std::atomic<bool> * flag) { abort_ = flag; }
+
+    // Tensor names (ggml_format_name) to keep and return from the next runs, for comparisons.
+    void set_debug_outputs(std::vector<std::string> names) { debug_names_ = std::move(names); }
+    const std::map<std::string, HostTensor> & debug_values() const { return debug_values_; }
+
+    using BuildFn = std::function<ggml_tensor *(GraphBuilder &)>;
+    // Builds, allocates (reserving when `shape_key` is new), computes and returns the tensor the
+    // callback returned. Throws Aborted, OutOfMemory, Internal (compute failure).
+    HostTensor run(const std::string & shape_key, const BuildFn & build);
+
+    // Bytes of the compute buffer (activations) reserved so far.
+    size_t compute_buffer_bytes() const;
+
+private:
+    void apply_threads();
+
+    ggml_backend_t backend_;
+    int threads_ = 1;
+    const std::atomic<bool> * abort_ = nullptr;
+    ggml_gallocr_t allocr_ = nullptr;
+    std::set<std::string> reserved_;
+    std::vector<std::string> debug_names_;
+    std::map<std::string, HostTensor> debug_values_;
+};
+
+// Largest graph a component builds (nodes); SDXL's UNet is the biggest at ~10k.
+constexpr size_t kMaxGraphNodes = 32768;
+
+}  // namespace sd
