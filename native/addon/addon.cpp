@@ -2,8 +2,12 @@
 // declared once, in lib/binding.ts.
 #include <napi.h>
 
+#include "abort-flag.h"
+#include "addon-state.h"
 #include "backend.h"
+#include "inspect.h"
 #include "js-error.h"
+#include "model-wrap.h"
 
 namespace sdnode {
 
@@ -46,6 +50,15 @@ Napi::Value SystemInfo(const Napi::CallbackInfo & info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("version", Napi::String::New(env, SDNODE_VERSION));
     exports.Set("systemInfo", Napi::Function::New(env, SystemInfo, "systemInfo"));
+    exports.Set("inspectModel", Napi::Function::New(env, InspectModel, "inspectModel"));
+    auto * state = new AddonState();
+    Napi::Function abort_flag = AbortFlag::Define(env);
+    Napi::Function model = ModelWrap::Define(env);
+    state->abort_flag_ctor = Napi::Persistent(abort_flag);
+    state->model_ctor = Napi::Persistent(model);
+    env.SetInstanceData(state);
+    exports.Set("AbortFlag", abort_flag);
+    exports.Set("NativeModel", model);
     return exports;
 }
 

@@ -1,0 +1,190 @@
+#include "model-wrap.h"
+
+#include "abort-flag.h"
+#include "addon-state.h"
+#include "backend.h"
+#include "convert.h"
+#include "js-error.h"
+#include "progress.h"
+#include "promise-worker.h"
+#include "text-encoder.h"
+#include "weights.h"
+
+namespace sdnode {
+
+namespace {
+
+Napi::Object options_arg(const Napi::CallbackInfo & info, size_t i) {
+    if (info.Length() <= i || !info[i].IsObject()) {
+        throw CapturedError{"InvalidArgument", "options must be an object", ""}.to_js(info.Env());
+    }
+    return info[i].As<Napi::Object>();
+}
+
+std::string string_field(Napi::Object o, const char * key, const std::string & fallback) {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return fallback;
+    if (!v.IsString()) throw CapturedError{"InvalidArgument", std::string(key) + " must be a string", ""}.to_js(o.Env());
+    return v.As<Napi::String>().Utf8Value();
+}
+
+int int_field(Napi::Object o, const char * key, int fallback, int min, int max) {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return fallback;
+    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1e300;
+    if (d != static_cast<double>(static_cast<int64_t>(d)) || d < min || d > max) {
+        throw CapturedError{"InvalidArgument", std::string(key) + " must be an integer from " + std::to_string(min) + " to " +
+                                                   std::to_string(max), ""}.to_js(o.Env());
+    }
+    return static_cast<int>(d);
+}
+
+Napi::Value fraction_to_js(Napi::Env env, const double & f) { return Napi::Number::New(env, f); }
+
+}  // namespace
+
+Napi::Function ModelWrap::Define(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {
+                           StaticMethod<&ModelWrap::Load>("load"),
+                           InstanceMethod<&ModelWrap::Info>("info"),
+                           InstanceMethod<&ModelWrap::Tokenize>("tokenize"),
+                           InstanceMethod<&ModelWrap::EncodePrompt>("encodePrompt"),
+                           InstanceMethod<&ModelWrap::Dispose>("dispose"),
+                       });
+}
+
+ModelWrap::ModelWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<ModelWrap>(info) {
+    // Only Load() constructs instances, passing the loaded model as an External.
+    if (info.Length() != 1 || !info[0].IsExternal()) {
+        throw CapturedError{"InvalidArgument", "NativeModel cannot be constructed directly; use loadModel()", ""}.to_js(info.Env());
+    }
+    auto * loaded = info[0].As<Napi::External<std::shared_ptr<sd::Model>>>().Data();
+    runtime_ = std::make_shared<ModelRuntime>(*loaded);
+    // Tell V8 how much native memory this object holds, so GC pressure reflects it.
+    reported_bytes_ = static_cast<int64_t>(runtime_->model->weight_bytes());
+    Napi::MemoryManagement::AdjustExternalMemory(info.Env(), reported_bytes_);
+}
+
+ModelWrap::~ModelWrap() { release_memory(Env()); }
+
+void ModelWrap::release_memory(Napi::Env env) {
+    if (reported_bytes_ != 0) {
+        Napi::MemoryManagement::AdjustExternalMemory(env, -reported_bytes_);
+        reported_bytes_ = 0;
+    }
+}
+
+std::shared_ptr<ModelRuntime> ModelWrap::runtime(Napi::Env env) const {
+    if (!runtime_) throw CapturedError{"Disposed", "the model was disposed", ""}.to_js(env);
+    return runtime_;
+}
+
+Napi::Value ModelWrap::Load(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) throw CapturedError{"InvalidArgument", "path must be a string", ""}.to_js(env);
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    Napi::Object opts = options_arg(info, 1);
+    sd::ModelLoadOptions options;
+    std::string wtype = string_field(opts, "weightType", "");
+    return guard(env, [&]() -> Napi::Value {
+        if (!wtype.empty()) options.weight_type = sd::parse_weight_type(wtype);
+        options.threads = int_field(opts, "threads", sd::default_thread_count(), 1, 1024);
+        options.device = string_field(opts, "device", "auto");
+        std::string merges_js = string_field(opts, "clipMergesJs", "");
+        options.clip_merges = sd::clip_merges_from_js(merges_js);
+        auto abort = AbortFlag::From(info.Length() > 3 ? info[3] : env.Undefined());
+        auto progress = std::make_shared<ProgressChannel<double>>(env, info.Length() > 2 ? info[2] : env.Undefined(),
+                                                                   "sdnode.loadModel.progress", fraction_to_js);
+        options.abort = abort.get();
+        options.progress = [progress](double f) { progress->send(f); };
+        return PromiseWorker<std::shared_ptr<sd::Model>>::Start(
+            env, "sdnode.loadModel",
+            [path, options, abort, progress]() {
+                auto model = std::shared_ptr<sd::Model>(sd::Model::load(path, options));
+                progress->release();
+                return model;
+            },
+            [progress](Napi::Env env, std::shared_ptr<sd::Model> & model) -> Napi::Value {
+                progress->release();
+                Napi::External<std::shared_ptr<sd::Model>> ext = Napi::External<std::shared_ptr<sd::Model>>::New(env, &model);
+                return AddonState::Get(env).model_ctor.New({ext});
+            });
+    });
+}
+
+Napi::Value ModelWrap::Info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto rt = runtime(env);
+    const sd::Model & m = *rt->model;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("architecture", sd::arch_name(m.arch()));
+    o.Set("device", m.device_name());
+    o.Set("weightBytes", static_cast<double>(m.weight_bytes()));
+    o.Set("computeBytes", static_cast<double>(rt->runner.compute_buffer_bytes()));
+    o.Set("threads", m.default_threads());
+    o.Set("contextDim", m.info().unet.context_dim);
+    o.Set("latentChannels", m.info().unet.in_channels);
+    o.Set("prediction", m.info().unet.prediction == sd::Prediction::V ? "v" : "eps");
+    o.Set("spatialMultiple", m.unet().spatial_multiple() * m.vae().upscale());
+    return o;
+}
+
+Napi::Value ModelWrap::Tokenize(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto rt = runtime(env);
+    if (info.Length() < 1 || !info[0].IsString()) throw CapturedError{"InvalidArgument", "text must be a string", ""}.to_js(env);
+    std::string text = info[0].As<Napi::String>().Utf8Value();
+    return guard(env, [&]() -> Napi::Value {
+        sd::WeightedTokens t = rt->model->tokenizer().tokenize(text);
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("tokens", to_js_array(env, t.tokens));
+        out.Set("weights", to_js_array(env, t.weights));
+        return out;
+    });
+}
+
+namespace {
+struct Encoded {
+    sd::HostTensor hidden;  // ne {dim, tokens, 1}
+};
+}  // namespace
+
+Napi::Value ModelWrap::EncodePrompt(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto rt = runtime(env);
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
+        throw CapturedError{"InvalidArgument", "encodePrompt(text: string, clipSkip: number)", ""}.to_js(env);
+    }
+    std::string text = info[0].As<Napi::String>().Utf8Value();
+    int clip_skip = info[1].As<Napi::Number>().Int32Value();
+    auto abort = AbortFlag::From(info.Length() > 2 ? info[2] : env.Undefined());
+    return PromiseWorker<Encoded>::Start(
+        env, "sdnode.encodePrompt",
+        [rt, text, clip_skip, abort]() {
+            std::lock_guard<std::mutex> lock(rt->busy);
+            const sd::Model & m = *rt->model;
+            int skip = clip_skip <= 0 ? sd::default_clip_skip(m.arch()) : clip_skip;
+            AbortScope scope(rt->runner, abort.get());
+            sd::WeightedTokens tokens = m.tokenizer().tokenize(text);
+            return Encoded{sd::encode_prompt(rt->runner, m.text_encoder(), tokens, skip)};
+        },
+        [](Napi::Env env, Encoded & e) -> Napi::Value {
+            Napi::Object out = Napi::Object::New(env);
+            Napi::Float32Array data = Napi::Float32Array::New(env, e.hidden.data.size());
+            std::copy(e.hidden.data.begin(), e.hidden.data.end(), data.Data());
+            out.Set("data", data);
+            out.Set("dim", static_cast<double>(e.hidden.ne[0]));
+            out.Set("tokens", static_cast<double>(e.hidden.ne[1]));
+            return out;
+        },
+        {info.This().As<Napi::Object>()});
+}
+
+Napi::Value ModelWrap::Dispose(const Napi::CallbackInfo & info) {
+    release_memory(info.Env());
+    runtime_.reset();  // running workers keep their own reference until they finish
+    return info.Env().Undefined();
+}
+
+}  // namespace sdnode
