@@ -10,7 +10,7 @@ import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { generateCheckpoint } from './fixtures/generate.ts';
 
-const CASES = Number(process.env.SDNODE_FUZZ_CASES ?? 1500);
+const CASES = Number(process.env.SDNODE_FUZZ_CASES ?? 3000);
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-fuzz-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 const worker = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'fuzz-worker.ts');

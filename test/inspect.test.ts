@@ -14,7 +14,7 @@ import {
   inspectModel,
 } from '../lib/index.ts';
 import { crc32 } from '../lib/image.ts';
-import { ARCHES, generateCheckpoint, modelConfig, type Arch, type Format } from './fixtures/generate.ts';
+import { ARCHES, generateCheckpoint, layoutOf, modelConfig, tensorList, type Arch, type Format } from './fixtures/generate.ts';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-inspect-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -47,11 +47,22 @@ describe('inspectModel on tiny generated checkpoints', () => {
         const info = await inspectModel(made.path);
         assert.equal(info.format, format === 'ckpt' ? 'torch' : format);
         assert.equal(info.architecture, expectedArch[arch]);
-        assert.equal(info.hyperparameters.unet?.variant ?? '', expectedVariant[arch]);
-        // Split q/k/v views count once, so counts equal what was written whatever the layout.
+        // A .ckpt has no metadata, so a tiny model's family and variant come from its structure:
+        // fewer levels than the standard UNet reads as a distilled "small" one.
+        const structural = format === 'ckpt' && expectedVariant[arch] === '';
+        assert.equal(info.hyperparameters.unet?.variant ?? '', structural ? 'small' : expectedVariant[arch]);
+        // Split q/k/v views count once, so counts equal what was written whatever the layout,
+        // less what the name table deliberately ignores (OpenCLIP's logit_scale scalar).
+        const ignored = tensorList(arch, 'tiny', layoutOf(format)).filter((t) => t.name.endsWith('logit_scale'));
+        const ignoredIn = (c: string) => ignored.filter((t) => t.component === c).length;
         assert.deepEqual(
           { unet: info.parameters.unet, vae: info.parameters.vae, te: info.parameters.textEncoder, te2: info.parameters.textEncoder2 },
-          { unet: made.parameters.unet, vae: made.parameters.vae, te: made.parameters.textEncoder, te2: made.parameters.textEncoder2 },
+          {
+            unet: made.parameters.unet,
+            vae: made.parameters.vae,
+            te: made.parameters.textEncoder - ignoredIn('text_encoder'),
+            te2: made.parameters.textEncoder2 - ignoredIn('text_encoder_2'),
+          },
         );
         const cfg = modelConfig(arch, 'tiny');
         const u = info.hyperparameters.unet!;

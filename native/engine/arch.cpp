@@ -384,9 +384,23 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
             case 1024: info.arch = Arch::SD2; break;
             case 2048: info.arch = Arch::SDXL; standard = {3, 2}; break;
             case 1280: info.arch = Arch::SDXLRefiner; break;
-            default:
-                throw_unsupported(file.path, "UNet cross-attention width (context_dim) is " + std::to_string(p.context_dim) +
-                                                 "; expected 768 (SD1.x), 1024 (SD2.x), 2048 (SDXL) or 1280 (SDXL refiner)");
+            default: {
+                // A non-standard width (small test or research models): the family comes from
+                // sdnode.arch metadata, else from structure — a label embedding means SDXL (base
+                // with two encoders, refiner with one), a linear projection SD2, else SD1.
+                const std::string * named = file.meta("sdnode.arch");
+                std::string family = named ? *named : "";
+                if (family == "sd1" || family == "inpaint" || family == "ip2p" || family == "tiny") info.arch = Arch::SD1;
+                else if (family == "sd2") info.arch = Arch::SD2;
+                else if (family == "sdxl") info.arch = Arch::SDXL;
+                else if (family == "sdxl-refiner") info.arch = Arch::SDXLRefiner;
+                else if (p.adm_in_channels > 0) info.arch = te.empty() ? Arch::SDXLRefiner : Arch::SDXL;
+                else info.arch = p.use_linear_projection ? Arch::SD2 : Arch::SD1;
+                if (info.arch == Arch::SDXL) standard = {3, 2};
+                info.warnings.push_back("non-standard UNet context width " + std::to_string(p.context_dim) + "; treated as " +
+                                        arch_name(info.arch) + (named ? " (sdnode.arch metadata)" : " (from its structure)"));
+                break;
+            }
         }
         if (info.arch == Arch::SDXL && p.adm_in_channels != 2816)
             info.warnings.push_back("SDXL UNet with adm_in_channels " + std::to_string(p.adm_in_channels) + " (expected 2816)");
@@ -410,6 +424,9 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
         else if (p.in_channels == 8) p.variant = "instruct-pix2pix";
         bool distilled = !p.has_middle_block || (int)p.channel_mult.size() < standard.levels;
         for (int n : p.num_res_blocks) distilled |= n < standard.res_blocks;
+        // A file that names its family (sdnode.arch) is not second-guessed from block counts.
+        const std::string * declared = file.meta("sdnode.arch");
+        if (declared) distilled = *declared == "tiny";
         if (distilled && p.variant.empty()) p.variant = p.has_middle_block ? "small" : "tiny";
 
         if (!metadata_prediction(file, p.prediction)) {

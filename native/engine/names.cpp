@@ -145,7 +145,7 @@ void route(const TensorRecord & t, Buckets & out) {
         {"cond_stage_model.model.", &Buckets::te, Scheme::OpenClip},        // SD2.x
         {"conditioner.embedders.0.transformer.", &Buckets::te, Scheme::Auto},
         {"conditioner.embedders.0.open_clip.model.", &Buckets::te, Scheme::OpenClip},
-        {"conditioner.embedders.0.model.", &Buckets::te, Scheme::OpenClip},  // refiner: relabeled in pass 3
+        {"conditioner.embedders.0.model.", &Buckets::te2, Scheme::OpenClip},  // the refiner's only encoder is bigG
         {"conditioner.embedders.1.model.", &Buckets::te2, Scheme::OpenClip},
         {"unet/", &Buckets::unet, Scheme::Auto},
         {"vae/", &Buckets::vae, Scheme::Auto},
@@ -611,9 +611,13 @@ CanonicalModel canonicalize(const ModelFile & file) {
     map_text_encoder(file, buckets.te2, te2, model.unknown);
 
     // The refiner's only encoder is bigG: call it text_encoder_2, as in SDXL.
+    // Spellings that do not say it (stable-diffusion.cpp's) are told by the bigG width or by
+    // sdnode.arch metadata.
+    const std::string * declared = file.meta("sdnode.arch");
+    const bool refiner = declared && *declared == "sdxl-refiner";
     if (te2.empty()) {
         for (const auto & m : te) {
-            if (m.name == "text_model.embeddings.token_embedding.weight" && m.shape.size() == 2 && m.shape[1] == 1280) {
+            if (m.name == "text_model.embeddings.token_embedding.weight" && m.shape.size() == 2 && (m.shape[1] == 1280 || refiner)) {
                 std::swap(te, te2);
                 break;
             }
