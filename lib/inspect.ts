@@ -72,7 +72,8 @@ export async function inspectModel(modelPath: string): Promise<ModelInspection> 
   const p = n.parameters;
   const hyperparameters: ModelInspection['hyperparameters'] = {};
   if (n.unet) hyperparameters.unet = n.unet;
-  if (n.vae) hyperparameters.vae = n.vae;
+  // The scale is stored as a float32; report the decimal it was written as (0.18215, not 0.18215000629).
+  if (n.vae) hyperparameters.vae = { ...n.vae, scaleFactor: Number(n.vae.scaleFactor.toPrecision(7)) };
   if (n.textEncoder) hyperparameters.textEncoder = n.textEncoder;
   if (n.textEncoder2) hyperparameters.textEncoder2 = n.textEncoder2;
   return {
