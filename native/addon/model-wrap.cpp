@@ -94,22 +94,17 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo & info) {
         std::string merges_js = string_field(opts, "clipMergesJs", "");
         options.clip_merges = sd::clip_merges_from_js(merges_js);
         auto abort = AbortFlag::From(info.Length() > 3 ? info[3] : env.Undefined());
-        auto progress = std::make_shared<ProgressChannel<double>>(env, info.Length() > 2 ? info[2] : env.Undefined(),
-                                                                   "sdnode.loadModel.progress", fraction_to_js);
+        auto queue = std::make_shared<JsTaskQueue>(env, info.Length() > 2 ? info[2] : env.Undefined(), "sdnode.loadModel");
         options.abort = abort.get();
-        options.progress = [progress](double f) { progress->send(f); };
+        options.progress = [queue](double f) { post_progress(*queue, f, fraction_to_js); };
         return PromiseWorker<std::shared_ptr<sd::Model>>::Start(
             env, "sdnode.loadModel",
-            [path, options, abort, progress]() {
-                auto model = std::shared_ptr<sd::Model>(sd::Model::load(path, options));
-                progress->release();
-                return model;
-            },
-            [progress](Napi::Env env, std::shared_ptr<sd::Model> & model) -> Napi::Value {
-                progress->release();
+            [path, options, abort]() { return std::shared_ptr<sd::Model>(sd::Model::load(path, options)); },
+            [](Napi::Env env, std::shared_ptr<sd::Model> & model) -> Napi::Value {
                 Napi::External<std::shared_ptr<sd::Model>> ext = Napi::External<std::shared_ptr<sd::Model>>::New(env, &model);
                 return AddonState::Get(env).model_ctor.New({ext});
-            });
+            },
+            {}, queue);
     });
 }
 

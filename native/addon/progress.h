@@ -1,6 +1,10 @@
-// Progress from a worker thread to a JS callback through a thread-safe function. The TSFN is
-// unref'd: a pending progress report never keeps the process alive by itself (the worker's
-// promise does, while the work runs). Reports are non-blocking; the worker never waits on JS.
+// Messages from a worker thread to JS, in order, through one thread-safe function: progress
+// reports while the work runs, then the promise's settlement. Settling through the same queue
+// guarantees every progress callback runs before the promise resolves or rejects.
+//
+// The TSFN is unref'd while the work runs (a progress report never keeps the process alive by
+// itself; the worker does), and ref'd once the settlement is queued, so the process cannot exit
+// with the promise unsettled.
 #pragma once
 #include <napi.h>
 
@@ -10,37 +14,48 @@
 
 namespace sdnode {
 
-template <typename Payload>
-class ProgressChannel {
+class JsTaskQueue {
 public:
-    using ToJs = Napi::Value (*)(Napi::Env, const Payload &);
+    using Task = std::function<void(Napi::Env, Napi::Function)>;
 
-    // `callback` may be undefined: then send() does nothing.
-    ProgressChannel(Napi::Env env, Napi::Value callback, const char * name, ToJs to_js) {
-        if (!callback.IsFunction()) return;
-        tsfn_ = Napi::ThreadSafeFunction::New(env, callback.As<Napi::Function>(), name, 0, 1);
+    // `callback` is the user's progress function, or undefined (then tasks still run, with an
+    // empty function).
+    JsTaskQueue(Napi::Env env, Napi::Value callback, const char * name) {
+        Napi::Function fn = callback.IsFunction() ? callback.As<Napi::Function>() : Napi::Function::New(env, [](const Napi::CallbackInfo &) {});
+        has_callback_ = callback.IsFunction();
+        tsfn_ = Napi::ThreadSafeFunction::New(env, fn, name, 0, 1);
         tsfn_->Unref(env);
-        to_js_ = to_js;
     }
-    ~ProgressChannel() { release(); }
-    ProgressChannel(const ProgressChannel &) = delete;
-    ProgressChannel & operator=(const ProgressChannel &) = delete;
+    ~JsTaskQueue() { release(); }
+    JsTaskQueue(const JsTaskQueue &) = delete;
+    JsTaskQueue & operator=(const JsTaskQueue &) = delete;
 
-    // Any thread.
-    void send(const Payload & p) {
+    bool has_callback() const { return has_callback_; }
+
+    // Any thread. Never blocks; a task that cannot be queued (environment shutting down) is dropped.
+    void post(Task task) {
         if (!tsfn_) return;
-        auto * copy = new Payload(p);
-        ToJs to_js = to_js_;
-        napi_status s = tsfn_->NonBlockingCall(copy, [to_js](Napi::Env env, Napi::Function fn, Payload * data) {
-            std::unique_ptr<Payload> owned(data);
-            if (env == nullptr || fn.IsEmpty()) return;  // environment shutting down
-            // lib/ wraps user callbacks so they never throw into here.
-            fn.Call({to_js(env, *owned)});
+        auto * heap = new Task(std::move(task));
+        napi_status s = tsfn_->NonBlockingCall(heap, [](Napi::Env env, Napi::Function fn, Task * t) {
+            std::unique_ptr<Task> owned(t);
+            if (env == nullptr) return;  // environment shutting down
+            Napi::HandleScope scope(env);
+            (*owned)(env, fn);
         });
-        if (s != napi_ok) delete copy;
+        if (s != napi_ok) delete heap;
     }
 
-    // Main thread or worker; idempotent.
+    // Main thread: queue the last task (the settlement) and keep the loop alive until it ran.
+    void post_final(Napi::Env env, Task task) {
+        if (!tsfn_) {
+            task(env, Napi::Function());
+            return;
+        }
+        tsfn_->Ref(env);
+        post(std::move(task));
+        release();
+    }
+
     void release() {
         if (tsfn_) {
             tsfn_->Release();
@@ -50,7 +65,14 @@ public:
 
 private:
     std::optional<Napi::ThreadSafeFunction> tsfn_;
-    ToJs to_js_ = nullptr;
+    bool has_callback_ = false;
 };
+
+// Sends one progress value to the user's callback (lib/ wraps it so it never throws).
+template <typename Payload>
+void post_progress(JsTaskQueue & queue, Payload payload, Napi::Value (*to_js)(Napi::Env, const Payload &)) {
+    if (!queue.has_callback()) return;
+    queue.post([payload = std::move(payload), to_js](Napi::Env env, Napi::Function fn) { fn.Call({to_js(env, payload)}); });
+}
 
 }  // namespace sdnode

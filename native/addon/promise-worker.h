@@ -1,6 +1,7 @@
 // An AsyncWorker that settles a Promise. The work runs on libuv's pool with no JS access; the
-// result is converted on the main thread. Objects the work uses are Ref()'d by the caller
-// through `keep_alive` so they cannot be collected or disposed of underneath it.
+// result is converted on the main thread. Objects the work uses are Ref()'d through
+// `keep_alive` until the promise settles, so they cannot be collected underneath it. With a
+// JsTaskQueue, the settlement goes through the queue after every progress report.
 #pragma once
 #include <napi.h>
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "js-error.h"
+#include "progress.h"
 
 namespace sdnode {
 
@@ -20,9 +22,10 @@ public:
 
     // Queues the work and returns its promise.
     static Napi::Promise Start(Napi::Env env, const char * name, Work work, ToJs to_js,
-                               std::vector<Napi::Object> keep_alive = {}) {
-        auto * w = new PromiseWorker(env, name, std::move(work), std::move(to_js), keep_alive);
-        Napi::Promise promise = w->deferred_.Promise();
+                               std::vector<Napi::Object> keep_alive = {},
+                               std::shared_ptr<JsTaskQueue> queue = nullptr) {
+        auto * w = new PromiseWorker(env, name, std::move(work), std::move(to_js), keep_alive, std::move(queue));
+        Napi::Promise promise = w->state_->deferred.Promise();
         w->Queue();
         return promise;
     }
@@ -30,45 +33,66 @@ public:
 protected:
     void Execute() override {
         try {
-            result_ = std::make_unique<Result>(work_());
+            state_->result = std::make_unique<Result>(work_());
         } catch (...) {
-            error_ = CapturedError::from_current_exception();
-            failed_ = true;
+            state_->error = CapturedError::from_current_exception();
+            state_->failed = true;
         }
     }
 
-    void OnOK() override {
-        Napi::Env env = Env();
-        Napi::HandleScope scope(env);
-        if (failed_) {
-            deferred_.Reject(error_.to_js(env).Value());
-            return;
-        }
-        try {
-            deferred_.Resolve(to_js_(env, *result_));
-        } catch (const Napi::Error & e) {
-            deferred_.Reject(e.Value());
-        } catch (...) {
-            deferred_.Reject(CapturedError::from_current_exception().to_js(env).Value());
-        }
+    void OnOK() override { finish(); }
+    void OnError(const Napi::Error & e) override {
+        state_->error = CapturedError{"Internal", e.Message(), ""};
+        state_->failed = true;
+        finish();
     }
-
-    void OnError(const Napi::Error & e) override { deferred_.Reject(e.Value()); }
 
 private:
-    PromiseWorker(Napi::Env env, const char * name, Work work, ToJs to_js, std::vector<Napi::Object> & keep)
-        : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)),
-          work_(std::move(work)), to_js_(std::move(to_js)) {
-        for (auto & o : keep) refs_.push_back(Napi::Persistent(o));
+    struct State {
+        explicit State(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+        Napi::Promise::Deferred deferred;
+        std::unique_ptr<Result> result;
+        CapturedError error;
+        bool failed = false;
+        ToJs to_js;
+        std::vector<Napi::ObjectReference> refs;
+
+        void settle(Napi::Env env) {
+            Napi::HandleScope scope(env);
+            if (failed) {
+                deferred.Reject(error.to_js(env).Value());
+                return;
+            }
+            try {
+                deferred.Resolve(to_js(env, *result));
+            } catch (const Napi::Error & e) {
+                deferred.Reject(e.Value());
+            } catch (...) {
+                deferred.Reject(CapturedError::from_current_exception().to_js(env).Value());
+            }
+        }
+    };
+
+    PromiseWorker(Napi::Env env, const char * name, Work work, ToJs to_js, std::vector<Napi::Object> & keep,
+                  std::shared_ptr<JsTaskQueue> queue)
+        : Napi::AsyncWorker(env, name), state_(std::make_shared<State>(env)), work_(std::move(work)), queue_(std::move(queue)) {
+        state_->to_js = std::move(to_js);
+        for (auto & o : keep) state_->refs.push_back(Napi::Persistent(o));
     }
 
-    Napi::Promise::Deferred deferred_;
+    void finish() {
+        Napi::Env env = Env();
+        if (!queue_) {
+            state_->settle(env);
+            return;
+        }
+        auto state = state_;
+        queue_->post_final(env, [state](Napi::Env e, Napi::Function) { state->settle(e); });
+    }
+
+    std::shared_ptr<State> state_;
     Work work_;
-    ToJs to_js_;
-    std::unique_ptr<Result> result_;
-    CapturedError error_;
-    bool failed_ = false;
-    std::vector<Napi::ObjectReference> refs_;
+    std::shared_ptr<JsTaskQueue> queue_;
 };
 
 }  // namespace sdnode

@@ -321,7 +321,7 @@ TextEncoderParams detect_text_encoder(const ModelFile & file, const ComponentVie
     p.layers = t.count("text_model.encoder.layers.");
     if (p.layers == 0) throw_format(file.path, "text encoder is present but has no text_model.encoder.layers.0.* tensors");
     p.intermediate = (int)t.require("text_model.encoder.layers.0.mlp.fc1.weight", 2).shape[0];
-    p.heads = p.width / 64;
+    p.heads = std::max(1, p.width / 64);  // 64-wide heads in every CLIP; narrower (test) encoders get one
     if (const auto * proj = t.find("text_projection.weight")) p.projection_dim = (int)proj->shape[0];
     switch (p.width) {
         case 768: p.kind = "clip-vit-l-14"; p.activation = "quick_gelu"; break;

@@ -180,7 +180,7 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
     uint64_t total = 0;
     for (const auto * t : todo) total += t->nbytes;
     std::atomic<size_t> next{0};
-    std::atomic<uint64_t> done{0};
+    uint64_t done = 0;
     std::mutex report_mutex;
     std::exception_ptr failure;
     std::mutex failure_mutex;
@@ -218,10 +218,11 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
                     from_f32(types[i], f32.data(), staged.data(), n / row_len, row_len);
                     ggml_backend_tensor_set(g, staged.data(), 0, staged.size());
                 }
-                uint64_t now = done.fetch_add(t.nbytes) + t.nbytes;
-                if (options.progress) {
+                {
+                    // Counted and reported under one lock, so reports never go backwards.
                     std::lock_guard<std::mutex> lock(report_mutex);
-                    options.progress(now, total);
+                    done += t.nbytes;
+                    if (options.progress) options.progress(done, total);
                 }
             } catch (...) {
                 std::lock_guard<std::mutex> lock(failure_mutex);
