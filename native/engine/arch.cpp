@@ -11,6 +11,7 @@
 #include <set>
 
 #include "errors.h"
+#include "json.h"
 
 namespace sd {
 
@@ -79,55 +80,41 @@ private:
 
 // ---------------------------------------------------------------- metadata
 
-// The raw JSON value of the first `"key":` in `json` (number, string without quotes, array with
-// brackets, null). Enough for the flat config files diffusers writes.
-bool json_value(const std::string & json, const std::string & key, std::string & value) {
-    const std::string quoted = "\"" + key + "\"";
-    size_t pos = json.find(quoted);
-    while (pos != std::string::npos) {
-        size_t p = pos + quoted.size();
-        while (p < json.size() && (json[p] == ' ' || json[p] == '\t' || json[p] == '\n' || json[p] == '\r')) ++p;
-        if (p < json.size() && json[p] == ':') {
-            ++p;
-            while (p < json.size() && (json[p] == ' ' || json[p] == '\t' || json[p] == '\n' || json[p] == '\r')) ++p;
-            if (p >= json.size()) return false;
-            if (json[p] == '"') {
-                size_t end = json.find('"', p + 1);
-                if (end == std::string::npos) return false;
-                value = json.substr(p + 1, end - p - 1);
-            } else if (json[p] == '[') {
-                size_t end = json.find(']', p);
-                if (end == std::string::npos) return false;
-                value = json.substr(p, end - p + 1);
-            } else {
-                size_t end = p;
-                while (end < json.size() && json[end] != ',' && json[end] != '}' && json[end] != '\n') ++end;
-                value = json.substr(p, end - p);
-                while (!value.empty() && (value.back() == ' ' || value.back() == '\r')) value.pop_back();
-            }
-            return true;
+// A top-level member of a JSON config held in metadata (diffusers config files), or nullptr
+// when the text is absent, not JSON, or lacks the key.
+struct Config {
+    explicit Config(const std::string * text) {
+        if (!text) return;
+        try {
+            root = parse_json(*text);
+        } catch (const JsonError &) {
+            // An unreadable config is ignored: the shapes still tell most of the story.
         }
-        pos = json.find(quoted, pos + 1);
     }
-    return false;
-}
-
-// Integers of a JSON number or array of numbers; empty for null or anything else.
-std::vector<int> json_ints(const std::string & value) {
-    std::vector<int> out;
-    std::string digits;
-    auto flush = [&] {
-        if (!digits.empty()) out.push_back(std::stoi(digits));
-        digits.clear();
-    };
-    for (char c : value) {
-        if (c >= '0' && c <= '9' && digits.size() < 9) digits += c;
-        else if (c == ',' || c == ']' || c == ' ') flush();
-        else if (c != '[') return {};
+    const JsonValue * get(const char * key) const { return root.get(key); }
+    std::string string(const char * key) const {
+        const JsonValue * v = get(key);
+        return v && v->is_string() ? v->text : std::string();
     }
-    flush();
-    return out;
-}
+    // An integer, or every integer of an array; empty for anything else.
+    std::vector<int> ints(const char * key) const {
+        std::vector<int> out;
+        const JsonValue * v = get(key);
+        auto add = [&](const JsonValue & n) {
+            uint64_t u = 0;
+            if (!n.as_uint64(u) || u > 1'000'000) return false;
+            out.push_back(static_cast<int>(u));
+            return true;
+        };
+        if (!v) return out;
+        if (v->is_number()) add(*v);
+        else if (v->is_array())
+            for (const auto & item : v->items)
+                if (!add(item)) return {};
+        return out;
+    }
+    JsonValue root;
+};
 
 // Prediction type from any metadata that states it: true when found.
 bool metadata_prediction(const ModelFile & file, Prediction & prediction) {
@@ -139,10 +126,7 @@ bool metadata_prediction(const ModelFile & file, Prediction & prediction) {
     for (const char * key : {"sdnode.prediction", "modelspec.prediction_type", "prediction_type"})
         if (const std::string * v = file.meta(key))
             if (parse(*v)) return true;
-    if (const std::string * json = file.meta("scheduler/scheduler_config.json")) {
-        std::string v;
-        if (json_value(*json, "prediction_type", v) && parse(v)) return true;
-    }
+    if (parse(Config(file.meta("scheduler/scheduler_config.json")).string("prediction_type"))) return true;
     if (const std::string * a = file.meta("modelspec.architecture")) {
         if (a->find("768-v") != std::string::npos || a->find("-v-") != std::string::npos) { prediction = Prediction::V; return true; }
     }
@@ -244,12 +228,9 @@ struct Standard {
 // Heads from diffusers' config when present. Its "attention_head_dim" is, despite the name, the
 // number of heads (an int, or one per level); "num_attention_heads" is the newer spelling.
 bool config_heads(const ModelFile & file, UnetParams & p) {
-    const std::string * json = file.meta("unet/config.json");
-    if (!json) return false;
-    std::string raw;
-    std::vector<int> heads;
-    if (json_value(*json, "num_attention_heads", raw)) heads = json_ints(raw);
-    if (heads.empty() && json_value(*json, "attention_head_dim", raw)) heads = json_ints(raw);
+    const Config config(file.meta("unet/config.json"));
+    std::vector<int> heads = config.ints("num_attention_heads");
+    if (heads.empty()) heads = config.ints("attention_head_dim");
     if (heads.empty()) return false;
     bool all_equal = std::all_of(heads.begin(), heads.end(), [&](int h) { return h == heads[0]; });
     if (heads.size() == 1 || all_equal) {
@@ -329,11 +310,11 @@ TextEncoderParams detect_text_encoder(const ModelFile & file, const ComponentVie
         case 1280: p.kind = "openclip-vit-bigg-14"; p.activation = "gelu"; break;
         default: p.kind = "clip"; p.activation = "quick_gelu"; break;
     }
-    if (const std::string * json = file.meta(config_key)) {
-        std::string v;
-        if (json_value(*json, "hidden_act", v) && (v == "gelu" || v == "quick_gelu")) p.activation = v;
-        if (json_value(*json, "num_attention_heads", v) && !json_ints(v).empty()) p.heads = json_ints(v)[0];
-    }
+    const Config config(file.meta(config_key));
+    const std::string act = config.string("hidden_act");
+    if (act == "gelu" || act == "quick_gelu") p.activation = act;
+    const std::vector<int> heads = config.ints("num_attention_heads");
+    if (!heads.empty() && heads[0] > 0) p.heads = heads[0];
     return p;
 }
 
