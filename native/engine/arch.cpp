@@ -86,15 +86,15 @@ struct Config {
     explicit Config(const std::string * text) {
         if (!text) return;
         try {
-            root = parse_json(*text);
-        } catch (const JsonError &) {
+            root = parse_json(*text, "config");
+        } catch (const Error &) {
             // An unreadable config is ignored: the shapes still tell most of the story.
         }
     }
     const JsonValue * get(const char * key) const { return root.get(key); }
     std::string string(const char * key) const {
         const JsonValue * v = get(key);
-        return v && v->is_string() ? v->text : std::string();
+        return v && v->is_string() ? v->as_string() : std::string();
     }
     // An integer, or every integer of an array; empty for anything else.
     std::vector<int> ints(const char * key) const {
@@ -109,7 +109,7 @@ struct Config {
         if (!v) return out;
         if (v->is_number()) add(*v);
         else if (v->is_array())
-            for (const auto & item : v->items)
+            for (const auto & item : v->items())
                 if (!add(item)) return {};
         return out;
     }

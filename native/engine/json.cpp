@@ -1,132 +1,181 @@
 #include "json.h"
 
-#include <cstdlib>
-#include <cstring>
+#include <cmath>
+#include <cstdio>
+#include <locale>
+#include <sstream>
+
+#include "errors.h"
 
 namespace sd {
 
 namespace {
+constexpr int kMaxDepth = 128;  // config files nest a few levels; deeper is hostile input
+}
 
-class Parser {
+class JsonParser {
 public:
-    Parser(const char * data, size_t size, int max_depth) : p_(data), begin_(data), end_(data + size), max_depth_(max_depth) {}
+    JsonParser(const char * data, size_t size, const std::string & source)
+        : p_(data), size_(size), source_(source) {}
 
-    JsonValue document() {
-        JsonValue v = value(0);
+    JsonValue parse_document() {
         skip_ws();
-        if (p_ != end_) fail("unexpected data after the JSON value");
+        JsonValue v = parse_value(0);
+        skip_ws();
+        if (pos_ != size_) fail("unexpected " + describe_here() + " after the JSON value");
         return v;
     }
 
 private:
-    [[noreturn]] void fail(const std::string & what) const { throw JsonError(what, static_cast<size_t>(p_ - begin_)); }
+    const char * p_;
+    size_t size_;
+    size_t pos_ = 0;
+    const std::string & source_;
+
+    [[noreturn]] void fail(const std::string & what) const {
+        throw_format(source_, "invalid JSON at byte " + std::to_string(pos_) + ": " + what);
+    }
+
+    std::string describe_here() const {
+        if (pos_ >= size_) return "end of text";
+        unsigned char c = (unsigned char)p_[pos_];
+        if (c >= 0x20 && c < 0x7f) return std::string("'") + (char)c + "'";
+        char buf[16];
+        std::snprintf(buf, sizeof buf, "byte 0x%02x", c);
+        return buf;
+    }
 
     void skip_ws() {
-        while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
+        while (pos_ < size_ && (p_[pos_] == ' ' || p_[pos_] == '\t' || p_[pos_] == '\n' || p_[pos_] == '\r')) ++pos_;
     }
 
-    bool consume(const char * word) {
-        size_t n = std::strlen(word);
-        if (static_cast<size_t>(end_ - p_) >= n && std::memcmp(p_, word, n) == 0) {
-            p_ += n;
-            return true;
+    bool at(char c) const { return pos_ < size_ && p_[pos_] == c; }
+
+    void expect_word(const char * word) {
+        for (const char * w = word; *w; ++w, ++pos_) {
+            if (!at(*w)) fail(std::string("expected '") + word + "', found " + describe_here());
         }
-        return false;
     }
 
-    JsonValue value(int depth) {
-        if (depth > max_depth_) fail("JSON nested too deeply");
-        skip_ws();
-        if (p_ >= end_) fail("unexpected end of JSON");
+    JsonValue parse_value(int depth) {
+        if (depth > kMaxDepth) fail("nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+        if (pos_ >= size_) fail("expected a value, found end of text");
         JsonValue v;
-        switch (*p_) {
-            case '{': object(v, depth); break;
-            case '[': array(v, depth); break;
-            case '"': v.type = JsonValue::Type::String; v.text = string(); break;
-            case 't': if (!consume("true")) fail("invalid literal"); v.type = JsonValue::Type::Bool; v.boolean = true; break;
-            case 'f': if (!consume("false")) fail("invalid literal"); v.type = JsonValue::Type::Bool; break;
-            case 'n': if (!consume("null")) fail("invalid literal"); break;
-            default: number(v); break;
+        switch (p_[pos_]) {
+            case '{': parse_object(v, depth); break;
+            case '[': parse_array(v, depth); break;
+            case '"': v.kind_ = JsonValue::Kind::String; v.text_ = parse_string(); break;
+            case 't': expect_word("true"); v.kind_ = JsonValue::Kind::Bool; v.bool_ = true; break;
+            case 'f': expect_word("false"); v.kind_ = JsonValue::Kind::Bool; v.bool_ = false; break;
+            case 'n': expect_word("null"); break;
+            default:
+                if (p_[pos_] == '-' || (p_[pos_] >= '0' && p_[pos_] <= '9')) parse_number(v);
+                else fail("expected a value, found " + describe_here());
         }
         return v;
     }
 
-    void object(JsonValue & v, int depth) {
-        v.type = JsonValue::Type::Object;
-        ++p_;
+    void parse_object(JsonValue & v, int depth) {
+        v.kind_ = JsonValue::Kind::Object;
+        ++pos_;  // '{'
         skip_ws();
-        if (p_ < end_ && *p_ == '}') { ++p_; return; }
+        if (at('}')) { ++pos_; return; }
         for (;;) {
             skip_ws();
-            if (p_ >= end_ || *p_ != '"') fail("expected a string key");
-            std::string key = string();
+            if (!at('"')) fail("expected a member name in quotes, found " + describe_here());
+            std::string key = parse_string();
             skip_ws();
-            if (p_ >= end_ || *p_ != ':') fail("expected ':'");
-            ++p_;
-            v.members.emplace_back(std::move(key), value(depth + 1));
+            if (!at(':')) fail("expected ':' after member name, found " + describe_here());
+            ++pos_;
             skip_ws();
-            if (p_ >= end_) fail("unexpected end of JSON in an object");
-            if (*p_ == ',') { ++p_; continue; }
-            if (*p_ == '}') { ++p_; return; }
-            fail("expected ',' or '}'");
+            v.members_.emplace_back(std::move(key), parse_value(depth + 1));
+            skip_ws();
+            if (at(',')) { ++pos_; continue; }
+            if (at('}')) { ++pos_; return; }
+            fail("expected ',' or '}' in object, found " + describe_here());
         }
     }
 
-    void array(JsonValue & v, int depth) {
-        v.type = JsonValue::Type::Array;
-        ++p_;
+    void parse_array(JsonValue & v, int depth) {
+        v.kind_ = JsonValue::Kind::Array;
+        ++pos_;  // '['
         skip_ws();
-        if (p_ < end_ && *p_ == ']') { ++p_; return; }
+        if (at(']')) { ++pos_; return; }
         for (;;) {
-            v.items.push_back(value(depth + 1));
             skip_ws();
-            if (p_ >= end_) fail("unexpected end of JSON in an array");
-            if (*p_ == ',') { ++p_; continue; }
-            if (*p_ == ']') { ++p_; return; }
-            fail("expected ',' or ']'");
+            v.items_.push_back(parse_value(depth + 1));
+            skip_ws();
+            if (at(',')) { ++pos_; continue; }
+            if (at(']')) { ++pos_; return; }
+            fail("expected ',' or ']' in array, found " + describe_here());
         }
     }
 
-    static void append_utf8(std::string & out, uint32_t cp) {
-        if (cp < 0x80) out += static_cast<char>(cp);
-        else if (cp < 0x800) { out += static_cast<char>(0xC0 | (cp >> 6)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
+    void parse_number(JsonValue & v) {
+        size_t start = pos_;
+        auto digits = [&]() {
+            size_t n = 0;
+            while (pos_ < size_ && p_[pos_] >= '0' && p_[pos_] <= '9') { ++pos_; ++n; }
+            return n;
+        };
+        if (at('-')) ++pos_;
+        if (at('0')) ++pos_;
+        else if (digits() == 0) fail("expected digits in number, found " + describe_here());
+        if (at('.')) {
+            ++pos_;
+            if (digits() == 0) fail("expected digits after '.', found " + describe_here());
+        }
+        if (at('e') || at('E')) {
+            ++pos_;
+            if (at('+') || at('-')) ++pos_;
+            if (digits() == 0) fail("expected exponent digits, found " + describe_here());
+        }
+        v.kind_ = JsonValue::Kind::Number;
+        v.text_.assign(p_ + start, pos_ - start);
+        // strtod would follow the process locale (a ',' decimal point under some); JSON never does.
+        std::istringstream in(v.text_);
+        in.imbue(std::locale::classic());
+        in >> v.number_;
+        if (in.fail()) v.number_ = v.text_[0] == '-' ? -HUGE_VAL : HUGE_VAL;  // out of double range
+    }
+
+    unsigned hex4() {
+        if (size_ - pos_ < 4) fail("truncated \\u escape");
+        unsigned cp = 0;
+        for (int i = 0; i < 4; ++i, ++pos_) {
+            char c = p_[pos_];
+            cp <<= 4;
+            if (c >= '0' && c <= '9') cp |= unsigned(c - '0');
+            else if (c >= 'a' && c <= 'f') cp |= unsigned(c - 'a' + 10);
+            else if (c >= 'A' && c <= 'F') cp |= unsigned(c - 'A' + 10);
+            else fail("bad hex digit in \\u escape: " + describe_here());
+        }
+        return cp;
+    }
+
+    static void append_utf8(std::string & out, unsigned cp) {
+        if (cp < 0x80) out += char(cp);
+        else if (cp < 0x800) { out += char(0xC0 | (cp >> 6)); out += char(0x80 | (cp & 0x3F)); }
         else if (cp < 0x10000) {
-            out += static_cast<char>(0xE0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
+            out += char(0xE0 | (cp >> 12)); out += char(0x80 | ((cp >> 6) & 0x3F)); out += char(0x80 | (cp & 0x3F));
         } else {
-            out += static_cast<char>(0xF0 | (cp >> 18));
-            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
+            out += char(0xF0 | (cp >> 18)); out += char(0x80 | ((cp >> 12) & 0x3F));
+            out += char(0x80 | ((cp >> 6) & 0x3F)); out += char(0x80 | (cp & 0x3F));
         }
     }
 
-    uint32_t hex4() {
-        if (end_ - p_ < 4) fail("truncated \\u escape");
-        uint32_t v = 0;
-        for (int i = 0; i < 4; ++i, ++p_) {
-            char c = *p_;
-            v <<= 4;
-            if (c >= '0' && c <= '9') v |= static_cast<uint32_t>(c - '0');
-            else if (c >= 'a' && c <= 'f') v |= static_cast<uint32_t>(c - 'a' + 10);
-            else if (c >= 'A' && c <= 'F') v |= static_cast<uint32_t>(c - 'A' + 10);
-            else fail("invalid \\u escape");
-        }
-        return v;
-    }
-
-    std::string string() {
-        ++p_;  // opening quote
+    std::string parse_string() {
+        ++pos_;  // opening quote
         std::string out;
         for (;;) {
-            if (p_ >= end_) fail("unterminated string");
-            char c = *p_++;
-            if (c == '"') return out;
-            if (static_cast<unsigned char>(c) < 0x20) fail("control character in a string");
-            if (c != '\\') { out += c; continue; }
-            if (p_ >= end_) fail("unterminated escape");
-            char e = *p_++;
+            if (pos_ >= size_) fail("unterminated string");
+            unsigned char c = (unsigned char)p_[pos_];
+            if (c == '"') { ++pos_; return out; }
+            if (c < 0x20) fail("control character in string: " + describe_here());
+            if (c != '\\') { out += char(c); ++pos_; continue; }
+            ++pos_;
+            if (pos_ >= size_) fail("unterminated escape");
+            char e = p_[pos_++];
             switch (e) {
                 case '"': out += '"'; break;
                 case '\\': out += '\\'; break;
@@ -137,54 +186,46 @@ private:
                 case 'r': out += '\r'; break;
                 case 't': out += '\t'; break;
                 case 'u': {
-                    uint32_t cp = hex4();
-                    if (cp >= 0xD800 && cp <= 0xDBFF) {
-                        if (end_ - p_ >= 6 && p_[0] == '\\' && p_[1] == 'u') {
-                            p_ += 2;
-                            uint32_t lo = hex4();
-                            if (lo < 0xDC00 || lo > 0xDFFF) fail("invalid surrogate pair");
-                            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                        } else {
-                            fail("unpaired surrogate");
-                        }
+                    unsigned cp = hex4();
+                    if (cp >= 0xD800 && cp < 0xDC00) {  // high surrogate: a low one must follow
+                        if (size_ - pos_ < 2 || p_[pos_] != '\\' || p_[pos_ + 1] != 'u') fail("unpaired surrogate in \\u escape");
+                        pos_ += 2;
+                        unsigned lo = hex4();
+                        if (lo < 0xDC00 || lo >= 0xE000) fail("unpaired surrogate in \\u escape");
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    } else if (cp >= 0xDC00 && cp < 0xE000) {
+                        fail("unpaired surrogate in \\u escape");
                     }
                     append_utf8(out, cp);
                     break;
                 }
-                default: fail("invalid escape");
+                default: --pos_; fail("unknown escape \\" + describe_here());
             }
         }
     }
-
-    void number(JsonValue & v) {
-        const char * start = p_;
-        if (p_ < end_ && *p_ == '-') ++p_;
-        auto digits = [&] {
-            const char * d = p_;
-            while (p_ < end_ && *p_ >= '0' && *p_ <= '9') ++p_;
-            return p_ > d;
-        };
-        if (!digits()) fail("invalid value");
-        if (p_ < end_ && *p_ == '.') { ++p_; if (!digits()) fail("invalid number"); }
-        if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
-            ++p_;
-            if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
-            if (!digits()) fail("invalid number");
-        }
-        v.type = JsonValue::Type::Number;
-        v.text.assign(start, p_);
-        v.number = std::strtod(v.text.c_str(), nullptr);
-    }
-
-    const char * p_;
-    const char * begin_;
-    const char * end_;
-    int max_depth_;
 };
 
-void dump_string(std::string & out, const std::string & s) {
-    out += '"';
-    for (char c : s) {
+bool JsonValue::as_uint64(uint64_t & out) const {
+    if (kind_ != Kind::Number || text_.empty()) return false;
+    uint64_t v = 0;
+    for (char c : text_) {
+        if (c < '0' || c > '9') return false;
+        unsigned d = unsigned(c - '0');
+        if (v > (UINT64_MAX - d) / 10) return false;
+        v = v * 10 + d;
+    }
+    out = v;
+    return true;
+}
+
+const JsonValue * JsonValue::get(const std::string & key) const {
+    for (const auto & m : members_) if (m.first == key) return &m.second;
+    return nullptr;
+}
+
+std::string json_quote(const std::string & s) {
+    std::string out = "\"";
+    for (unsigned char c : s) {
         switch (c) {
             case '"': out += "\\\""; break;
             case '\\': out += "\\\\"; break;
@@ -192,67 +233,52 @@ void dump_string(std::string & out, const std::string & s) {
             case '\r': out += "\\r"; break;
             case '\t': out += "\\t"; break;
             default:
-                if (static_cast<unsigned char>(c) < 0x20) {
+                if (c < 0x20) {
                     char buf[8];
                     std::snprintf(buf, sizeof buf, "\\u%04x", c);
                     out += buf;
                 } else {
-                    out += c;
+                    out += char(c);
                 }
         }
     }
-    out += '"';
+    return out + "\"";
 }
 
-void dump_value(std::string & out, const JsonValue & v) {
-    switch (v.type) {
-        case JsonValue::Type::Null: out += "null"; break;
-        case JsonValue::Type::Bool: out += v.boolean ? "true" : "false"; break;
-        case JsonValue::Type::Number: out += v.text; break;
-        case JsonValue::Type::String: dump_string(out, v.text); break;
-        case JsonValue::Type::Array:
-            out += '[';
-            for (size_t i = 0; i < v.items.size(); ++i) { if (i) out += ','; dump_value(out, v.items[i]); }
-            out += ']';
-            break;
-        case JsonValue::Type::Object:
-            out += '{';
-            for (size_t i = 0; i < v.members.size(); ++i) {
-                if (i) out += ',';
-                dump_string(out, v.members[i].first);
-                out += ':';
-                dump_value(out, v.members[i].second);
-            }
-            out += '}';
-            break;
-    }
-}
-
-}  // namespace
-
-const JsonValue * JsonValue::get(const std::string & key) const {
-    if (type != Type::Object) return nullptr;
-    for (const auto & m : members) if (m.first == key) return &m.second;
-    return nullptr;
-}
-
-bool JsonValue::as_uint64(uint64_t & out) const {
-    if (type != Type::Number || text.empty() || text.size() > 19) return false;
-    uint64_t v = 0;
-    for (char c : text) {
-        if (c < '0' || c > '9') return false;
-        v = v * 10 + static_cast<uint64_t>(c - '0');
-    }
-    out = v;
-    return true;
+std::string format_number(double v, int digits) {
+    if (v != v) return "nan";
+    if (v == HUGE_VAL) return "inf";
+    if (v == -HUGE_VAL) return "-inf";
+    std::ostringstream out;
+    out.imbue(std::locale::classic());
+    out.precision(digits);
+    out << v;
+    return out.str();
 }
 
 std::string JsonValue::dump() const {
-    std::string out;
-    dump_value(out, *this);
-    return out;
+    switch (kind_) {
+        case Kind::Null: return "null";
+        case Kind::Bool: return bool_ ? "true" : "false";
+        case Kind::Number: return text_;
+        case Kind::String: return json_quote(text_);
+        case Kind::Array: {
+            std::string out = "[";
+            for (size_t i = 0; i < items_.size(); ++i) out += (i ? "," : "") + items_[i].dump();
+            return out + "]";
+        }
+        case Kind::Object: {
+            std::string out = "{";
+            for (size_t i = 0; i < members_.size(); ++i)
+                out += (i ? "," : "") + json_quote(members_[i].first) + ":" + members_[i].second.dump();
+            return out + "}";
+        }
+    }
+    return "null";
 }
 
-JsonValue parse_json(const char * data, size_t size, int max_depth) { return Parser(data, size, max_depth).document(); }
+JsonValue parse_json(const char * data, size_t size, const std::string & source) {
+    return JsonParser(data, size, source).parse_document();
+}
 
 }  // namespace sd

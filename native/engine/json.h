@@ -1,42 +1,65 @@
-// A small, strict JSON reader for model headers and config files (safetensors headers,
-// *.safetensors.index.json, diffusers config.json / model_index.json). Bounded nesting, checked
-// escapes, numbers kept as text and as double. Throws JsonError with the byte offset.
+// A small, strict JSON reader (RFC 8259) for model headers and config files: safetensors headers,
+// config.json, model_index.json, *.safetensors.index.json. Parses into a tiny DOM. Bounded
+// nesting depth, no recursion on untrusted sizes, every byte access checked.
 #pragma once
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sd {
 
-struct JsonError : std::runtime_error {
-    JsonError(const std::string & what, size_t offset)
-        : std::runtime_error(what + " at byte " + std::to_string(offset)), offset(offset) {}
-    size_t offset;
-};
+class JsonValue {
+public:
+    enum class Kind { Null, Bool, Number, String, Array, Object };
 
-struct JsonValue {
-    enum class Type { Null, Bool, Number, String, Array, Object } type = Type::Null;
-    bool boolean = false;
-    double number = 0;
-    std::string text;  // string value, or the number as written
-    std::vector<JsonValue> items;
-    std::vector<std::pair<std::string, JsonValue>> members;  // object members in file order
+    Kind kind() const { return kind_; }
+    bool is_null() const { return kind_ == Kind::Null; }
+    bool is_bool() const { return kind_ == Kind::Bool; }
+    bool is_number() const { return kind_ == Kind::Number; }
+    bool is_string() const { return kind_ == Kind::String; }
+    bool is_array() const { return kind_ == Kind::Array; }
+    bool is_object() const { return kind_ == Kind::Object; }
 
-    bool is_object() const { return type == Type::Object; }
-    bool is_array() const { return type == Type::Array; }
-    bool is_string() const { return type == Type::String; }
-    bool is_number() const { return type == Type::Number; }
-    const JsonValue * get(const std::string & key) const;  // nullptr when absent or not an object
-    // The number as a non-negative integer, if it is one exactly (no fraction, no exponent).
+    bool as_bool() const { return bool_; }
+    double as_double() const { return number_; }
+    // Numbers keep their source text so large integers stay exact.
+    const std::string & number_text() const { return text_; }
+    // True when the number is a plain non-negative integer (no sign, fraction or exponent)
+    // that fits uint64; stores it in `out`.
     bool as_uint64(uint64_t & out) const;
-    // Compact JSON text of this value.
+    const std::string & as_string() const { return text_; }
+
+    const std::vector<JsonValue> & items() const { return items_; }                           // arrays
+    const std::vector<std::pair<std::string, JsonValue>> & members() const { return members_; }  // objects, source order
+    const JsonValue * get(const std::string & key) const;  // first member named `key`, or null
+
+    // Compact JSON text of this value (objects keep source order).
     std::string dump() const;
+
+private:
+    friend class JsonParser;
+    Kind kind_ = Kind::Null;
+    bool bool_ = false;
+    double number_ = 0;
+    std::string text_;  // string value, or number source text
+    std::vector<JsonValue> items_;
+    std::vector<std::pair<std::string, JsonValue>> members_;
 };
 
-JsonValue parse_json(const char * data, size_t size, int max_depth = 64);
-inline JsonValue parse_json(const std::string & s) { return parse_json(s.data(), s.size()); }
+// Parses a whole document (surrounding whitespace allowed, nothing else). Throws sd::Error
+// (ModelFormat) naming `source` (a file path, or "file: what") and the byte offset of the problem.
+JsonValue parse_json(const char * data, size_t size, const std::string & source);
+inline JsonValue parse_json(const std::string & text, const std::string & source) {
+    return parse_json(text.data(), text.size(), source);
+}
+
+// `s` as a JSON string literal, quotes included.
+std::string json_quote(const std::string & s);
+
+// Locale-independent number text ('.' as decimal point whatever the process locale), with
+// `digits` significant digits; nan/inf come out as "nan"/"inf"/"-inf".
+std::string format_number(double v, int digits);
 
 }  // namespace sd

@@ -60,9 +60,12 @@ inline const char * dtype_name(DType dtype, ggml_type type) {  // "f32", "bf16",
 }
 
 struct TensorRecord {
-    std::string name;            // as stored (diffusers: "<component>/<name>", e.g. "unet/conv_in.weight")
+    // As stored. diffusers: "<component>/<name>", e.g. "unet/conv_in.weight". torch: the state-dict
+    // key, with a top-level "state_dict" / "model" / "module" wrapper dict unwrapped (not prefixed)
+    // and nested dicts joined with '.'.
+    std::string name;
     DType dtype = DType::F32;
-    ggml_type type = GGML_TYPE_COUNT;  // for DType::Ggml; for F32/F16/BF16 the matching ggml type
+    ggml_type type = GGML_TYPE_COUNT;  // for DType::Ggml; else the matching ggml type (F64..I8), COUNT for U8/Bool
     std::vector<int64_t> shape;  // outermost first (torch order); GGUF ne[] is reversed into this
     std::shared_ptr<const MappedFile> file;
     uint64_t offset = 0;  // byte offset of the first element in file->data()
@@ -79,8 +82,15 @@ struct ModelFile {
     std::string path;    // what the caller opened (file or folder)
     std::string format;  // "safetensors", "gguf", "torch", "diffusers"
     std::vector<TensorRecord> tensors;  // unique names, file order
-    // Text metadata: safetensors __metadata__, GGUF key/values rendered as text (arrays as JSON),
-    // diffusers config files as "<component>/config.json" and "model_index.json" with their JSON text.
+    // Text metadata, in file order:
+    //  - safetensors: __metadata__ (non-string values as JSON text); sharded: the index's "metadata"
+    //    members, then each shard's __metadata__ (first occurrence of a key wins).
+    //  - GGUF: every key/value; scalars as plain text ("sd1", "64", "0.5", "true"), arrays as JSON
+    //    ("[1,2]", "[\"a\"]"); arrays over 64 items (or 64 KiB of text) as a summary
+    //    {"type":"string","count":49408,"head":[first 16 items]}.
+    //  - diffusers: "model_index.json" and "<component>/config.json" with their JSON text, and
+    //    each component's safetensors metadata as "<component>/<key>".
+    //  - torch: none.
     std::vector<std::pair<std::string, std::string>> metadata;
     std::vector<std::shared_ptr<const MappedFile>> files;  // every file mapped for this model
 
