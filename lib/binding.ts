@@ -14,11 +14,16 @@ export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.u
 // ------------------------------------------------------------------ shapes crossing the boundary
 
 export interface NativeDevice {
+  /** ggml's device name, e.g. `"CPU"`, `"CUDA0"`, `"Vulkan0"`. */
   name: string;
+  /** Human-readable description, e.g. the CPU or GPU model. */
   description: string;
+  /** The backend that drives it: `"CPU"`, `"CUDA"`, `"Vulkan"`, `"Metal"`, ... */
   backend: string;
   type: 'cpu' | 'gpu' | 'igpu' | 'accel';
+  /** Total device memory in bytes (0 when unknown). */
   memoryTotal: number;
+  /** Free device memory in bytes at the time of the call (0 when unknown). */
   memoryFree: number;
 }
 

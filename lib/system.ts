@@ -1,20 +1,8 @@
-import { callNativeSync, native } from './binding.ts';
+import { callNativeSync, native, type NativeDevice } from './binding.ts';
 import { version as packageVersion } from './version.ts';
 
-/** A compute device ggml found. */
-export interface DeviceInfo {
-  /** ggml's device name, e.g. `"CPU"`, `"CUDA0"`, `"Vulkan0"`. */
-  name: string;
-  /** Human-readable description, e.g. the CPU or GPU model. */
-  description: string;
-  /** The backend that drives it: `"CPU"`, `"CUDA"`, `"Vulkan"`, `"Metal"`, ... */
-  backend: string;
-  type: 'cpu' | 'gpu' | 'igpu' | 'accel';
-  /** Total device memory in bytes (0 when unknown). */
-  memoryTotal: number;
-  /** Free device memory in bytes at the time of the call (0 when unknown). */
-  memoryFree: number;
-}
+/** A compute device ggml found (see `NativeDevice` for the fields). */
+export type DeviceInfo = NativeDevice;
 
 /** What {@link systemInfo} reports. */
 export interface SystemInfo {
