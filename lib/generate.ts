@@ -1,0 +1,225 @@
+/**
+ * Text-to-image options, their defaults and validation, and the result types. Defaults follow
+ * stable-diffusion.cpp for the model's architecture.
+ * @module
+ */
+import { randomInt } from 'node:crypto';
+import { encodePNG } from './image.ts';
+import {
+  MAX_BATCH,
+  MAX_IMAGE_SIDE,
+  MAX_STEPS,
+  RNGS,
+  SAMPLERS,
+  SCHEDULERS,
+  checkCallback,
+  checkFinite,
+  checkImageSide,
+  checkPrompt,
+  checkSeed,
+  checkSignal,
+  expectOptionsObject,
+  type Rng,
+  type Sampler,
+  type Scheduler,
+} from './options.ts';
+import { expectIntegerInRange, expectOneOf, invalid, isObject } from './validate.ts';
+
+/** One progress report of `generate()`: sent once per sampling step, in order. */
+export interface GenerateProgress {
+  /** Steps completed, 1 to `steps`. */
+  step: number;
+  steps: number;
+  /** Milliseconds since `generate()` started its native work. */
+  elapsedMs: number;
+}
+
+/** Options of `model.generate()`. Every field is optional but `prompt`. */
+export interface GenerateOptions {
+  /** What to draw. Emphasis: `(word)` x1.1, `((word))`, `(word:1.3)`, `[word]` /1.1, `BREAK` starts a new chunk. */
+  prompt: string;
+  /** What to avoid (classifier-free guidance's unconditional prompt). @default '' */
+  negativePrompt?: string;
+  /** Image width in pixels, a multiple of 8 from 64 to 4096. @default 512 (SD1.x), 768 (SD2.x) */
+  width?: number;
+  /** Image height in pixels, a multiple of 8 from 64 to 4096. @default 512 (SD1.x), 768 (SD2.x) */
+  height?: number;
+  /** Sampling steps, 1 to 1000. @default 20 */
+  steps?: number;
+  /** Classifier-free guidance scale; 1 disables the unconditional pass. @default 7 */
+  cfgScale?: number;
+  /** @default 'euler_a' */
+  sampler?: Sampler;
+  /** @default the sampler's own default ('discrete' for most) */
+  scheduler?: Scheduler;
+  /** Noise seed; image i of a batch uses seed + i. Missing or negative: a random seed, reported in the result. */
+  seed?: number;
+  /** Noise generator. @default 'cuda' (A1111 "GPU" seeds) */
+  rng?: Rng;
+  /** Text-encoder layer to stop at, from the end. @default 1 (SD1.x), 2 (SD2.x) */
+  clipSkip?: number;
+  /** Images to make, 1 to 64, one after another. @default 1 */
+  batchSize?: number;
+  /** Noise multiplier of ancestral samplers (euler_a, dpm++2s_a, ...) and DDIM/TCD. @default the sampler's default */
+  eta?: number;
+  /** Cancels generation within one step; the promise rejects with AbortError. */
+  signal?: AbortSignal;
+  /** Called once per sampling step, in order, before the promise settles. */
+  onProgress?: (progress: GenerateProgress) => void;
+  /** Also return the final latents (before VAE scaling), one Float32Array [C][H][W] per image. @default false */
+  returnLatents?: boolean;
+}
+
+/** A generated image: 8-bit RGB, row-major. */
+export interface GeneratedImage {
+  width: number;
+  height: number;
+  channels: 3;
+  data: Uint8Array;
+  /** The seed this image was drawn from. */
+  seed: number;
+  /** PNG bytes with a `parameters` text chunk in the A1111 format stable-diffusion.cpp writes. */
+  toPNG(): Buffer;
+}
+
+/** Milliseconds spent per stage. */
+export interface GenerateTimings {
+  textEncode: number;
+  sampling: number;
+  vaeDecode: number;
+  total: number;
+}
+
+export interface GenerateResult {
+  images: GeneratedImage[];
+  /** One per image: seed + i. */
+  seeds: number[];
+  timings: GenerateTimings;
+  /** With `returnLatents: true`: per image, the final latent before VAE scaling, [C][H][W]. */
+  latents?: Float32Array[];
+}
+
+/** Options after defaults, as the native side receives them. */
+export interface ResolvedGenerateOptions {
+  prompt: string;
+  negativePrompt: string;
+  width: number;
+  height: number;
+  steps: number;
+  cfgScale: number;
+  sampler: Sampler;
+  scheduler: Scheduler | '';
+  seed: number;
+  rng: Rng;
+  clipSkip: number;
+  batchSize: number;
+  eta: number;
+  returnLatents: boolean;
+}
+
+const KNOWN_KEYS = new Set([
+  'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng',
+  'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents',
+]);
+
+/**
+ * Checks every option and fills in defaults for an architecture. Throws InvalidArgumentError
+ * naming the option, the value and what is allowed; unknown option names are errors too (a typo
+ * must not be silently ignored).
+ */
+export function resolveGenerateOptions(
+  options: unknown,
+  arch: { architecture: string; spatialMultiple: number },
+): { resolved: ResolvedGenerateOptions; signal?: AbortSignal; onProgress?: (p: GenerateProgress) => void } {
+  if (!isObject(options)) invalid('options', 'an object with at least a prompt', options);
+  const o = expectOptionsObject('options', options);
+  for (const k of Object.keys(o)) if (!KNOWN_KEYS.has(k)) invalid('options', `known option names (${[...KNOWN_KEYS].join(', ')})`, k);
+  const prompt = checkPrompt('prompt', o.prompt);
+  if (prompt === undefined) invalid('prompt', 'a string', o.prompt);
+  const side = arch.architecture === 'sd2' ? 768 : 512;
+  const width = checkImageSide('width', o.width) ?? side;
+  const height = checkImageSide('height', o.height) ?? side;
+  for (const [name, v] of [['width', width], ['height', height]] as const) {
+    if (v % arch.spatialMultiple !== 0) invalid(name, `a multiple of ${arch.spatialMultiple} for this model`, v);
+  }
+  const steps = o.steps === undefined ? 20 : expectIntegerInRange('steps', o.steps, 1, MAX_STEPS);
+  const cfgScale = checkFinite('cfgScale', o.cfgScale, 0, 100) ?? 7;
+  const sampler = o.sampler === undefined ? 'euler_a' : expectOneOf('sampler', o.sampler, SAMPLERS);
+  const scheduler = o.scheduler === undefined ? '' : expectOneOf('scheduler', o.scheduler, SCHEDULERS);
+  const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
+  const clipSkip = o.clipSkip === undefined ? 0 : expectIntegerInRange('clipSkip', o.clipSkip, 1, 48);
+  const batchSize = o.batchSize === undefined ? 1 : expectIntegerInRange('batchSize', o.batchSize, 1, MAX_BATCH);
+  // NaN means "the sampler's default" on the native side.
+  const eta = checkFinite('eta', o.eta, 0, 100) ?? Number.NaN;
+  if (o.returnLatents !== undefined && typeof o.returnLatents !== 'boolean') invalid('returnLatents', 'a boolean', o.returnLatents);
+  const seed = checkSeed('seed', o.seed) ?? randomInt(0, 2 ** 31);
+  if (seed + batchSize - 1 > Number.MAX_SAFE_INTEGER) invalid('seed', 'small enough that seed + batchSize - 1 is a safe integer', seed);
+  const negativePrompt = checkPrompt('negativePrompt', o.negativePrompt) ?? '';
+  return {
+    resolved: {
+      prompt,
+      negativePrompt,
+      width,
+      height,
+      steps,
+      cfgScale,
+      sampler,
+      scheduler,
+      seed,
+      rng,
+      clipSkip,
+      batchSize,
+      eta,
+      returnLatents: o.returnLatents === true,
+    },
+    signal: checkSignal('signal', o.signal),
+    onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
+  };
+}
+
+/** stable-diffusion.cpp's float formatting in the parameters text (`%f`). */
+const f6 = (v: number) => v.toFixed(6);
+
+/**
+ * The A1111-style `parameters` text stable-diffusion.cpp writes into its PNGs (the line layout
+ * and field names that A1111-compatible readers parse).
+ */
+export function parametersText(
+  o: ResolvedGenerateOptions,
+  seed: number,
+  modelName: string,
+  scheduler: string,
+  eta: number,
+  version: string,
+): string {
+  const lines = [o.prompt];
+  if (o.negativePrompt) lines.push(`Negative prompt: ${o.negativePrompt}`);
+  const fields = [
+    `Steps: ${o.steps}`,
+    `CFG scale: ${f6(o.cfgScale)}`,
+    ...(Number.isFinite(eta) ? [`Eta: ${f6(eta)}`] : []),
+    `Seed: ${seed}`,
+    `Size: ${o.width}x${o.height}`,
+    `Model: ${modelName}`,
+    `RNG: ${o.rng}`,
+    `Sampler: ${o.sampler} ${scheduler}`,
+    ...(o.clipSkip > 0 ? [`Clip skip: ${o.clipSkip}`] : []),
+    `Version: sdnode ${version}`,
+  ];
+  lines.push(fields.join(', '));
+  return lines.join('\n');
+}
+
+/** Builds the image objects of a result. */
+export function makeImage(data: Uint8Array, width: number, height: number, seed: number, parameters: string): GeneratedImage {
+  return {
+    width,
+    height,
+    channels: 3,
+    data,
+    seed,
+    toPNG: () => encodePNG(data, width, height, { parameters }),
+  };
+}
+
+export { MAX_IMAGE_SIDE };
