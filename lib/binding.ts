@@ -130,8 +130,24 @@ export interface NativeEncoded {
   dim: number;
 }
 
+export interface NativeGenerated {
+  images: Array<{ data: Uint8Array; seed: number }>;
+  /** Per image (with returnLatents): [C][H][W]. */
+  latents: Array<Float32Array | undefined>;
+  timings: { textEncode: number; sampling: number; vaeDecode: number; total: number };
+  scheduler: string;
+  eta: number;
+  /** [C, H, W] of each latent. */
+  latentShape: [number, number, number];
+}
+
 export interface NativeModel {
   info(): NativeLoadedInfo;
+  generate(
+    options: import('./generate.ts').ResolvedGenerateOptions,
+    onProgress?: (p: { step: number; steps: number; elapsedMs: number }) => void,
+    abort?: NativeAbortFlag,
+  ): Promise<NativeGenerated>;
   tokenize(text: string): { tokens: number[]; weights: number[] };
   encodePrompt(text: string, clipSkip: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
   dispose(): void;
@@ -151,6 +167,8 @@ export interface NativeAddon {
   version: string;
   systemInfo(): NativeSystemInfo;
   inspectModel(path: string): Promise<NativeModelInfo>;
+  /** The noise stream `seed` gives with `rng` (count floats). */
+  randn(seed: number, rng: string, count: number): Float32Array;
   AbortFlag: new () => NativeAbortFlag;
   NativeModel: NativeModelClass;
 }

@@ -26,7 +26,8 @@ export {
   InternalError,
   type SdErrorCode,
 } from './errors.ts';
-export { loadModel, Model, type LoadModelOptions, type EncodedPrompt, type EncodePromptOptions } from './model.ts';
+export { loadModel, randn, Model, type LoadModelOptions, type EncodedPrompt, type EncodePromptOptions, type RandnOptions } from './model.ts';
+export type { GenerateOptions, GenerateResult, GeneratedImage, GenerateProgress, GenerateTimings } from './generate.ts';
 export {
   SAMPLERS,
   SCHEDULERS,

@@ -6,18 +6,23 @@
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { callNative, native, type NativeAbortFlag, type NativeLoadedInfo, type NativeModel } from './binding.ts';
+import { callNative, callNativeSync, native, type NativeAbortFlag, type NativeLoadedInfo, type NativeModel } from './binding.ts';
 import { AbortError, DisposedError, fromNative } from './errors.ts';
 import {
+  RNGS,
   checkCallback,
+  checkSeed,
   checkSignal,
   checkThreads,
   checkWeightType,
   expectOptionsObject,
   throwIfAborted,
+  type Rng,
   type WeightType,
 } from './options.ts';
-import { expectIntegerInRange, expectNonEmptyString, invalid, isString } from './validate.ts';
+import { expectIntegerInRange, expectNonEmptyString, expectOneOf, invalid, isString } from './validate.ts';
+import { makeImage, parametersText, resolveGenerateOptions, type GenerateOptions, type GenerateResult } from './generate.ts';
+import { version } from './version.ts';
 
 /** Options of {@link loadModel}. */
 export interface LoadModelOptions {
@@ -232,6 +237,53 @@ export class Model {
   }
 
   /**
+   * Generates images from a prompt (text-to-image). Every option but `prompt` has a default
+   * (stable-diffusion.cpp's for the architecture); see {@link GenerateOptions}.
+   * @throws {InvalidArgumentError} an option is wrong (the message names it, the value and what is allowed).
+   * @throws {AbortError} `signal` was aborted (within one sampling step).
+   * @example
+   * ```ts
+   * const { images, seeds } = await model.generate({ prompt: 'a photo of a cat', steps: 20, seed: 42 });
+   * await fs.promises.writeFile('cat.png', images[0].toPNG());
+   * ```
+   */
+  generate(options: GenerateOptions): Promise<GenerateResult> {
+    try {
+      const info = this.loadedInfo();
+      const { resolved, signal, onProgress } = resolveGenerateOptions(options, info);
+      throwIfAborted(signal, 'generate');
+      return this.enqueue('generate()', async (m) => {
+        const { flag, cleanup } = abortFlagFor(signal);
+        const guard = new CallbackGuard(onProgress, flag);
+        try {
+          const r = await callNative(() => m.generate(resolved, guard.callback, flag));
+          guard.rethrow();
+          const modelName = path.basename(this.path);
+          const images = r.images.map((img) =>
+            makeImage(
+              img.data,
+              resolved.width,
+              resolved.height,
+              img.seed,
+              parametersText(resolved, img.seed, modelName, r.scheduler, r.eta, version),
+            ),
+          );
+          const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings };
+          if (resolved.returnLatents) result.latents = r.latents.map((l) => l ?? new Float32Array(0));
+          return result;
+        } catch (e) {
+          guard.rethrow();
+          throw withAbortReason(e, signal, 'generate');
+        } finally {
+          cleanup();
+        }
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
    * Frees the native memory once every queued call has settled. Later calls reject with
    * {@link DisposedError}. Idempotent.
    */
@@ -290,4 +342,28 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
   } finally {
     cleanup();
   }
+}
+
+/** Options of {@link randn}. */
+export interface RandnOptions {
+  /** The seed, a non-negative safe integer. */
+  seed: number;
+  /** @default 'cuda' */
+  rng?: Rng;
+  /** How many floats to draw. */
+  count: number;
+}
+
+/**
+ * The Gaussian noise stream a seed gives: the first `count` values `generate()` draws for an
+ * image with this seed (its initial latent noise, before scaling by the first sigma).
+ * @example `randn({ seed: 42, rng: 'cuda', count: 4 * 64 * 64 })`
+ */
+export function randn(options: RandnOptions): Float32Array {
+  const o = expectOptionsObject('options', options);
+  const seed = checkSeed('seed', o.seed);
+  if (seed === undefined) invalid('seed', 'a non-negative safe integer', o.seed);
+  const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
+  const count = expectIntegerInRange('count', o.count, 0, 100_000_000);
+  return callNativeSync((a) => a.randn(seed, rng, count));
 }

@@ -33,7 +33,19 @@ export const SAMPLERS = [
 export type Sampler = (typeof SAMPLERS)[number];
 
 /** Sigma schedules, named as stable-diffusion.cpp names them. */
-export const SCHEDULERS = ['discrete', 'karras', 'exponential', 'ays', 'gits', 'sgm_uniform', 'simple'] as const;
+export const SCHEDULERS = [
+  'discrete',
+  'karras',
+  'exponential',
+  'ays',
+  'gits',
+  'sgm_uniform',
+  'simple',
+  'smoothstep',
+  'kl_optimal',
+  'lcm',
+  'bong_tangent',
+] as const;
 export type Scheduler = (typeof SCHEDULERS)[number];
 
 /**

@@ -1,9 +1,12 @@
 // Opt-in (SDNODE_REFERENCE=1): checks sdnode against stable-diffusion.cpp's outputs on the
 // full-size random SD1.5 checkpoint. See test/helpers/reference.ts.
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
-import { inspectModel } from '../lib/index.ts';
-import { referenceEnabled, sd15RandomCheckpoint } from './helpers/reference.ts';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { decodePNG } from '../lib/image.ts';
+import { inspectModel, loadModel, randn, type Rng, type Sampler, type Scheduler, type WeightType } from '../lib/index.ts';
+import { readTensor, referenceCases, referenceEnabled, relativeL2, sd15RandomCheckpoint } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'opt-in: set SDNODE_REFERENCE=1 (makes a 2.1 GB checkpoint once)';
 
@@ -28,3 +31,57 @@ describe('reference: full-size random SD1.5 checkpoint', { skip }, () => {
     assert.equal(info.hyperparameters.vae!.scaleFactor.toFixed(5), '0.18215');
   });
 });
+
+describe('reference: text-to-image against stable-diffusion.cpp', { skip }, () => {
+  const figures: string[] = [];
+  after(() => {
+    if (figures.length) console.log(`reference figures:\n${figures.join('\n')}`);
+  });
+  for (const c of referenceEnabled ? referenceCases() : []) {
+    test(c.name, { timeout: 1_200_000 }, async () => {
+      const weightType = /--type\s+(\S+)/.exec(c.extraReferenceArgs)?.[1] as WeightType | undefined;
+      await using model = await loadModel(sd15RandomCheckpoint(), { weightType });
+      const noiseRef = readTensor(c.dir, 'noise');
+      const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
+      let maxNoise = 0;
+      for (let i = 0; i < noise.length; i++) maxNoise = Math.max(maxNoise, Math.abs(noise[i] - noiseRef.data[i]));
+      const cond = await model.encodePrompt(c.prompt);
+      const uncond = await model.encodePrompt(c.negativePrompt);
+      const condErr = relativeL2(cond.data, readTensor(c.dir, 'cond_crossattn').data);
+      const uncondErr = relativeL2(uncond.data, readTensor(c.dir, 'uncond_crossattn').data);
+      const r = await model.generate({
+        prompt: c.prompt,
+        negativePrompt: c.negativePrompt,
+        width: c.width,
+        height: c.height,
+        steps: c.steps,
+        cfgScale: c.cfgScale,
+        sampler: c.sampler as Sampler,
+        scheduler: c.scheduler as Scheduler,
+        seed: c.seed,
+        rng: c.rng as Rng,
+        returnLatents: true,
+      });
+      const latentErr = relativeL2(r.latents![0], readTensor(c.dir, 'final_latent').data);
+      const ref = decodePNG(fs.readFileSync(path.join(c.dir, 'image.png')));
+      const psnr = psnrOf(r.images[0].data, ref.data);
+      figures.push(
+        `${c.name}: noise max|diff| ${maxNoise.toExponential(2)}, cond ${(condErr * 100).toFixed(3)}%, uncond ${(uncondErr * 100).toFixed(3)}%, ` +
+          `final latent ${(latentErr * 100).toFixed(3)}%, image ${psnr.toFixed(2)} dB, generate ${(r.timings.total / 1000).toFixed(1)} s`,
+      );
+      assert.ok(maxNoise < 1e-5, `noise max abs diff ${maxNoise}`);
+      assert.ok(condErr < 0.005, `cond rel L2 ${condErr}`);
+      assert.ok(uncondErr < 0.005, `uncond rel L2 ${uncondErr}`);
+      assert.ok(latentErr < 0.01, `final latent rel L2 ${latentErr}`);
+      assert.ok(psnr > 40, `image PSNR ${psnr} dB`);
+    });
+  }
+});
+
+function psnrOf(a: Uint8Array, b: Uint8Array): number {
+  assert.equal(a.length, b.length);
+  let se = 0;
+  for (let i = 0; i < a.length; i++) se += (a[i] - b[i]) ** 2;
+  const mse = se / a.length;
+  return mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse);
+}

@@ -8,6 +8,7 @@
 #include "inspect.h"
 #include "js-error.h"
 #include "model-wrap.h"
+#include "randn.h"
 
 namespace sdnode {
 
@@ -51,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("version", Napi::String::New(env, SDNODE_VERSION));
     exports.Set("systemInfo", Napi::Function::New(env, SystemInfo, "systemInfo"));
     exports.Set("inspectModel", Napi::Function::New(env, InspectModel, "inspectModel"));
+    exports.Set("randn", Napi::Function::New(env, Randn, "randn"));
     auto * state = new AddonState();
     Napi::Function abort_flag = AbortFlag::Define(env);
     Napi::Function model = ModelWrap::Define(env);

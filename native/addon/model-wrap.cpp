@@ -7,6 +7,7 @@
 #include "js-error.h"
 #include "progress.h"
 #include "promise-worker.h"
+#include "pipeline.h"
 #include "text-encoder.h"
 #include "weights.h"
 
@@ -50,6 +51,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                            InstanceMethod<&ModelWrap::Info>("info"),
                            InstanceMethod<&ModelWrap::Tokenize>("tokenize"),
                            InstanceMethod<&ModelWrap::EncodePrompt>("encodePrompt"),
+                           InstanceMethod<&ModelWrap::Generate>("generate"),
                            InstanceMethod<&ModelWrap::Dispose>("dispose"),
                        });
 }
@@ -174,6 +176,105 @@ Napi::Value ModelWrap::EncodePrompt(const Napi::CallbackInfo & info) {
             return out;
         },
         {info.This().As<Napi::Object>()});
+}
+
+namespace {
+
+Napi::Value step_to_js(Napi::Env env, const sd::StepProgress & p) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("step", p.step);
+    o.Set("steps", p.steps);
+    o.Set("elapsedMs", p.elapsed_ms);
+    return o;
+}
+
+// Reads generate()'s resolved options (lib/generate.ts fills every field).
+sd::GenerateParams generate_params(Napi::Object o) {
+    Napi::Env env = o.Env();
+    auto str = [&](const char * k) {
+        Napi::Value v = o.Get(k);
+        if (!v.IsString()) throw CapturedError{"InvalidArgument", std::string(k) + " must be a string", ""}.to_js(env);
+        return v.As<Napi::String>().Utf8Value();
+    };
+    auto num = [&](const char * k) {
+        Napi::Value v = o.Get(k);
+        if (!v.IsNumber()) throw CapturedError{"InvalidArgument", std::string(k) + " must be a number", ""}.to_js(env);
+        return v.As<Napi::Number>().DoubleValue();
+    };
+    sd::GenerateParams p;
+    p.prompt = str("prompt");
+    p.negative_prompt = str("negativePrompt");
+    p.width = static_cast<int>(num("width"));
+    p.height = static_cast<int>(num("height"));
+    p.steps = static_cast<int>(num("steps"));
+    p.cfg_scale = static_cast<float>(num("cfgScale"));
+    p.sampler = sd::parse_sampler(str("sampler"));
+    const std::string scheduler = str("scheduler");
+    if (!scheduler.empty()) p.scheduler = sd::parse_scheduler(scheduler);
+    const double seed = num("seed");
+    if (!(seed >= 0 && seed <= 9007199254740991.0)) throw CapturedError{"InvalidArgument", "seed must be a safe non-negative integer", ""}.to_js(env);
+    p.seed = static_cast<uint64_t>(seed);
+    p.rng = sd::parse_rng_kind(str("rng"));
+    p.clip_skip = static_cast<int>(num("clipSkip"));
+    p.batch = static_cast<int>(num("batchSize"));
+    p.eta = static_cast<float>(num("eta"));
+    p.return_latents = o.Get("returnLatents").ToBoolean().Value();
+    return p;
+}
+
+Napi::Value generated_to_js(Napi::Env env, sd::GenerateOutput & r) {
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Array images = Napi::Array::New(env, r.images.size());
+    Napi::Array latents = Napi::Array::New(env, r.images.size());
+    for (size_t i = 0; i < r.images.size(); ++i) {
+        auto & img = r.images[i];
+        Napi::Object o = Napi::Object::New(env);
+        Napi::Uint8Array data = Napi::Uint8Array::New(env, img.rgb.size());
+        std::copy(img.rgb.begin(), img.rgb.end(), data.Data());
+        o.Set("data", data);
+        o.Set("seed", static_cast<double>(img.seed));
+        images.Set(static_cast<uint32_t>(i), o);
+        if (!img.latent.empty()) {
+            Napi::Float32Array lat = Napi::Float32Array::New(env, img.latent.size());
+            std::copy(img.latent.begin(), img.latent.end(), lat.Data());
+            latents.Set(static_cast<uint32_t>(i), lat);
+        }
+    }
+    out.Set("images", images);
+    out.Set("latents", latents);
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("textEncode", r.timings.text_encode_ms);
+    t.Set("sampling", r.timings.sampling_ms);
+    t.Set("vaeDecode", r.timings.vae_decode_ms);
+    t.Set("total", r.timings.total_ms);
+    out.Set("timings", t);
+    out.Set("scheduler", sd::scheduler_name(r.scheduler));
+    out.Set("eta", r.eta);
+    out.Set("latentShape", to_js_array(env, std::vector<int>{r.latent_channels, r.latent_height, r.latent_width}));
+    return out;
+}
+
+}  // namespace
+
+Napi::Value ModelWrap::Generate(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto rt = runtime(env);
+    Napi::Object opts = options_arg(info, 0);
+    return guard(env, [&]() -> Napi::Value {
+        sd::GenerateParams params = generate_params(opts);
+        sd::check_generate_params(*rt->model, params);  // before queuing: bad options fail fast
+        auto abort = AbortFlag::From(info.Length() > 2 ? info[2] : env.Undefined());
+        auto queue = std::make_shared<JsTaskQueue>(env, info.Length() > 1 ? info[1] : env.Undefined(), "sdnode.generate");
+        return PromiseWorker<sd::GenerateOutput>::Start(
+            env, "sdnode.generate",
+            [rt, params, abort, queue]() {
+                std::lock_guard<std::mutex> lock(rt->busy);
+                AbortScope scope(rt->runner, abort.get());
+                return sd::generate(*rt->model, rt->runner, params, abort.get(),
+                                    [&queue](const sd::StepProgress & p) { post_progress(*queue, p, step_to_js); });
+            },
+            generated_to_js, {info.This().As<Napi::Object>()}, queue);
+    });
 }
 
 Napi::Value ModelWrap::Dispose(const Napi::CallbackInfo & info) {

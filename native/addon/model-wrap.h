@@ -47,6 +47,7 @@ private:
     Napi::Value Info(const Napi::CallbackInfo & info);
     Napi::Value Tokenize(const Napi::CallbackInfo & info);
     Napi::Value EncodePrompt(const Napi::CallbackInfo & info);
+    Napi::Value Generate(const Napi::CallbackInfo & info);
     Napi::Value Dispose(const Napi::CallbackInfo & info);
     void release_memory(Napi::Env env);
 

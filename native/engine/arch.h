@@ -2,6 +2,7 @@
 // shapes; what shapes cannot tell (attention heads, prediction type, VAE scale) comes from file
 // metadata, else from the standard value for the detected architecture.
 #pragma once
+#include "prediction.h"
 #include <cstdint>
 #include <map>
 #include <string>
@@ -14,7 +15,6 @@ namespace sd {
 enum class Arch { Unknown, SD1, SD2, SDXL, SDXLRefiner };
 const char * arch_name(Arch a);  // "unknown", "sd1", "sd2", "sdxl", "sdxl-refiner"
 
-enum class Prediction { Eps, V };
 
 struct UnetParams {
     bool present = false;

@@ -3,6 +3,7 @@
 // scalings for eps- and v-prediction. Pure float math, computed as the reference computes it
 // (float for the table, step for step), so the sigmas and timesteps match its numbers.
 #pragma once
+#include "prediction.h"
 #include <array>
 #include <cstdint>
 #include <string>
@@ -61,7 +62,6 @@ std::vector<float> make_sigmas(Scheduler s, int n, const DiscreteSchedule & tabl
 
 // What the UNet predicts, and the k-diffusion scalings that turn its output into a denoised
 // sample: denoised = c_skip * x + c_out * unet(c_in * x, sigma_to_t(sigma)).
-enum class Prediction { Eps, V };
 struct Scalings {
     float c_skip, c_out, c_in;
 };
