@@ -197,7 +197,7 @@ export function parametersText(
   const fields = [
     `Steps: ${o.steps}`,
     `CFG scale: ${f6(o.cfgScale)}`,
-    ...(Number.isFinite(eta) ? [`Eta: ${f6(eta)}`] : []),
+    ...(Number.isFinite(eta) && eta > 0 ? [`Eta: ${f6(eta)}`] : []),
     `Seed: ${seed}`,
     `Size: ${o.width}x${o.height}`,
     `Model: ${modelName}`,

@@ -1,0 +1,225 @@
+// model.generate() on a tiny generated SD1.x checkpoint: determinism, seeds and batches, every
+// sampler x scheduler, progress, abort, PNG metadata, option validation, and the event loop.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { decodePNG } from '../lib/image.ts';
+import { resolveGenerateOptions } from '../lib/generate.ts';
+import {
+  AbortError,
+  InvalidArgumentError,
+  RNGS,
+  SAMPLERS,
+  SCHEDULERS,
+  loadModel,
+  randn,
+  type Model,
+} from '../lib/index.ts';
+import { generateCheckpoint } from './fixtures/generate.ts';
+import { readTensor, referenceCasesDir } from './helpers/reference.ts';
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-generate-'));
+let model: Model;
+before(async () => {
+  // A VAE with three upsamplings keeps the latent small (8x8 for 64x64 images): fast steps.
+  const made = await generateCheckpoint({
+    arch: 'sd1',
+    format: 'safetensors',
+    out: path.join(work, 'sd1.safetensors'),
+    seed: 11,
+    tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 },
+  });
+  model = await loadModel(made.path, { threads: 2 });
+});
+after(async () => {
+  await model.dispose();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+const base = { prompt: 'a photo of a cat', width: 64, height: 64, steps: 3 } as const;
+
+describe('generate', () => {
+  test('the same seed gives identical bytes; another seed a different image', async () => {
+    const a = await model.generate({ ...base, seed: 42 });
+    const b = await model.generate({ ...base, seed: 42 });
+    const c = await model.generate({ ...base, seed: 43 });
+    assert.equal(a.images.length, 1);
+    assert.equal(a.images[0].width, 64);
+    assert.equal(a.images[0].channels, 3);
+    assert.equal(a.images[0].data.length, 64 * 64 * 3);
+    assert.deepEqual(a.images[0].data, b.images[0].data);
+    assert.notDeepEqual(a.images[0].data, c.images[0].data);
+    assert.deepEqual(a.seeds, [42]);
+  });
+
+  test('a batch uses seed + i, and image i equals a single run with that seed', async () => {
+    const batch = await model.generate({ ...base, seed: 7, batchSize: 3 });
+    assert.deepEqual(batch.seeds, [7, 8, 9]);
+    const single = await model.generate({ ...base, seed: 8 });
+    assert.deepEqual(batch.images[1].data, single.images[0].data);
+  });
+
+  test('a missing or negative seed picks a random one and reports it', async () => {
+    const r = await model.generate({ ...base, seed: -1 });
+    assert.ok(Number.isSafeInteger(r.seeds[0]) && r.seeds[0] >= 0);
+    const again = await model.generate({ ...base, seed: r.seeds[0] });
+    assert.deepEqual(again.images[0].data, r.images[0].data);
+  });
+
+  test('returnLatents gives the final latent [C][H][W] per image, finite', async () => {
+    const r = await model.generate({ ...base, seed: 1, returnLatents: true, batchSize: 2 });
+    assert.equal(r.latents!.length, 2);
+    assert.equal(r.latents![0].length, 4 * 8 * 8);
+    assert.ok(r.latents![0].every(Number.isFinite));
+    assert.ok(r.timings.total >= r.timings.sampling && r.timings.sampling > 0);
+  });
+
+  test('every sampler x scheduler runs and stays finite', { timeout: 600_000 }, async () => {
+    for (const sampler of SAMPLERS) {
+      for (const scheduler of SCHEDULERS) {
+        const r = await model.generate({ ...base, sampler, scheduler, seed: 3, returnLatents: true });
+        const lat = r.latents![0];
+        assert.ok(lat.every(Number.isFinite), `${sampler} x ${scheduler} produced non-finite values`);
+        assert.ok(lat.some((v) => v !== 0), `${sampler} x ${scheduler} produced zeros`);
+      }
+    }
+  });
+
+  test('rng kinds give different noise; each is reproducible', async () => {
+    const outs = [];
+    for (const rng of RNGS) outs.push((await model.generate({ ...base, seed: 5, rng })).images[0].data);
+    assert.notDeepEqual(outs[0], outs[1]);
+    assert.notDeepEqual(outs[1], outs[2]);
+    assert.deepEqual((await model.generate({ ...base, seed: 5, rng: 'cpu' })).images[0].data, outs[1]);
+  });
+
+  test('progress arrives once per step, in order, before the promise settles', async () => {
+    const seen: Array<{ step: number; steps: number; elapsedMs: number }> = [];
+    let settled = false;
+    const p = model.generate({ ...base, steps: 5, batchSize: 2, seed: 1, onProgress: (e) => {
+      assert.equal(settled, false);
+      seen.push(e);
+    } });
+    await p;
+    settled = true;
+    assert.deepEqual(seen.map((e) => e.step), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert.ok(seen.every((e) => e.steps === 10));
+    for (let i = 1; i < seen.length; i++) assert.ok(seen[i].elapsedMs >= seen[i - 1].elapsedMs);
+  });
+
+  test('abort mid-generation rejects with AbortError within one step; the model stays usable', async () => {
+    const ac = new AbortController();
+    const steps: number[] = [];
+    await assert.rejects(
+      model.generate({ ...base, steps: 30, seed: 1, signal: ac.signal, onProgress: (e) => {
+        steps.push(e.step);
+        if (e.step === 2) ac.abort(new Error('stop'));
+      } }),
+      (e: unknown) => e instanceof AbortError && (e.cause as Error).message === 'stop',
+    );
+    assert.ok(steps.length <= 3, `steps after abort: ${steps}`);
+    const r = await model.generate({ ...base, seed: 1 });
+    assert.equal(r.images.length, 1);
+  });
+
+  test('a throwing onProgress rejects generate with that error', async () => {
+    await assert.rejects(model.generate({ ...base, seed: 1, onProgress: () => { throw new TypeError('boom'); } }), TypeError);
+  });
+
+  test('the event loop keeps running while a generation runs', async () => {
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 5);
+    const t0 = Date.now();
+    try {
+      await model.generate({ ...base, steps: 25, seed: 1 });
+    } finally {
+      clearInterval(timer);
+    }
+    const elapsed = Date.now() - t0;
+    assert.ok(ticks >= Math.floor(elapsed / 5 / 4), `${ticks} ticks in ${elapsed} ms`);
+  });
+
+  test('concurrent calls queue and settle in call order', async () => {
+    const order: number[] = [];
+    await Promise.all([0, 1, 2].map((i) => model.generate({ ...base, seed: i }).then(() => order.push(i))));
+    assert.deepEqual(order, [0, 1, 2]);
+  });
+
+  test('toPNG writes the pixels and an A1111 parameters chunk that round-trip', async () => {
+    const r = await model.generate({ ...base, prompt: 'a (red:1.3) fox', negativePrompt: 'blurry', steps: 4, seed: 99, sampler: 'dpm++2m', scheduler: 'karras', cfgScale: 5 });
+    const png = decodePNG(r.images[0].toPNG());
+    assert.equal(png.width, 64);
+    assert.deepEqual(png.data, r.images[0].data);
+    const lines = png.text.parameters.split('\n');
+    assert.equal(lines[0], 'a (red:1.3) fox');
+    assert.equal(lines[1], 'Negative prompt: blurry');
+    assert.match(lines[2], /^Steps: 4, CFG scale: 5\.000000, Seed: 99, Size: 64x64, Model: sd1\.safetensors, RNG: cuda, Sampler: dpm\+\+2m karras, Version: sdnode /);
+  });
+});
+
+describe('generate option validation', () => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['width not a multiple of 8', { width: 65 }, /width must be a multiple of 8 from 64 to 4096; received 65/],
+    ['height too large', { height: 8192 }, /height must be a multiple of 8/],
+    ['steps 0', { steps: 0 }, /steps must be an integer from 1 to 1000; received 0/],
+    ['steps fractional', { steps: 2.5 }, /steps must be an integer/],
+    ['unknown sampler', { sampler: 'euler_b' }, /sampler must be one of "euler", "euler_a"/],
+    ['unknown scheduler', { scheduler: 'linear' }, /scheduler must be one of/],
+    ['unknown rng', { rng: 'gpu' }, /rng must be one of "cuda", "cpu", "std_default"/],
+    ['NaN cfg', { cfgScale: Number.NaN }, /cfgScale must be a finite number/],
+    ['batch 0', { batchSize: 0 }, /batchSize must be an integer from 1 to 64/],
+    ['clip skip 0', { clipSkip: 0 }, /clipSkip must be an integer from 1/],
+    ['negative eta', { eta: -1 }, /eta must be a finite number from 0/],
+    ['a typo in an option name', { stpes: 4 }, /options must be known option names/],
+    ['a non-string prompt', { prompt: 5 }, /prompt must be a string; received 5/],
+    ['a prompt with NUL', { prompt: 'a\0b' }, /prompt must be a string without NUL/],
+    ['a huge prompt', { prompt: 'x'.repeat(100_001) }, /prompt must be a string of at most 100000/],
+    ['a non-boolean returnLatents', { returnLatents: 'yes' }, /returnLatents must be a boolean/],
+    ['a bad signal', { signal: {} }, /signal must be an AbortSignal/],
+  ];
+  for (const [name, extra, pattern] of cases) {
+    test(name, async () => {
+      await assert.rejects(model.generate({ ...base, ...extra } as never), (e: unknown) => e instanceof InvalidArgumentError && pattern.test(e.message));
+    });
+  }
+  test('no options or no prompt', async () => {
+    await assert.rejects(model.generate(undefined as never), InvalidArgumentError);
+    await assert.rejects(model.generate({} as never), /prompt must be a string; received undefined/);
+  });
+  test('odd prompts are fine: unbalanced brackets, escapes, BREAK, empty', async () => {
+    for (const prompt of ['((((cat', 'a \\(cat\\) BREAK dog', '', ']]]:1.5)']) {
+      const r = await model.generate({ ...base, prompt, steps: 1, seed: 1 });
+      assert.equal(r.images.length, 1);
+    }
+  });
+  test("defaults follow stable-diffusion.cpp for the architecture", () => {
+    const sd1 = resolveGenerateOptions({ prompt: 'x' }, { architecture: 'sd1', spatialMultiple: 8 }).resolved;
+    assert.deepEqual(
+      { w: sd1.width, h: sd1.height, steps: sd1.steps, cfg: sd1.cfgScale, sampler: sd1.sampler, scheduler: sd1.scheduler, rng: sd1.rng, batch: sd1.batchSize },
+      { w: 512, h: 512, steps: 20, cfg: 7, sampler: 'euler_a', scheduler: '', rng: 'cuda', batch: 1 },
+    );
+    const sd2 = resolveGenerateOptions({ prompt: 'x' }, { architecture: 'sd2', spatialMultiple: 8 }).resolved;
+    assert.equal(sd2.width, 768);
+  });
+});
+
+describe('randn', () => {
+  test('matches stable-diffusion.cpp noise for the reference seeds (cuda and std_default)', () => {
+    for (const name of ['cat-euler', 'fox-eulera-karras']) {
+      const dir = path.join(referenceCasesDir, name);
+      const c = JSON.parse(fs.readFileSync(path.join(dir, 'case.json'), 'utf8'));
+      const ref = readTensor(dir, 'noise').data;
+      const ours = randn({ seed: c.seed, rng: c.rng, count: ref.length });
+      let max = 0;
+      for (let i = 0; i < ref.length; i++) max = Math.max(max, Math.abs(ours[i] - ref[i]));
+      assert.ok(max < 1e-5, `${name}: max abs diff ${max}`);
+    }
+  });
+  test('validates its options', () => {
+    assert.throws(() => randn({ seed: 1, rng: 'nope' as never, count: 4 }), InvalidArgumentError);
+    assert.throws(() => randn({ seed: 1, count: -1 }), InvalidArgumentError);
+    assert.equal(randn({ seed: 1, count: 0 }).length, 0);
+  });
+});
