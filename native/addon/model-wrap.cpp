@@ -160,11 +160,8 @@ Napi::Value ModelWrap::EncodePrompt(const Napi::CallbackInfo & info) {
         env, "sdnode.encodePrompt",
         [rt, text, clip_skip, abort]() {
             std::lock_guard<std::mutex> lock(rt->busy);
-            const sd::Model & m = *rt->model;
-            int skip = clip_skip <= 0 ? sd::default_clip_skip(m.arch()) : clip_skip;
             AbortScope scope(rt->runner, abort.get());
-            sd::WeightedTokens tokens = m.tokenizer().tokenize(text);
-            return Encoded{sd::encode_prompt(rt->runner, m.text_encoder(), tokens, skip)};
+            return Encoded{sd::encode_text(*rt->model, rt->runner, text, clip_skip)};
         },
         [](Napi::Env env, Encoded & e) -> Napi::Value {
             Napi::Object out = Napi::Object::New(env);

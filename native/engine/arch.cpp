@@ -420,6 +420,14 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
         info.vae.scale_factor = 0.13025f;  // a bigG encoder only ships with SDXL
     }
 
+    // OpenCLIP encoders (SD2's, SDXL's second) use gelu; a non-standard width cannot say which
+    // encoder it is, the architecture can.
+    // (A diffusers config's hidden_act, read above, is left as it says.)
+    if (info.arch == Arch::SD2 && info.text_encoder.present && info.text_encoder.kind == "clip" && !file.meta("text_encoder/config.json"))
+        info.text_encoder.activation = "gelu";
+    if (info.text_encoder_2.present && info.text_encoder_2.kind == "clip" && !file.meta("text_encoder_2/config.json"))
+        info.text_encoder_2.activation = "gelu";
+
     double scale = 0;
     if (info.vae.present && meta_number(file, "sdnode.vae.scale_factor", scale) && scale > 0) info.vae.scale_factor = (float)scale;
     double te_heads = 0;

@@ -1,5 +1,6 @@
 #include "pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "errors.h"
@@ -30,9 +31,24 @@ HostTensor stack2(const HostTensor & a, const HostTensor & b) {
 
 }  // namespace
 
+int effective_clip_skip(const Model & model, int clip_skip) {
+    const TextEncoderParams & te = model.info().text_encoder;
+    int skip = clip_skip > 0 ? clip_skip : default_clip_skip(model.arch());
+    // diffusers' SD2.x text encoders ship 23 of OpenCLIP-H's 24 layers (SD2 never uses the last
+    // one): their output is already one layer from the end.
+    if (te.kind == "openclip-vit-h-14" && te.layers == 23) skip = std::max(1, skip - 1);
+    if (skip > te.layers) {
+        if (clip_skip > 0) {
+            throw_invalid("clipSkip must be from 1 to " + std::to_string(te.layers) + " for this text encoder; received " +
+                          std::to_string(clip_skip));
+        }
+        skip = te.layers;  // the default never asks for more layers than there are
+    }
+    return skip;
+}
+
 HostTensor encode_text(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip) {
-    const int skip = clip_skip > 0 ? clip_skip : default_clip_skip(model.arch());
-    return encode_prompt(runner, model.text_encoder(), model.tokenizer().tokenize(prompt), skip);
+    return encode_prompt(runner, model.text_encoder(), model.tokenizer().tokenize(prompt), effective_clip_skip(model, clip_skip));
 }
 
 void check_generate_params(const Model & model, const GenerateParams & p) {

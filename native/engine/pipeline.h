@@ -72,6 +72,10 @@ void check_generate_params(const Model & model, const GenerateParams & params);
 GenerateOutput generate(const Model & model, GraphRunner & runner, const GenerateParams & params,
                         const std::atomic<bool> * abort, const std::function<void(const StepProgress &)> & progress);
 
+// The text-encoder layer from the end that `clip_skip` (0: the architecture's default) means
+// for this model. Throws InvalidArgument when an explicit value exceeds the layer count.
+int effective_clip_skip(const Model & model, int clip_skip);
+
 // The conditioning of one prompt: [1, chunks * 77, dim].
 HostTensor encode_text(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip);
 
