@@ -56,6 +56,11 @@ export interface GenerateOptions {
   seed?: number;
   /** Noise generator. @default 'cuda' (A1111 "GPU" seeds) */
   rng?: Rng;
+  /**
+   * Generator of ancestral samplers' per-step noise (stable-diffusion.cpp's `--sampler-rng`).
+   * @default the `rng` generator, continuing after the initial noise
+   */
+  samplerRng?: Rng;
   /** Text-encoder layer to stop at, from the end. @default 1 (SD1.x), 2 (SD2.x) */
   clipSkip?: number;
   /** Images to make, 1 to 64, one after another. @default 1 */
@@ -111,6 +116,8 @@ export interface ResolvedGenerateOptions {
   scheduler: Scheduler | '';
   seed: number;
   rng: Rng;
+  /** '' = continue `rng`. */
+  samplerRng: Rng | '';
   clipSkip: number;
   batchSize: number;
   eta: number;
@@ -118,7 +125,7 @@ export interface ResolvedGenerateOptions {
 }
 
 const KNOWN_KEYS = new Set([
-  'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng',
+  'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents',
 ]);
 
@@ -147,6 +154,7 @@ export function resolveGenerateOptions(
   const sampler = o.sampler === undefined ? 'euler_a' : expectOneOf('sampler', o.sampler, SAMPLERS);
   const scheduler = o.scheduler === undefined ? '' : expectOneOf('scheduler', o.scheduler, SCHEDULERS);
   const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
+  const samplerRng = o.samplerRng === undefined ? '' : expectOneOf('samplerRng', o.samplerRng, RNGS);
   const clipSkip = o.clipSkip === undefined ? 0 : expectIntegerInRange('clipSkip', o.clipSkip, 1, 48);
   const batchSize = o.batchSize === undefined ? 1 : expectIntegerInRange('batchSize', o.batchSize, 1, MAX_BATCH);
   // NaN means "the sampler's default" on the native side.
@@ -167,6 +175,7 @@ export function resolveGenerateOptions(
       scheduler,
       seed,
       rng,
+      samplerRng,
       clipSkip,
       batchSize,
       eta,

@@ -95,6 +95,16 @@ describe('generate', () => {
     assert.deepEqual((await model.generate({ ...base, seed: 5, rng: 'cpu' })).images[0].data, outs[1]);
   });
 
+  test('samplerRng gives ancestral samplers their own noise generator', async () => {
+    const same = await model.generate({ ...base, seed: 5, sampler: 'euler_a' });
+    const own = await model.generate({ ...base, seed: 5, sampler: 'euler_a', samplerRng: 'cpu' });
+    const sameKind = await model.generate({ ...base, seed: 5, sampler: 'euler_a', samplerRng: 'cuda' });
+    assert.notDeepEqual(own.images[0].data, same.images[0].data);
+    assert.deepEqual(sameKind.images[0].data, same.images[0].data, 'samplerRng equal to rng is the default');
+    const deterministic = await model.generate({ ...base, seed: 5, sampler: 'euler', samplerRng: 'cpu' });
+    assert.deepEqual(deterministic.images[0].data, (await model.generate({ ...base, seed: 5, sampler: 'euler' })).images[0].data);
+  });
+
   test('progress arrives once per step, in order, before the promise settles', async () => {
     const seen: Array<{ step: number; steps: number; elapsedMs: number }> = [];
     let settled = false;

@@ -38,6 +38,7 @@ generate options:
       --scheduler NAME     ${SCHEDULERS.join(', ')}
   -s, --seed N             seed (default: random, printed)
       --rng NAME           ${RNGS.join(', ')} (default cuda)
+      --sampler-rng NAME   generator of ancestral noise (default: continue --rng)
   -b, --batch-count N      images to make (default 1)
       --clip-skip N        text-encoder layer from the end
       --eta X              noise of ancestral/DDIM/TCD samplers
@@ -115,6 +116,7 @@ async function generate(args: string[]): Promise<number> {
       scheduler: { type: 'string' },
       seed: { type: 'string', short: 's' },
       rng: { type: 'string' },
+      'sampler-rng': { type: 'string' },
       'batch-count': { type: 'string', short: 'b' },
       'clip-skip': { type: 'string' },
       eta: { type: 'string' },
@@ -154,6 +156,7 @@ async function generate(args: string[]): Promise<number> {
         scheduler: values.scheduler as Scheduler | undefined,
         seed: num('seed', values.seed),
         rng: values.rng as Rng | undefined,
+        samplerRng: values['sampler-rng'] as Rng | undefined,
         batchSize: num('batch-count', values['batch-count']),
         clipSkip: num('clip-skip', values['clip-skip']),
         eta: num('eta', values.eta),

@@ -212,6 +212,8 @@ sd::GenerateParams generate_params(Napi::Object o) {
     if (!(seed >= 0 && seed <= 9007199254740991.0)) throw CapturedError{"InvalidArgument", "seed must be a safe non-negative integer", ""}.to_js(env);
     p.seed = static_cast<uint64_t>(seed);
     p.rng = sd::parse_rng_kind(str("rng"));
+    const std::string sampler_rng = str("samplerRng");
+    if (!sampler_rng.empty()) p.sampler_rng = sd::parse_rng_kind(sampler_rng);
     p.clip_skip = static_cast<int>(num("clipSkip"));
     p.batch = static_cast<int>(num("batchSize"));
     p.eta = static_cast<float>(num("eta"));

@@ -141,6 +141,8 @@ GenerateOutput generate(const Model & model, GraphRunner & runner, const Generat
         // Initial noise and the sampler's ancestral noise come from one generator seeded with
         // the image's seed, continuing after the initial draw (as stable-diffusion.cpp does).
         std::unique_ptr<Rng> rng = make_rng(p.rng, img.seed);
+        std::unique_ptr<Rng> sampler_rng;
+        if (p.sampler_rng && *p.sampler_rng != p.rng) sampler_rng = make_rng(*p.sampler_rng, img.seed);
         std::vector<float> x(n);
         rng->randn(x.data(), n);
         for (float & v : x) v *= sigmas[0];
@@ -148,7 +150,7 @@ GenerateOutput generate(const Model & model, GraphRunner & runner, const Generat
             if (progress) progress(StepProgress{b * p.steps + step, total_steps, ms_since(t0)});
             return !(abort && abort->load());
         };
-        sample(p.sampler, denoise, x.data(), n, sigmas, rng.get(), out.eta, hook);
+        sample(p.sampler, denoise, x.data(), n, sigmas, sampler_rng ? sampler_rng.get() : rng.get(), out.eta, hook);
         out.timings.sampling_ms += ms_since(ts);
 
         const Clock::time_point tv = Clock::now();

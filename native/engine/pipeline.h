@@ -34,6 +34,9 @@ struct GenerateParams {
     std::optional<Scheduler> scheduler;  // nullopt: the sampler's default
     uint64_t seed = 42;
     RngKind rng = RngKind::Cuda;
+    // The generator of ancestral samplers' noise: nullopt continues the initial-noise generator
+    // (stable-diffusion.cpp's default); another kind gets its own generator seeded with the seed.
+    std::optional<RngKind> sampler_rng;
     int clip_skip = 0;                   // 0: the architecture's default
     int batch = 1;
     float eta = NAN;                     // NaN: the sampler's default
