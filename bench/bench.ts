@@ -1,0 +1,143 @@
+// `npm run bench`: txt2img speed and memory on the full-size random SD1.5 checkpoint.
+//
+//   npm run bench                          # f16, q8_0, q4_0 at 256x256, 4 steps, cfg 7, 2 threads
+//   npm run bench -- --size 512 --threads 4 --runs 5 --types f16,q8_0
+//
+// Each weight type runs in its own child process (so peak RSS is that type's own): model load,
+// then one warm-up generation and `runs` measured ones. Reported per stage: model load, text
+// encode, UNet step (a step is both CFG evaluations; median over all steps of all runs), VAE
+// decode, whole generate(), peak RSS. Figures are medians. Writes bench/results/<date>.json.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+interface Figures {
+  type: string;
+  loadS: number;
+  textEncodeS: number;
+  unetStepS: number;
+  vaeDecodeS: number;
+  generateS: number;
+  peakRssMB: number;
+  runs: number;
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+async function child(type: string, model: string, size: number, threads: number, runs: number, steps: number): Promise<void> {
+  const { loadModel } = await import('../lib/index.ts');
+  const t0 = performance.now();
+  const m = await loadModel(model, { weightType: type === 'file' ? undefined : (type as never), threads });
+  const loadS = (performance.now() - t0) / 1000;
+  const text: number[] = [];
+  const stepTimes: number[] = [];
+  const vae: number[] = [];
+  const total: number[] = [];
+  for (let r = 0; r <= runs; r++) {
+    const marks: number[] = [];
+    const res = await m.generate({
+      prompt: 'a photo of a cat',
+      width: size,
+      height: size,
+      steps,
+      cfgScale: 7,
+      sampler: 'euler_a',
+      seed: 42 + r,
+      onProgress: ({ elapsedMs }) => marks.push(elapsedMs),
+    });
+    if (r === 0) continue; // warm-up
+    text.push(res.timings.textEncode / 1000);
+    let prev = res.timings.textEncode;
+    for (const t of marks) {
+      stepTimes.push((t - prev) / 1000);
+      prev = t;
+    }
+    vae.push(res.timings.vaeDecode / 1000);
+    total.push(res.timings.total / 1000);
+  }
+  await m.dispose();
+  const out: Figures = {
+    type,
+    loadS,
+    textEncodeS: median(text),
+    unetStepS: median(stepTimes),
+    vaeDecodeS: median(vae),
+    generateS: median(total),
+    peakRssMB: process.resourceUsage().maxRSS / 1024,
+    runs,
+  };
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
+function ensureCheckpoint(): string {
+  const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
+  const file = path.join(cache, 'sd15-random-f16-seed1234.safetensors');
+  if (fs.existsSync(file)) return file;
+  fs.mkdirSync(cache, { recursive: true });
+  const script = path.resolve(here, '..', '..', 'shared', 'tools', 'make-sd15-random.py');
+  process.stderr.write(`making ${file} with ${script} (2.1 GB, once)\n`);
+  const r = spawnSync('python3', [script, `${file}.partial`, '--seed', '1234'], { stdio: 'inherit' });
+  if (r.status !== 0) throw new Error('could not make the checkpoint (needs python3 with numpy and ../shared/tools)');
+  fs.renameSync(`${file}.partial`, file);
+  return file;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      child: { type: 'string' },
+      model: { type: 'string' },
+      size: { type: 'string', default: '256' },
+      threads: { type: 'string', default: '2' },
+      runs: { type: 'string', default: '3' },
+      steps: { type: 'string', default: '4' },
+      types: { type: 'string', default: 'f16,q8_0,q4_0' },
+    },
+  });
+  const size = Number(values.size);
+  const threads = Number(values.threads);
+  const runs = Number(values.runs);
+  const steps = Number(values.steps);
+  if (values.child) return child(values.child, values.model!, size, threads, runs, steps);
+
+  const model = values.model ?? ensureCheckpoint();
+  const results: Figures[] = [];
+  for (const type of values.types.split(',')) {
+    process.stderr.write(`${type}: ${size}x${size}, ${steps} steps, ${threads} threads, 1 warm-up + ${runs} runs...\n`);
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', type, '--model', model, '--size', String(size), '--threads', String(threads), '--runs', String(runs), '--steps', String(steps)],
+      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    if (r.status !== 0) throw new Error(`benchmark of ${type} failed`);
+    results.push(JSON.parse(r.stdout.trim().split('\n').pop()!));
+  }
+  const rows: Array<[string, (f: Figures) => string]> = [
+    ['model load', (f) => `${f.loadS.toFixed(2)} s`],
+    ['text encode', (f) => `${f.textEncodeS.toFixed(3)} s`],
+    ['UNet step (cond+uncond)', (f) => `${f.unetStepS.toFixed(2)} s`],
+    ['VAE decode', (f) => `${f.vaeDecodeS.toFixed(2)} s`],
+    ['whole generate()', (f) => `${f.generateS.toFixed(2)} s`],
+    ['peak RSS', (f) => `${(f.peakRssMB / 1024).toFixed(2)} GB`],
+  ];
+  const header = `| ${size}x${size}, ${steps} steps, ${threads} threads (median of ${runs}) | ${results.map((r) => r.type).join(' | ')} |`;
+  const lines = [header, `| --- |${results.map(() => ' --- |').join('')}`];
+  for (const [name, fmt] of rows) lines.push(`| ${name} | ${results.map(fmt).join(' | ')} |`);
+  process.stdout.write(lines.join('\n') + '\n');
+  const outDir = path.join(here, 'results');
+  fs.mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify({ size, steps, threads, runs, cpu: os.cpus()[0]?.model, results }, null, 2));
+  process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
+}
+
+await main();
