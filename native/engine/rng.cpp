@@ -4,25 +4,18 @@
 #include <cmath>
 #include <limits>
 
+#include "enum-names.h"
 #include "errors.h"
 
 namespace sd {
 
-const char * rng_kind_name(RngKind kind) {
-    switch (kind) {
-        case RngKind::Cuda: return "cuda";
-        case RngKind::Cpu: return "cpu";
-        case RngKind::StdDefault: return "std_default";
-    }
-    return "?";
-}
+namespace {
+constexpr EnumName<RngKind> kRngNames[] = {{RngKind::Cuda, "cuda"}, {RngKind::Cpu, "cpu"}, {RngKind::StdDefault, "std_default"}};
+}  // namespace
 
-RngKind parse_rng_kind(const std::string & name) {
-    if (name == "cuda") return RngKind::Cuda;
-    if (name == "cpu") return RngKind::Cpu;
-    if (name == "std_default") return RngKind::StdDefault;
-    throw_invalid("rng \"" + name + "\" is not known: expected \"cuda\", \"cpu\" or \"std_default\"");
-}
+const char * rng_kind_name(RngKind kind) { return enum_name(kRngNames, kind); }
+
+RngKind parse_rng_kind(const std::string & name) { return parse_enum(kRngNames, name, "rng"); }
 
 namespace {
 

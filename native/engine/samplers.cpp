@@ -3,16 +3,14 @@
 #include <algorithm>
 #include <cmath>
 
+#include "enum-names.h"
 #include "errors.h"
 
 namespace sd {
 
 namespace {
-struct SamplerName {
-    Sampler s;
-    const char * name;
-};
-constexpr SamplerName kSamplerNames[] = {
+
+constexpr EnumName<Sampler> kSamplerNames[] = {
     {Sampler::Euler, "euler"},         {Sampler::EulerA, "euler_a"},       {Sampler::Heun, "heun"},
     {Sampler::Dpm2, "dpm2"},           {Sampler::Dpmpp2sA, "dpm++2s_a"},   {Sampler::Dpmpp2m, "dpm++2m"},
     {Sampler::Dpmpp2mv2, "dpm++2mv2"}, {Sampler::Ipndm, "ipndm"},          {Sampler::IpndmV, "ipndm_v"},
@@ -20,25 +18,11 @@ constexpr SamplerName kSamplerNames[] = {
 };
 }  // namespace
 
-const char * sampler_name(Sampler s) {
-    for (const auto & e : kSamplerNames)
-        if (e.s == s) return e.name;
-    return "?";
-}
+const char * sampler_name(Sampler s) { return enum_name(kSamplerNames, s); }
 
-Sampler parse_sampler(const std::string & name) {
-    for (const auto & e : kSamplerNames)
-        if (name == e.name) return e.s;
-    std::string known;
-    for (const auto & e : kSamplerNames) known += std::string(known.empty() ? "" : ", ") + e.name;
-    throw_invalid("sampler \"" + name + "\" is not known: expected one of " + known);
-}
+Sampler parse_sampler(const std::string & name) { return parse_enum(kSamplerNames, name, "sampler"); }
 
-std::vector<Sampler> all_samplers() {
-    std::vector<Sampler> v;
-    for (const auto & e : kSamplerNames) v.push_back(e.s);
-    return v;
-}
+std::vector<Sampler> all_samplers() { return enum_values(kSamplerNames); }
 
 Scheduler default_scheduler(Sampler s) {
     if (s == Sampler::Lcm || s == Sampler::Tcd) return Scheduler::Lcm;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "enum-names.h"
 #include "errors.h"
 
 namespace sd {
@@ -60,11 +61,8 @@ float DiscreteSchedule::sigma_to_t(float sigma) const {
 // ------------------------------------------------------------------ names
 
 namespace {
-struct SchedulerName {
-    Scheduler s;
-    const char * name;
-};
-constexpr SchedulerName kSchedulerNames[] = {
+
+constexpr EnumName<Scheduler> kSchedulerNames[] = {
     {Scheduler::Discrete, "discrete"},       {Scheduler::Karras, "karras"},     {Scheduler::Exponential, "exponential"},
     {Scheduler::Ays, "ays"},                 {Scheduler::Gits, "gits"},         {Scheduler::SgmUniform, "sgm_uniform"},
     {Scheduler::Simple, "simple"},           {Scheduler::Smoothstep, "smoothstep"},
@@ -72,25 +70,11 @@ constexpr SchedulerName kSchedulerNames[] = {
 };
 }  // namespace
 
-const char * scheduler_name(Scheduler s) {
-    for (const auto & e : kSchedulerNames)
-        if (e.s == s) return e.name;
-    return "?";
-}
+const char * scheduler_name(Scheduler s) { return enum_name(kSchedulerNames, s); }
 
-Scheduler parse_scheduler(const std::string & name) {
-    for (const auto & e : kSchedulerNames)
-        if (name == e.name) return e.s;
-    std::string known;
-    for (const auto & e : kSchedulerNames) known += std::string(known.empty() ? "" : ", ") + e.name;
-    throw_invalid("scheduler \"" + name + "\" is not known: expected one of " + known);
-}
+Scheduler parse_scheduler(const std::string & name) { return parse_enum(kSchedulerNames, name, "scheduler"); }
 
-std::vector<Scheduler> all_schedulers() {
-    std::vector<Scheduler> v;
-    for (const auto & e : kSchedulerNames) v.push_back(e.s);
-    return v;
-}
+std::vector<Scheduler> all_schedulers() { return enum_values(kSchedulerNames); }
 
 // ------------------------------------------------------------------ helpers shared by the tables
 

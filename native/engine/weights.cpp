@@ -5,6 +5,7 @@
 #include <mutex>
 #include <thread>
 
+#include "enum-names.h"
 #include "errors.h"
 #include "ggml-alloc.h"
 
@@ -12,15 +13,11 @@ namespace sd {
 
 namespace {
 
-struct NamedType {
-    const char * name;
-    ggml_type type;
-};
-constexpr NamedType kWeightTypes[] = {
-    {"f32", GGML_TYPE_F32},   {"f16", GGML_TYPE_F16},   {"bf16", GGML_TYPE_BF16}, {"q8_0", GGML_TYPE_Q8_0},
-    {"q5_0", GGML_TYPE_Q5_0}, {"q5_1", GGML_TYPE_Q5_1}, {"q4_0", GGML_TYPE_Q4_0}, {"q4_1", GGML_TYPE_Q4_1},
-    {"q2_K", GGML_TYPE_Q2_K}, {"q3_K", GGML_TYPE_Q3_K}, {"q4_K", GGML_TYPE_Q4_K}, {"q5_K", GGML_TYPE_Q5_K},
-    {"q6_K", GGML_TYPE_Q6_K},
+constexpr EnumName<ggml_type> kWeightTypes[] = {
+    {GGML_TYPE_F32, "f32"},   {GGML_TYPE_F16, "f16"},   {GGML_TYPE_BF16, "bf16"}, {GGML_TYPE_Q8_0, "q8_0"},
+    {GGML_TYPE_Q5_0, "q5_0"}, {GGML_TYPE_Q5_1, "q5_1"}, {GGML_TYPE_Q4_0, "q4_0"}, {GGML_TYPE_Q4_1, "q4_1"},
+    {GGML_TYPE_Q2_K, "q2_K"}, {GGML_TYPE_Q3_K, "q3_K"}, {GGML_TYPE_Q4_K, "q4_K"}, {GGML_TYPE_Q5_K, "q5_K"},
+    {GGML_TYPE_Q6_K, "q6_K"},
 };
 
 bool contains(const std::string & s, const char * part) { return s.find(part) != std::string::npos; }
@@ -93,14 +90,7 @@ void transpose_2d(std::vector<float> & data, const std::vector<int64_t> & canoni
 
 }  // namespace
 
-ggml_type parse_weight_type(const std::string & name) {
-    for (const auto & t : kWeightTypes) {
-        if (name == t.name) return t.type;
-    }
-    std::string names;
-    for (const auto & t : kWeightTypes) names += std::string(names.empty() ? "" : ", ") + t.name;
-    throw_invalid("weightType must be one of " + names + "; received \"" + name + "\"");
-}
+ggml_type parse_weight_type(const std::string & name) { return parse_enum(kWeightTypes, name, "weightType"); }
 
 ggml_type placed_type(Component component, const std::string & name, const std::vector<int64_t> & shape,
                       ggml_type stored, std::optional<ggml_type> requested) {
