@@ -1,4 +1,5 @@
 // MappedFile: read-only memory map of a whole file.
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -116,5 +117,19 @@ MappedFile::~MappedFile() {
 }
 
 #endif
+
+void MappedFile::drop_pages(uint64_t offset, uint64_t size) const {
+#if defined(__linux__) || defined(__APPLE__)
+    if (!data_ || size == 0 || offset >= size_) return;
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t end = std::min(size_, offset + size);
+    const uint64_t first = (offset + page - 1) / page * page;  // whole pages inside the range
+    const uint64_t last = end / page * page;
+    if (last > first) madvise(const_cast<uint8_t *>(data_) + first, static_cast<size_t>(last - first), MADV_DONTNEED);
+#else
+    (void)offset;
+    (void)size;
+#endif
+}
 
 }  // namespace sd

@@ -27,6 +27,10 @@ public:
     const std::string & path() const { return path_; }
     const uint8_t * data() const { return data_; }
     uint64_t size() const { return size_; }
+    // Tells the OS the pages of [offset, offset + size) are no longer needed, so they leave this
+    // process's resident memory (they are read again from the file if touched). Whole pages
+    // inside the range only; a no-op where unsupported.
+    void drop_pages(uint64_t offset, uint64_t size) const;
 
 private:
     std::string path_;

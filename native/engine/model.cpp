@@ -92,6 +92,9 @@ std::unique_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     m->text_encoder_ = std::make_unique<TextEncoder>(*m->text_encoder_tensors_, info.text_encoder);
     m->unet_ = std::make_unique<Unet>(*m->unet_tensors_, info.unet);
     m->vae_ = std::make_unique<VaeDecoder>(*m->vae_tensors_, info.vae);
+    // Every weight now lives on the backend: unmap the files (metadata and names stay).
+    for (auto & t : m->file_.tensors) t.file.reset();
+    m->file_.files.clear();
     if (options.progress) options.progress(1.0);
     return m;
 }

@@ -208,6 +208,9 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
                     from_f32(types[i], f32.data(), staged.data(), n / row_len, row_len);
                     ggml_backend_tensor_set(g, staged.data(), 0, staged.size());
                 }
+                // The file's pages are not needed again: keep them out of resident memory, so
+                // loading never holds the file and the placed weights at once.
+                t.source->file->drop_pages(t.source->offset + t.offset, t.nbytes);
                 {
                     // Counted and reported under one lock, so reports never go backwards.
                     std::lock_guard<std::mutex> lock(report_mutex);
