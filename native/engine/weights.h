@@ -9,6 +9,9 @@
 //     and rows whose length is not a multiple of the requested type's block size (kept as stored);
 //   - with no requested type every tensor keeps its stored type where ggml can run it
 //     (f64/integer → f32), and conv kernels still become f16.
+// The same rules hold for every requested type (q4_0, K-quants: the block size decides which rows
+// qualify). Checked against the q8_0 reference case: its conditionings and step-0 UNet outputs
+// match bit for bit when ggml's f16 dot products accumulate in f32 (native/tests/reference_test.cpp).
 #pragma once
 #include <atomic>
 #include <cstdint>

@@ -8,6 +8,13 @@
 //
 // The checkpoint is read by a minimal safetensors reader below (SD1 LDM prefixes only), placed
 // with the engine's type rules (sd::placed_type), so it does not depend on the model-file reader.
+//
+// These random-weight networks are chaotic: a 1e-5 relative nudge to the UNet input moves its
+// output ~0.4% (f16) or ~1.2% (q8_0, whose activations are re-quantized per layer). So the bounds
+// hold only when ggml computes bit for bit as the reference did; with matching placement and
+// f32-accumulating f16 dot products every figure here is 0.0000%. ggml compiled with
+// AVX512-FP16 (-march=native on Sapphire Rapids and later) accumulates f16 dot products in f16:
+// the f16 cases then land near 0.3% and q8_0 near 1.1%; main() probes for it and says so.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +26,7 @@
 
 #include "check.h"
 #include "errors.h"
+#include "ggml-alloc.h"
 #include "ggml-cpu.h"
 #include "graph-fixtures.h"
 #include "graph-runner.h"
@@ -202,6 +210,37 @@ sd::TextEncoderParams clip_l() {
     return p;
 }
 
+// Relative error of one f16 x f32 dot product of length 4096 on `backend`: ~1e-7 when ggml
+// accumulates in f32 (as the reference's build did), ~1e-3 when it accumulates in f16.
+double f16_dot_error(ggml_backend_t backend) {
+    constexpr int64_t k = 4096;
+    ggml_init_params p{ggml_tensor_overhead() * 4 + ggml_graph_overhead(), nullptr, true};
+    ggml_context * ctx = ggml_init(p);
+    ggml_tensor * a = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, k, 1);
+    ggml_tensor * b = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, 1);
+    ggml_tensor * y = ggml_mul_mat(ctx, a, b);
+    ggml_cgraph * graph = ggml_new_graph(ctx);
+    ggml_build_forward_expand(graph, y);
+    ggml_backend_buffer_t buffer = ggml_backend_alloc_ctx_tensors(ctx, backend);
+    std::vector<ggml_fp16_t> av(k);
+    std::vector<float> bv(k);
+    double exact = 0;
+    for (int64_t i = 0; i < k; ++i) {
+        av[i] = ggml_fp32_to_fp16(0.3f + 0.01f * static_cast<float>(i % 7));
+        // f16-representable, so ggml's conversion of b to f16 is exact and so is every product.
+        bv[i] = ggml_fp16_to_fp32(ggml_fp32_to_fp16(1.1f - 0.001f * static_cast<float>(i % 13)));
+        exact += static_cast<double>(ggml_fp16_to_fp32(av[i])) * bv[i];
+    }
+    ggml_backend_tensor_set(a, av.data(), 0, ggml_nbytes(a));
+    ggml_backend_tensor_set(b, bv.data(), 0, ggml_nbytes(b));
+    ggml_backend_graph_compute(backend, graph);
+    float got = 0;
+    ggml_backend_tensor_get(y, &got, 0, sizeof(got));
+    ggml_backend_buffer_free(buffer);
+    ggml_free(ctx);
+    return std::fabs(got - exact) / exact;
+}
+
 double psnr(const std::vector<uint8_t> & a, const std::string & b) {
     if (a.size() != b.size() || a.empty()) return -1;
     double se = 0;
@@ -246,12 +285,8 @@ void run_case(const std::string & dir, const std::string & name, ggml_backend_t 
     std::fflush(stdout);
     CHECK(e_cond < 0.005);
     CHECK(e_uncond < 0.005);
-    // Known gap: with --type q8_0 the conditionings match exactly but the UNet is ~1% off (f16
-    // cases ~0.3%); not yet explained (weight placement or an op differing from sd.cpp's ggml).
-    // Looser bound there so regressions still show; see the report in the commit log.
-    const double unet_bound = json.find("--type q8_0") != std::string::npos ? 0.015 : 0.005;
-    CHECK(e_unet_cond < unet_bound);
-    CHECK(e_unet_uncond < unet_bound);
+    CHECK(e_unet_cond < 0.005);
+    CHECK(e_unet_uncond < 0.005);
     if (image_psnr >= 0) CHECK(image_psnr > 40.0);
 }
 
@@ -272,6 +307,14 @@ int main() {
     }
     sd::ClipTokenizer tok(sd::clip_merges_from_js(merges_js));
     ggml_backend_t backend = ggml_backend_cpu_init();
+    const double dot_error = f16_dot_error(backend);
+    if (dot_error > 1e-4) {
+        std::printf("reference_test: note: this ggml accumulates f16 dot products in f16 (probe error %.1e; built with "
+                    "AVX512-FP16, e.g. -march=native on Sapphire Rapids or later). The reference used f32 "
+                    "accumulators: expect ~0.3%% (f16) and ~1.1%% (q8_0) step-0 UNet errors; build ggml-cpu with "
+                    "-mno-avx512fp16 to match.\n",
+                    dot_error);
+    }
 
     std::vector<std::string> cases;
     if (DIR * d = opendir(root.c_str())) {
