@@ -57,13 +57,17 @@ private:
         }
     }
 
-    // Single-output Box-Muller in float, the uniforms centred in their 2^-32 bins (never 0).
+    // Single-output Box-Muller, the uniforms centred in their 2^-32 bins (never 0). The uniforms
+    // are float; log, sqrt and sin run in double with the radius rounded to float in between —
+    // the precision stable-diffusion.cpp's code ends up with (C's double log/sqrt/sin on float
+    // arguments), which makes the noise bit-identical to its.
     static float box_muller(uint32_t a, uint32_t b) {
         const float inv32 = 2.3283064e-10f;              // 2^-32
         const float inv32_2pi = 2.3283064e-10f * 6.2831855f;
         const float u = float(a) * inv32 + inv32 / 2;
         const float v = float(b) * inv32_2pi + inv32_2pi / 2;
-        return std::sqrt(-2.0f * std::log(u)) * std::sin(v);
+        const float s = static_cast<float>(std::sqrt(-2.0f * std::log(static_cast<double>(u))));
+        return static_cast<float>(s * std::sin(static_cast<double>(v)));
     }
 
     uint32_t key_lo_, key_hi_;
