@@ -58,6 +58,9 @@ inline JsonValue parse_json(const std::string & text, const std::string & source
 // `s` as a JSON string literal, quotes included.
 std::string json_quote(const std::string & s);
 
+// Appends code point `cp` (<= 0x10FFFF) as UTF-8; shared by the JSON and JS-string readers.
+void append_utf8(std::string & out, uint32_t cp);
+
 // Locale-independent number text ('.' as decimal point whatever the process locale), with
 // `digits` significant digits; nan/inf come out as "nan"/"inf"/"-inf".
 std::string format_number(double v, int digits);

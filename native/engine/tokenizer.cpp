@@ -1,5 +1,7 @@
 #include "tokenizer.h"
 
+#include "json.h"
+
 #include <algorithm>
 
 #include "errors.h"
@@ -13,23 +15,6 @@ const char * const kEndOfWord = "</w>";
 const char * const kStartOfText = "<|startoftext|>";
 const char * const kEndOfText = "<|endoftext|>";
 
-void append_utf8(std::string & out, uint32_t cp) {
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xE0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-        out += static_cast<char>(0xF0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-}
 
 // The C locale's isspace, which is what sd.cpp's \s and [:space:] mean.
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
