@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "cpu-kernels.h"
 #include "errors.h"
 #include "weights.h"
 
@@ -43,6 +44,11 @@ ggml_tensor * TensorSource::get(const std::string & name) const {
 
 ggml_tensor * ComponentTensors::find(const std::string & name) const { return weights_.find(name); }
 
+bool use_cpu_kernels(ggml_backend_t backend) {
+    ggml_backend_dev_t dev = backend ? ggml_backend_get_device(backend) : nullptr;
+    return dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU && cpu_kernels_available();
+}
+
 ggml_tensor * named(ggml_tensor * t, const std::string & name) {
     ggml_format_name(t, "%s", name.c_str());
     return t;
@@ -53,7 +59,8 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix) {
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         bad_weight(w, "expected [out, " + std::to_string(x->ne[0]) + "] for a linear layer on " + shape_text(x));
     }
-    ggml_tensor * y = ggml_mul_mat(g.ctx, w, x);
+    const bool fast = g.cpu_kernels && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
+    ggml_tensor * y = fast ? cpu_linear_f16(g.ctx, w, x) : ggml_mul_mat(g.ctx, w, x);
     y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[1], 0);
     return named(y, prefix);
 }
@@ -67,8 +74,11 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
     if (x->ne[0] + 2 * padding < w->ne[0] || x->ne[1] + 2 * padding < w->ne[1]) {
         throw Error(ErrorCode::InvalidArgument, "input " + shape_text(x) + " is smaller than the kernel of '" + prefix + "'");
     }
-    // ggml_conv_2d is im2col (in the kernel's type) + matmul, as stable-diffusion.cpp runs it.
-    ggml_tensor * y = ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1);
+    // ggml_conv_2d is im2col (in the kernel's type) + matmul, as stable-diffusion.cpp runs it;
+    // cpu_conv2d_f16 computes the same numbers without the im2col buffer.
+    const bool fast = g.cpu_kernels && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
+    ggml_tensor * y = fast ? cpu_conv2d_f16(g.ctx, w, x, stride, padding)
+                           : ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1);
     y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[3], 2);
     return named(y, prefix);
 }

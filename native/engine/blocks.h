@@ -15,6 +15,7 @@
 #pragma once
 #include <string>
 
+#include "ggml-backend.h"
 #include "ggml.h"
 
 namespace sd {
@@ -43,7 +44,13 @@ private:
 struct Graph {
     ggml_context * ctx;
     const TensorSource & w;
+    // Run f16 convolutions and linear layers through cpu-kernels.h (same numbers as ggml's ops,
+    // faster). Only for graphs computed on the CPU backend: see use_cpu_kernels().
+    bool cpu_kernels = false;
 };
+
+// Whether graphs for `backend` should use cpu-kernels.h: a CPU backend on a CPU they run on.
+bool use_cpu_kernels(ggml_backend_t backend);
 
 // Names `t` (truncated to GGML_MAX_NAME) and returns it.
 ggml_tensor * named(ggml_tensor * t, const std::string & name);

@@ -1,0 +1,354 @@
+// The AVX-512 f16 product kernel behind cpu-kernels.h. Built with -mavx512f -mfma -mf16c and
+// called only on CPUs that have them. Everything here is file-local (no shared templates or
+// inline functions: see cpu-kernels-impl.h).
+//
+// Per output value the arithmetic is ggml_vec_dot_f16's on AVX-512, step for step:
+//   acc[s] (s = 0..3, 16 lanes each) += x[64c + 16s + l] * w[64c + 16s + l]   (FMA, c ascending)
+//   sum  = (double) reduce_add((acc[0] + acc[2]) + (acc[1] + acc[3]))
+//   sum += (double)(x[k] * w[k]) for the K % 64 leftover k, ascending;  out = (float) sum
+// with x (the activations) rounded to f16 first. What differs is the order in which outputs are
+// computed: a register tile of kMR weight rows x kNR columns, one accumulator s at a time
+// ("pass" s), so every loaded vector feeds several FMAs.
+//
+// Blocking: a thread takes a rectangle of rows x column panels. Columns are packed kNR at a
+// time (a panel: im2col on the fly, rounded to f16, stored as f32 in pass-major order so a pass
+// streams contiguously), a group of panels at once so the weights of a row block are reused
+// across the group while they sit in L2. Pass partial sums go to a small buffer, then each tile
+// is reduced and written out.
+#include "cpu-kernels-impl.h"
+
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+#include <immintrin.h>
+
+#include <cstring>
+
+namespace sd::cpu {
+
+namespace {
+
+constexpr int kNR = 6;       // columns per register tile (and per packed panel)
+constexpr int kMR = 4;       // weight rows per register tile
+constexpr int kStep = 64;    // ggml's GGML_F16_STEP on AVX-512: 4 accumulators x 16 lanes
+constexpr int kPasses = 4;
+constexpr int kLanes = 16;
+
+constexpr int64_t kPanelGroupBytes = 768 * 1024;  // packed activations kept hot (L2)
+constexpr int64_t kRowBlockBytes = 512 * 1024;    // weight rows kept hot (L2)
+constexpr int64_t kMinColumnsToPackRows = 48;
+
+int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+struct Blocking {
+    int64_t np;          // K rounded down to kStep: the vectorized part
+    int64_t nc;          // np / kStep
+    int64_t tail;        // K - np, summed in double
+    int64_t panels;      // ceil(N / kNR)
+    int64_t group;       // panels packed at once
+    int64_t row_block;   // rows per block (multiple of kMR, of 16 unless it is all of M)
+    bool f16_rows;       // weights read as f16 in the kernel instead of packed as f32
+};
+
+Blocking blocking_for(const F16Gemm & g) {
+    Blocking b;
+    b.np = g.K & ~static_cast<int64_t>(kStep - 1);
+    b.nc = b.np / kStep;
+    b.tail = g.K - b.np;
+    b.panels = (g.N + kNR - 1) / kNR;
+    b.group = max64(1, kPanelGroupBytes / (4 * kNR * g.K));
+    // Packing weight rows as f32 pays when a group has enough columns to reuse them.
+    b.f16_rows = min64(b.group, b.panels) * kNR < kMinColumnsToPackRows;
+    // A multiple of 16 rows, so that outputs are reduced 16 at a time (reduce16).
+    b.row_block = max64(kLanes, (kRowBlockBytes / ((b.f16_rows ? 2 : 4) * g.K)) / kLanes * kLanes);
+    b.row_block = min64(b.row_block, (g.M + kMR - 1) / kMR * kMR);
+    return b;
+}
+
+float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+float round_to_half(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
+
+// Column n's K activations (f32, not yet rounded) into `dst`.
+void gather_column(const F16Gemm & g, int64_t n, float * dst) {
+    if (g.kernel_w == 0) {
+        const int64_t i1 = n % g.ne1, i2 = (n / g.ne1) % g.ne2, i3 = n / (g.ne1 * g.ne2);
+        std::memcpy(dst, g.x + i1 * g.nb1 + i2 * g.nb2 + i3 * g.nb3, static_cast<size_t>(g.K) * sizeof(float));
+        return;
+    }
+    const int64_t ox = n % g.out_w, oy = (n / g.out_w) % g.out_h, b = n / (g.out_w * g.out_h);
+    const int64_t x0 = ox * g.stride - g.pad, y0 = oy * g.stride - g.pad;
+    const int64_t channels = g.K / (static_cast<int64_t>(g.kernel_w) * g.kernel_h);
+    float * d = dst;
+    for (int64_t c = 0; c < channels; ++c) {
+        const char * plane = g.x + b * g.nb3 + c * g.nb2;
+        for (int ky = 0; ky < g.kernel_h; ++ky) {
+            const int64_t iy = y0 + ky;
+            if (iy < 0 || iy >= g.in_h) {
+                for (int kx = 0; kx < g.kernel_w; ++kx) *d++ = 0.0f;
+                continue;
+            }
+            const float * row = reinterpret_cast<const float *>(plane + iy * g.nb1);
+            for (int kx = 0; kx < g.kernel_w; ++kx) {
+                const int64_t ix = x0 + kx;
+                *d++ = (ix >= 0 && ix < g.in_w) ? row[ix] : 0.0f;
+            }
+        }
+    }
+}
+
+// Packs panel columns [n0, n0 + kNR) (zeros past N), rounded to f16:
+//   vec[((s*nc + c)*kNR + j)*16 + l] = column j, element 64c + 16s + l
+//   tail[j*tail + t]                = column j, element np + t
+void pack_panel(const F16Gemm & g, const Blocking & bl, int64_t n0, float * tmp, float * vec, float * tail) {
+    for (int j = 0; j < kNR; ++j) {
+        const int64_t n = n0 + j;
+        if (n < g.N) {
+            gather_column(g, n, tmp);
+        } else {
+            std::memset(tmp, 0, static_cast<size_t>(g.K) * sizeof(float));
+        }
+        for (int64_t q = 0; q < bl.np / kLanes; ++q) {
+            const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(tmp + q * kLanes), _MM_FROUND_TO_NEAREST_INT);
+            const int64_t c = q / kPasses, s = q % kPasses;
+            _mm512_storeu_ps(vec + ((s * bl.nc + c) * kNR + j) * kLanes, _mm512_cvtph_ps(h));
+        }
+        for (int64_t t = 0; t < bl.tail; ++t) tail[j * bl.tail + t] = round_to_half(tmp[bl.np + t]);
+    }
+}
+
+// Rows [m0, m0 + rows) of the weights as f32, tile by tile (kMR rows), pass-major:
+//   a[((t*kPasses + s)*nc + c)*kMR*16 + r*16 + l] = w[m0 + t*kMR + r, 64c + 16s + l]
+void pack_rows(const F16Gemm & g, const Blocking & bl, int64_t m0, int64_t rows, float * a) {
+    for (int64_t t = 0; t * kMR < rows; ++t) {
+        const int rn = static_cast<int>(min64(kMR, rows - t * kMR));
+        for (int s = 0; s < kPasses; ++s) {
+            float * dst = a + (t * kPasses + s) * bl.nc * kMR * kLanes;
+            for (int r = 0; r < rn; ++r) {
+                const uint16_t * src = g.w + (m0 + t * kMR + r) * g.K + s * kLanes;
+                for (int64_t c = 0; c < bl.nc; ++c) {
+                    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + c * kStep));
+                    _mm512_storeu_ps(dst + (c * kMR + r) * kLanes, _mm512_cvtph_ps(h));
+                }
+            }
+        }
+    }
+}
+
+// One pass s over a tile of MR packed weight rows x kNR packed columns: the partial sums of
+// accumulator s, 16 lanes per output, into part[(r*kNR + j)*16].
+template <int MR>
+void tile_pass(const float * a_s, const float * vec_s, int64_t nc, float * part) {
+    __m512 acc[MR][kNR];
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < kNR; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < nc; ++c) {
+        __m512 a[MR];
+        for (int r = 0; r < MR; ++r) a[r] = _mm512_loadu_ps(a_s + (c * kMR + r) * kLanes);
+        const float * b = vec_s + c * kNR * kLanes;
+        for (int j = 0; j < kNR; ++j) {
+            const __m512 bv = _mm512_loadu_ps(b + j * kLanes);
+            for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_fmadd_ps(a[r], bv, acc[r][j]);
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < kNR; ++j) _mm512_storeu_ps(part + (r * kNR + j) * kLanes, acc[r][j]);
+}
+
+// The same pass with the weights read as f16 straight from the tensor (row stride K) and
+// converted in the loop: for few columns per weight load, where packing them would not pay.
+template <int MR>
+void tile_pass_f16(const uint16_t * w, int64_t K, const float * vec_s, int64_t nc, int s, float * part) {
+    __m512 acc[MR][kNR];
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < kNR; ++j) acc[r][j] = _mm512_setzero_ps();
+    const uint16_t * wp = w + s * kLanes;
+    for (int64_t c = 0; c < nc; ++c) {
+        __m512 a[MR];
+        for (int r = 0; r < MR; ++r) {
+            a[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(wp + r * K + c * kStep)));
+        }
+        const float * b = vec_s + c * kNR * kLanes;
+        for (int j = 0; j < kNR; ++j) {
+            const __m512 bv = _mm512_loadu_ps(b + j * kLanes);
+            for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_fmadd_ps(a[r], bv, acc[r][j]);
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int j = 0; j < kNR; ++j) _mm512_storeu_ps(part + (r * kNR + j) * kLanes, acc[r][j]);
+}
+
+void tile_pass_rows(int rows, const float * a_s, const float * vec_s, int64_t nc, float * part) {
+    switch (rows) {
+        case 4: tile_pass<4>(a_s, vec_s, nc, part); return;
+        case 3: tile_pass<3>(a_s, vec_s, nc, part); return;
+        case 2: tile_pass<2>(a_s, vec_s, nc, part); return;
+        default: tile_pass<1>(a_s, vec_s, nc, part); return;
+    }
+}
+
+void tile_pass_rows_f16(int rows, const uint16_t * w, int64_t K, const float * vec_s, int64_t nc, int s, float * part) {
+    switch (rows) {
+        case 4: tile_pass_f16<4>(w, K, vec_s, nc, s, part); return;
+        case 3: tile_pass_f16<3>(w, K, vec_s, nc, s, part); return;
+        case 2: tile_pass_f16<2>(w, K, vec_s, nc, s, part); return;
+        default: tile_pass_f16<1>(w, K, vec_s, nc, s, part); return;
+    }
+}
+
+// Row m's output for panel column j: ggml's reduction of the four pass partials, then the tail.
+float finish(const F16Gemm & g, const Blocking & bl, const float * parts, int64_t pass_stride, int r, int j,
+             const uint16_t * wrow, const float * tail_j) {
+    double sum = 0.0;
+    if (bl.nc > 0) {
+        const float * p = parts + (r * kNR + j) * kLanes;
+        __m512 x0 = _mm512_loadu_ps(p);
+        __m512 x1 = _mm512_loadu_ps(p + pass_stride);
+        const __m512 x2 = _mm512_loadu_ps(p + 2 * pass_stride);
+        const __m512 x3 = _mm512_loadu_ps(p + 3 * pass_stride);
+        x0 = _mm512_add_ps(x0, x2);
+        x1 = _mm512_add_ps(x1, x3);
+        x0 = _mm512_add_ps(x0, x1);
+        sum = static_cast<double>(_mm512_reduce_add_ps(x0));
+    }
+    for (int64_t t = 0; t < bl.tail; ++t) {
+        sum += static_cast<double>(tail_j[t] * half_to_float(wrow[bl.np + t]));
+    }
+    return static_cast<float>(sum);
+}
+
+// _mm512_reduce_add_ps of 16 vectors at once, the same additions in the same tree:
+//   t3[i] = v[i] + v[i+8] (i < 8); t6[i] = t3[i] + t3[i+4] (i < 4); t8[i] = t6[i] + t6[i+2] (i < 2);
+//   result = t8[0] + t8[1].
+// Returns lane o = reduction of v[o].
+__m512 reduce16(const __m512 * v) {
+    __m512 u[8], w[4], z[2];
+    for (int p = 0; p < 8; ++p) {  // u[p]: t3 of v[2p] in 128-bit lanes 0-1, of v[2p+1] in 2-3
+        const __m512 lo = _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 hi = _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
+        u[p] = _mm512_add_ps(lo, hi);
+    }
+    for (int q = 0; q < 4; ++q) {  // w[q]: t6 of v[4q + L] in 128-bit lane L
+        const __m512 lo = _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 hi = _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1));
+        w[q] = _mm512_add_ps(lo, hi);
+    }
+    for (int r = 0; r < 2; ++r) {  // z[r], lane L: t8 of v[8r + L], then t8 of v[8r + 4 + L]
+        const __m512 lo = _mm512_shuffle_ps(w[2 * r], w[2 * r + 1], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 hi = _mm512_shuffle_ps(w[2 * r], w[2 * r + 1], _MM_SHUFFLE(3, 2, 3, 2));
+        z[r] = _mm512_add_ps(lo, hi);
+    }
+    const __m512 lo = _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 hi = _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512 r = _mm512_add_ps(lo, hi);  // element 4L + i holds v[L + 4i]
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(order, r);
+}
+
+}  // namespace
+
+size_t f16_gemm_scratch_floats(const F16Gemm & g) {
+    const Blocking bl = blocking_for(g);
+    const int64_t panel = kNR * g.K;
+    const int64_t parts = bl.row_block * kNR * kLanes * kPasses;
+    return static_cast<size_t>(bl.group * panel + parts + bl.row_block * bl.np + g.K);
+}
+
+void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch) {
+    const Blocking bl = blocking_for(g);
+
+    // This thread's rectangle: a share of the panels when there are enough of them, else a
+    // share of the rows (every thread then packs all panels).
+    int64_t p0 = 0, p1 = bl.panels, m0 = 0, m1 = g.M;
+    if (bl.panels >= 4 * nth) {
+        p0 = bl.panels * ith / nth;
+        p1 = bl.panels * (ith + 1) / nth;
+    } else {
+        const int64_t tiles = (g.M + kMR - 1) / kMR;
+        m0 = min64(g.M, tiles * ith / nth * kMR);
+        m1 = min64(g.M, tiles * (ith + 1) / nth * kMR);
+    }
+    if (p0 >= p1 || m0 >= m1) return;
+
+    const int64_t panel_floats = kNR * g.K;
+    float * packed = scratch;
+    float * parts = packed + bl.group * panel_floats;
+    float * rows_f32 = parts + bl.row_block * kNR * kLanes * kPasses;
+    float * tmp = rows_f32 + bl.row_block * bl.np;
+
+    const bool conv = g.kernel_w > 0;
+    const int64_t m_stride = conv ? g.out_w * g.out_h : 1;
+
+    for (int64_t pg = p0; pg < p1; pg += bl.group) {
+        const int64_t pcount = min64(bl.group, p1 - pg);
+        for (int64_t p = 0; p < pcount; ++p) {
+            float * vec = packed + p * panel_floats;
+            pack_panel(g, bl, (pg + p) * kNR, tmp, vec, vec + kNR * bl.np);
+        }
+        for (int64_t mb = m0; mb < m1; mb += bl.row_block) {
+            const int64_t rows = min64(bl.row_block, m1 - mb);
+            const int64_t tiles = (rows + kMR - 1) / kMR;
+            const int64_t pass_stride = tiles * kMR * kNR * kLanes;  // floats between passes
+            if (bl.nc > 0 && !bl.f16_rows) pack_rows(g, bl, mb, rows, rows_f32);
+            for (int64_t p = 0; p < pcount; ++p) {
+                const float * vec = packed + p * panel_floats;
+                const float * tail = vec + kNR * bl.np;
+                // Partial sums: parts[s*pass_stride + t*kMR*kNR*16 + (r*kNR + j)*16 + l].
+                for (int s = 0; s < kPasses && bl.nc > 0; ++s) {
+                    const float * vec_s = vec + s * bl.nc * kNR * kLanes;
+                    for (int64_t t = 0; t < tiles; ++t) {
+                        const int64_t m = mb + t * kMR;
+                        const int rn = static_cast<int>(min64(kMR, mb + rows - m));
+                        float * part = parts + s * pass_stride + t * kMR * kNR * kLanes;
+                        if (bl.f16_rows) {
+                            tile_pass_rows_f16(rn, g.w + m * g.K, g.K, vec_s, bl.nc, s, part);
+                        } else {
+                            tile_pass_rows(rn, rows_f32 + (t * kPasses + s) * bl.nc * kMR * kLanes, vec_s, bl.nc, part);
+                        }
+                    }
+                }
+                const int64_t n0 = (pg + p) * kNR;
+                for (int j = 0; j < kNR && n0 + j < g.N; ++j) {
+                    const int64_t n = n0 + j;
+                    int64_t base;
+                    if (conv) {
+                        const int64_t plane = g.out_w * g.out_h;
+                        base = (n / plane) * g.M * plane + n % plane;
+                    } else {
+                        base = n * g.M;
+                    }
+                    // Row i of the block has its partials at parts[s*pass_stride + (i*kNR + j)*16].
+                    int64_t i = 0;
+                    if (bl.nc > 0 && bl.tail == 0) {
+                        for (; i + kLanes <= rows; i += kLanes) {
+                            __m512 v[kLanes];
+                            for (int o = 0; o < kLanes; ++o) {
+                                const float * q = parts + ((i + o) * kNR + j) * kLanes;
+                                const __m512 x02 = _mm512_add_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(q + 2 * pass_stride));
+                                const __m512 x13 =
+                                    _mm512_add_ps(_mm512_loadu_ps(q + pass_stride), _mm512_loadu_ps(q + 3 * pass_stride));
+                                v[o] = _mm512_add_ps(x02, x13);
+                            }
+                            // With no leftovers, (float)(double)sum is sum itself.
+                            const __m512 sums = reduce16(v);
+                            if (m_stride == 1) {
+                                _mm512_storeu_ps(g.out + base + mb + i, sums);
+                            } else {
+                                alignas(64) float lanes[kLanes];
+                                _mm512_store_ps(lanes, sums);
+                                for (int o = 0; o < kLanes; ++o) g.out[base + (mb + i + o) * m_stride] = lanes[o];
+                            }
+                        }
+                    }
+                    for (; i < rows; ++i) {
+                        g.out[base + (mb + i) * m_stride] = finish(g, bl, parts + (i / kMR) * kMR * kNR * kLanes, pass_stride,
+                                                                   static_cast<int>(i % kMR), j, g.w + (mb + i) * g.K,
+                                                                   tail + j * bl.tail);
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace sd::cpu
+
+#endif  // SDNODE_HAVE_AVX512_KERNELS

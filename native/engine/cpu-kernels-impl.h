@@ -1,0 +1,32 @@
+// Between cpu-kernels.cpp (graph ops, dispatch) and cpu-kernels-avx512.cpp (the kernel, built
+// with AVX-512 flags and called only after a CPU check). Plain data only: no templates or
+// inline functions are shared with the AVX-512 unit, so none of its code can be picked by the
+// linker for callers on CPUs without AVX-512.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace sd::cpu {
+
+// out[m, n] = dot(w[m, :], column n), with column n of x described below:
+// - conv (kernel_w > 0): n = (b*out_h + oy)*out_w + ox; element k = (c*kernel_h + ky)*kernel_w + kx
+//   is x[b, c, oy*stride - pad + ky, ox*stride - pad + kx] (0 outside); out is [b, m, oy, ox].
+// - linear (kernel_w == 0): n = (i3*ne2 + i2)*ne1 + i1; column n is the row x[i3, i2, i1, :];
+//   out is [n, m].
+struct F16Gemm {
+    const uint16_t * w;  // f16 weights, row m at w + m*K
+    int64_t M, K, N;
+    const char * x;      // f32 activations, unit element stride
+    size_t nb1, nb2, nb3;
+    int kernel_w, kernel_h, stride, pad;
+    int64_t in_w, in_h, out_w, out_h;
+    int64_t ne1, ne2;
+    float * out;
+};
+
+// Floats of scratch one thread needs for `g`.
+size_t f16_gemm_scratch_floats(const F16Gemm & g);
+// Thread `ith` of `nth` computes its share of `g`.
+void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch);
+
+}  // namespace sd::cpu

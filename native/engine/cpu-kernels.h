@@ -1,0 +1,38 @@
+// Faster CPU kernels for the two products that dominate Stable Diffusion: convolutions and
+// linear layers with f16 weights. They compute the same numbers as ggml's own ops bit for bit,
+// so stable-diffusion.cpp's reference outputs are matched exactly as before, only sooner.
+//
+// Why ggml's ops are slow here: ggml_conv_2d writes a full im2col copy of the input in f16
+// (K x pixels, tens to hundreds of MB for a VAE decode), and its f16 dot product converts both
+// operands from f16 for every multiply-add, so each vector FMA costs two conversions.
+//
+// What "same numbers" means: ggml's AVX-512 f16 dot product (ggml_vec_dot_f16, f32 sums) keeps
+// 4 accumulators of 16 lanes (element k goes to accumulator (k % 64) / 16, lane k % 16), adds
+// them as (a0 + a2) + (a1 + a3), reduces the 16 lanes with _mm512_reduce_add_ps, then adds the
+// K % 64 leftover products in double. Activations are rounded to f16 first (im2col output, or
+// the f16 copy of src1). These kernels keep every one of those steps per output value and only
+// change what is loaded when: the activations are packed (im2col on the fly) once per panel of
+// columns and rounded to f16 once, the weights are converted once per tile of rows, and a
+// register tile of rows x columns shares every load.
+//
+// Used only on the CPU backend, only on x86-64 CPUs with AVX-512F (where ggml's own CPU code
+// takes the same AVX-512 path); elsewhere the graphs use ggml's ops.
+#pragma once
+#include "ggml.h"
+
+namespace sd {
+
+// True when this build and CPU run the kernels below (x86-64 with AVX-512F), and they are not
+// turned off with SDNODE_CPU_KERNELS=0 (to measure or compare against ggml's own ops).
+bool cpu_kernels_available();
+
+// Same result as ggml_conv_2d(ctx, w, x, stride, stride, padding, padding, 1, 1):
+// w: f16 [OC, IC, KH, KW] (ne {KW, KH, IC, OC}), contiguous; x: f32 [N, IC, H, W] (any strides
+// with unit element stride); result: f32 [N, OC, OH, OW], contiguous.
+ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding);
+
+// Same result as ggml_mul_mat(ctx, w, x) for f16 w [M, K] (ne {K, M}), contiguous, and f32 x
+// with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
+ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x);
+
+}  // namespace sd

@@ -1,0 +1,134 @@
+// cpu-kernels.h against ggml's own ops: the same graph computes ggml_conv_2d / ggml_mul_mat and
+// cpu_conv2d_f16 / cpu_linear_f16 on the same random tensors, and every output float must be
+// bit-identical, over shapes that exercise every edge (K below, at and past multiples of 64,
+// rows and columns that do not fill a register tile, strides, padding, batches, several row
+// blocks and panel groups, strided inputs) and 1 to 3 threads.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "cpu-kernels.h"
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+namespace {
+
+struct Ctx {
+    ggml_context * ctx;
+    explicit Ctx(size_t bytes) {
+        ggml_init_params p{bytes, nullptr, false};
+        ctx = ggml_init(p);
+    }
+    ~Ctx() { ggml_free(ctx); }
+};
+
+void fill(ggml_tensor * t, uint32_t seed, float scale) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, scale);
+    const int64_t n = ggml_nelements(t);
+    if (t->type == GGML_TYPE_F16) {
+        auto * d = static_cast<ggml_fp16_t *>(t->data);
+        for (int64_t i = 0; i < n; ++i) d[i] = ggml_fp32_to_fp16(dist(rng));
+    } else {
+        auto * d = static_cast<float *>(t->data);
+        for (int64_t i = 0; i < n; ++i) d[i] = dist(rng);
+    }
+}
+
+// Compares two f32 tensors of the same shape bit for bit; prints the first difference.
+bool identical(const ggml_tensor * a, const ggml_tensor * b, const std::string & what) {
+    if (!ggml_are_same_shape(a, b)) {
+        std::fprintf(stderr, "%s: shapes differ\n", what.c_str());
+        return false;
+    }
+    std::vector<float> av(ggml_nelements(a)), bv(ggml_nelements(b));
+    // ggml_conv_2d's result is a contiguous copy; ours is contiguous: compare flat.
+    std::memcpy(av.data(), a->data, av.size() * sizeof(float));
+    std::memcpy(bv.data(), b->data, bv.size() * sizeof(float));
+    for (size_t i = 0; i < av.size(); ++i) {
+        if (std::memcmp(&av[i], &bv[i], sizeof(float)) != 0) {
+            std::fprintf(stderr, "%s: element %zu: ggml %.9g, ours %.9g\n", what.c_str(), i, av[i], bv[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+void compute(ggml_context * ctx, ggml_tensor * out_a, ggml_tensor * out_b, int threads) {
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out_a);
+    ggml_build_forward_expand(gf, out_b);
+    ggml_graph_compute_with_ctx(ctx, gf, threads);
+}
+
+void conv_case(int64_t W, int64_t H, int64_t IC, int64_t OC, int64_t N, int k, int stride, int pad, int threads) {
+    Ctx c(512u << 20);
+    ggml_tensor * w = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F16, k, k, IC, OC);
+    ggml_tensor * x = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F32, W, H, IC, N);
+    fill(w, 1 + static_cast<uint32_t>(IC * 7 + OC), 0.05f);
+    fill(x, 2 + static_cast<uint32_t>(W * 3 + H), 1.0f);
+    ggml_tensor * ref = ggml_conv_2d(c.ctx, w, x, stride, stride, pad, pad, 1, 1);
+    ggml_tensor * ours = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad);
+    compute(c.ctx, ref, ours, threads);
+    char what[160];
+    std::snprintf(what, sizeof what, "conv %lldx%lld ic %lld oc %lld n %lld k %d s %d p %d threads %d", (long long)W,
+                  (long long)H, (long long)IC, (long long)OC, (long long)N, k, stride, pad, threads);
+    CHECK(identical(ref, ours, what));
+}
+
+void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * w = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F16, K, M);
+    fill(w, static_cast<uint32_t>(K + M), 0.05f);
+    ggml_tensor * x;
+    if (strided) {
+        // Rows of a wider tensor: unit element stride, row stride K + 5.
+        ggml_tensor * wide = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, K + 5, L, B);
+        fill(wide, static_cast<uint32_t>(L), 1.0f);
+        x = ggml_view_3d(c.ctx, wide, K, L, B, wide->nb[1], wide->nb[2], 3 * sizeof(float));
+    } else {
+        x = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, K, L, B);
+        fill(x, static_cast<uint32_t>(L), 1.0f);
+    }
+    ggml_tensor * ref = ggml_mul_mat(c.ctx, w, x);
+    ggml_tensor * ours = sd::cpu_linear_f16(c.ctx, w, x);
+    compute(c.ctx, ref, ours, threads);
+    char what[160];
+    std::snprintf(what, sizeof what, "linear k %lld m %lld l %lld b %lld%s threads %d", (long long)K, (long long)M,
+                  (long long)L, (long long)B, strided ? " strided" : "", threads);
+    CHECK(identical(ref, ours, what));
+}
+
+}  // namespace
+
+int main() {
+    ggml_cpu_init();
+    if (!sd::cpu_kernels_available()) {
+        // Nothing to compare: the graphs use ggml's own ops on this CPU / build.
+        std::printf("cpu_kernels_test: the kernels do not run on this CPU or build; ggml's ops are used instead\n");
+        return sdtest::finish("cpu_kernels_test");
+    }
+    for (int threads : {1, 2, 3}) {
+        conv_case(9, 7, 64, 8, 2, 3, 1, 1, threads);      // K = 576: whole 64-groups
+        conv_case(8, 8, 20, 5, 1, 3, 1, 1, threads);      // K = 180: 2 groups + 52 leftovers
+        conv_case(5, 6, 4, 3, 1, 3, 1, 1, threads);       // K = 36: leftovers only (conv_in)
+        conv_case(16, 15, 32, 13, 2, 3, 2, 1, threads);   // stride 2, odd sizes
+        conv_case(7, 5, 128, 17, 2, 1, 1, 0, threads);    // 1x1
+        conv_case(3, 3, 64, 6, 1, 3, 1, 0, threads);      // no padding, a single output pixel
+    }
+    conv_case(4, 4, 1280, 42, 2, 3, 1, 1, 2);             // K = 11520: several row blocks
+    conv_case(64, 48, 16, 8, 1, 3, 1, 1, 2);              // many panels, several panel groups
+    conv_case(24, 24, 128, 128, 1, 3, 1, 1, 2);           // a VAE-like layer
+    for (int threads : {1, 2, 3}) {
+        linear_case(320, 77, 50, 3, false, threads);
+        linear_case(77, 20, 9, 1, false, threads);        // K = 77: 1 group + 13 leftovers
+        linear_case(40, 7, 5, 2, true, threads);          // leftovers only, strided rows
+        linear_case(768, 64, 2, 1, true, threads);        // few columns: rows split across threads
+    }
+    linear_case(1280, 2560, 128, 2, false, 2);            // GEGLU-sized
+    return sdtest::finish("cpu_kernels_test");
+}
