@@ -44,11 +44,6 @@ ggml_tensor * TensorSource::get(const std::string & name) const {
 
 ggml_tensor * ComponentTensors::find(const std::string & name) const { return weights_.find(name); }
 
-bool use_cpu_kernels(ggml_backend_t backend) {
-    ggml_backend_dev_t dev = backend ? ggml_backend_get_device(backend) : nullptr;
-    return dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU && cpu_kernels_available();
-}
-
 ggml_tensor * named(ggml_tensor * t, const std::string & name) {
     ggml_format_name(t, "%s", name.c_str());
     return t;
@@ -59,7 +54,7 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix) {
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         bad_weight(w, "expected [out, " + std::to_string(x->ne[0]) + "] for a linear layer on " + shape_text(x));
     }
-    const bool fast = g.cpu_kernels && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
+    const bool fast = g.cpu.f16 && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
     ggml_tensor * y = fast ? cpu_linear_f16(g.ctx, w, x) : ggml_mul_mat(g.ctx, w, x);
     y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[1], 0);
     return named(y, prefix);
@@ -76,7 +71,7 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
     }
     // ggml_conv_2d is im2col (in the kernel's type) + matmul, as stable-diffusion.cpp runs it;
     // cpu_conv2d_f16 computes the same numbers without the im2col buffer.
-    const bool fast = g.cpu_kernels && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
+    const bool fast = g.cpu.f16 && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
     ggml_tensor * y = fast ? cpu_conv2d_f16(g.ctx, w, x, stride, padding)
                            : ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1);
     y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[3], 2);
@@ -114,7 +109,7 @@ ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
 }
 
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
-                        const std::string & name) {
+                        const std::string & name, bool cpu_f32) {
     const int64_t width = q->ne[0], lq = q->ne[1], n = q->ne[2];
     const int64_t lk = k->ne[1];
     const int64_t d = width / heads;
@@ -132,13 +127,13 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
     v = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, v, d, heads, lk, n), 1, 2, 0, 3)),
                         lk, d, heads * n);
 
-    ggml_tensor * kq = ggml_mul_mat(ctx, k, q);  // [N*heads, Lq, Lk]
-    ggml_prec_set_acc(kq, GGML_PREC_F32);
+    ggml_tensor * kq = cpu_f32 ? cpu_matmul_f32(ctx, k, q) : ggml_mul_mat(ctx, k, q);  // [N*heads, Lq, Lk]
+    if (!cpu_f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
     kq = ggml_scale(ctx, kq, 1.0f / std::sqrt(static_cast<float>(d)));
     if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
     kq = named(ggml_soft_max(ctx, kq), name + ".probs");
 
-    ggml_tensor * out = ggml_mul_mat(ctx, v, kq);  // [N*heads, Lq, d]
+    ggml_tensor * out = cpu_f32 ? cpu_matmul_f32(ctx, v, kq) : ggml_mul_mat(ctx, v, kq);  // [N*heads, Lq, d]
     out = ggml_permute(ctx, ggml_reshape_4d(ctx, out, d, lq, heads, n), 0, 2, 1, 3);  // [N, Lq, heads, d]
     out = ggml_reshape_3d(ctx, ggml_cont(ctx, out), width, lq, n);
     return named(out, name);
@@ -204,7 +199,7 @@ ggml_tensor * cross_attention(Graph & g, ggml_tensor * x, ggml_tensor * context,
     ggml_tensor * q = linear(g, x, prefix + ".to_q");
     ggml_tensor * k = linear(g, context, prefix + ".to_k");
     ggml_tensor * v = linear(g, context, prefix + ".to_v");
-    ggml_tensor * a = attention(g.ctx, q, k, v, heads, false, prefix + ".attn");
+    ggml_tensor * a = attention(g.ctx, q, k, v, heads, false, prefix + ".attn", g.cpu.f32);
     return linear(g, a, prefix + ".to_out.0");
 }
 
@@ -267,7 +262,7 @@ ggml_tensor * vae_attention(Graph & g, ggml_tensor * x, const std::string & pref
     ggml_tensor * q = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".q", 1, 0));
     ggml_tensor * k = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".k", 1, 0));
     ggml_tensor * v = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".v", 1, 0));
-    ggml_tensor * a = tokens_to_image(g.ctx, attention(g.ctx, q, k, v, 1, false, prefix + ".attn"), w, h);
+    ggml_tensor * a = tokens_to_image(g.ctx, attention(g.ctx, q, k, v, 1, false, prefix + ".attn", g.cpu.f32), w, h);
     return named(ggml_add(g.ctx, x, conv2d(g, a, prefix + ".proj_out", 1, 0)), prefix);
 }
 

@@ -15,7 +15,7 @@
 #pragma once
 #include <string>
 
-#include "ggml-backend.h"
+#include "cpu-kernels.h"
 #include "ggml.h"
 
 namespace sd {
@@ -44,13 +44,11 @@ private:
 struct Graph {
     ggml_context * ctx;
     const TensorSource & w;
-    // Run f16 convolutions and linear layers through cpu-kernels.h (same numbers as ggml's ops,
-    // faster). Only for graphs computed on the CPU backend: see use_cpu_kernels().
-    bool cpu_kernels = false;
+    // Products to run through cpu-kernels.h (same numbers as ggml's ops, faster): f16
+    // convolutions and linear layers, f32 attention products. Set from cpu_kernels_for() of the
+    // backend the graph runs on.
+    CpuKernels cpu = {};
 };
-
-// Whether graphs for `backend` should use cpu-kernels.h: a CPU backend on a CPU they run on.
-bool use_cpu_kernels(ggml_backend_t backend);
 
 // Names `t` (truncated to GGML_MAX_NAME) and returns it.
 ggml_tensor * named(ggml_tensor * t, const std::string & name);
@@ -70,8 +68,9 @@ ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
 
 // q: [N, Lq, heads*d], k, v: [N, Lk, heads*d] -> [N, Lq, heads*d].
 // causal: position i attends to positions <= i only (CLIP).
+// cpu_f32: compute the two products with cpu_matmul_f32 (Graph::cpu.f32).
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
-                        const std::string & name);
+                        const std::string & name, bool cpu_f32 = false);
 
 // [N, C, H, W] <-> [N, H*W, C]
 ggml_tensor * image_to_tokens(ggml_context * ctx, ggml_tensor * x);

@@ -1,12 +1,17 @@
-// The AVX-512 f16 product kernel behind cpu-kernels.h. Built with -mavx512f -mfma -mf16c and
-// called only on CPUs that have them. Everything here is file-local (no shared templates or
-// inline functions: see cpu-kernels-impl.h).
+// The AVX-512 product kernel behind cpu-kernels.h. Built with -mavx512f -mfma -mf16c
+// -ffp-contract=off (every FMA here is written out; a product that ggml rounds before adding
+// must stay rounded) and called only on CPUs that have them. Everything here is file-local (no
+// shared templates or inline functions: see cpu-kernels-impl.h).
 //
 // Per output value the arithmetic is ggml_vec_dot_f16's on AVX-512, step for step:
 //   acc[s] (s = 0..3, 16 lanes each) += x[64c + 16s + l] * w[64c + 16s + l]   (FMA, c ascending)
 //   sum  = (double) reduce_add((acc[0] + acc[2]) + (acc[1] + acc[3]))
 //   sum += (double)(x[k] * w[k]) for the K % 64 leftover k, ascending;  out = (float) sum
-// with x (the activations) rounded to f16 first. What differs is the order in which outputs are
+// with x (the activations) rounded to f16 first. In F32 mode (ggml_vec_dot_f32, attention) the
+// same 4 x 16-lane FMA part runs on f32 x and rows, the reduction is kept in float, and the
+// K % 64 leftovers follow ggml-cpu's compiled loop: products rounded and added one by one for
+// blocks of 16 and then one of 8, fused multiply-adds for the last < 8 (cpu-kernels.cpp checks
+// this against ggml at run time before using it). What differs is the order in which outputs are
 // computed: a register tile of kMR weight rows x kNR columns, one accumulator s at a time
 // ("pass" s), so every loaded vector feeds several FMAs.
 //
@@ -49,7 +54,7 @@ struct Blocking {
     bool f16_rows;       // weights read as f16 in the kernel instead of packed as f32
 };
 
-Blocking blocking_for(const F16Gemm & g) {
+Blocking blocking_for(const Gemm & g) {
     Blocking b;
     b.np = g.K & ~static_cast<int64_t>(kStep - 1);
     b.nc = b.np / kStep;
@@ -57,7 +62,7 @@ Blocking blocking_for(const F16Gemm & g) {
     b.panels = (g.N + kNR - 1) / kNR;
     b.group = max64(1, kPanelGroupBytes / (4 * kNR * g.K));
     // Packing weight rows as f32 pays when a group has enough columns to reuse them.
-    b.f16_rows = min64(b.group, b.panels) * kNR < kMinColumnsToPackRows;
+    b.f16_rows = g.kind == Gemm::Kind::F16 && min64(b.group, b.panels) * kNR < kMinColumnsToPackRows;
     // A multiple of 16 rows, so that outputs are reduced 16 at a time (reduce16).
     b.row_block = max64(kLanes, (kRowBlockBytes / ((b.f16_rows ? 2 : 4) * g.K)) / kLanes * kLanes);
     b.row_block = min64(b.row_block, (g.M + kMR - 1) / kMR * kMR);
@@ -68,7 +73,7 @@ float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 float round_to_half(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 // Column n's K activations (f32, not yet rounded) into `dst`.
-void gather_column(const F16Gemm & g, int64_t n, float * dst) {
+void gather_column(const Gemm & g, int64_t n, float * dst) {
     if (g.kernel_w == 0) {
         const int64_t i1 = n % g.ne1, i2 = (n / g.ne1) % g.ne2, i3 = n / (g.ne1 * g.ne2);
         std::memcpy(dst, g.x + i1 * g.nb1 + i2 * g.nb2 + i3 * g.nb3, static_cast<size_t>(g.K) * sizeof(float));
@@ -98,7 +103,7 @@ void gather_column(const F16Gemm & g, int64_t n, float * dst) {
 // Packs panel columns [n0, n0 + kNR) (zeros past N), rounded to f16:
 //   vec[((s*nc + c)*kNR + j)*16 + l] = column j, element 64c + 16s + l
 //   tail[j*tail + t]                = column j, element np + t
-void pack_panel(const F16Gemm & g, const Blocking & bl, int64_t n0, float * tmp, float * vec, float * tail) {
+void pack_panel(const Gemm & g, const Blocking & bl, int64_t n0, float * tmp, float * vec, float * tail) {
     for (int j = 0; j < kNR; ++j) {
         const int64_t n = n0 + j;
         if (n < g.N) {
@@ -106,30 +111,40 @@ void pack_panel(const F16Gemm & g, const Blocking & bl, int64_t n0, float * tmp,
         } else {
             std::memset(tmp, 0, static_cast<size_t>(g.K) * sizeof(float));
         }
+        const bool round = g.kind == Gemm::Kind::F16;
         for (int64_t q = 0; q < bl.np / kLanes; ++q) {
-            const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(tmp + q * kLanes), _MM_FROUND_TO_NEAREST_INT);
+            __m512 v = _mm512_loadu_ps(tmp + q * kLanes);
+            if (round) v = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
             const int64_t c = q / kPasses, s = q % kPasses;
-            _mm512_storeu_ps(vec + ((s * bl.nc + c) * kNR + j) * kLanes, _mm512_cvtph_ps(h));
+            _mm512_storeu_ps(vec + ((s * bl.nc + c) * kNR + j) * kLanes, v);
         }
-        for (int64_t t = 0; t < bl.tail; ++t) tail[j * bl.tail + t] = round_to_half(tmp[bl.np + t]);
+        for (int64_t t = 0; t < bl.tail; ++t) tail[j * bl.tail + t] = round ? round_to_half(tmp[bl.np + t]) : tmp[bl.np + t];
     }
 }
 
 // Rows [m0, m0 + rows) of the weights as f32, tile by tile (kMR rows), pass-major:
 //   a[((t*kPasses + s)*nc + c)*kMR*16 + r*16 + l] = w[m0 + t*kMR + r, 64c + 16s + l]
-void pack_rows(const F16Gemm & g, const Blocking & bl, int64_t m0, int64_t rows, float * a) {
+// and in F32 mode their leftovers transposed: at[i*row_block + (m - m0)] = row m, element np + i.
+void pack_rows(const Gemm & g, const Blocking & bl, int64_t m0, int64_t rows, float * a, float * at) {
+    const bool f16 = g.kind == Gemm::Kind::F16;
     for (int64_t t = 0; t * kMR < rows; ++t) {
         const int rn = static_cast<int>(min64(kMR, rows - t * kMR));
         for (int s = 0; s < kPasses; ++s) {
             float * dst = a + (t * kPasses + s) * bl.nc * kMR * kLanes;
             for (int r = 0; r < rn; ++r) {
-                const uint16_t * src = g.w + (m0 + t * kMR + r) * g.K + s * kLanes;
+                const int64_t m = m0 + t * kMR + r;
                 for (int64_t c = 0; c < bl.nc; ++c) {
-                    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + c * kStep));
-                    _mm512_storeu_ps(dst + (c * kMR + r) * kLanes, _mm512_cvtph_ps(h));
+                    const int64_t k = c * kStep + s * kLanes;
+                    const __m512 v = f16 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(g.w + m * g.K + k)))
+                                         : _mm512_loadu_ps(g.a + m * g.K + k);
+                    _mm512_storeu_ps(dst + (c * kMR + r) * kLanes, v);
                 }
             }
         }
+    }
+    if (!f16) {
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t i = 0; i < bl.tail; ++i) at[i * bl.row_block + r] = g.a[(m0 + r) * g.K + bl.np + i];
     }
 }
 
@@ -194,9 +209,23 @@ void tile_pass_rows_f16(int rows, const uint16_t * w, int64_t K, const float * v
     }
 }
 
+// ggml_vec_dot_f32's leftovers as ggml-cpu's loop runs them, for `lanes` outputs at once (one
+// per lane): s += a*b rounded, for the first 16*floor(L/16) elements and then 8 more if at least
+// 8 remain; s = fma(a, b, s) for the rest. a_at(i) is the lanes' row elements np + i; b[i] the
+// column's.
+template <typename RowTail>
+__m512 f32_tail(__m512 s, int64_t L, const float * b, RowTail a_at) {
+    int64_t rounded = L / 16 * 16;
+    if (L - rounded >= 8) rounded += 8;
+    int64_t i = 0;
+    for (; i < rounded; ++i) s = _mm512_add_ps(s, _mm512_mul_ps(a_at(i), _mm512_set1_ps(b[i])));
+    for (; i < L; ++i) s = _mm512_fmadd_ps(a_at(i), _mm512_set1_ps(b[i]), s);
+    return s;
+}
+
 // Row m's output for panel column j: ggml's reduction of the four pass partials, then the tail.
-float finish(const F16Gemm & g, const Blocking & bl, const float * parts, int64_t pass_stride, int r, int j,
-             const uint16_t * wrow, const float * tail_j) {
+float finish(const Gemm & g, const Blocking & bl, const float * parts, int64_t pass_stride, int r, int j,
+             int64_t m, const float * tail_j) {
     double sum = 0.0;
     if (bl.nc > 0) {
         const float * p = parts + (r * kNR + j) * kLanes;
@@ -209,9 +238,15 @@ float finish(const F16Gemm & g, const Blocking & bl, const float * parts, int64_
         x0 = _mm512_add_ps(x0, x1);
         sum = static_cast<double>(_mm512_reduce_add_ps(x0));
     }
-    for (int64_t t = 0; t < bl.tail; ++t) {
-        sum += static_cast<double>(tail_j[t] * half_to_float(wrow[bl.np + t]));
+    if (g.kind == Gemm::Kind::F32) {
+        // float sums: the reduction was rounded to float before the leftovers.
+        const float * row = g.a + m * g.K + bl.np;
+        const __m512 s = f32_tail(_mm512_set1_ps(static_cast<float>(sum)), bl.tail, tail_j,
+                                  [&](int64_t i) { return _mm512_set1_ps(row[i]); });
+        return _mm512_cvtss_f32(s);
     }
+    const uint16_t * wrow = g.w + m * g.K + bl.np;
+    for (int64_t t = 0; t < bl.tail; ++t) sum += static_cast<double>(tail_j[t] * half_to_float(wrow[t]));
     return static_cast<float>(sum);
 }
 
@@ -245,14 +280,14 @@ __m512 reduce16(const __m512 * v) {
 
 }  // namespace
 
-size_t f16_gemm_scratch_floats(const F16Gemm & g) {
+size_t gemm_scratch_floats(const Gemm & g) {
     const Blocking bl = blocking_for(g);
     const int64_t panel = kNR * g.K;
     const int64_t parts = bl.row_block * kNR * kLanes * kPasses;
-    return static_cast<size_t>(bl.group * panel + parts + bl.row_block * bl.np + g.K);
+    return static_cast<size_t>(bl.group * panel + parts + bl.row_block * (bl.np + bl.tail) + g.K);
 }
 
-void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch) {
+void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
     const Blocking bl = blocking_for(g);
 
     // This thread's rectangle: a share of the panels when there are enough of them, else a
@@ -272,7 +307,8 @@ void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch) {
     float * packed = scratch;
     float * parts = packed + bl.group * panel_floats;
     float * rows_f32 = parts + bl.row_block * kNR * kLanes * kPasses;
-    float * tmp = rows_f32 + bl.row_block * bl.np;
+    float * rows_tail = rows_f32 + bl.row_block * bl.np;  // F32 leftovers, transposed
+    float * tmp = rows_tail + bl.row_block * bl.tail;
 
     const bool conv = g.kernel_w > 0;
     const int64_t m_stride = conv ? g.out_w * g.out_h : 1;
@@ -287,7 +323,7 @@ void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch) {
             const int64_t rows = min64(bl.row_block, m1 - mb);
             const int64_t tiles = (rows + kMR - 1) / kMR;
             const int64_t pass_stride = tiles * kMR * kNR * kLanes;  // floats between passes
-            if (bl.nc > 0 && !bl.f16_rows) pack_rows(g, bl, mb, rows, rows_f32);
+            if (!bl.f16_rows) pack_rows(g, bl, mb, rows, rows_f32, rows_tail);
             for (int64_t p = 0; p < pcount; ++p) {
                 const float * vec = packed + p * panel_floats;
                 const float * tail = vec + kNR * bl.np;
@@ -317,18 +353,24 @@ void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch) {
                     }
                     // Row i of the block has its partials at parts[s*pass_stride + (i*kNR + j)*16].
                     int64_t i = 0;
-                    if (bl.nc > 0 && bl.tail == 0) {
+                    const bool f32 = g.kind == Gemm::Kind::F32;
+                    if ((bl.nc > 0 || f32) && (bl.tail == 0 || f32)) {
                         for (; i + kLanes <= rows; i += kLanes) {
                             __m512 v[kLanes];
-                            for (int o = 0; o < kLanes; ++o) {
+                            for (int o = 0; o < kLanes && bl.nc > 0; ++o) {
                                 const float * q = parts + ((i + o) * kNR + j) * kLanes;
                                 const __m512 x02 = _mm512_add_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(q + 2 * pass_stride));
                                 const __m512 x13 =
                                     _mm512_add_ps(_mm512_loadu_ps(q + pass_stride), _mm512_loadu_ps(q + 3 * pass_stride));
                                 v[o] = _mm512_add_ps(x02, x13);
                             }
-                            // With no leftovers, (float)(double)sum is sum itself.
-                            const __m512 sums = reduce16(v);
+                            // F16 with no leftovers: (float)(double)sum is sum itself.
+                            __m512 sums = bl.nc > 0 ? reduce16(v) : _mm512_setzero_ps();
+                            if (f32 && bl.tail > 0) {
+                                const float * at = rows_tail + i;
+                                sums = f32_tail(sums, bl.tail, tail + j * bl.tail,
+                                                [&](int64_t e) { return _mm512_loadu_ps(at + e * bl.row_block); });
+                            }
                             if (m_stride == 1) {
                                 _mm512_storeu_ps(g.out + base + mb + i, sums);
                             } else {
@@ -340,8 +382,7 @@ void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch) {
                     }
                     for (; i < rows; ++i) {
                         g.out[base + (mb + i) * m_stride] = finish(g, bl, parts + (i / kMR) * kMR * kNR * kLanes, pass_stride,
-                                                                   static_cast<int>(i % kMR), j, g.w + (mb + i) * g.K,
-                                                                   tail + j * bl.tail);
+                                                                   static_cast<int>(i % kMR), j, mb + i, tail + j * bl.tail);
                     }
                 }
             }

@@ -13,8 +13,12 @@ namespace sd::cpu {
 //   is x[b, c, oy*stride - pad + ky, ox*stride - pad + kx] (0 outside); out is [b, m, oy, ox].
 // - linear (kernel_w == 0): n = (i3*ne2 + i2)*ne1 + i1; column n is the row x[i3, i2, i1, :];
 //   out is [n, m].
-struct F16Gemm {
-    const uint16_t * w;  // f16 weights, row m at w + m*K
+struct Gemm {
+    // F16: ggml_vec_dot_f16's arithmetic (f16 weights `w`, activations rounded to f16).
+    // F32: ggml_vec_dot_f32's (f32 rows `a`, activations as they are).
+    enum class Kind { F16, F32 } kind = Kind::F16;
+    const uint16_t * w;  // F16: weights, row m at w + m*K
+    const float * a;     // F32: rows, row m at a + m*K
     int64_t M, K, N;
     const char * x;      // f32 activations, unit element stride
     size_t nb1, nb2, nb3;
@@ -25,8 +29,8 @@ struct F16Gemm {
 };
 
 // Floats of scratch one thread needs for `g`.
-size_t f16_gemm_scratch_floats(const F16Gemm & g);
+size_t gemm_scratch_floats(const Gemm & g);
 // Thread `ith` of `nth` computes its share of `g`.
-void f16_gemm_avx512(const F16Gemm & g, int ith, int nth, float * scratch);
+void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch);
 
 }  // namespace sd::cpu

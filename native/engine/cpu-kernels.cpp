@@ -6,6 +6,7 @@
 
 #include "cpu-kernels-impl.h"
 #include "errors.h"
+#include "ggml-alloc.h"
 
 namespace sd {
 
@@ -27,16 +28,16 @@ float * thread_scratch(size_t floats) {
     return scratch.data();
 }
 
-void run(const cpu::F16Gemm & g, int ith, int nth) {
+void run(const cpu::Gemm & g, int ith, int nth) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
-    cpu::f16_gemm_avx512(g, ith, nth, thread_scratch(cpu::f16_gemm_scratch_floats(g)));
+    cpu::gemm_avx512(g, ith, nth, thread_scratch(cpu::gemm_scratch_floats(g)));
 #else
     (void)g, (void)ith, (void)nth;
 #endif
 }
 
-cpu::F16Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst) {
-    cpu::F16Gemm g{};
+cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst) {
+    cpu::Gemm g{};
     g.w = static_cast<const uint16_t *>(w->data);
     g.x = static_cast<const char *>(x->data);
     g.nb1 = x->nb[1];
@@ -51,7 +52,7 @@ void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
     const auto packed = reinterpret_cast<uintptr_t>(userdata);
-    cpu::F16Gemm g = gemm_common(w, x, dst);
+    cpu::Gemm g = gemm_common(w, x, dst);
     g.kernel_w = static_cast<int>(w->ne[0]);
     g.kernel_h = static_cast<int>(w->ne[1]);
     g.stride = static_cast<int>(packed & 0xffff);
@@ -69,13 +70,36 @@ void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 void linear_op(ggml_tensor * dst, int ith, int nth, void *) {
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
-    cpu::F16Gemm g = gemm_common(w, x, dst);
+    cpu::Gemm g = gemm_common(w, x, dst);
     g.M = w->ne[1];
     g.K = w->ne[0];
     g.ne1 = x->ne[1];
     g.ne2 = x->ne[2];
     g.N = x->ne[1] * x->ne[2] * x->ne[3];
     run(g, ith, nth);
+}
+
+// Per batch slice: a [K, M] rows against b [K, N] columns -> dst [M, N].
+void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
+    const ggml_tensor * a = dst->src[0];
+    const ggml_tensor * b = dst->src[1];
+    for (int64_t i3 = 0; i3 < dst->ne[3]; ++i3) {
+        for (int64_t i2 = 0; i2 < dst->ne[2]; ++i2) {
+            cpu::Gemm g{};
+            g.kind = cpu::Gemm::Kind::F32;
+            g.a = reinterpret_cast<const float *>(static_cast<const char *>(a->data) + i2 * a->nb[2] + i3 * a->nb[3]);
+            g.x = static_cast<const char *>(b->data) + i2 * b->nb[2] + i3 * b->nb[3];
+            g.nb1 = b->nb[1];
+            g.nb2 = g.nb3 = 0;
+            g.ne1 = b->ne[1];
+            g.ne2 = 1;
+            g.M = a->ne[1];
+            g.K = a->ne[0];
+            g.N = b->ne[1];
+            g.out = reinterpret_cast<float *>(static_cast<char *>(dst->data) + i2 * dst->nb[2] + i3 * dst->nb[3]);
+            run(g, ith, nth);
+        }
+    }
 }
 
 void check_operands(const ggml_tensor * w, const ggml_tensor * x, const char * op) {
@@ -95,6 +119,102 @@ bool cpu_kernels_available() {
     return available;
 }
 
+namespace {
+
+// One check: `ours` and `theirs` computed in one graph on `backend` from seeded inputs.
+struct SelfCheck {
+    ggml_context * ctx = nullptr;
+    std::vector<std::pair<ggml_tensor *, ggml_tensor *>> pairs;
+    SelfCheck() {
+        ggml_init_params p{ggml_tensor_overhead() * 64 + ggml_graph_overhead(), nullptr, true};
+        ctx = ggml_init(p);
+    }
+    ~SelfCheck() { ggml_free(ctx); }
+    ggml_tensor * input(ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
+        return ggml_new_tensor_4d(ctx, type, ne0, ne1, ne2, ne3);
+    }
+};
+
+void fill_inputs(ggml_context * ctx) {
+    uint32_t state = 12345;
+    for (ggml_tensor * t = ggml_get_first_tensor(ctx); t; t = ggml_get_next_tensor(ctx, t)) {
+        if (t->op != GGML_OP_NONE) continue;
+        std::vector<float> v(static_cast<size_t>(ggml_nelements(t)));
+        for (float & x : v) {
+            state = state * 1664525u + 1013904223u;
+            x = (static_cast<float>(state >> 8) / 16777216.0f - 0.5f) * 2.0f;
+        }
+        if (t->type == GGML_TYPE_F16) {
+            std::vector<ggml_fp16_t> h(v.size());
+            ggml_fp32_to_fp16_row(v.data(), h.data(), static_cast<int64_t>(v.size()));
+            ggml_backend_tensor_set(t, h.data(), 0, ggml_nbytes(t));
+        } else {
+            ggml_backend_tensor_set(t, v.data(), 0, ggml_nbytes(t));
+        }
+    }
+}
+
+// True when every pair matches bit for bit on `backend`.
+bool run_checks(SelfCheck & c, ggml_backend_t backend) {
+    ggml_cgraph * gf = ggml_new_graph(c.ctx);
+    for (auto & [a, b] : c.pairs) {
+        ggml_build_forward_expand(gf, a);
+        ggml_build_forward_expand(gf, b);
+    }
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    if (!buf) return false;
+    struct BufGuard {
+        ggml_backend_buffer_t b;
+        ~BufGuard() { ggml_backend_buffer_free(b); }
+    } guard{buf};
+    fill_inputs(c.ctx);
+    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) return false;
+    for (auto & [a, b] : c.pairs) {
+        std::vector<char> x(ggml_nbytes(a)), y(ggml_nbytes(b));
+        if (x.size() != y.size()) return false;
+        ggml_backend_tensor_get(a, x.data(), 0, x.size());
+        ggml_backend_tensor_get(b, y.data(), 0, y.size());
+        if (std::memcmp(x.data(), y.data(), x.size()) != 0) return false;
+    }
+    return true;
+}
+
+CpuKernels verify(ggml_backend_t backend) {
+    CpuKernels k;
+    {
+        // f16: leftovers, a partial register tile, stride and padding, 16-row reduction.
+        SelfCheck c;
+        ggml_tensor * w = c.input(GGML_TYPE_F16, 3, 3, 20, 35);
+        ggml_tensor * x = c.input(GGML_TYPE_F32, 9, 7, 20, 2);
+        c.pairs.push_back({ggml_conv_2d(c.ctx, w, x, 1, 1, 1, 1, 1, 1), cpu_conv2d_f16(c.ctx, w, x, 1, 1)});
+        ggml_tensor * w2 = c.input(GGML_TYPE_F16, 128, 33, 1, 1);
+        ggml_tensor * x2 = c.input(GGML_TYPE_F32, 128, 13, 1, 1);
+        c.pairs.push_back({ggml_mul_mat(c.ctx, w2, x2), cpu_linear_f16(c.ctx, w2, x2)});
+        k.f16 = run_checks(c, backend);
+    }
+    if (k.f16) {
+        // f32: every leftover shape attention meets (16-blocks, an 8-block, fused ones).
+        SelfCheck c;
+        for (int64_t K : {40, 77, 80, 160, 16, 13, 64 + 24}) {
+            ggml_tensor * a = c.input(GGML_TYPE_F32, K, 37, 2, 1);
+            ggml_tensor * b = c.input(GGML_TYPE_F32, K, 11, 2, 1);
+            c.pairs.push_back({ggml_mul_mat(c.ctx, a, b), cpu_matmul_f32(c.ctx, a, b)});
+        }
+        k.f32 = run_checks(c, backend);
+    }
+    return k;
+}
+
+}  // namespace
+
+CpuKernels cpu_kernels_for(ggml_backend_t backend) {
+    ggml_backend_dev_t dev = backend ? ggml_backend_get_device(backend) : nullptr;
+    if (!dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU || !cpu_kernels_available()) return {};
+    // Once per process: every CPU backend runs the same ggml-cpu code.
+    static const CpuKernels verified = verify(backend);
+    return verified;
+}
+
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding) {
     check_operands(w, x, "cpu_conv2d_f16");
     if (stride < 1 || padding < 0 || stride > 0xffff || padding > 0xffff || w->ne[2] != x->ne[2]) {
@@ -106,6 +226,16 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 16));
     return ggml_custom_4d(ctx, GGML_TYPE_F32, out_w, out_h, w->ne[3], x->ne[3], args, 2, conv2d_op, GGML_N_TASKS_MAX,
                           params);
+}
+
+ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
+    if (a->type != GGML_TYPE_F32 || b->type != GGML_TYPE_F32 || !ggml_is_contiguous(a) || !ggml_is_contiguous(b) ||
+        a->ne[0] != b->ne[0] || a->ne[2] != b->ne[2] || a->ne[3] != b->ne[3]) {
+        throw Error(ErrorCode::Internal, "cpu_matmul_f32 needs contiguous f32 operands of the same width and batch");
+    }
+    ggml_tensor * args[] = {a, b};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, a->ne[1], b->ne[1], b->ne[2], b->ne[3], args, 2, matmul_f32_op,
+                          GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x) {

@@ -18,9 +18,20 @@
 // Used only on the CPU backend, only on x86-64 CPUs with AVX-512F (where ggml's own CPU code
 // takes the same AVX-512 path); elsewhere the graphs use ggml's ops.
 #pragma once
+#include "ggml-backend.h"
 #include "ggml.h"
 
 namespace sd {
+
+// Which kernels graphs on `backend` use: none off the CPU backend or where
+// cpu_kernels_available() is false; otherwise those that gave ggml's exact numbers in a
+// self-check run once per process on `backend` (f16: conv/linear; f32: attention products,
+// whose leftover handling depends on how ggml-cpu was compiled).
+struct CpuKernels {
+    bool f16 = false;
+    bool f32 = false;
+};
+CpuKernels cpu_kernels_for(ggml_backend_t backend);
 
 // True when this build and CPU run the kernels below (x86-64 with AVX-512F), and they are not
 // turned off with SDNODE_CPU_KERNELS=0 (to measure or compare against ggml's own ops).
@@ -34,5 +45,10 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
 // Same result as ggml_mul_mat(ctx, w, x) for f16 w [M, K] (ne {K, M}), contiguous, and f32 x
 // with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x);
+
+// Same result as ggml_mul_mat(ctx, a, b) for contiguous f32 a [.., M, K] and b [.., N, K] with
+// the same batch dimensions (attention's Q K^T and P V): result f32 ne {M, N, ne2, ne3}.
+// Only where cpu_kernels_for() reports f32.
+ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
 
 }  // namespace sd

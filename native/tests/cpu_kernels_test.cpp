@@ -12,6 +12,7 @@
 
 #include "check.h"
 #include "cpu-kernels.h"
+#include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "ggml.h"
 
@@ -103,6 +104,22 @@ void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int t
     CHECK(identical(ref, ours, what));
 }
 
+// Attention's products: a [K, M, B] rows against b [K, N, B] -> [M, N, B] in f32.
+void matmul_f32_case(int64_t K, int64_t M, int64_t N, int64_t B, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * a = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, K, M, B);
+    ggml_tensor * b = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, K, N, B);
+    fill(a, static_cast<uint32_t>(K * 5 + M), 1.0f);
+    fill(b, static_cast<uint32_t>(N), 1.0f);
+    ggml_tensor * ref = ggml_mul_mat(c.ctx, a, b);
+    ggml_tensor * ours = sd::cpu_matmul_f32(c.ctx, a, b);
+    compute(c.ctx, ref, ours, threads);
+    char what[160];
+    std::snprintf(what, sizeof what, "matmul f32 k %lld m %lld n %lld b %lld threads %d", (long long)K, (long long)M,
+                  (long long)N, (long long)B, threads);
+    CHECK(identical(ref, ours, what));
+}
+
 }  // namespace
 
 int main() {
@@ -130,5 +147,19 @@ int main() {
         linear_case(768, 64, 2, 1, true, threads);        // few columns: rows split across threads
     }
     linear_case(1280, 2560, 128, 2, false, 2);            // GEGLU-sized
+
+    // The self-check decides whether the f32 kernel runs; on this build it must, and match.
+    ggml_backend_t cpu = ggml_backend_cpu_init();
+    const sd::CpuKernels k = sd::cpu_kernels_for(cpu);
+    ggml_backend_free(cpu);
+    CHECK(k.f16);
+    if (!k.f32) std::printf("cpu_kernels_test: this ggml-cpu build sums f32 leftovers differently; attention uses ggml's op\n");
+    for (int threads : {1, 2, 3}) {
+        // Head widths 40/80/160 (SD1 UNet), 64 (CLIP), 512 (VAE); Lk 1024/256/64/16 and 77 (P V).
+        for (int64_t K : {40, 80, 160, 64, 512, 77, 16, 13, 24, 1024}) {
+            if (k.f32) matmul_f32_case(K, 37, 29, 3, threads);
+        }
+    }
+    if (k.f32) matmul_f32_case(40, 1024, 300, 2, 2);       // a 32x32 latent's self-attention, 2 heads
     return sdtest::finish("cpu_kernels_test");
 }
