@@ -72,29 +72,34 @@ Blocking blocking_for(const Gemm & g) {
 float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 float round_to_half(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
 
-// Column n's K activations (f32, not yet rounded) into `dst`.
+// Conv column n's K activations (f32, not yet rounded; 0 outside the image) into `dst`.
 void gather_column(const Gemm & g, int64_t n, float * dst) {
-    if (g.kernel_w == 0) {
-        const int64_t i1 = n % g.ne1, i2 = (n / g.ne1) % g.ne2, i3 = n / (g.ne1 * g.ne2);
-        std::memcpy(dst, g.x + i1 * g.nb1 + i2 * g.nb2 + i3 * g.nb3, static_cast<size_t>(g.K) * sizeof(float));
-        return;
-    }
     const int64_t ox = n % g.out_w, oy = (n / g.out_w) % g.out_h, b = n / (g.out_w * g.out_h);
     const int64_t x0 = ox * g.stride - g.pad, y0 = oy * g.stride - g.pad;
-    const int64_t channels = g.K / (static_cast<int64_t>(g.kernel_w) * g.kernel_h);
+    const int kw = g.kernel_w, kh = g.kernel_h;
+    const int64_t channels = g.K / (static_cast<int64_t>(kw) * kh);
+    // Most windows lie inside the image: copy their rows without per-element bounds checks.
+    const bool inside_x = x0 >= 0 && x0 + kw <= g.in_w;
     float * d = dst;
     for (int64_t c = 0; c < channels; ++c) {
         const char * plane = g.x + b * g.nb3 + c * g.nb2;
-        for (int ky = 0; ky < g.kernel_h; ++ky) {
+        for (int ky = 0; ky < kh; ++ky, d += kw) {
             const int64_t iy = y0 + ky;
             if (iy < 0 || iy >= g.in_h) {
-                for (int kx = 0; kx < g.kernel_w; ++kx) *d++ = 0.0f;
+                for (int kx = 0; kx < kw; ++kx) d[kx] = 0.0f;
                 continue;
             }
-            const float * row = reinterpret_cast<const float *>(plane + iy * g.nb1);
-            for (int kx = 0; kx < g.kernel_w; ++kx) {
-                const int64_t ix = x0 + kx;
-                *d++ = (ix >= 0 && ix < g.in_w) ? row[ix] : 0.0f;
+            const float * row = reinterpret_cast<const float *>(plane + iy * g.nb1) + x0;
+            if (inside_x) {
+                if (kw == 3) {
+                    d[0] = row[0];
+                    d[1] = row[1];
+                    d[2] = row[2];
+                } else {
+                    for (int kx = 0; kx < kw; ++kx) d[kx] = row[kx];
+                }
+            } else {
+                for (int kx = 0; kx < kw; ++kx) d[kx] = (x0 + kx >= 0 && x0 + kx < g.in_w) ? row[kx] : 0.0f;
             }
         }
     }
@@ -103,22 +108,62 @@ void gather_column(const Gemm & g, int64_t n, float * dst) {
 // Packs panel columns [n0, n0 + kNR) (zeros past N), rounded to f16:
 //   vec[((s*nc + c)*kNR + j)*16 + l] = column j, element 64c + 16s + l
 //   tail[j*tail + t]                = column j, element np + t
-void pack_panel(const Gemm & g, const Blocking & bl, int64_t n0, float * tmp, float * vec, float * tail) {
+// Element offsets (in floats) of a conv window's K elements from its top-left corner, for
+// windows that lie inside the image: offsets[k] for k = (c*kh + ky)*kw + kx.
+void window_offsets(const Gemm & g, int32_t * offsets) {
+    const int64_t channels = g.K / (static_cast<int64_t>(g.kernel_w) * g.kernel_h);
+    int32_t * o = offsets;
+    for (int64_t c = 0; c < channels; ++c)
+        for (int ky = 0; ky < g.kernel_h; ++ky)
+            for (int kx = 0; kx < g.kernel_w; ++kx)
+                *o++ = static_cast<int32_t>((c * g.nb2 + ky * g.nb1) / sizeof(float) + kx);
+}
+
+// Whether window_offsets() can address this input (32-bit offsets).
+bool offsets_fit(const Gemm & g) {
+    if (g.kernel_w == 0) return false;
+    const int64_t channels = g.K / (static_cast<int64_t>(g.kernel_w) * g.kernel_h);
+    const int64_t span = (channels * static_cast<int64_t>(g.nb2) + g.kernel_h * static_cast<int64_t>(g.nb1)) / 4 + g.kernel_w;
+    return g.nb1 % 4 == 0 && g.nb2 % 4 == 0 && span < (int64_t{1} << 31);
+}
+
+// Packs panel columns [n0, n0 + kNR) (zeros past N), rounded to f16 in F16 mode:
+//   vec[((s*nc + c)*kNR + j)*16 + l] = column j, element 64c + 16s + l
+//   tail[j*tail + t]                = column j, element np + t
+// A column is read straight from the input when it can be (a linear layer's row, a conv window
+// inside the image through `offsets`, 16 elements per gather), else gathered into `tmp` first.
+void pack_panel(const Gemm & g, const Blocking & bl, int64_t n0, const int32_t * offsets, float * tmp, float * vec,
+                float * tail) {
+    const bool round = g.kind == Gemm::Kind::F16;
     for (int j = 0; j < kNR; ++j) {
         const int64_t n = n0 + j;
-        if (n < g.N) {
-            gather_column(g, n, tmp);
-        } else {
+        const float * src = tmp;        // contiguous column
+        const char * window = nullptr;  // or a conv window's corner, addressed through offsets
+        if (n >= g.N) {
             std::memset(tmp, 0, static_cast<size_t>(g.K) * sizeof(float));
+        } else if (g.kernel_w == 0) {
+            const int64_t i1 = n % g.ne1, i2 = (n / g.ne1) % g.ne2, i3 = n / (g.ne1 * g.ne2);
+            src = reinterpret_cast<const float *>(g.x + i1 * g.nb1 + i2 * g.nb2 + i3 * g.nb3);
+        } else {
+            const int64_t ox = n % g.out_w, oy = (n / g.out_w) % g.out_h, b = n / (g.out_w * g.out_h);
+            const int64_t x0 = ox * g.stride - g.pad, y0 = oy * g.stride - g.pad;
+            if (offsets && x0 >= 0 && y0 >= 0 && x0 + g.kernel_w <= g.in_w && y0 + g.kernel_h <= g.in_h) {
+                window = g.x + b * g.nb3 + y0 * g.nb1 + x0 * sizeof(float);
+            } else {
+                gather_column(g, n, tmp);
+            }
         }
-        const bool round = g.kind == Gemm::Kind::F16;
         for (int64_t q = 0; q < bl.np / kLanes; ++q) {
-            __m512 v = _mm512_loadu_ps(tmp + q * kLanes);
+            __m512 v = window ? _mm512_i32gather_ps(_mm512_loadu_si512(offsets + q * kLanes), window, 4)
+                              : _mm512_loadu_ps(src + q * kLanes);
             if (round) v = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
             const int64_t c = q / kPasses, s = q % kPasses;
             _mm512_storeu_ps(vec + ((s * bl.nc + c) * kNR + j) * kLanes, v);
         }
-        for (int64_t t = 0; t < bl.tail; ++t) tail[j * bl.tail + t] = round ? round_to_half(tmp[bl.np + t]) : tmp[bl.np + t];
+        for (int64_t t = 0; t < bl.tail; ++t) {
+            const float v = window ? reinterpret_cast<const float *>(window)[offsets[bl.np + t]] : src[bl.np + t];
+            tail[j * bl.tail + t] = round ? round_to_half(v) : v;
+        }
     }
 }
 
@@ -284,7 +329,8 @@ size_t gemm_scratch_floats(const Gemm & g) {
     const Blocking bl = blocking_for(g);
     const int64_t panel = kNR * g.K;
     const int64_t parts = bl.row_block * kNR * kLanes * kPasses;
-    return static_cast<size_t>(bl.group * panel + parts + bl.row_block * (bl.np + bl.tail) + g.K);
+    // + tmp (K floats) + window offsets (K int32)
+    return static_cast<size_t>(bl.group * panel + parts + bl.row_block * (bl.np + bl.tail) + 2 * g.K);
 }
 
 void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
@@ -309,6 +355,11 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
     float * rows_f32 = parts + bl.row_block * kNR * kLanes * kPasses;
     float * rows_tail = rows_f32 + bl.row_block * bl.np;  // F32 leftovers, transposed
     float * tmp = rows_tail + bl.row_block * bl.tail;
+    int32_t * offsets = nullptr;
+    if (offsets_fit(g)) {
+        offsets = reinterpret_cast<int32_t *>(tmp + g.K);
+        window_offsets(g, offsets);
+    }
 
     const bool conv = g.kernel_w > 0;
     const int64_t m_stride = conv ? g.out_w * g.out_h : 1;
@@ -317,7 +368,7 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
         const int64_t pcount = min64(bl.group, p1 - pg);
         for (int64_t p = 0; p < pcount; ++p) {
             float * vec = packed + p * panel_floats;
-            pack_panel(g, bl, (pg + p) * kNR, tmp, vec, vec + kNR * bl.np);
+            pack_panel(g, bl, (pg + p) * kNR, offsets, tmp, vec, vec + kNR * bl.np);
         }
         for (int64_t mb = m0; mb < m1; mb += bl.row_block) {
             const int64_t rows = min64(bl.row_block, m1 - mb);
