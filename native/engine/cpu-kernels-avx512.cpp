@@ -172,24 +172,25 @@ void pack_panel(const Gemm & g, const Blocking & bl, int64_t n0, const int32_t *
 // and in F32 mode their leftovers transposed: at[i*row_block + (m - m0)] = row m, element np + i.
 void pack_rows(const Gemm & g, const Blocking & bl, int64_t m0, int64_t rows, float * a, float * at) {
     const bool f16 = g.kind == Gemm::Kind::F16;
-    for (int64_t t = 0; t * kMR < rows; ++t) {
-        const int rn = static_cast<int>(min64(kMR, rows - t * kMR));
-        for (int s = 0; s < kPasses; ++s) {
-            float * dst = a + (t * kPasses + s) * bl.nc * kMR * kLanes;
-            for (int r = 0; r < rn; ++r) {
-                const int64_t m = m0 + t * kMR + r;
-                for (int64_t c = 0; c < bl.nc; ++c) {
-                    const int64_t k = c * kStep + s * kLanes;
-                    const __m512 v = f16 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(g.w + m * g.K + k)))
-                                         : _mm512_loadu_ps(g.a + m * g.K + k);
-                    _mm512_storeu_ps(dst + (c * kMR + r) * kLanes, v);
-                }
+    const int64_t K = g.K, nc = bl.nc;
+    // Each row is read front to back (streams well from memory) and scattered into the layout.
+    for (int64_t i = 0; i < rows; ++i) {
+        const int64_t t = i / kMR, r = i % kMR;
+        float * tile = a + t * kPasses * nc * kMR * kLanes + r * kLanes;
+        const uint16_t * w = f16 ? g.w + (m0 + i) * K : nullptr;
+        const float * x = f16 ? nullptr : g.a + (m0 + i) * K;
+        for (int64_t c = 0; c < nc; ++c) {
+            for (int s = 0; s < kPasses; ++s) {
+                const int64_t k = c * kStep + s * kLanes;
+                const __m512 v = f16 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + k)))
+                                     : _mm512_loadu_ps(x + k);
+                _mm512_storeu_ps(tile + (s * nc + c) * kMR * kLanes, v);
             }
         }
     }
     if (!f16) {
         for (int64_t r = 0; r < rows; ++r)
-            for (int64_t i = 0; i < bl.tail; ++i) at[i * bl.row_block + r] = g.a[(m0 + r) * g.K + bl.np + i];
+            for (int64_t i = 0; i < bl.tail; ++i) at[i * bl.row_block + r] = g.a[(m0 + r) * K + bl.np + i];
     }
 }
 
