@@ -40,6 +40,8 @@ constexpr int kLanes = 16;
 constexpr int64_t kPanelGroupBytes = 768 * 1024;  // packed activations kept hot (L2)
 constexpr int64_t kRowBlockBytes = 512 * 1024;    // weight rows kept hot (L2)
 constexpr int64_t kMinColumnsToPackRows = 48;
+constexpr int64_t kL1Bytes = 40 * 1024;           // of a 48 KB L1d, leaving room for the rest
+constexpr int64_t kMaxL1Panels = 4;
 
 int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -52,6 +54,7 @@ struct Blocking {
     int64_t group;       // panels packed at once
     int64_t row_block;   // rows per block (multiple of kMR, of 16 unless it is all of M)
     bool f16_rows;       // weights read as f16 in the kernel instead of packed as f32
+    int64_t l1_panels;   // panels whose pass data fits L1 beside a weight tile's
 };
 
 Blocking blocking_for(const Gemm & g) {
@@ -66,6 +69,9 @@ Blocking blocking_for(const Gemm & g) {
     // A multiple of 16 rows, so that outputs are reduced 16 at a time (reduce16).
     b.row_block = max64(kLanes, (kRowBlockBytes / ((b.f16_rows ? 2 : 4) * g.K)) / kLanes * kLanes);
     b.row_block = min64(b.row_block, (g.M + kMR - 1) / kMR * kMR);
+    const int64_t tile_pass_bytes = b.nc * kMR * kLanes * (b.f16_rows ? 2 : 4);
+    const int64_t panel_pass_bytes = max64(1, b.nc * kNR * kLanes * 4);
+    b.l1_panels = min64(kMaxL1Panels, max64(1, (kL1Bytes - tile_pass_bytes) / panel_pass_bytes));
     return b;
 }
 
@@ -329,7 +335,7 @@ __m512 reduce16(const __m512 * v) {
 size_t gemm_scratch_floats(const Gemm & g) {
     const Blocking bl = blocking_for(g);
     const int64_t panel = kNR * g.K;
-    const int64_t parts = bl.row_block * kNR * kLanes * kPasses;
+    const int64_t parts = kMaxL1Panels * bl.row_block * kNR * kLanes * kPasses;
     // + tmp (K floats) + window offsets (K int32)
     return static_cast<size_t>(bl.group * panel + parts + bl.row_block * (bl.np + bl.tail) + 2 * g.K);
 }
@@ -353,7 +359,7 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
     const int64_t panel_floats = kNR * g.K;
     float * packed = scratch;
     float * parts = packed + bl.group * panel_floats;
-    float * rows_f32 = parts + bl.row_block * kNR * kLanes * kPasses;
+    float * rows_f32 = parts + kMaxL1Panels * bl.row_block * kNR * kLanes * kPasses;
     float * rows_tail = rows_f32 + bl.row_block * bl.np;  // F32 leftovers, transposed
     float * tmp = rows_tail + bl.row_block * bl.tail;
     int32_t * offsets = nullptr;
@@ -376,23 +382,30 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
             const int64_t tiles = (rows + kMR - 1) / kMR;
             const int64_t pass_stride = tiles * kMR * kNR * kLanes;  // floats between passes
             if (!bl.f16_rows) pack_rows(g, bl, mb, rows, rows_f32, rows_tail);
-            for (int64_t p = 0; p < pcount; ++p) {
-                const float * vec = packed + p * panel_floats;
-                const float * tail = vec + kNR * bl.np;
-                // Partial sums: parts[s*pass_stride + t*kMR*kNR*16 + (r*kNR + j)*16 + l].
+            for (int64_t pq = 0; pq < pcount; pq += bl.l1_panels) {
+                const int64_t qn = min64(bl.l1_panels, pcount - pq);
+                // Passes for qn panels at once, so a weight tile's pass is loaded once for all.
+                // Partial sums: parts[q*kPasses*pass_stride + s*pass_stride + t*kMR*kNR*16 + (r*kNR + j)*16 + l].
                 for (int s = 0; s < kPasses && bl.nc > 0; ++s) {
-                    const float * vec_s = vec + s * bl.nc * kNR * kLanes;
                     for (int64_t t = 0; t < tiles; ++t) {
                         const int64_t m = mb + t * kMR;
                         const int rn = static_cast<int>(min64(kMR, mb + rows - m));
-                        float * part = parts + s * pass_stride + t * kMR * kNR * kLanes;
-                        if (bl.f16_rows) {
-                            tile_pass_rows_f16(rn, g.w + m * g.K, g.K, vec_s, bl.nc, s, part);
-                        } else {
-                            tile_pass_rows(rn, rows_f32 + (t * kPasses + s) * bl.nc * kMR * kLanes, vec_s, bl.nc, part);
+                        for (int64_t q = 0; q < qn; ++q) {
+                            const float * vec_s = packed + (pq + q) * panel_floats + s * bl.nc * kNR * kLanes;
+                            float * part = parts + (q * kPasses + s) * pass_stride + t * kMR * kNR * kLanes;
+                            if (bl.f16_rows) {
+                                tile_pass_rows_f16(rn, g.w + m * g.K, g.K, vec_s, bl.nc, s, part);
+                            } else {
+                                tile_pass_rows(rn, rows_f32 + (t * kPasses + s) * bl.nc * kMR * kLanes, vec_s, bl.nc, part);
+                            }
                         }
                     }
                 }
+            for (int64_t q = 0; q < qn; ++q) {
+                const int64_t p = pq + q;
+                const float * vec = packed + p * panel_floats;
+                const float * tail = vec + kNR * bl.np;
+                const float * pparts = parts + q * kPasses * pass_stride;
                 const int64_t n0 = (pg + p) * kNR;
                 for (int j = 0; j < kNR && n0 + j < g.N; ++j) {
                     const int64_t n = n0 + j;
@@ -410,7 +423,7 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                         for (; i + kLanes <= rows; i += kLanes) {
                             __m512 v[kLanes];
                             for (int o = 0; o < kLanes && bl.nc > 0; ++o) {
-                                const float * q = parts + ((i + o) * kNR + j) * kLanes;
+                                const float * q = pparts + ((i + o) * kNR + j) * kLanes;
                                 const __m512 x02 = _mm512_add_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(q + 2 * pass_stride));
                                 const __m512 x13 =
                                     _mm512_add_ps(_mm512_loadu_ps(q + pass_stride), _mm512_loadu_ps(q + 3 * pass_stride));
@@ -433,10 +446,11 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                         }
                     }
                     for (; i < rows; ++i) {
-                        g.out[base + (mb + i) * m_stride] = finish(g, bl, parts + (i / kMR) * kMR * kNR * kLanes, pass_stride,
+                        g.out[base + (mb + i) * m_stride] = finish(g, bl, pparts + (i / kMR) * kMR * kNR * kLanes, pass_stride,
                                                                    static_cast<int>(i % kMR), j, mb + i, tail + j * bl.tail);
                     }
                 }
+            }
             }
         }
     }
