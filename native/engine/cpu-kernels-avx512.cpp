@@ -275,6 +275,22 @@ __m512 f32_tail(__m512 s, int64_t L, const float * b, RowTail a_at) {
     return s;
 }
 
+// f32_tail for 16 rows (lanes) x kNR panel columns at once: kNR independent add chains keep the
+// adder busy. at[e*row_stride + lane] is the rows' element np + e; tail[j*L + e] column j's.
+void f32_tail_panel(__m512 * s, int64_t L, const float * tail, const float * at, int64_t row_stride) {
+    int64_t rounded = L / 16 * 16;
+    if (L - rounded >= 8) rounded += 8;
+    int64_t e = 0;
+    for (; e < rounded; ++e) {
+        const __m512 a = _mm512_loadu_ps(at + e * row_stride);
+        for (int j = 0; j < kNR; ++j) s[j] = _mm512_add_ps(s[j], _mm512_mul_ps(a, _mm512_set1_ps(tail[j * L + e])));
+    }
+    for (; e < L; ++e) {
+        const __m512 a = _mm512_loadu_ps(at + e * row_stride);
+        for (int j = 0; j < kNR; ++j) s[j] = _mm512_fmadd_ps(a, _mm512_set1_ps(tail[j * L + e]), s[j]);
+    }
+}
+
 // Row m's output for panel column j: ggml's reduction of the four pass partials, then the tail.
 float finish(const Gemm & g, const Blocking & bl, const float * parts, int64_t pass_stride, int r, int j,
              int64_t m, const float * tail_j) {
@@ -407,22 +423,27 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                 const float * tail = vec + kNR * bl.np;
                 const float * pparts = parts + q * kPasses * pass_stride;
                 const int64_t n0 = (pg + p) * kNR;
-                for (int j = 0; j < kNR && n0 + j < g.N; ++j) {
+                const int jn = static_cast<int>(min64(kNR, g.N - n0));
+                int64_t base[kNR];
+                for (int j = 0; j < jn; ++j) {
                     const int64_t n = n0 + j;
-                    int64_t base;
-                    if (conv) {
-                        const int64_t plane = g.out_w * g.out_h;
-                        base = (n / plane) * g.M * plane + n % plane;
-                    } else {
-                        base = n * g.M;
-                    }
-                    // Row i of the block has its partials at parts[s*pass_stride + (i*kNR + j)*16].
-                    int64_t i = 0;
-                    const bool f32 = g.kind == Gemm::Kind::F32;
-                    if ((bl.nc > 0 || f32) && (bl.tail == 0 || f32)) {
-                        for (; i + kLanes <= rows; i += kLanes) {
+                    const int64_t plane = g.out_w * g.out_h;
+                    base[j] = conv ? (n / plane) * g.M * plane + n % plane : n * g.M;
+                }
+                // Row i of the block has its partials at pparts[s*pass_stride + (i*kNR + j)*16].
+                const bool f32 = g.kind == Gemm::Kind::F32;
+                int64_t i = 0;
+                if ((bl.nc > 0 || f32) && (bl.tail == 0 || f32)) {
+                    // 16 rows x kNR columns at a time (padding columns included, not stored).
+                    for (; i + kLanes <= rows; i += kLanes) {
+                        __m512 sums[kNR];
+                        for (int j = 0; j < kNR; ++j) {
+                            if (bl.nc == 0) {
+                                sums[j] = _mm512_setzero_ps();
+                                continue;
+                            }
                             __m512 v[kLanes];
-                            for (int o = 0; o < kLanes && bl.nc > 0; ++o) {
+                            for (int o = 0; o < kLanes; ++o) {
                                 const float * q = pparts + ((i + o) * kNR + j) * kLanes;
                                 const __m512 x02 = _mm512_add_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(q + 2 * pass_stride));
                                 const __m512 x13 =
@@ -430,24 +451,24 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                                 v[o] = _mm512_add_ps(x02, x13);
                             }
                             // F16 with no leftovers: (float)(double)sum is sum itself.
-                            __m512 sums = bl.nc > 0 ? reduce16(v) : _mm512_setzero_ps();
-                            if (f32 && bl.tail > 0) {
-                                const float * at = rows_tail + i;
-                                sums = f32_tail(sums, bl.tail, tail + j * bl.tail,
-                                                [&](int64_t e) { return _mm512_loadu_ps(at + e * bl.row_block); });
-                            }
+                            sums[j] = reduce16(v);
+                        }
+                        if (f32 && bl.tail > 0) f32_tail_panel(sums, bl.tail, tail, rows_tail + i, bl.row_block);
+                        for (int j = 0; j < jn; ++j) {
                             if (m_stride == 1) {
-                                _mm512_storeu_ps(g.out + base + mb + i, sums);
+                                _mm512_storeu_ps(g.out + base[j] + mb + i, sums[j]);
                             } else {
                                 alignas(64) float lanes[kLanes];
-                                _mm512_store_ps(lanes, sums);
-                                for (int o = 0; o < kLanes; ++o) g.out[base + (mb + i + o) * m_stride] = lanes[o];
+                                _mm512_store_ps(lanes, sums[j]);
+                                for (int o = 0; o < kLanes; ++o) g.out[base[j] + (mb + i + o) * m_stride] = lanes[o];
                             }
                         }
                     }
-                    for (; i < rows; ++i) {
-                        g.out[base + (mb + i) * m_stride] = finish(g, bl, pparts + (i / kMR) * kMR * kNR * kLanes, pass_stride,
-                                                                   static_cast<int>(i % kMR), j, mb + i, tail + j * bl.tail);
+                }
+                for (; i < rows; ++i) {
+                    for (int j = 0; j < jn; ++j) {
+                        g.out[base[j] + (mb + i) * m_stride] = finish(g, bl, pparts + (i / kMR) * kMR * kNR * kLanes, pass_stride,
+                                                                      static_cast<int>(i % kMR), j, mb + i, tail + j * bl.tail);
                     }
                 }
             }
