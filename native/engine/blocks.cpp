@@ -26,12 +26,23 @@ ggml_tensor * as_f32(ggml_context * ctx, ggml_tensor * t) {
     return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
 }
 
+// "<prefix>.bias" as f32 after checking its size, or nullptr when the model has none.
+ggml_tensor * find_bias(Graph & g, const std::string & prefix, int64_t channels) {
+    ggml_tensor * bias = g.w.find(prefix + ".bias");
+    if (!bias) return nullptr;
+    if (ggml_nelements(bias) != channels) bad_weight(bias, "expected " + std::to_string(channels) + " elements");
+    return as_f32(g.ctx, bias);
+}
+
 ggml_tensor * add_bias(Graph & g, ggml_tensor * x, ggml_tensor * bias, int64_t channels, int channel_dim) {
     if (!bias) return x;
-    if (ggml_nelements(bias) != channels) bad_weight(bias, "expected " + std::to_string(channels) + " elements");
-    bias = as_f32(g.ctx, bias);
     if (channel_dim == 2) bias = ggml_reshape_4d(g.ctx, bias, 1, 1, channels, 1);
     return ggml_add(g.ctx, x, bias);
+}
+
+// cpu-kernels.h takes f16 weights and f32 activations with unit element stride.
+bool cpu_f16_product(const Graph & g, const ggml_tensor * w, const ggml_tensor * x) {
+    return g.cpu.f16 && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
 }
 
 }  // namespace
@@ -54,9 +65,9 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix) {
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         bad_weight(w, "expected [out, " + std::to_string(x->ne[0]) + "] for a linear layer on " + shape_text(x));
     }
-    const bool fast = g.cpu.f16 && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
-    ggml_tensor * y = fast ? cpu_linear_f16(g.ctx, w, x) : ggml_mul_mat(g.ctx, w, x);
-    y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[1], 0);
+    ggml_tensor * bias = find_bias(g, prefix, w->ne[1]);
+    ggml_tensor * y = cpu_f16_product(g, w, x) ? cpu_linear_f16(g.ctx, w, x, bias)
+                                               : add_bias(g, ggml_mul_mat(g.ctx, w, x), bias, w->ne[1], 0);
     return named(y, prefix);
 }
 
@@ -70,11 +81,12 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
         throw Error(ErrorCode::InvalidArgument, "input " + shape_text(x) + " is smaller than the kernel of '" + prefix + "'");
     }
     // ggml_conv_2d is im2col (in the kernel's type) + matmul, as stable-diffusion.cpp runs it;
-    // cpu_conv2d_f16 computes the same numbers without the im2col buffer.
-    const bool fast = g.cpu.f16 && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
-    ggml_tensor * y = fast ? cpu_conv2d_f16(g.ctx, w, x, stride, padding)
-                           : ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1);
-    y = add_bias(g, y, g.w.find(prefix + ".bias"), w->ne[3], 2);
+    // cpu_conv2d_f16 computes the same numbers (bias included) without the im2col buffer.
+    ggml_tensor * bias = find_bias(g, prefix, w->ne[3]);
+    ggml_tensor * y =
+        cpu_f16_product(g, w, x)
+            ? cpu_conv2d_f16(g.ctx, w, x, stride, padding, bias)
+            : add_bias(g, ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1), bias, w->ne[3], 2);
     return named(y, prefix);
 }
 

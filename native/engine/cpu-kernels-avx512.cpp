@@ -454,6 +454,10 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                             sums[j] = reduce16(v);
                         }
                         if (f32 && bl.tail > 0) f32_tail_panel(sums, bl.tail, tail, rows_tail + i, bl.row_block);
+                        if (g.bias) {
+                            const __m512 b = _mm512_loadu_ps(g.bias + mb + i);
+                            for (int j = 0; j < kNR; ++j) sums[j] = _mm512_add_ps(sums[j], b);
+                        }
                         for (int j = 0; j < jn; ++j) {
                             if (m_stride == 1) {
                                 _mm512_storeu_ps(g.out + base[j] + mb + i, sums[j]);
@@ -467,8 +471,10 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                 }
                 for (; i < rows; ++i) {
                     for (int j = 0; j < jn; ++j) {
-                        g.out[base[j] + (mb + i) * m_stride] = finish(g, bl, pparts + (i / kMR) * kMR * kNR * kLanes, pass_stride,
-                                                                      static_cast<int>(i % kMR), j, mb + i, tail + j * bl.tail);
+                        float v = finish(g, bl, pparts + (i / kMR) * kMR * kNR * kLanes, pass_stride, static_cast<int>(i % kMR),
+                                         j, mb + i, tail + j * bl.tail);
+                        if (g.bias) v += g.bias[mb + i];
+                        g.out[base[j] + (mb + i) * m_stride] = v;
                     }
                 }
             }

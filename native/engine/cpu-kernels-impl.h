@@ -25,6 +25,7 @@ struct Gemm {
     int kernel_w, kernel_h, stride, pad;
     int64_t in_w, in_h, out_w, out_h;
     int64_t ne1, ne2;
+    const float * bias;  // added to out[m, n] as bias[m] (ggml_add after the product), or null
     float * out;
 };
 

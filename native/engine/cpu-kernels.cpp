@@ -44,6 +44,7 @@ cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor 
     g.nb2 = x->nb[2];
     g.nb3 = x->nb[3];
     g.out = static_cast<float *>(dst->data);
+    g.bias = dst->src[2] ? static_cast<const float *>(dst->src[2]->data) : nullptr;
     return g;
 }
 
@@ -97,12 +98,16 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
             g.K = a->ne[0];
             g.N = b->ne[1];
             g.out = reinterpret_cast<float *>(static_cast<char *>(dst->data) + i2 * dst->nb[2] + i3 * dst->nb[3]);
+            g.bias = nullptr;
             run(g, ith, nth);
         }
     }
 }
 
-void check_operands(const ggml_tensor * w, const ggml_tensor * x, const char * op) {
+void check_operands(const ggml_tensor * w, const ggml_tensor * x, const ggml_tensor * bias, int64_t outputs, const char * op) {
+    if (bias && (bias->type != GGML_TYPE_F32 || !ggml_is_contiguous(bias) || ggml_nelements(bias) != outputs)) {
+        throw Error(ErrorCode::Internal, std::string(op) + " needs a contiguous f32 bias with one value per output channel");
+    }
     if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || x->nb[0] != sizeof(float)) {
         throw Error(ErrorCode::Internal, std::string(op) + " needs contiguous f16 weights and f32 activations");
     }
@@ -186,7 +191,9 @@ CpuKernels verify(ggml_backend_t backend) {
         SelfCheck c;
         ggml_tensor * w = c.input(GGML_TYPE_F16, 3, 3, 20, 35);
         ggml_tensor * x = c.input(GGML_TYPE_F32, 9, 7, 20, 2);
-        c.pairs.push_back({ggml_conv_2d(c.ctx, w, x, 1, 1, 1, 1, 1, 1), cpu_conv2d_f16(c.ctx, w, x, 1, 1)});
+        ggml_tensor * bias = c.input(GGML_TYPE_F32, 35, 1, 1, 1);
+        c.pairs.push_back({ggml_add(c.ctx, ggml_conv_2d(c.ctx, w, x, 1, 1, 1, 1, 1, 1), ggml_reshape_4d(c.ctx, bias, 1, 1, 35, 1)),
+                           cpu_conv2d_f16(c.ctx, w, x, 1, 1, bias)});
         ggml_tensor * w2 = c.input(GGML_TYPE_F16, 128, 33, 1, 1);
         ggml_tensor * x2 = c.input(GGML_TYPE_F32, 128, 13, 1, 1);
         c.pairs.push_back({ggml_mul_mat(c.ctx, w2, x2), cpu_linear_f16(c.ctx, w2, x2)});
@@ -215,17 +222,18 @@ CpuKernels cpu_kernels_for(ggml_backend_t backend) {
     return verified;
 }
 
-ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding) {
-    check_operands(w, x, "cpu_conv2d_f16");
+ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
+                             ggml_tensor * bias) {
+    check_operands(w, x, bias, w->ne[3], "cpu_conv2d_f16");
     if (stride < 1 || padding < 0 || stride > 0xffff || padding > 0xffff || w->ne[2] != x->ne[2]) {
         throw Error(ErrorCode::Internal, "cpu_conv2d_f16: bad stride, padding or channel count");
     }
     const int64_t out_w = (x->ne[0] + 2 * padding - w->ne[0]) / stride + 1;
     const int64_t out_h = (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1;
-    ggml_tensor * args[] = {w, x};
+    ggml_tensor * args[] = {w, x, bias};
     void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 16));
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, out_w, out_h, w->ne[3], x->ne[3], args, 2, conv2d_op, GGML_N_TASKS_MAX,
-                          params);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, out_w, out_h, w->ne[3], x->ne[3], args, bias ? 3 : 2, conv2d_op,
+                          GGML_N_TASKS_MAX, params);
 }
 
 ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
@@ -238,13 +246,13 @@ ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * 
                           GGML_N_TASKS_MAX, nullptr);
 }
 
-ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x) {
-    check_operands(w, x, "cpu_linear_f16");
+ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias) {
+    check_operands(w, x, bias, w->ne[1], "cpu_linear_f16");
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         throw Error(ErrorCode::Internal, "cpu_linear_f16: weight and input widths differ");
     }
-    ggml_tensor * args[] = {w, x};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, 2, linear_op,
+    ggml_tensor * args[] = {w, x, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2, linear_op,
                           GGML_N_TASKS_MAX, nullptr);
 }
 

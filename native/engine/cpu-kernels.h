@@ -40,11 +40,14 @@ bool cpu_kernels_available();
 // Same result as ggml_conv_2d(ctx, w, x, stride, stride, padding, padding, 1, 1):
 // w: f16 [OC, IC, KH, KW] (ne {KW, KH, IC, OC}), contiguous; x: f32 [N, IC, H, W] (any strides
 // with unit element stride); result: f32 [N, OC, OH, OW], contiguous.
-ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding);
+// bias (optional): f32 [OC], added as ggml_add(conv, bias) would, without a pass of its own.
+ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
+                             ggml_tensor * bias = nullptr);
 
 // Same result as ggml_mul_mat(ctx, w, x) for f16 w [M, K] (ne {K, M}), contiguous, and f32 x
 // with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
-ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x);
+// bias (optional): f32 [M], as for cpu_conv2d_f16.
+ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr);
 
 // Same result as ggml_mul_mat(ctx, a, b) for contiguous f32 a [.., M, K] and b [.., N, K] with
 // the same batch dimensions (attention's Q K^T and P V): result f32 ne {M, N, ne2, ne3}.

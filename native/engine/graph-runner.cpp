@@ -76,7 +76,8 @@ HostTensor GraphRunner::run(const std::string & shape_key, const BuildFn & build
 
     // The context only holds tensor and graph metadata; data lives in the gallocr's buffer.
     const size_t meta = ggml_tensor_overhead() * kMaxGraphNodes + ggml_graph_overhead_custom(kMaxGraphNodes, false);
-    ggml_init_params params{meta, nullptr, true};
+    if (meta_.size() < meta) meta_.resize(meta);
+    ggml_init_params params{meta_.size(), meta_.data(), true};
     ggml_context * ctx = ggml_init(params);
     if (!ctx) throw Error(ErrorCode::OutOfMemory, "cannot allocate a graph context");
     struct CtxGuard {

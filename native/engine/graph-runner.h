@@ -79,6 +79,7 @@ private:
     const std::atomic<bool> * abort_ = nullptr;
     ggml_gallocr_t allocr_ = nullptr;
     std::set<std::string> reserved_;
+    std::vector<uint8_t> meta_;  // graph context metadata, reused by every run (no page faults per step)
     std::vector<std::string> debug_names_;
     std::map<std::string, HostTensor> debug_values_;
 };

@@ -74,11 +74,18 @@ void conv_case(int64_t W, int64_t H, int64_t IC, int64_t OC, int64_t N, int k, i
     fill(x, 2 + static_cast<uint32_t>(W * 3 + H), 1.0f);
     ggml_tensor * ref = ggml_conv_2d(c.ctx, w, x, stride, stride, pad, pad, 1, 1);
     ggml_tensor * ours = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad);
+    // With a bias: the same as ggml_add after ggml_conv_2d.
+    ggml_tensor * bias = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, OC);
+    fill(bias, 3, 0.5f);
+    ggml_tensor * ref_b = ggml_add(c.ctx, ref, ggml_reshape_4d(c.ctx, bias, 1, 1, OC, 1));
+    ggml_tensor * ours_b = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, bias);
+    compute(c.ctx, ref_b, ours_b, threads);
     compute(c.ctx, ref, ours, threads);
     char what[160];
     std::snprintf(what, sizeof what, "conv %lldx%lld ic %lld oc %lld n %lld k %d s %d p %d threads %d", (long long)W,
                   (long long)H, (long long)IC, (long long)OC, (long long)N, k, stride, pad, threads);
     CHECK(identical(ref, ours, what));
+    CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
 }
 
 void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int threads) {
@@ -97,11 +104,17 @@ void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int t
     }
     ggml_tensor * ref = ggml_mul_mat(c.ctx, w, x);
     ggml_tensor * ours = sd::cpu_linear_f16(c.ctx, w, x);
+    ggml_tensor * bias = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, M);
+    fill(bias, 4, 0.5f);
+    ggml_tensor * ref_b = ggml_add(c.ctx, ref, bias);
+    ggml_tensor * ours_b = sd::cpu_linear_f16(c.ctx, w, x, bias);
     compute(c.ctx, ref, ours, threads);
+    compute(c.ctx, ref_b, ours_b, threads);
     char what[160];
     std::snprintf(what, sizeof what, "linear k %lld m %lld l %lld b %lld%s threads %d", (long long)K, (long long)M,
                   (long long)L, (long long)B, strided ? " strided" : "", threads);
     CHECK(identical(ref, ours, what));
+    CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
 }
 
 // Attention's products: a [K, M, B] rows against b [K, N, B] -> [M, N, B] in f32.
