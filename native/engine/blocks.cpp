@@ -4,6 +4,7 @@
 
 #include "cpu-kernels.h"
 #include "errors.h"
+#include "model-file.h"
 #include "weights.h"
 
 namespace sd {
@@ -55,6 +56,26 @@ ggml_tensor * TensorSource::get(const std::string & name) const {
 
 ggml_tensor * ComponentTensors::find(const std::string & name) const { return weights_.find(name); }
 
+const MappedRange * ComponentTensors::mapped_range(const ggml_tensor * t) const { return weights_.mapped_range(t); }
+
+namespace {
+
+void release_pages_op(ggml_tensor *, int ith, int, void * userdata) {
+    if (ith != 0) return;
+    const auto * r = static_cast<const MappedRange *>(userdata);
+    r->file->drop_pages(r->offset, r->size);
+}
+
+}  // namespace
+
+ggml_tensor * release_after_use(Graph & g, ggml_tensor * y, ggml_tensor * w) {
+    // A reshaped weight is a view: its pages are the viewed tensor's.
+    const ggml_tensor * base = w->view_src ? w->view_src : w;
+    const MappedRange * range = g.cpu.f16 ? g.w.mapped_range(base) : nullptr;
+    if (!range) return y;
+    return ggml_custom_inplace(g.ctx, y, &w, 1, release_pages_op, 1, const_cast<MappedRange *>(range));
+}
+
 ggml_tensor * named(ggml_tensor * t, const std::string & name) {
     ggml_format_name(t, "%s", name.c_str());
     return t;
@@ -68,7 +89,7 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix) {
     ggml_tensor * bias = find_bias(g, prefix, w->ne[1]);
     ggml_tensor * y = cpu_f16_product(g, w, x) ? cpu_linear_f16(g.ctx, w, x, bias)
                                                : add_bias(g, ggml_mul_mat(g.ctx, w, x), bias, w->ne[1], 0);
-    return named(y, prefix);
+    return named(release_after_use(g, y, w), prefix);
 }
 
 ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride, int padding) {
@@ -87,7 +108,7 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
         cpu_f16_product(g, w, x)
             ? cpu_conv2d_f16(g.ctx, w, x, stride, padding, bias)
             : add_bias(g, ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1), bias, w->ne[3], 2);
-    return named(y, prefix);
+    return named(release_after_use(g, y, w), prefix);
 }
 
 ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix) {

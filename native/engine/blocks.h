@@ -21,6 +21,7 @@
 namespace sd {
 
 class ComponentWeights;
+struct MappedRange;
 
 // Where a graph finds its weights: canonical name -> tensor on the compute backend.
 class TensorSource {
@@ -28,6 +29,8 @@ public:
     virtual ~TensorSource() = default;
     virtual ggml_tensor * find(const std::string & name) const = 0;  // nullptr when absent
     ggml_tensor * get(const std::string & name) const;               // throws ModelFormat when absent
+    // The mapped-file range of a weight used in place (see WeightLoadOptions::map_from_file).
+    virtual const MappedRange * mapped_range(const ggml_tensor *) const { return nullptr; }
 };
 
 // A TensorSource over loaded component weights (not owned).
@@ -35,6 +38,7 @@ class ComponentTensors : public TensorSource {
 public:
     explicit ComponentTensors(const ComponentWeights & weights) : weights_(weights) {}
     ggml_tensor * find(const std::string & name) const override;
+    const MappedRange * mapped_range(const ggml_tensor * t) const override;
 
 private:
     const ComponentWeights & weights_;
@@ -49,6 +53,11 @@ struct Graph {
     // backend the graph runs on.
     CpuKernels cpu = {};
 };
+
+// `y` (computed from weight `w`) as an in-place node that, once `y` is computed, drops `w`'s
+// pages from resident memory when `w` is used from the mapped file (read again at the next use):
+// the weights then never need to be resident all at once. `y` itself when there is nothing to do.
+ggml_tensor * release_after_use(Graph & g, ggml_tensor * y, ggml_tensor * w);
 
 // Names `t` (truncated to GGML_MAX_NAME) and returns it.
 ggml_tensor * named(ggml_tensor * t, const std::string & name);

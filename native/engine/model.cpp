@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include <cstdlib>
+
 #include "backend.h"
 #include "errors.h"
 #include "log.h"
@@ -41,6 +43,17 @@ uint64_t Model::weight_bytes() const {
     return text_encoder_weights_.bytes() + unet_weights_.bytes() + vae_weights_.bytes();
 }
 
+namespace {
+
+// SDNODE_MMAP=0 copies every weight into process memory instead (e.g. to change the model file
+// while it is loaded, which a mapped file does not allow).
+bool mmap_disabled() {
+    const char * v = std::getenv("SDNODE_MMAP");
+    return v && std::string(v) == "0";
+}
+
+}  // namespace
+
 std::unique_ptr<Model> Model::load(const std::string & path, const ModelLoadOptions & options) {
     if (options.threads < 1) throw_invalid("threads must be at least 1; received " + std::to_string(options.threads));
     std::unique_ptr<Model> m(new Model());
@@ -73,6 +86,10 @@ std::unique_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
         wo.weight_type = options.weight_type;
         wo.threads = options.threads;
         wo.abort = options.abort;
+        // On the CPU, weights stored as they run are used from the mapped file (no copy, and
+        // the graphs drop their pages after each use: see blocks.h release_after_use).
+        ggml_backend_dev_t dev = ggml_backend_get_device(m->backend_.get());
+        wo.map_from_file = dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU && !mmap_disabled();
         if (options.progress && total > 0) {
             wo.progress = [&, base](uint64_t done, uint64_t) { options.progress(double(base + done) / double(total)); };
         }
@@ -92,7 +109,8 @@ std::unique_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     m->text_encoder_ = std::make_unique<TextEncoder>(*m->text_encoder_tensors_, info.text_encoder);
     m->unet_ = std::make_unique<Unet>(*m->unet_tensors_, info.unet);
     m->vae_ = std::make_unique<VaeDecoder>(*m->vae_tensors_, info.vae);
-    // Every weight now lives on the backend: unmap the files (metadata and names stay).
+    // Every weight now lives on the backend or in the mapped ranges the weights keep: drop the
+    // model file's own references (metadata and names stay).
     for (auto & t : m->file_.tensors) t.file.reset();
     m->file_.files.clear();
     if (options.progress) options.progress(1.0);

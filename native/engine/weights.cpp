@@ -13,6 +13,9 @@ namespace sd {
 
 namespace {
 
+// Smaller tensors are copied: mapping them saves little and their pages are shared with others.
+constexpr uint64_t kMinMappedBytes = 256 * 1024;
+
 constexpr EnumName<ggml_type> kWeightTypes[] = {
     {GGML_TYPE_F32, "f32"},   {GGML_TYPE_F16, "f16"},   {GGML_TYPE_BF16, "bf16"}, {GGML_TYPE_Q8_0, "q8_0"},
     {GGML_TYPE_Q5_0, "q5_0"}, {GGML_TYPE_Q5_1, "q5_1"}, {GGML_TYPE_Q4_0, "q4_0"}, {GGML_TYPE_Q4_1, "q4_1"},
@@ -124,6 +127,17 @@ ggml_tensor * ComponentWeights::get(const std::string & name) const {
 
 uint64_t ComponentWeights::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_.get()) : 0; }
 
+uint64_t ComponentWeights::mapped_bytes() const {
+    uint64_t n = 0;
+    for (const auto & [t, r] : mapped_) n += r.size;
+    return n;
+}
+
+const MappedRange * ComponentWeights::mapped_range(const ggml_tensor * t) const {
+    auto it = mapped_.find(t);
+    return it == mapped_.end() ? nullptr : &it->second;
+}
+
 std::vector<float> read_as_f32(const CanonicalTensor & t) {
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;
@@ -160,12 +174,48 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
         out.map_.emplace(t.name, g);
     }
     if (todo.empty()) return out;
-    out.buffer_.reset(ggml_backend_alloc_ctx_tensors(out.ctx_.get(), backend));
-    if (!out.buffer_) {
-        throw Error(ErrorCode::OutOfMemory, std::string("cannot allocate the ") + component_name(component) +
-                                                " weights on " + ggml_backend_name(backend));
+
+    // Tensors used in place from the mapped file: one host-pointer buffer over each file.
+    std::vector<bool> mapped(todo.size(), false);
+    if (options.map_from_file) {
+        ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+        std::unordered_map<const MappedFile *, ggml_backend_buffer_t> file_buffer;
+        for (size_t i = 0; i < todo.size(); ++i) {
+            const CanonicalTensor & t = *todo[i];
+            ggml_tensor * g = out.map_.at(t.name);
+            if (stored_ggml_type(*t.source) != types[i] || t.transpose || t.nbytes < kMinMappedBytes ||
+                t.nbytes != ggml_nbytes(g) || !t.source->file) {
+                continue;
+            }
+            const MappedFile * file = t.source->file.get();
+            auto it = file_buffer.find(file);
+            if (it == file_buffer.end()) {
+                ggml_backend_buffer_t buf = ggml_backend_dev_buffer_from_host_ptr(
+                    dev, const_cast<uint8_t *>(file->data()), file->size(), file->size());
+                if (!buf) break;  // not supported here: copy everything
+                ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+                out.file_buffers_.emplace_back(buf);
+                out.files_.push_back(t.source->file);
+                it = file_buffer.emplace(file, buf).first;
+            }
+            const uint64_t offset = t.source->offset + t.offset;
+            if (ggml_backend_tensor_alloc(it->second, g, const_cast<uint8_t *>(file->data()) + offset) != GGML_STATUS_SUCCESS) {
+                throw Error(ErrorCode::Internal, "cannot place tensor '" + t.name + "' in the mapped file");
+            }
+            out.mapped_.emplace(g, MappedRange{file, offset, t.nbytes});
+            mapped[i] = true;
+        }
     }
-    ggml_backend_buffer_set_usage(out.buffer_.get(), GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    bool copied = false;
+    for (size_t i = 0; i < todo.size(); ++i) copied = copied || !mapped[i];
+    if (copied) {
+        out.buffer_.reset(ggml_backend_alloc_ctx_tensors(out.ctx_.get(), backend));
+        if (!out.buffer_) {
+            throw Error(ErrorCode::OutOfMemory, std::string("cannot allocate the ") + component_name(component) +
+                                                    " weights on " + ggml_backend_name(backend));
+        }
+        ggml_backend_buffer_set_usage(out.buffer_.get(), GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    }
 
     uint64_t total = 0;
     for (const auto * t : todo) total += t->nbytes;
@@ -188,6 +238,13 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
             try {
                 if (options.abort && options.abort->load()) throw Error(ErrorCode::Aborted, "model loading was aborted");
                 const CanonicalTensor & t = *todo[i];
+                if (mapped[i]) {
+                    // Used in place: nothing to copy; its pages are read when first needed.
+                    std::lock_guard<std::mutex> lock(report_mutex);
+                    done += t.nbytes;
+                    if (options.progress) options.progress(done, total);
+                    continue;
+                }
                 ggml_tensor * g = out.map_.at(t.name);
                 const uint8_t * src = t.source->file->data() + t.source->offset + t.offset;
                 const ggml_type stored = stored_ggml_type(*t.source);

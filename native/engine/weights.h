@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -30,6 +31,10 @@ namespace sd {
 struct WeightLoadOptions {
     std::optional<ggml_type> weight_type;  // requested type for linear weights; nullopt = keep
     int threads = 1;                      // conversion threads
+    // Use tensors whose stored bytes are what the backend runs (same type, no transpose, large)
+    // straight from the mapped file instead of copying them (CPU backend only): the file stays
+    // mapped while the weights live, and release_pages() can drop them from resident memory.
+    bool map_from_file = false;
     const std::atomic<bool> * abort = nullptr;
     // Called after each tensor (from a loading thread, never concurrently): bytes done, bytes total.
     std::function<void(uint64_t, uint64_t)> progress;
@@ -43,6 +48,12 @@ ggml_type parse_weight_type(const std::string & name);
 ggml_type placed_type(Component component, const std::string & name, const std::vector<int64_t> & shape,
                       ggml_type stored, std::optional<ggml_type> requested);
 
+// Where a tensor used straight from the mapped file lives in it.
+struct MappedRange {
+    const MappedFile * file;
+    uint64_t offset, size;
+};
+
 class ComponentWeights {
 public:
     ComponentWeights() = default;
@@ -53,7 +64,11 @@ public:
     ggml_tensor * get(const std::string & name) const;
     ggml_tensor * find(const std::string & name) const;  // nullptr when absent
     bool has(const std::string & name) const { return find(name) != nullptr; }
-    uint64_t bytes() const;
+    uint64_t bytes() const;  // copied to the backend
+    uint64_t mapped_bytes() const;  // used from the mapped file
+    // The file range of `t` when it is used from the mapped file, else nullptr. Stable for the
+    // lifetime of these weights.
+    const MappedRange * mapped_range(const ggml_tensor * t) const;
     Component component() const { return component_; }
     size_t count() const { return map_.size(); }
 
@@ -63,6 +78,9 @@ private:
     Component component_ = Component::Unet;
     ggml_context_ptr ctx_;
     ggml_backend_buffer_ptr buffer_;
+    std::vector<ggml_backend_buffer_ptr> file_buffers_;            // one per mapped file used
+    std::vector<std::shared_ptr<const MappedFile>> files_;          // kept mapped while in use
+    std::unordered_map<const ggml_tensor *, MappedRange> mapped_;
     std::unordered_map<std::string, ggml_tensor *> map_;
 };
 
