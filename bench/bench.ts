@@ -2,11 +2,15 @@
 //
 //   npm run bench                          # f16, q8_0, q4_0 at 256x256, 4 steps, cfg 7, 2 threads
 //   npm run bench -- --size 512 --threads 4 --runs 5 --types f16,q8_0
+//   npm run bench -- --baseline            # also each type on ggml's own ops, side by side
 //
 // Each weight type runs in its own child process (so peak RSS is that type's own): model load,
 // then one warm-up generation and `runs` measured ones. Reported per stage: model load, text
 // encode, UNet step (a step is both CFG evaluations; median over all steps of all runs), VAE
-// decode, whole generate(), peak RSS. Figures are medians. Writes bench/results/<date>.json.
+// decode, whole generate(), the JavaScript API's share of it (wall time of generate() over the
+// native pipeline's own total), peak RSS. Figures are medians. Writes bench/results/<date>.json.
+// --baseline adds, per type, a run with SDNODE_CPU_KERNELS=0 SDNODE_MMAP=0: the same pipeline on
+// ggml's own ops (im2col + ggml_mul_mat, as stable-diffusion.cpp runs them) and copied weights.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -23,6 +27,7 @@ interface Figures {
   unetStepS: number;
   vaeDecodeS: number;
   generateS: number;
+  jsOverheadPct: number;
   peakRssMB: number;
   runs: number;
 }
@@ -42,8 +47,10 @@ async function child(type: string, model: string, size: number, threads: number,
   const stepTimes: number[] = [];
   const vae: number[] = [];
   const total: number[] = [];
+  const overhead: number[] = [];
   for (let r = 0; r <= runs; r++) {
     const marks: number[] = [];
+    const wall0 = performance.now();
     const res = await m.generate({
       prompt: 'a photo of a cat',
       width: size,
@@ -54,7 +61,9 @@ async function child(type: string, model: string, size: number, threads: number,
       seed: 42 + r,
       onProgress: ({ elapsedMs }) => marks.push(elapsedMs),
     });
+    const wallMs = performance.now() - wall0;
     if (r === 0) continue; // warm-up
+    overhead.push((wallMs / res.timings.total - 1) * 100);
     text.push(res.timings.textEncode / 1000);
     let prev = res.timings.textEncode;
     for (const t of marks) {
@@ -72,6 +81,7 @@ async function child(type: string, model: string, size: number, threads: number,
     unetStepS: median(stepTimes),
     vaeDecodeS: median(vae),
     generateS: median(total),
+    jsOverheadPct: median(overhead),
     peakRssMB: process.resourceUsage().maxRSS / 1024,
     runs,
   };
@@ -101,6 +111,7 @@ async function main(): Promise<void> {
       runs: { type: 'string', default: '3' },
       steps: { type: 'string', default: '4' },
       types: { type: 'string', default: 'f16,q8_0,q4_0' },
+      baseline: { type: 'boolean', default: false },
     },
   });
   const size = Number(values.size);
@@ -110,16 +121,25 @@ async function main(): Promise<void> {
   if (values.child) return child(values.child, values.model!, size, threads, runs, steps);
 
   const model = values.model ?? ensureCheckpoint();
-  const results: Figures[] = [];
+  const results: Array<Figures & { label: string }> = [];
+  const variants = values.baseline
+    ? [
+        { suffix: ' (ggml ops)', env: { SDNODE_CPU_KERNELS: '0', SDNODE_MMAP: '0' } },
+        { suffix: '', env: {} },
+      ]
+    : [{ suffix: '', env: {} }];
   for (const type of values.types.split(',')) {
-    process.stderr.write(`${type}: ${size}x${size}, ${steps} steps, ${threads} threads, 1 warm-up + ${runs} runs...\n`);
-    const r = spawnSync(
-      process.execPath,
-      ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', type, '--model', model, '--size', String(size), '--threads', String(threads), '--runs', String(runs), '--steps', String(steps)],
-      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    if (r.status !== 0) throw new Error(`benchmark of ${type} failed`);
-    results.push(JSON.parse(r.stdout.trim().split('\n').pop()!));
+    for (const v of variants) {
+      const label = `${type}${v.suffix}`;
+      process.stderr.write(`${label}: ${size}x${size}, ${steps} steps, ${threads} threads, 1 warm-up + ${runs} runs...\n`);
+      const r = spawnSync(
+        process.execPath,
+        ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', type, '--model', model, '--size', String(size), '--threads', String(threads), '--runs', String(runs), '--steps', String(steps)],
+        { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...v.env } },
+      );
+      if (r.status !== 0) throw new Error(`benchmark of ${label} failed`);
+      results.push({ label, ...JSON.parse(r.stdout.trim().split('\n').pop()!) });
+    }
   }
   const rows: Array<[string, (f: Figures) => string]> = [
     ['model load', (f) => `${f.loadS.toFixed(2)} s`],
@@ -127,9 +147,10 @@ async function main(): Promise<void> {
     ['UNet step (cond+uncond)', (f) => `${f.unetStepS.toFixed(2)} s`],
     ['VAE decode', (f) => `${f.vaeDecodeS.toFixed(2)} s`],
     ['whole generate()', (f) => `${f.generateS.toFixed(2)} s`],
+    ['JS API share of generate()', (f) => `${f.jsOverheadPct.toFixed(2)}%`],
     ['peak RSS', (f) => `${(f.peakRssMB / 1024).toFixed(2)} GB`],
   ];
-  const header = `| ${size}x${size}, ${steps} steps, ${threads} threads (median of ${runs}) | ${results.map((r) => r.type).join(' | ')} |`;
+  const header = `| ${size}x${size}, ${steps} steps, ${threads} threads (median of ${runs}) | ${results.map((r) => r.label).join(' | ')} |`;
   const lines = [header, `| --- |${results.map(() => ' --- |').join('')}`];
   for (const [name, fmt] of rows) lines.push(`| ${name} | ${results.map(fmt).join(' | ')} |`);
   process.stdout.write(lines.join('\n') + '\n');

@@ -114,6 +114,8 @@ export interface NativeLoadedInfo {
   architecture: 'sd1' | 'sd2' | 'sdxl' | 'sdxl-refiner';
   device: string;
   weightBytes: number;
+  /** Weights used in place from the memory-mapped model file (not in weightBytes). */
+  mappedBytes: number;
   computeBytes: number;
   threads: number;
   contextDim: number;

@@ -170,10 +170,20 @@ export class Model {
     return this.#native;
   }
 
-  /** Native memory in use: weights and compute buffers, in bytes. */
-  memory(): { weights: number; compute: number } {
+  /**
+   * Native memory, in bytes: `weights` copied into process memory, `compute` buffers, and
+   * `mapped` weights used in place from the memory-mapped model file. On the CPU, weights stored
+   * as they run (e.g. f16 convolution kernels of an f16 file) are mapped rather than copied:
+   * they are read from the OS page cache as each layer runs and leave resident memory after use,
+   * so they count toward neither `weights` nor the process's peak RSS. The file must not be
+   * changed while the model is loaded; `SDNODE_MMAP=0` in the environment copies everything.
+   *
+   * @example
+   * const { weights, compute, mapped } = model.memory();
+   */
+  memory(): { weights: number; compute: number; mapped: number } {
     const info = this.nativeModel('memory()').info();
-    return { weights: info.weightBytes, compute: info.computeBytes };
+    return { weights: info.weightBytes, compute: info.computeBytes, mapped: info.mappedBytes };
   }
 
   /** @internal Hyperparameters the generation options are checked against. */

@@ -118,6 +118,7 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo & info) {
     o.Set("architecture", sd::arch_name(m.arch()));
     o.Set("device", m.device_name());
     o.Set("weightBytes", static_cast<double>(m.weight_bytes()));
+    o.Set("mappedBytes", static_cast<double>(m.mapped_weight_bytes()));
     o.Set("computeBytes", static_cast<double>(rt->runner.compute_buffer_bytes()));
     o.Set("threads", m.default_threads());
     o.Set("contextDim", m.info().unet.context_dim);

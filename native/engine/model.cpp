@@ -54,6 +54,10 @@ bool mmap_disabled() {
 
 }  // namespace
 
+uint64_t Model::mapped_weight_bytes() const {
+    return text_encoder_weights_.mapped_bytes() + unet_weights_.mapped_bytes() + vae_weights_.mapped_bytes();
+}
+
 std::unique_ptr<Model> Model::load(const std::string & path, const ModelLoadOptions & options) {
     if (options.threads < 1) throw_invalid("threads must be at least 1; received " + std::to_string(options.threads));
     std::unique_ptr<Model> m(new Model());

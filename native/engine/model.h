@@ -54,7 +54,8 @@ public:
     const VaeDecoder & vae() const { return *vae_; }
 
     // Bytes of weights held on the backend (for memory accounting).
-    uint64_t weight_bytes() const;
+    uint64_t weight_bytes() const;         // copied into backend buffers
+    uint64_t mapped_weight_bytes() const;  // used in place from the mapped model file
 
 private:
     Model() = default;
