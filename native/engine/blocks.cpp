@@ -87,7 +87,10 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix) {
         bad_weight(w, "expected [out, " + std::to_string(x->ne[0]) + "] for a linear layer on " + shape_text(x));
     }
     ggml_tensor * bias = find_bias(g, prefix, w->ne[1]);
+    const bool quant = g.cpu.quant && (w->type == GGML_TYPE_Q8_0 || w->type == GGML_TYPE_Q4_0) &&
+                       x->type == GGML_TYPE_F32 && ggml_is_contiguous(x);
     ggml_tensor * y = cpu_f16_product(g, w, x) ? cpu_linear_f16(g.ctx, w, x, bias)
+                      : quant                  ? cpu_linear_q(g.ctx, w, x, bias)
                                                : add_bias(g, ggml_mul_mat(g.ctx, w, x), bias, w->ne[1], 0);
     return named(release_after_use(g, y, w), prefix);
 }

@@ -29,6 +29,23 @@ struct Gemm {
     float * out;
 };
 
+// out[m, n] = ggml's q8_0 dot product of weight row m (q8_0 or q4_0 blocks) with row n of x
+// (f32, quantized to q8_0 as ggml-cpu does); out is [n, m]; bias as in Gemm.
+struct QGemm {
+    const void * w;      // row m at (const char *) w + m*row_bytes
+    size_t row_bytes;
+    bool q4;             // q4_0 blocks, else q8_0
+    int64_t M, K, N;
+    const char * x;      // row n at x + n*nb1, K contiguous floats
+    size_t nb1;
+    const float * bias;
+    float * out;
+};
+
+size_t qgemm_scratch_bytes(const QGemm & g);
+// Needs AVX-512 F/BW/VL/DQ and VNNI.
+void qgemm_avx512vnni(const QGemm & g, int ith, int nth, void * scratch);
+
 // Floats of scratch one thread needs for `g`.
 size_t gemm_scratch_floats(const Gemm & g);
 // Thread `ith` of `nth` computes its share of `g`.

@@ -12,6 +12,16 @@ namespace sd {
 
 namespace {
 
+bool cpu_has_vnni() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && defined(SDNODE_HAVE_AVX512_KERNELS)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
 bool cpu_has_avx512() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && defined(SDNODE_HAVE_AVX512_KERNELS)
     __builtin_cpu_init();
@@ -78,6 +88,34 @@ void linear_op(ggml_tensor * dst, int ith, int nth, void *) {
     g.ne2 = x->ne[2];
     g.N = x->ne[1] * x->ne[2] * x->ne[3];
     run(g, ith, nth);
+}
+
+// Bytes of scratch per thread for the quantized kernel, grown and kept.
+void * thread_bytes(size_t bytes) {
+    thread_local std::vector<uint8_t> scratch;
+    if (scratch.size() < bytes) scratch.resize(bytes);
+    return scratch.data();
+}
+
+void linear_q_op(ggml_tensor * dst, int ith, int nth, void *) {
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+    const ggml_tensor * w = dst->src[0];
+    const ggml_tensor * x = dst->src[1];
+    cpu::QGemm g{};
+    g.w = w->data;
+    g.row_bytes = w->nb[1];
+    g.q4 = w->type == GGML_TYPE_Q4_0;
+    g.M = w->ne[1];
+    g.K = w->ne[0];
+    g.N = x->ne[1] * x->ne[2] * x->ne[3];
+    g.x = static_cast<const char *>(x->data);
+    g.nb1 = x->nb[1];
+    g.bias = dst->src[2] ? static_cast<const float *>(dst->src[2]->data) : nullptr;
+    g.out = static_cast<float *>(dst->data);
+    cpu::qgemm_avx512vnni(g, ith, nth, thread_bytes(cpu::qgemm_scratch_bytes(g)));
+#else
+    (void)dst, (void)ith, (void)nth;
+#endif
 }
 
 // Per batch slice: a [K, M] rows against b [K, N] columns -> dst [M, N].
@@ -209,6 +247,17 @@ CpuKernels verify(ggml_backend_t backend) {
         }
         k.f32 = run_checks(c, backend);
     }
+    if (k.f16 && cpu_has_vnni()) {
+        // q8_0 / q4_0 linear layers: partial tiles, a bias, an odd column count.
+        SelfCheck c;
+        for (ggml_type type : {GGML_TYPE_Q8_0, GGML_TYPE_Q4_0}) {
+            ggml_tensor * w = c.input(type, 96, 13, 1, 1);
+            ggml_tensor * x = c.input(GGML_TYPE_F32, 96, 7, 1, 1);
+            ggml_tensor * bias = c.input(GGML_TYPE_F32, 13, 1, 1, 1);
+            c.pairs.push_back({ggml_add(c.ctx, ggml_mul_mat(c.ctx, w, x), bias), cpu_linear_q(c.ctx, w, x, bias)});
+        }
+        k.quant = run_checks(c, backend);
+    }
     return k;
 }
 
@@ -243,6 +292,19 @@ ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * 
     }
     ggml_tensor * args[] = {a, b};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, a->ne[1], b->ne[1], b->ne[2], b->ne[3], args, 2, matmul_f32_op,
+                          GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias) {
+    if ((w->type != GGML_TYPE_Q8_0 && w->type != GGML_TYPE_Q4_0) || ggml_n_dims(w) != 2 || !ggml_is_contiguous(w) ||
+        x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || w->ne[0] != x->ne[0] || w->ne[0] % 32 != 0) {
+        throw Error(ErrorCode::Internal, "cpu_linear_q needs contiguous q8_0/q4_0 weights and contiguous f32 rows of the same width");
+    }
+    if (bias && (bias->type != GGML_TYPE_F32 || !ggml_is_contiguous(bias) || ggml_nelements(bias) != w->ne[1])) {
+        throw Error(ErrorCode::Internal, "cpu_linear_q needs a contiguous f32 bias with one value per output");
+    }
+    ggml_tensor * args[] = {w, x, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2, linear_q_op,
                           GGML_N_TASKS_MAX, nullptr);
 }
 

@@ -30,6 +30,7 @@ namespace sd {
 struct CpuKernels {
     bool f16 = false;
     bool f32 = false;
+    bool quant = false;  // q8_0 / q4_0 linear layers (needs AVX-512 VNNI)
 };
 CpuKernels cpu_kernels_for(ggml_backend_t backend);
 
@@ -48,6 +49,10 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
 // with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
 // bias (optional): f32 [M], as for cpu_conv2d_f16.
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr);
+
+// Same result as ggml_mul_mat(ctx, w, x) (+ bias as ggml_add) for q8_0 or q4_0 w [M, K] and
+// contiguous f32 x with ne[0] == K. Only where cpu_kernels_for() reports quant.
+ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr);
 
 // Same result as ggml_mul_mat(ctx, a, b) for contiguous f32 a [.., M, K] and b [.., N, K] with
 // the same batch dimensions (attention's Q K^T and P V): result f32 ne {M, N, ne2, ne3}.

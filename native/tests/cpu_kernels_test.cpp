@@ -133,6 +133,30 @@ void matmul_f32_case(int64_t K, int64_t M, int64_t N, int64_t B, int threads) {
     CHECK(identical(ref, ours, what));
 }
 
+// q8_0 / q4_0 linear layers: ggml_mul_mat (+ ggml_add bias) against cpu_linear_q.
+void linear_q_case(ggml_type type, int64_t K, int64_t M, int64_t L, int64_t B, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * wf = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, K, M);
+    fill(wf, static_cast<uint32_t>(K * 3 + M), 0.05f);
+    ggml_tensor * w = ggml_new_tensor_2d(c.ctx, type, K, M);
+    ggml_quantize_chunk(type, static_cast<const float *>(wf->data), w->data, 0, M, K, nullptr);
+    ggml_tensor * x = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, K, L, B);
+    fill(x, static_cast<uint32_t>(L + 1), 1.0f);
+    ggml_tensor * bias = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, M);
+    fill(bias, 5, 0.5f);
+    ggml_tensor * ref = ggml_mul_mat(c.ctx, w, x);
+    ggml_tensor * ours = sd::cpu_linear_q(c.ctx, w, x);
+    ggml_tensor * ref_b = ggml_add(c.ctx, ggml_mul_mat(c.ctx, w, x), bias);
+    ggml_tensor * ours_b = sd::cpu_linear_q(c.ctx, w, x, bias);
+    compute(c.ctx, ref, ours, threads);
+    compute(c.ctx, ref_b, ours_b, threads);
+    char what[160];
+    std::snprintf(what, sizeof what, "linear %s k %lld m %lld l %lld b %lld threads %d", ggml_type_name(type), (long long)K,
+                  (long long)M, (long long)L, (long long)B, threads);
+    CHECK(identical(ref, ours, what));
+    CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
+}
+
 }  // namespace
 
 int main() {
@@ -165,14 +189,30 @@ int main() {
     ggml_backend_t cpu = ggml_backend_cpu_init();
     const sd::CpuKernels k = sd::cpu_kernels_for(cpu);
     ggml_backend_free(cpu);
+    // On the compilers this project builds with, every kernel must pass its self-check (a
+    // failure here means a kernel no longer matches ggml's op on this build).
     CHECK(k.f16);
-    if (!k.f32) std::printf("cpu_kernels_test: this ggml-cpu build sums f32 leftovers differently; attention uses ggml's op\n");
+    CHECK(k.f32);
     for (int threads : {1, 2, 3}) {
         // Head widths 40/80/160 (SD1 UNet), 64 (CLIP), 512 (VAE); Lk 1024/256/64/16 and 77 (P V).
         for (int64_t K : {40, 80, 160, 64, 512, 77, 16, 13, 24, 1024}) {
-            if (k.f32) matmul_f32_case(K, 37, 29, 3, threads);
+            matmul_f32_case(K, 37, 29, 3, threads);
         }
     }
-    if (k.f32) matmul_f32_case(40, 1024, 300, 2, 2);       // a 32x32 latent's self-attention, 2 heads
+    matmul_f32_case(40, 1024, 300, 2, 2);       // a 32x32 latent's self-attention, 2 heads
+
+    const bool vnni = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+    if (!vnni) std::printf("cpu_kernels_test: no AVX-512 VNNI here; q8_0/q4_0 layers use ggml's op\n");
+    CHECK(k.quant == vnni);
+    for (int threads : {1, 2, 3}) {
+        for (ggml_type type : {GGML_TYPE_Q8_0, GGML_TYPE_Q4_0}) {
+            if (!vnni) continue;
+            linear_q_case(type, 320, 77, 50, 2, threads);       // UNet attention projection
+            linear_q_case(type, 64, 5, 3, 1, threads);          // partial tiles, odd columns
+            linear_q_case(type, 768, 9, 1, 1, threads);         // one column: rows split over threads
+        }
+    }
+    if (vnni) linear_q_case(GGML_TYPE_Q4_0, 1280, 2560, 128, 1, 2);   // GEGLU-sized
     return sdtest::finish("cpu_kernels_test");
 }
