@@ -28,6 +28,7 @@ interface Figures {
   vaeDecodeS: number;
   generateS: number;
   jsOverheadPct: number;
+  jsOverheadMs: number;
   peakRssMB: number;
   runs: number;
 }
@@ -48,6 +49,7 @@ async function child(type: string, model: string, size: number, threads: number,
   const vae: number[] = [];
   const total: number[] = [];
   const overhead: number[] = [];
+  const overheadMs: number[] = [];
   for (let r = 0; r <= runs; r++) {
     const marks: number[] = [];
     const wall0 = performance.now();
@@ -64,6 +66,7 @@ async function child(type: string, model: string, size: number, threads: number,
     const wallMs = performance.now() - wall0;
     if (r === 0) continue; // warm-up
     overhead.push((wallMs / res.timings.total - 1) * 100);
+    overheadMs.push(wallMs - res.timings.total);
     text.push(res.timings.textEncode / 1000);
     let prev = res.timings.textEncode;
     for (const t of marks) {
@@ -82,6 +85,7 @@ async function child(type: string, model: string, size: number, threads: number,
     vaeDecodeS: median(vae),
     generateS: median(total),
     jsOverheadPct: median(overhead),
+    jsOverheadMs: median(overheadMs),
     peakRssMB: process.resourceUsage().maxRSS / 1024,
     runs,
   };
@@ -147,7 +151,7 @@ async function main(): Promise<void> {
     ['UNet step (cond+uncond)', (f) => `${f.unetStepS.toFixed(2)} s`],
     ['VAE decode', (f) => `${f.vaeDecodeS.toFixed(2)} s`],
     ['whole generate()', (f) => `${f.generateS.toFixed(2)} s`],
-    ['JS API share of generate()', (f) => `${f.jsOverheadPct.toFixed(2)}%`],
+    ['JS API share of generate()', (f) => `${f.jsOverheadPct.toFixed(3)}% (${f.jsOverheadMs.toFixed(1)} ms)`],
     ['peak RSS', (f) => `${(f.peakRssMB / 1024).toFixed(2)} GB`],
   ];
   const header = `| ${size}x${size}, ${steps} steps, ${threads} threads (median of ${runs}) | ${results.map((r) => r.label).join(' | ')} |`;

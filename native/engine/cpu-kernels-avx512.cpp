@@ -200,38 +200,32 @@ void pack_rows(const Gemm & g, const Blocking & bl, int64_t m0, int64_t rows, fl
     }
 }
 
-// One pass s over a tile of MR packed weight rows x kNR packed columns: the partial sums of
-// accumulator s, 16 lanes per output, into part[(r*kNR + j)*16].
-template <int MR>
-void tile_pass(const float * a_s, const float * vec_s, int64_t nc, float * part) {
-    __m512 acc[MR][kNR];
-    for (int r = 0; r < MR; ++r)
-        for (int j = 0; j < kNR; ++j) acc[r][j] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < nc; ++c) {
-        __m512 a[MR];
-        for (int r = 0; r < MR; ++r) a[r] = _mm512_loadu_ps(a_s + (c * kMR + r) * kLanes);
-        const float * b = vec_s + c * kNR * kLanes;
-        for (int j = 0; j < kNR; ++j) {
-            const __m512 bv = _mm512_loadu_ps(b + j * kLanes);
-            for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_fmadd_ps(a[r], bv, acc[r][j]);
-        }
-    }
-    for (int r = 0; r < MR; ++r)
-        for (int j = 0; j < kNR; ++j) _mm512_storeu_ps(part + (r * kNR + j) * kLanes, acc[r][j]);
-}
+// Where a tile's weight rows come from: packed f32 rows (pack_rows; a_s is the tile's pass s),
+// or f16 rows straight from the tensor (row stride K) converted in the loop, for few columns per
+// weight load, where packing them would not pay.
+struct TileRows {
+    const float * a_s = nullptr;
+    const uint16_t * w = nullptr;
+    int64_t K = 0;
+    int s = 0;
+};
 
-// The same pass with the weights read as f16 straight from the tensor (row stride K) and
-// converted in the loop: for few columns per weight load, where packing them would not pay.
-template <int MR>
-void tile_pass_f16(const uint16_t * w, int64_t K, const float * vec_s, int64_t nc, int s, float * part) {
+// One pass s over a tile of MR weight rows x kNR packed columns: the partial sums of
+// accumulator s, 16 lanes per output, into part[(r*kNR + j)*16].
+template <int MR, bool F16>
+void tile_pass(const TileRows & rows, const float * vec_s, int64_t nc, float * part) {
     __m512 acc[MR][kNR];
     for (int r = 0; r < MR; ++r)
         for (int j = 0; j < kNR; ++j) acc[r][j] = _mm512_setzero_ps();
-    const uint16_t * wp = w + s * kLanes;
+    const uint16_t * wp = F16 ? rows.w + rows.s * kLanes : nullptr;
     for (int64_t c = 0; c < nc; ++c) {
         __m512 a[MR];
         for (int r = 0; r < MR; ++r) {
-            a[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(wp + r * K + c * kStep)));
+            if constexpr (F16) {
+                a[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(wp + r * rows.K + c * kStep)));
+            } else {
+                a[r] = _mm512_loadu_ps(rows.a_s + (c * kMR + r) * kLanes);
+            }
         }
         const float * b = vec_s + c * kNR * kLanes;
         for (int j = 0; j < kNR; ++j) {
@@ -243,21 +237,13 @@ void tile_pass_f16(const uint16_t * w, int64_t K, const float * vec_s, int64_t n
         for (int j = 0; j < kNR; ++j) _mm512_storeu_ps(part + (r * kNR + j) * kLanes, acc[r][j]);
 }
 
-void tile_pass_rows(int rows, const float * a_s, const float * vec_s, int64_t nc, float * part) {
-    switch (rows) {
-        case 4: tile_pass<4>(a_s, vec_s, nc, part); return;
-        case 3: tile_pass<3>(a_s, vec_s, nc, part); return;
-        case 2: tile_pass<2>(a_s, vec_s, nc, part); return;
-        default: tile_pass<1>(a_s, vec_s, nc, part); return;
-    }
-}
-
-void tile_pass_rows_f16(int rows, const uint16_t * w, int64_t K, const float * vec_s, int64_t nc, int s, float * part) {
-    switch (rows) {
-        case 4: tile_pass_f16<4>(w, K, vec_s, nc, s, part); return;
-        case 3: tile_pass_f16<3>(w, K, vec_s, nc, s, part); return;
-        case 2: tile_pass_f16<2>(w, K, vec_s, nc, s, part); return;
-        default: tile_pass_f16<1>(w, K, vec_s, nc, s, part); return;
+template <bool F16>
+void tile_pass_n(int n, const TileRows & rows, const float * vec_s, int64_t nc, float * part) {
+    switch (n) {
+        case 4: tile_pass<4, F16>(rows, vec_s, nc, part); return;
+        case 3: tile_pass<3, F16>(rows, vec_s, nc, part); return;
+        case 2: tile_pass<2, F16>(rows, vec_s, nc, part); return;
+        default: tile_pass<1, F16>(rows, vec_s, nc, part); return;
     }
 }
 
@@ -409,10 +395,15 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                         for (int64_t q = 0; q < qn; ++q) {
                             const float * vec_s = packed + (pq + q) * panel_floats + s * bl.nc * kNR * kLanes;
                             float * part = parts + (q * kPasses + s) * pass_stride + t * kMR * kNR * kLanes;
+                            TileRows tr;
                             if (bl.f16_rows) {
-                                tile_pass_rows_f16(rn, g.w + m * g.K, g.K, vec_s, bl.nc, s, part);
+                                tr.w = g.w + m * g.K;
+                                tr.K = g.K;
+                                tr.s = s;
+                                tile_pass_n<true>(rn, tr, vec_s, bl.nc, part);
                             } else {
-                                tile_pass_rows(rn, rows_f32 + (t * kPasses + s) * bl.nc * kMR * kLanes, vec_s, bl.nc, part);
+                                tr.a_s = rows_f32 + (t * kPasses + s) * bl.nc * kMR * kLanes;
+                                tile_pass_n<false>(rn, tr, vec_s, bl.nc, part);
                             }
                         }
                     }
