@@ -39,7 +39,7 @@ constexpr int kLanes = 16;
 
 constexpr int64_t kPanelGroupBytes = 768 * 1024;  // packed activations kept hot (L2)
 constexpr int64_t kRowBlockBytes = 512 * 1024;    // weight rows kept hot (L2)
-constexpr int64_t kMinColumnsToPackRows = 48;
+constexpr int64_t kMinColumnsToPackRows = 36;
 constexpr int64_t kL1Bytes = 40 * 1024;           // of a 48 KB L1d, leaving room for the rest
 constexpr int64_t kMaxL1Panels = 4;
 
