@@ -35,6 +35,17 @@ export interface NativeSystemInfo {
   backends: string[];
   devices: NativeDevice[];
   cpuFeatures: Record<string, string>;
+  cpuKernels: CpuKernels;
+}
+
+/** Which of sdnode's own CPU kernels run (see README, *Speed and memory*). */
+export interface CpuKernels {
+  /** f16 convolutions and linear layers. */
+  f16: boolean;
+  /** f32 attention products. */
+  f32: boolean;
+  /** q8_0 / q4_0 linear layers (AVX-512 VNNI). */
+  quant: boolean;
 }
 
 export interface NativeUnetParams {

@@ -3,6 +3,7 @@
  * @module
  */
 export { systemInfo, type SystemInfo, type DeviceInfo } from './system.ts';
+export type { CpuKernels } from './binding.ts';
 export {
   inspectModel,
   type ModelInspection,

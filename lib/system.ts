@@ -1,4 +1,4 @@
-import { callNativeSync, native, type NativeDevice } from './binding.ts';
+import { callNativeSync, native, type CpuKernels, type NativeDevice } from './binding.ts';
 import { version as packageVersion } from './version.ts';
 
 /** A compute device ggml found (see `NativeDevice` for the fields). */
@@ -17,6 +17,12 @@ export interface SystemInfo {
   devices: DeviceInfo[];
   /** CPU features the CPU backend uses, e.g. `["AVX2", "F16C", "FMA"]`. */
   cpuFeatures: string[];
+  /**
+   * Which of sdnode's own CPU kernels run on this machine, each after a self-check against ggml's
+   * op it replaces (same numbers, bit for bit); where false, ggml's op runs. All false off x86-64,
+   * without AVX-512, or with `SDNODE_CPU_KERNELS=0`.
+   */
+  cpuKernels: CpuKernels;
   /** Threads used when `threads` is not given. */
   defaultThreads: number;
   /** True for portable builds, whose CPU variant and backends are picked at run time. */
@@ -47,6 +53,7 @@ export function systemInfo(): SystemInfo {
     cpuFeatures: Object.entries(n.cpuFeatures)
       .filter(([, v]) => v !== '0' && v !== '')
       .map(([k, v]) => (v === '1' ? k : `${k}=${v}`)),
+    cpuKernels: { ...n.cpuKernels },
     defaultThreads: n.defaultThreads,
     dynamicBackends: n.dynamicBackends,
     platform: process.platform,

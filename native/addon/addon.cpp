@@ -5,6 +5,7 @@
 #include "abort-flag.h"
 #include "addon-state.h"
 #include "backend.h"
+#include "cpu-kernels.h"
 #include "inspect.h"
 #include "js-error.h"
 #include "model-wrap.h"
@@ -42,6 +43,12 @@ Napi::Value SystemInfo(const Napi::CallbackInfo & info) {
         Napi::Object features = Napi::Object::New(env);
         for (const auto & [k, v] : si.cpu_features) features.Set(k, v);
         out.Set("cpuFeatures", features);
+        const sd::CpuKernels k = sd::cpu_kernels_on_cpu();
+        Napi::Object kernels = Napi::Object::New(env);
+        kernels.Set("f16", k.f16);
+        kernels.Set("f32", k.f32);
+        kernels.Set("quant", k.quant);
+        out.Set("cpuKernels", kernels);
         return out;
     });
 }

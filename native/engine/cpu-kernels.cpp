@@ -6,6 +6,7 @@
 
 #include "cpu-kernels-impl.h"
 #include "errors.h"
+#include "log.h"
 #include "ggml-alloc.h"
 
 namespace sd {
@@ -267,8 +268,22 @@ CpuKernels cpu_kernels_for(ggml_backend_t backend) {
     ggml_backend_dev_t dev = backend ? ggml_backend_get_device(backend) : nullptr;
     if (!dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU || !cpu_kernels_available()) return {};
     // Once per process: every CPU backend runs the same ggml-cpu code.
-    static const CpuKernels verified = verify(backend);
+    static const CpuKernels verified = [&] {
+        const CpuKernels k = verify(backend);
+        if (!k.f16) log(LogLevel::Warn, "sdnode's f16 CPU kernels do not match this ggml build; using ggml's ops");
+        else if (!k.f32) log(LogLevel::Warn, "sdnode's f32 attention kernel does not match this ggml build; using ggml's op");
+        return k;
+    }();
     return verified;
+}
+
+CpuKernels cpu_kernels_on_cpu() {
+    if (!cpu_kernels_available()) return {};
+    ggml_backend_t cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
+    if (!cpu) return {};
+    const CpuKernels k = cpu_kernels_for(cpu);
+    ggml_backend_free(cpu);
+    return k;
 }
 
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,

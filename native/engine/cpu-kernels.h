@@ -33,6 +33,8 @@ struct CpuKernels {
     bool quant = false;  // q8_0 / q4_0 linear layers (needs AVX-512 VNNI)
 };
 CpuKernels cpu_kernels_for(ggml_backend_t backend);
+// The same for a CPU backend made for the purpose (what every CPU model will use).
+CpuKernels cpu_kernels_on_cpu();
 
 // True when this build and CPU run the kernels below (x86-64 with AVX-512F), and they are not
 // turned off with SDNODE_CPU_KERNELS=0 (to measure or compare against ggml's own ops).
