@@ -1,5 +1,6 @@
 #include "blocks.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "cpu-kernels.h"
@@ -145,7 +146,7 @@ ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
 }
 
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
-                        const std::string & name, bool cpu_f32) {
+                        const std::string & name, bool cpu_f32, int64_t max_scores_bytes) {
     const int64_t width = q->ne[0], lq = q->ne[1], n = q->ne[2];
     const int64_t lk = k->ne[1];
     const int64_t d = width / heads;
@@ -163,13 +164,26 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
     v = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, v, d, heads, lk, n), 1, 2, 0, 3)),
                         lk, d, heads * n);
 
-    ggml_tensor * kq = cpu_f32 ? cpu_matmul_f32(ctx, k, q) : ggml_mul_mat(ctx, k, q);  // [N*heads, Lq, Lk]
-    if (!cpu_f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
-    kq = ggml_scale(ctx, kq, 1.0f / std::sqrt(static_cast<float>(d)));
-    if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
-    kq = named(ggml_soft_max(ctx, kq), name + ".probs");
-
-    ggml_tensor * out = cpu_f32 ? cpu_matmul_f32(ctx, v, kq) : ggml_mul_mat(ctx, v, kq);  // [N*heads, Lq, d]
+    // The scores of all heads at once can be large (SD1 at 512x512: 16 x 4096 x 4096 floats,
+    // 1 GiB): past max_scores_bytes, heads run in groups whose scores the allocator reuses. Every
+    // op here works per head, so the numbers are the same either way.
+    const int64_t slices = heads * n;
+    const int64_t per_slice = lq * lk * static_cast<int64_t>(sizeof(float));
+    const int64_t group = std::max<int64_t>(1, std::min<int64_t>(slices, max_scores_bytes / std::max<int64_t>(1, per_slice)));
+    ggml_tensor * out = nullptr;
+    for (int64_t s0 = 0; s0 < slices; s0 += group) {
+        const int64_t sn = std::min(group, slices - s0);
+        ggml_tensor * qs = group == slices ? q : ggml_view_3d(ctx, q, d, lq, sn, q->nb[1], q->nb[2], s0 * q->nb[2]);
+        ggml_tensor * ks = group == slices ? k : ggml_view_3d(ctx, k, d, lk, sn, k->nb[1], k->nb[2], s0 * k->nb[2]);
+        ggml_tensor * vs = group == slices ? v : ggml_view_3d(ctx, v, lk, d, sn, v->nb[1], v->nb[2], s0 * v->nb[2]);
+        ggml_tensor * kq = cpu_f32 ? cpu_matmul_f32(ctx, ks, qs) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
+        if (!cpu_f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
+        kq = ggml_scale(ctx, kq, 1.0f / std::sqrt(static_cast<float>(d)));
+        if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
+        kq = named(ggml_soft_max(ctx, kq), group == slices ? name + ".probs" : name + ".probs." + std::to_string(s0 / group));
+        ggml_tensor * o = cpu_f32 ? cpu_matmul_f32(ctx, vs, kq) : ggml_mul_mat(ctx, vs, kq);  // [heads, Lq, d]
+        out = out ? ggml_concat(ctx, out, o, 2) : o;
+    }
     out = ggml_permute(ctx, ggml_reshape_4d(ctx, out, d, lq, heads, n), 0, 2, 1, 3);  // [N, Lq, heads, d]
     out = ggml_reshape_3d(ctx, ggml_cont(ctx, out), width, lq, n);
     return named(out, name);

@@ -78,8 +78,12 @@ ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
 // q: [N, Lq, heads*d], k, v: [N, Lk, heads*d] -> [N, Lq, heads*d].
 // causal: position i attends to positions <= i only (CLIP).
 // cpu_f32: compute the two products with cpu_matmul_f32 (Graph::cpu.f32).
+// max_scores_bytes: past this size of the score matrices, heads run in groups (same numbers,
+// less memory).
+constexpr int64_t kMaxAttentionScoresBytes = int64_t{128} << 20;
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
-                        const std::string & name, bool cpu_f32 = false);
+                        const std::string & name, bool cpu_f32 = false,
+                        int64_t max_scores_bytes = kMaxAttentionScoresBytes);
 
 // [N, C, H, W] <-> [N, H*W, C]
 ggml_tensor * image_to_tokens(ggml_context * ctx, ggml_tensor * x);
