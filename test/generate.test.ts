@@ -272,29 +272,37 @@ describe('generate across architectures, formats and weight types', () => {
     }
   });
 
-  test('weights used from the mapped file give the same numbers as copied ones', async () => {
-    // Wide enough that convolution kernels pass the size above which weights are mapped.
-    const made = await generateCheckpoint({ arch: 'sd1', format: 'safetensors', seed: 5, tiny: { ...tiny, modelChannels: 128 }, out: path.join(work, 'mapped.safetensors') });
-    await using mapped = await loadModel(made.path);
-    process.env.SDNODE_MMAP = '0';
-    let copied: Model;
-    try {
-      copied = await loadModel(made.path);
-    } finally {
-      delete process.env.SDNODE_MMAP;
-    }
-    await using _copied = copied;
-    const m = mapped.memory();
-    const c = copied.memory();
-    assert.ok(m.mapped > 0, 'some weights are mapped');
-    assert.equal(c.mapped, 0);
-    // Every byte is either copied or mapped (copies carry a little alignment padding).
-    assert.ok(Math.abs(m.weights + m.mapped - c.weights) / c.weights < 0.01, `${m.weights} + ${m.mapped} vs ${c.weights}`);
-    for (let i = 0; i < 2; i++) {
-      const a = await mapped.generate({ ...base, seed: 2, returnLatents: true });
-      const b = await copied.generate({ ...base, seed: 2, returnLatents: true });
-      assert.deepEqual(a.latents, b.latents);
-      assert.deepEqual(a.images[0].data, b.images[0].data);
+  test('weights used from the mapped file give the same numbers as copied ones (safetensors, GGUF, diffusers)', async () => {
+    for (const [arch, format] of [['sd1', 'safetensors'], ['sd1', 'gguf'], ['sd2', 'diffusers']] as const) {
+      // Wide enough that convolution kernels pass the size above which weights are mapped.
+      const made = await generateCheckpoint({
+        arch,
+        format,
+        seed: 5,
+        tiny: { ...tiny, modelChannels: 128 },
+        out: path.join(work, `mapped-${format}${format === 'diffusers' ? '' : '.' + format}`),
+      });
+      await using mapped = await loadModel(made.path);
+      process.env.SDNODE_MMAP = '0';
+      let copied: Model;
+      try {
+        copied = await loadModel(made.path);
+      } finally {
+        delete process.env.SDNODE_MMAP;
+      }
+      await using _copied = copied;
+      const m = mapped.memory();
+      const c = copied.memory();
+      assert.ok(m.mapped > 0, `${format}: some weights are mapped`);
+      assert.equal(c.mapped, 0);
+      // Every byte is either copied or mapped (copies carry a little alignment padding).
+      assert.ok(Math.abs(m.weights + m.mapped - c.weights) / c.weights < 0.01, `${m.weights} + ${m.mapped} vs ${c.weights}`);
+      for (let i = 0; i < 2; i++) {
+        const a = await mapped.generate({ ...base, seed: 2, returnLatents: true });
+        const b = await copied.generate({ ...base, seed: 2, returnLatents: true });
+        assert.deepEqual(a.latents, b.latents, format);
+        assert.deepEqual(a.images[0].data, b.images[0].data, format);
+      }
     }
   });
 
