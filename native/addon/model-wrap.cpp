@@ -162,7 +162,7 @@ Napi::Value ModelWrap::EncodePrompt(const Napi::CallbackInfo & info) {
         [rt, text, clip_skip, abort]() {
             std::lock_guard<std::mutex> lock(rt->busy);
             AbortScope scope(rt->runner, abort.get());
-            return Encoded{sd::encode_text(*rt->model, rt->runner, text, clip_skip)};
+            return rt->compute.run([&] { return Encoded{sd::encode_text(*rt->model, rt->runner, text, clip_skip)}; });
         },
         [](Napi::Env env, Encoded & e) -> Napi::Value {
             Napi::Object out = Napi::Object::New(env);
@@ -270,8 +270,10 @@ Napi::Value ModelWrap::Generate(const Napi::CallbackInfo & info) {
             [rt, params, abort, queue]() {
                 std::lock_guard<std::mutex> lock(rt->busy);
                 AbortScope scope(rt->runner, abort.get());
-                return sd::generate(*rt->model, rt->runner, params, abort.get(),
-                                    [&queue](const sd::StepProgress & p) { post_progress(*queue, p, step_to_js); });
+                return rt->compute.run([&] {
+                    return sd::generate(*rt->model, rt->runner, params, abort.get(),
+                                        [&queue](const sd::StepProgress & p) { post_progress(*queue, p, step_to_js); });
+                });
             },
             generated_to_js, {info.This().As<Napi::Object>()}, queue);
     });

@@ -8,6 +8,7 @@
 
 #include "graph-runner.h"
 #include "model.h"
+#include "serial-thread.h"
 
 namespace sdnode {
 
@@ -19,6 +20,7 @@ struct ModelRuntime {
     std::shared_ptr<sd::Model> model;
     sd::GraphRunner runner;
     std::mutex busy;
+    SerialThread compute;  // where every graph of this model runs (see serial-thread.h)
 };
 
 // Points the runner at a job's abort flag for the job's duration, whatever way it ends.
