@@ -42,9 +42,15 @@ ggml_tensor * add_bias(Graph & g, ggml_tensor * x, ggml_tensor * bias, int64_t c
     return ggml_add(g.ctx, x, bias);
 }
 
-// cpu-kernels.h takes f16 weights and f32 activations with unit element stride.
+// cpu-kernels.h takes f16 weights and f32 activations with unit element stride...
 bool cpu_f16_product(const Graph & g, const ggml_tensor * w, const ggml_tensor * x) {
     return g.cpu.f16 && w->type == GGML_TYPE_F16 && x->type == GGML_TYPE_F32 && x->nb[0] == sizeof(float);
+}
+
+// ...and q8_0 / q4_0 weights against contiguous f32 rows.
+bool cpu_quant_product(const Graph & g, const ggml_tensor * w, const ggml_tensor * x) {
+    return g.cpu.quant && (w->type == GGML_TYPE_Q8_0 || w->type == GGML_TYPE_Q4_0) && x->type == GGML_TYPE_F32 &&
+           ggml_is_contiguous(x);
 }
 
 }  // namespace
@@ -70,9 +76,10 @@ void release_pages_op(ggml_tensor *, int ith, int, void * userdata) {
 }  // namespace
 
 ggml_tensor * release_after_use(Graph & g, ggml_tensor * y, ggml_tensor * w) {
-    // A reshaped weight is a view: its pages are the viewed tensor's.
+    // A reshaped weight is a view: its pages are the viewed tensor's. Only CPU models map
+    // weights, so this never adds a node to another backend's graph.
     const ggml_tensor * base = w->view_src ? w->view_src : w;
-    const MappedRange * range = g.cpu.f16 ? g.w.mapped_range(base) : nullptr;
+    const MappedRange * range = g.w.mapped_range(base);
     if (!range) return y;
     return ggml_custom_inplace(g.ctx, y, &w, 1, release_pages_op, 1, const_cast<MappedRange *>(range));
 }
@@ -88,11 +95,9 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix) {
         bad_weight(w, "expected [out, " + std::to_string(x->ne[0]) + "] for a linear layer on " + shape_text(x));
     }
     ggml_tensor * bias = find_bias(g, prefix, w->ne[1]);
-    const bool quant = g.cpu.quant && (w->type == GGML_TYPE_Q8_0 || w->type == GGML_TYPE_Q4_0) &&
-                       x->type == GGML_TYPE_F32 && ggml_is_contiguous(x);
-    ggml_tensor * y = cpu_f16_product(g, w, x) ? cpu_linear_f16(g.ctx, w, x, bias)
-                      : quant                  ? cpu_linear_q(g.ctx, w, x, bias)
-                                               : add_bias(g, ggml_mul_mat(g.ctx, w, x), bias, w->ne[1], 0);
+    ggml_tensor * y = cpu_f16_product(g, w, x)   ? cpu_linear_f16(g.ctx, w, x, bias)
+                      : cpu_quant_product(g, w, x) ? cpu_linear_q(g.ctx, w, x, bias)
+                                                   : add_bias(g, ggml_mul_mat(g.ctx, w, x), bias, w->ne[1], 0);
     return named(release_after_use(g, y, w), prefix);
 }
 

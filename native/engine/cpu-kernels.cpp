@@ -13,35 +13,35 @@ namespace sd {
 
 namespace {
 
-bool cpu_has_vnni() {
+// What this CPU runs of the kernels' instruction sets (the AVX-512 files are only called then).
+struct CpuIsa {
+    bool avx512 = false;  // AVX-512F + FMA + F16C: the f16 and f32 kernels
+    bool vnni = false;    // + BW/VL/DQ/VNNI: the q8_0 / q4_0 kernel
+};
+
+CpuIsa cpu_isa() {
+    CpuIsa isa;
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && defined(SDNODE_HAVE_AVX512_KERNELS)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
-#else
-    return false;
+    isa.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    isa.vnni = isa.avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
 #endif
+    return isa;
 }
 
-bool cpu_has_avx512() {
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && defined(SDNODE_HAVE_AVX512_KERNELS)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#else
-    return false;
-#endif
-}
-
-// Packed activations per thread, grown to the largest product seen and kept (a few MB).
-float * thread_scratch(size_t floats) {
+// Packed operands per thread, grown to the largest product seen and kept (a few MB); shared by
+// every kernel, which all run on the compute threads one op at a time.
+void * thread_scratch(size_t bytes) {
     thread_local std::vector<float> scratch;
+    const size_t floats = (bytes + sizeof(float) - 1) / sizeof(float);
     if (scratch.size() < floats) scratch.resize(floats);
     return scratch.data();
 }
 
 void run(const cpu::Gemm & g, int ith, int nth) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
-    cpu::gemm_avx512(g, ith, nth, thread_scratch(cpu::gemm_scratch_floats(g)));
+    cpu::gemm_avx512(g, ith, nth, static_cast<float *>(thread_scratch(cpu::gemm_scratch_floats(g) * sizeof(float))));
 #else
     (void)g, (void)ith, (void)nth;
 #endif
@@ -91,13 +91,6 @@ void linear_op(ggml_tensor * dst, int ith, int nth, void *) {
     run(g, ith, nth);
 }
 
-// Bytes of scratch per thread for the quantized kernel, grown and kept.
-void * thread_bytes(size_t bytes) {
-    thread_local std::vector<uint8_t> scratch;
-    if (scratch.size() < bytes) scratch.resize(bytes);
-    return scratch.data();
-}
-
 void linear_q_op(ggml_tensor * dst, int ith, int nth, void *) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
     const ggml_tensor * w = dst->src[0];
@@ -113,7 +106,7 @@ void linear_q_op(ggml_tensor * dst, int ith, int nth, void *) {
     g.nb1 = x->nb[1];
     g.bias = dst->src[2] ? static_cast<const float *>(dst->src[2]->data) : nullptr;
     g.out = static_cast<float *>(dst->data);
-    cpu::qgemm_avx512vnni(g, ith, nth, thread_bytes(cpu::qgemm_scratch_bytes(g)));
+    cpu::qgemm_avx512vnni(g, ith, nth, thread_scratch(cpu::qgemm_scratch_bytes(g)));
 #else
     (void)dst, (void)ith, (void)nth;
 #endif
@@ -143,10 +136,14 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
     }
 }
 
-void check_operands(const ggml_tensor * w, const ggml_tensor * x, const ggml_tensor * bias, int64_t outputs, const char * op) {
+void check_bias(const ggml_tensor * bias, int64_t outputs, const char * op) {
     if (bias && (bias->type != GGML_TYPE_F32 || !ggml_is_contiguous(bias) || ggml_nelements(bias) != outputs)) {
-        throw Error(ErrorCode::Internal, std::string(op) + " needs a contiguous f32 bias with one value per output channel");
+        throw Error(ErrorCode::Internal, std::string(op) + " needs a contiguous f32 bias with one value per output");
     }
+}
+
+void check_operands(const ggml_tensor * w, const ggml_tensor * x, const ggml_tensor * bias, int64_t outputs, const char * op) {
+    check_bias(bias, outputs, op);
     if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || x->nb[0] != sizeof(float)) {
         throw Error(ErrorCode::Internal, std::string(op) + " needs contiguous f16 weights and f32 activations");
     }
@@ -158,7 +155,7 @@ bool cpu_kernels_available() {
     static const bool available = [] {
         const char * env = std::getenv("SDNODE_CPU_KERNELS");
         if (env && std::strcmp(env, "0") == 0) return false;
-        return cpu_has_avx512();
+        return cpu_isa().avx512;
     }();
     return available;
 }
@@ -248,7 +245,7 @@ CpuKernels verify(ggml_backend_t backend) {
         }
         k.f32 = run_checks(c, backend);
     }
-    if (k.f16 && cpu_has_vnni()) {
+    if (k.f16 && cpu_isa().vnni) {
         // q8_0 / q4_0 linear layers: partial tiles, a bias, an odd column count.
         SelfCheck c;
         for (ggml_type type : {GGML_TYPE_Q8_0, GGML_TYPE_Q4_0}) {
@@ -315,9 +312,7 @@ ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x,
         x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || w->ne[0] != x->ne[0] || w->ne[0] % 32 != 0) {
         throw Error(ErrorCode::Internal, "cpu_linear_q needs contiguous q8_0/q4_0 weights and contiguous f32 rows of the same width");
     }
-    if (bias && (bias->type != GGML_TYPE_F32 || !ggml_is_contiguous(bias) || ggml_nelements(bias) != w->ne[1])) {
-        throw Error(ErrorCode::Internal, "cpu_linear_q needs a contiguous f32 bias with one value per output");
-    }
+    check_bias(bias, w->ne[1], "cpu_linear_q");
     ggml_tensor * args[] = {w, x, bias};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2, linear_q_op,
                           GGML_N_TASKS_MAX, nullptr);

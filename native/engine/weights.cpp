@@ -206,9 +206,7 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
             mapped[i] = true;
         }
     }
-    bool copied = false;
-    for (size_t i = 0; i < todo.size(); ++i) copied = copied || !mapped[i];
-    if (copied) {
+    if (std::find(mapped.begin(), mapped.end(), false) != mapped.end()) {  // something to copy
         out.buffer_.reset(ggml_backend_alloc_ctx_tensors(out.ctx_.get(), backend));
         if (!out.buffer_) {
             throw Error(ErrorCode::OutOfMemory, std::string("cannot allocate the ") + component_name(component) +
