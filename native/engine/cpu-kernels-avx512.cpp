@@ -26,6 +26,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <cstdlib>
 
 namespace sd::cpu {
 
@@ -332,9 +333,262 @@ __m512 reduce16(const __m512 * v) {
     return _mm512_permutexvar_ps(order, r);
 }
 
+// ---------------------------------------------------------------- slice kernel (convolutions)
+//
+// The same sums computed the other way round, for convolutions with many output pixels. ggml's
+// lane l of accumulator s only ever sees elements 64c + σ (σ = 16s + l, c = 0, 1, ...): each
+// output is 64 independent FMA chains ("slices") of depth K/64, then a fixed tree of additions
+// (pairs differing in σ's bit 5 first: a0 + a2, a1 + a3; then bit 4: (a0+a2) + (a1+a3); then
+// the lane bits 3, 2, 1, 0 of _mm512_reduce_add_ps). A slice is an ordinary matrix product, so
+// it runs as a BLAS-style register tile: 16 output pixels per vector, one weight broadcast per
+// kNV FMAs, nothing reduced across lanes. Slices run in bit-reversed order (t = 0..63, σ =
+// reverse(t)), so the tree folds like a binary counter: slice t's tile is added to the partials
+// on a small stack once per trailing one bit of t, and slice 63 leaves the finished sums.
+namespace slice {
+
+constexpr int kMR = 6;                     // weight rows per register tile (broadcast)
+constexpr int kNV = 4;                     // vectors of pixels per register tile
+constexpr int kNR = kNV * kLanes;          // pixels per tile and per packed panel
+constexpr int kTileFloats = kMR * kNR;
+constexpr int kDepth = 6;                  // stack entries: log2(64)
+constexpr int64_t kGroupBytes = 3 << 20;   // packed pixel panels per group
+constexpr int64_t kBlockBytes = 768 << 10; // packed weight rows per block
+constexpr int64_t kMaxStacks = 32;         // tiles x panels folded at once (their stacks stay in L2)
+constexpr int64_t kChunkBytes = 24 << 10;  // a panel's share of one slice kept in L1
+
+struct Plan {
+    int64_t nc;           // K / 64
+    int64_t panels;       // ceil(N / kNR)
+    int64_t tiles;        // ceil(M / kMR)
+    int64_t group;        // panels packed at once
+    int64_t block_tiles;  // weight tiles packed at once
+    int64_t chunk;        // c per pass over a slice (a panel's chunk stays in L1 across tiles)
+};
+
+Plan plan_for(const Gemm & g) {
+    Plan p;
+    p.nc = g.K / kStep;
+    p.panels = (g.N + kNR - 1) / kNR;
+    p.tiles = (g.M + kMR - 1) / kMR;
+    p.group = min64(p.panels, max64(1, kGroupBytes / (int64_t{4} * kNR * g.K)));
+    p.block_tiles = min64(p.tiles, max64(1, kBlockBytes / (int64_t{4} * kMR * g.K)));
+    p.block_tiles = min64(p.block_tiles, max64(1, kMaxStacks / p.group));
+    p.chunk = min64(p.nc, max64(8, kChunkBytes / (int64_t{4} * kNR)));
+    return p;
+}
+
+int bit_reverse6(int t) {
+    int r = 0;
+    for (int b = 0; b < 6; ++b) r |= ((t >> b) & 1) << (5 - b);
+    return r;
+}
+
+// Panel of pixels [n0, n0 + kNR): vp[(σ*nc + c)*kNR + j] = pixel n0 + j's window element
+// 64c + σ, rounded to f16 (0 outside the image and past N). 16 pixels at a time: one masked
+// load when they are consecutive in one output row at stride 1, else a masked gather.
+void pack_pixels(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
+    const int64_t plane = g.out_w * g.out_h;
+    const int kw = g.kernel_w, kh = g.kernel_h;
+    const int64_t channels = g.K / (static_cast<int64_t>(kw) * kh);
+    const int64_t s1 = static_cast<int64_t>(g.nb1 / sizeof(float)), s2 = static_cast<int64_t>(g.nb2 / sizeof(float));
+    const float * x = reinterpret_cast<const float *>(g.x);
+    for (int jv = 0; jv < kNV; ++jv) {
+        alignas(64) int32_t base[kLanes], y0[kLanes], x0[kLanes];
+        __mmask16 valid = 0;
+        for (int l = 0; l < kLanes; ++l) {
+            const int64_t n = n0 + jv * kLanes + l;
+            const int64_t nn = n < g.N ? n : n0;  // any in-range pixel; masked off below
+            const int64_t ox = nn % g.out_w, oy = (nn / g.out_w) % g.out_h, b = nn / plane;
+            y0[l] = static_cast<int32_t>(oy * g.stride - g.pad);
+            x0[l] = static_cast<int32_t>(ox * g.stride - g.pad);
+            base[l] = static_cast<int32_t>(b * static_cast<int64_t>(g.nb3 / sizeof(float)) + y0[l] * s1 + x0[l]);
+            if (n < g.N) valid = static_cast<__mmask16>(valid | (1u << l));
+        }
+        // Consecutive: all 16 in one output row of one image, stride 1.
+        bool row = valid == 0xffff && g.stride == 1 && y0[0] == y0[kLanes - 1] &&
+                   x0[kLanes - 1] - x0[0] == kLanes - 1 && base[kLanes - 1] - base[0] == kLanes - 1;
+        const __m512i basev = _mm512_load_si512(base), y0v = _mm512_load_si512(y0), x0v = _mm512_load_si512(x0);
+        const __m512i zero = _mm512_setzero_si512(), w_lim = _mm512_set1_epi32(static_cast<int32_t>(g.in_w)),
+                      h_lim = _mm512_set1_epi32(static_cast<int32_t>(g.in_h));
+        __mmask16 col_ok[16];  // per kx (kernel widths up to 16 here)
+        for (int kx = 0; kx < kw; ++kx) {
+            const __m512i ix = _mm512_add_epi32(x0v, _mm512_set1_epi32(kx));
+            col_ok[kx] = _mm512_mask_cmplt_epi32_mask(_mm512_cmpge_epi32_mask(ix, zero), ix, w_lim) & valid;
+        }
+        float * dst = vp + jv * kLanes;
+        int64_t k = 0;
+        for (int64_t ch = 0; ch < channels; ++ch) {
+            for (int ky = 0; ky < kh; ++ky) {
+                const __m512i iy = _mm512_add_epi32(y0v, _mm512_set1_epi32(ky));
+                const __mmask16 row_ok = _mm512_mask_cmplt_epi32_mask(_mm512_cmpge_epi32_mask(iy, zero), iy, h_lim);
+                const int64_t off = ch * s2 + ky * s1;
+                for (int kx = 0; kx < kw; ++kx, ++k) {
+                    const __mmask16 m = row_ok & col_ok[kx];
+                    __m512 v;
+                    if (row) {
+                        v = _mm512_maskz_loadu_ps(m, x + base[0] + off + kx);
+                    } else {
+                        const __m512i idx = _mm512_add_epi32(basev, _mm512_set1_epi32(static_cast<int32_t>(off + kx)));
+                        v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x, 4);
+                    }
+                    v = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+                    _mm512_storeu_ps(dst + ((k & (kStep - 1)) * nc + (k >> 6)) * kNR, v);
+                }
+            }
+        }
+    }
+}
+
+// Weight rows [m0, m0 + kMR) as f32: bp[(σ*nc + c)*kMR + r] = w[m0 + r, 64c + σ] (0 past M).
+void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
+    alignas(64) float row[kStep];
+    for (int r = 0; r < kMR; ++r) {
+        const int64_t m = m0 + r;
+        for (int64_t c = 0; c < nc; ++c) {
+            if (m < g.M) {
+                const uint16_t * w = g.w + m * g.K + c * kStep;
+                for (int s = 0; s < kPasses; ++s)
+                    _mm512_store_ps(row + s * kLanes,
+                                    _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + s * kLanes))));
+            } else {
+                std::memset(row, 0, sizeof(row));
+            }
+            for (int sg = 0; sg < kStep; ++sg) bp[(sg * nc + c) * kMR + r] = row[sg];
+        }
+    }
+}
+
+// One register tile over c-chunk [0, cn) of a slice: acc = (init ? init : 0) + a ⊗ v, FMA by
+// FMA in c order. Not the slice's last chunk: acc goes to `part`. Last chunk: acc is folded
+// into `stack` (depth = entries before, popcount(t)) once per trailing one bit of t and pushed;
+// after slice 63 stack[0] holds the tile's finished sums.
+void tile_slice(const float * a, const float * v, int64_t cn, const float * init, float * part, float * stack,
+                int t, bool last) {
+    __m512 acc[kMR][kNV];
+    for (int r = 0; r < kMR; ++r)
+        for (int j = 0; j < kNV; ++j)
+            acc[r][j] = init ? _mm512_loadu_ps(init + r * kNR + j * kLanes) : _mm512_setzero_ps();
+    for (int64_t c = 0; c < cn; ++c) {
+        __m512 vv[kNV];
+        for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(v + c * kNR + j * kLanes);
+        for (int r = 0; r < kMR; ++r) {
+            const __m512 b = _mm512_set1_ps(a[c * kMR + r]);
+            for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_fmadd_ps(b, vv[j], acc[r][j]);
+        }
+    }
+    float * dst = part;
+    if (last) {
+        int depth = __builtin_popcount(static_cast<unsigned>(t));
+        for (int bits = t; bits & 1; bits >>= 1) {
+            const float * below = stack + --depth * kTileFloats;
+            for (int r = 0; r < kMR; ++r)
+                for (int j = 0; j < kNV; ++j)
+                    acc[r][j] = _mm512_add_ps(_mm512_loadu_ps(below + r * kNR + j * kLanes), acc[r][j]);
+        }
+        dst = stack + depth * kTileFloats;
+    }
+    for (int r = 0; r < kMR; ++r)
+        for (int j = 0; j < kNV; ++j) _mm512_storeu_ps(dst + r * kNR + j * kLanes, acc[r][j]);
+}
+
+// A finished tile (sums[r*kNR + j] for row m0 + r, pixel n0 + j) + bias into out [b, m, pixel].
+void store_tile(const Gemm & g, int64_t m0, int64_t n0, const float * sums) {
+    const int64_t plane = g.out_w * g.out_h;
+    for (int r = 0; r < kMR && m0 + r < g.M; ++r) {
+        const int64_t m = m0 + r;
+        const __m512 bias = _mm512_set1_ps(g.bias ? g.bias[m] : 0.0f);
+        for (int jv = 0; jv < kNV; ++jv) {
+            const int64_t n = n0 + jv * kLanes;
+            if (n >= g.N) break;
+            const int64_t b = n / plane, pix = n % plane;
+            const float * src = sums + r * kNR + jv * kLanes;
+            if (n + kLanes <= g.N && pix + kLanes <= plane) {
+                __m512 v = _mm512_loadu_ps(src);
+                if (g.bias) v = _mm512_add_ps(v, bias);
+                _mm512_storeu_ps(g.out + (b * g.M + m) * plane + pix, v);
+            } else {
+                for (int l = 0; l < kLanes && n + l < g.N; ++l) {
+                    const int64_t nl = n + l;
+                    float v = src[l];
+                    if (g.bias) v += g.bias[m];
+                    g.out[((nl / plane) * g.M + m) * plane + nl % plane] = v;
+                }
+            }
+        }
+    }
+}
+
+size_t scratch_floats(const Gemm & g) {
+    const Plan p = plan_for(g);
+    const int64_t folds = p.group * p.block_tiles;
+    return static_cast<size_t>(p.group * kNR * g.K + p.block_tiles * kMR * g.K + folds * (kDepth + 1) * kTileFloats);
+}
+
+void gemm(const Gemm & g, int ith, int nth, float * scratch) {
+    const Plan p = plan_for(g);
+    // Pixel panels shared out when there are enough of them, else weight tiles.
+    int64_t p0 = 0, p1 = p.panels, t0 = 0, t1 = p.tiles;
+    if (p.panels >= 2 * nth) {
+        p0 = p.panels * ith / nth;
+        p1 = p.panels * (ith + 1) / nth;
+    } else {
+        t0 = p.tiles * ith / nth;
+        t1 = p.tiles * (ith + 1) / nth;
+    }
+    if (p0 >= p1 || t0 >= t1) return;
+    const int64_t K = g.K, nc = p.nc;
+    float * vp = scratch;                            // group panels, kNR * K each
+    float * bp = vp + p.group * kNR * K;             // block_tiles weight tiles, kMR * K each
+    float * stacks = bp + p.block_tiles * kMR * K;   // per (panel, tile): kDepth tiles
+    float * parts = stacks + p.group * p.block_tiles * kDepth * kTileFloats;  // per (panel, tile)
+
+    for (int64_t pg = p0; pg < p1; pg += p.group) {
+        const int64_t pn = min64(p.group, p1 - pg);
+        for (int64_t q = 0; q < pn; ++q) pack_pixels(g, nc, (pg + q) * kNR, vp + q * kNR * K);
+        for (int64_t tb = t0; tb < t1; tb += p.block_tiles) {
+            const int64_t tn = min64(p.block_tiles, t1 - tb);
+            for (int64_t i = 0; i < tn; ++i) pack_weight_tile(g, nc, (tb + i) * kMR, bp + i * kMR * K);
+            for (int t = 0; t < kStep; ++t) {
+                const int64_t sg = bit_reverse6(t);
+                for (int64_t c0 = 0; c0 < nc; c0 += p.chunk) {
+                    const int64_t cn = min64(p.chunk, nc - c0);
+                    const bool last = c0 + cn == nc;
+                    for (int64_t q = 0; q < pn; ++q) {
+                        const float * v = vp + q * kNR * K + (sg * nc + c0) * kNR;
+                        for (int64_t i = 0; i < tn; ++i) {
+                            const int64_t f = q * tn + i;
+                            float * part = parts + f * kTileFloats;
+                            tile_slice(bp + i * kMR * K + (sg * nc + c0) * kMR, v, cn, c0 > 0 ? part : nullptr, part,
+                                       stacks + f * kDepth * kTileFloats, t, last);
+                        }
+                    }
+                }
+            }
+            for (int64_t q = 0; q < pn; ++q)
+                for (int64_t i = 0; i < tn; ++i)
+                    store_tile(g, (tb + i) * kMR, (pg + q) * kNR, stacks + (q * tn + i) * kDepth * kTileFloats);
+        }
+    }
+}
+
+// Convolutions with whole 64-element blocks (no leftovers) and enough pixels to fill panels.
+bool suits(const Gemm & g) {
+    static const bool off = getenv("SLICE_OFF") != nullptr;  // TEMP
+    if (off) return false;
+    if (g.kind != Gemm::Kind::F16 || g.kernel_w == 0 || g.kernel_w > 16 || g.K % kStep != 0) return false;
+    if (g.nb1 % 4 || g.nb2 % 4 || g.nb3 % 4 || g.M < 16 || g.N < 4 * kNR || g.K < 8 * kStep) return false;
+    // 32-bit element offsets: the whole input (plus a window's reach) must be addressable.
+    const int64_t batches = (g.N + g.out_w * g.out_h - 1) / (g.out_w * g.out_h);
+    const int64_t span = (batches * static_cast<int64_t>(g.nb3) + static_cast<int64_t>(g.nb1) * g.kernel_h) / 4 + g.kernel_w;
+    return span < (int64_t{1} << 30);
+}
+
+}  // namespace slice
+
 }  // namespace
 
 size_t gemm_scratch_floats(const Gemm & g) {
+    if (slice::suits(g)) return slice::scratch_floats(g);
     const Blocking bl = blocking_for(g);
     const int64_t panel = kNR * g.K;
     const int64_t parts = kMaxL1Panels * bl.row_block * kNR * kLanes * kPasses;
@@ -343,6 +597,10 @@ size_t gemm_scratch_floats(const Gemm & g) {
 }
 
 void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
+    if (slice::suits(g)) {
+        slice::gemm(g, ith, nth, scratch);
+        return;
+    }
     const Blocking bl = blocking_for(g);
 
     // This thread's rectangle: a share of the panels when there are enough of them, else a

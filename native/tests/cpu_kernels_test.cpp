@@ -177,6 +177,14 @@ int main() {
     conv_case(4, 4, 1280, 42, 2, 3, 1, 1, 2);             // K = 11520: several row blocks
     conv_case(64, 48, 16, 8, 1, 3, 1, 1, 2);              // many panels, several panel groups
     conv_case(24, 24, 128, 128, 1, 3, 1, 1, 2);           // a VAE-like layer
+    // The slice kernel (K a multiple of 64 and >= 512, >= 256 output pixels, >= 16 rows):
+    for (int threads : {1, 2, 3}) {
+        conv_case(20, 13, 64, 23, 2, 3, 1, 1, threads);   // 260-pixel images: vectors straddle them; 23 rows
+        conv_case(33, 31, 64, 17, 1, 3, 2, 1, threads);   // stride 2: gathered windows
+    }
+    conv_case(16, 16, 704, 40, 1, 3, 1, 1, 2);            // K = 6336: chunked slices, 1-panel groups, 2 blocks
+    conv_case(20, 20, 512, 24, 1, 1, 1, 0, 2);            // 1x1, K = 512
+    conv_case(18, 18, 64, 16, 1, 5, 1, 2, 3);             // 5x5, padding 2
     for (int threads : {1, 2, 3}) {
         linear_case(320, 77, 50, 3, false, threads);
         linear_case(77, 20, 9, 1, false, threads);        // K = 77: 1 group + 13 leftovers

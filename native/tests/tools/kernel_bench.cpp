@@ -1,0 +1,76 @@
+// Times sdnode's f16 conv kernel against ggml's im2col + mul_mat on the convolutions of an SD1
+// UNet step and VAE decode at 256x256 (2 threads by default), printing GFLOP/s side by side.
+// Not a test: `build-tests/kernel_bench [threads] [reps] [filter]`.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cpu-kernels.h"
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+namespace {
+
+struct Shape {
+    const char * name;
+    int64_t W, H, IC, OC, N;
+    int k;
+};
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+double time_graph(ggml_context * ctx, ggml_tensor * out, int threads, int reps) {
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    std::vector<double> t;
+    for (int r = 0; r < reps + 1; ++r) {
+        const auto a = std::chrono::steady_clock::now();
+        ggml_graph_compute_with_ctx(ctx, gf, threads);
+        const auto b = std::chrono::steady_clock::now();
+        if (r > 0) t.push_back(std::chrono::duration<double>(b - a).count());
+    }
+    return *std::min_element(t.begin(), t.end());  // least disturbed run: this VM is noisy
+}
+
+}  // namespace
+
+int main(int argc, char ** argv) {
+    const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
+    const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
+    const char * filter = argc > 3 ? argv[3] : nullptr;
+    const bool with_ggml = std::getenv("KBENCH_GGML") != nullptr;
+    const Shape shapes[] = {
+        {"unet 32x32 320->320", 32, 32, 320, 320, 2, 3},   {"unet 16x16 640->640", 16, 16, 640, 640, 2, 3},
+        {"unet 8x8 1280->1280", 8, 8, 1280, 1280, 2, 3},   {"unet 4x4 1280->1280", 4, 4, 1280, 1280, 2, 3},
+        {"unet 4x4 2560->1280", 4, 4, 2560, 1280, 2, 3},   {"unet 32x32 640->320", 32, 32, 640, 320, 2, 3},
+        {"unet 32x32 320->320 1x1", 32, 32, 320, 320, 2, 1},
+        {"vae 32x32 512->512", 32, 32, 512, 512, 1, 3},     {"vae 64x64 512->512", 64, 64, 512, 512, 1, 3},
+        {"vae 128x128 256->256", 128, 128, 256, 256, 1, 3}, {"vae 256x256 128->128", 256, 256, 128, 128, 1, 3},
+    };
+    std::printf("%-28s %10s %10s %10s\n", "shape", "ms", "GFLOP/s", with_ggml ? "ggml GF/s" : "");
+    for (const Shape & s : shapes) {
+        if (filter && !std::strstr(s.name, filter)) continue;
+        ggml_init_params p{size_t(1) << 30, nullptr, false};
+        ggml_context * ctx = ggml_init(p);
+        ggml_tensor * w = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, s.k, s.k, s.IC, s.OC);
+        ggml_tensor * x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, s.W, s.H, s.IC, s.N);
+        auto * wd = static_cast<ggml_fp16_t *>(w->data);
+        for (int64_t i = 0; i < ggml_nelements(w); ++i) wd[i] = ggml_fp32_to_fp16(float((i * 7919) % 1000) * 1e-4f - 0.05f);
+        auto * xd = static_cast<float *>(x->data);
+        for (int64_t i = 0; i < ggml_nelements(x); ++i) xd[i] = float((i * 104729) % 2000) * 1e-3f - 1.0f;
+        const int pad = s.k / 2;
+        const double flop = 2.0 * s.OC * s.IC * s.k * s.k * s.W * s.H * s.N;
+        const double ours = time_graph(ctx, sd::cpu_conv2d_f16(ctx, w, x, 1, pad), threads, reps);
+        double theirs = 0;
+        if (with_ggml) theirs = time_graph(ctx, ggml_conv_2d(ctx, w, x, 1, 1, pad, pad, 1, 1), threads, reps);
+        std::printf("%-28s %10.2f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9, with_ggml ? flop / theirs * 1e-9 : 0.0);
+        ggml_free(ctx);
+    }
+    return 0;
+}
