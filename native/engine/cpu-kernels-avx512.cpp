@@ -351,9 +351,10 @@ constexpr int kNV = 4;                     // vectors of pixels per register til
 constexpr int kNR = kNV * kLanes;          // pixels per tile and per packed panel
 constexpr int kTileFloats = kMR * kNR;
 constexpr int kDepth = 6;                  // stack entries: log2(64)
-constexpr int64_t kGroupBytes = 3 << 20;   // packed pixel panels per group
-constexpr int64_t kBlockBytes = 768 << 10; // packed weight rows per block
-constexpr int64_t kMaxStacks = 32;         // tiles x panels folded at once (their stacks stay in L2)
+constexpr int64_t kGroupBytes = 8 << 20;   // packed pixel panels per group (weights packed once per group)
+constexpr int64_t kMinGroup = 4;           // ... but at least this many panels where there are
+constexpr int64_t kBlockTiles = 8;         // weight tiles folded against a panel's slice while it is in L1
+constexpr int64_t kSubgroup = 4;           // panels folded at once: 4 x 8 stacks (295 KB) stay in L2
 constexpr int64_t kChunkBytes = 24 << 10;  // a panel's share of one slice kept in L1
 
 struct Plan {
@@ -361,8 +362,7 @@ struct Plan {
     int64_t panels;       // ceil(N / kNR)
     int64_t tiles;        // ceil(M / kMR)
     int64_t group;        // panels packed at once
-    int64_t block_tiles;  // weight tiles packed at once
-    int64_t chunk;        // c per pass over a slice (a panel's chunk stays in L1 across tiles)
+    int64_t chunk;        // c per pass over a slice
 };
 
 Plan plan_for(const Gemm & g) {
@@ -370,9 +370,7 @@ Plan plan_for(const Gemm & g) {
     p.nc = g.K / kStep;
     p.panels = (g.N + kNR - 1) / kNR;
     p.tiles = (g.M + kMR - 1) / kMR;
-    p.group = min64(p.panels, max64(1, kGroupBytes / (int64_t{4} * kNR * g.K)));
-    p.block_tiles = min64(p.tiles, max64(1, kBlockBytes / (int64_t{4} * kMR * g.K)));
-    p.block_tiles = min64(p.block_tiles, max64(1, kMaxStacks / p.group));
+    p.group = min64(p.panels, max64(kMinGroup, kGroupBytes / (int64_t{4} * kNR * g.K)));
     p.chunk = min64(p.nc, max64(8, kChunkBytes / (int64_t{4} * kNR)));
     return p;
 }
@@ -440,20 +438,45 @@ void pack_pixels(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
 }
 
 // Weight rows [m0, m0 + kMR) as f32: bp[(σ*nc + c)*kMR + r] = w[m0 + r, 64c + σ] (0 past M).
+// 16 σ at a time: the rows' 16 values (8 vectors, rows 6-7 zero) are transposed so that each σ's
+// kMR floats are one masked store.
 void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
-    alignas(64) float row[kStep];
-    for (int r = 0; r < kMR; ++r) {
-        const int64_t m = m0 + r;
-        for (int64_t c = 0; c < nc; ++c) {
-            if (m < g.M) {
-                const uint16_t * w = g.w + m * g.K + c * kStep;
-                for (int s = 0; s < kPasses; ++s)
-                    _mm512_store_ps(row + s * kLanes,
-                                    _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(w + s * kLanes))));
-            } else {
-                std::memset(row, 0, sizeof(row));
+    static_assert(kMR <= 8, "rows are transposed 8 at a time");
+    const uint16_t * rows[kMR];
+    for (int r = 0; r < kMR; ++r) rows[r] = m0 + r < g.M ? g.w + (m0 + r) * g.K : nullptr;
+    for (int64_t c = 0; c < nc; ++c) {
+        for (int s = 0; s < kPasses; ++s) {
+            __m512 v[8];
+            for (int r = 0; r < 8; ++r) {
+                const uint16_t * src = r < kMR ? rows[r] : nullptr;
+                v[r] = src ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + c * kStep + s * kLanes)))
+                           : _mm512_setzero_ps();
             }
-            for (int sg = 0; sg < kStep; ++sg) bp[(sg * nc + c) * kMR + r] = row[sg];
+            // Within each 128-bit lane L: u[i] = rows 0-3 of column 4L + i, u[4 + i] rows 4-7.
+            __m512 u[8];
+            for (int h = 0; h < 2; ++h) {
+                const __m512 t0 = _mm512_unpacklo_ps(v[4 * h], v[4 * h + 1]), t1 = _mm512_unpackhi_ps(v[4 * h], v[4 * h + 1]);
+                const __m512 t2 = _mm512_unpacklo_ps(v[4 * h + 2], v[4 * h + 3]), t3 = _mm512_unpackhi_ps(v[4 * h + 2], v[4 * h + 3]);
+                u[4 * h + 0] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+                u[4 * h + 1] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+                u[4 * h + 2] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+                u[4 * h + 3] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int i = 0; i < 4; ++i) {
+                // lo = [col i, col 4+i] (8 rows each), hi = [col 8+i, col 12+i].
+                const __m512 a = _mm512_shuffle_f32x4(u[i], u[4 + i], _MM_SHUFFLE(1, 0, 1, 0));
+                const __m512 b = _mm512_shuffle_f32x4(u[i], u[4 + i], _MM_SHUFFLE(3, 2, 3, 2));
+                const __m512 lo = _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(3, 1, 2, 0));
+                const __m512 hi = _mm512_shuffle_f32x4(b, b, _MM_SHUFFLE(3, 1, 2, 0));
+                const int cols[4] = {i, 4 + i, 8 + i, 12 + i};
+                const __m512 src[4] = {lo, lo, hi, hi};
+                for (int q = 0; q < 4; ++q) {
+                    float * dst = bp + ((s * kLanes + cols[q]) * nc + c) * kMR;
+                    // Elements 0-5 (low half) or 8-13 (high half) land at dst[0..5].
+                    if (q % 2 == 0) _mm512_mask_storeu_ps(dst, (1u << kMR) - 1, src[q]);
+                    else _mm512_mask_storeu_ps(dst - 8, static_cast<__mmask16>(((1u << kMR) - 1) << 8), src[q]);
+                }
+            }
         }
     }
 }
@@ -520,15 +543,16 @@ void store_tile(const Gemm & g, int64_t m0, int64_t n0, const float * sums) {
 
 size_t scratch_floats(const Gemm & g) {
     const Plan p = plan_for(g);
-    const int64_t folds = p.group * p.block_tiles;
-    return static_cast<size_t>(p.group * kNR * g.K + p.block_tiles * kMR * g.K + folds * (kDepth + 1) * kTileFloats);
+    return static_cast<size_t>(p.group * kNR * g.K + kBlockTiles * kMR * g.K +
+                               kSubgroup * kBlockTiles * (kDepth + 1) * kTileFloats);
 }
 
 void gemm(const Gemm & g, int ith, int nth, float * scratch) {
     const Plan p = plan_for(g);
-    // Pixel panels shared out when there are enough of them, else weight tiles.
+    // Pixel panels shared out when each thread gets a full group's worth, else weight tiles
+    // (every thread then packs all the panels: cheaper than packing weights for few pixels).
     int64_t p0 = 0, p1 = p.panels, t0 = 0, t1 = p.tiles;
-    if (p.panels >= 2 * nth) {
+    if (p.panels >= kMinGroup * nth || p.tiles < 4 * nth) {
         p0 = p.panels * ith / nth;
         p1 = p.panels * (ith + 1) / nth;
     } else {
@@ -537,36 +561,39 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
     }
     if (p0 >= p1 || t0 >= t1) return;
     const int64_t K = g.K, nc = p.nc;
-    float * vp = scratch;                            // group panels, kNR * K each
-    float * bp = vp + p.group * kNR * K;             // block_tiles weight tiles, kMR * K each
-    float * stacks = bp + p.block_tiles * kMR * K;   // per (panel, tile): kDepth tiles
-    float * parts = stacks + p.group * p.block_tiles * kDepth * kTileFloats;  // per (panel, tile)
+    float * vp = scratch;                         // group panels, kNR * K each
+    float * bp = vp + p.group * kNR * K;          // kBlockTiles weight tiles, kMR * K each
+    float * stacks = bp + kBlockTiles * kMR * K;  // per (panel, tile) of a subgroup: kDepth tiles
+    float * parts = stacks + kSubgroup * kBlockTiles * kDepth * kTileFloats;  // and a chunk's partials
 
     for (int64_t pg = p0; pg < p1; pg += p.group) {
         const int64_t pn = min64(p.group, p1 - pg);
         for (int64_t q = 0; q < pn; ++q) pack_pixels(g, nc, (pg + q) * kNR, vp + q * kNR * K);
-        for (int64_t tb = t0; tb < t1; tb += p.block_tiles) {
-            const int64_t tn = min64(p.block_tiles, t1 - tb);
+        for (int64_t tb = t0; tb < t1; tb += kBlockTiles) {
+            const int64_t tn = min64(kBlockTiles, t1 - tb);
             for (int64_t i = 0; i < tn; ++i) pack_weight_tile(g, nc, (tb + i) * kMR, bp + i * kMR * K);
-            for (int t = 0; t < kStep; ++t) {
-                const int64_t sg = bit_reverse6(t);
-                for (int64_t c0 = 0; c0 < nc; c0 += p.chunk) {
-                    const int64_t cn = min64(p.chunk, nc - c0);
-                    const bool last = c0 + cn == nc;
-                    for (int64_t q = 0; q < pn; ++q) {
-                        const float * v = vp + q * kNR * K + (sg * nc + c0) * kNR;
-                        for (int64_t i = 0; i < tn; ++i) {
-                            const int64_t f = q * tn + i;
-                            float * part = parts + f * kTileFloats;
-                            tile_slice(bp + i * kMR * K + (sg * nc + c0) * kMR, v, cn, c0 > 0 ? part : nullptr, part,
-                                       stacks + f * kDepth * kTileFloats, t, last);
+            for (int64_t sq = 0; sq < pn; sq += kSubgroup) {
+                const int64_t qn = min64(kSubgroup, pn - sq);
+                for (int t = 0; t < kStep; ++t) {
+                    const int64_t sg = bit_reverse6(t);
+                    for (int64_t c0 = 0; c0 < nc; c0 += p.chunk) {
+                        const int64_t cn = min64(p.chunk, nc - c0);
+                        const bool last = c0 + cn == nc;
+                        for (int64_t q = 0; q < qn; ++q) {
+                            const float * v = vp + (sq + q) * kNR * K + (sg * nc + c0) * kNR;
+                            for (int64_t i = 0; i < tn; ++i) {
+                                const int64_t f = q * tn + i;
+                                float * part = parts + f * kTileFloats;
+                                tile_slice(bp + i * kMR * K + (sg * nc + c0) * kMR, v, cn, c0 > 0 ? part : nullptr, part,
+                                           stacks + f * kDepth * kTileFloats, t, last);
+                            }
                         }
                     }
                 }
+                for (int64_t q = 0; q < qn; ++q)
+                    for (int64_t i = 0; i < tn; ++i)
+                        store_tile(g, (tb + i) * kMR, (pg + sq + q) * kNR, stacks + (q * tn + i) * kDepth * kTileFloats);
             }
-            for (int64_t q = 0; q < pn; ++q)
-                for (int64_t i = 0; i < tn; ++i)
-                    store_tile(g, (tb + i) * kMR, (pg + q) * kNR, stacks + (q * tn + i) * kDepth * kTileFloats);
         }
     }
 }
