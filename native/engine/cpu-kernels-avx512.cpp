@@ -356,6 +356,8 @@ constexpr int64_t kMinGroup = 4;           // ... but at least this many panels 
 constexpr int64_t kBlockTiles = 8;         // weight tiles folded against a panel's slice while it is in L1
 constexpr int64_t kSubgroup = 4;           // panels folded at once: 4 x 8 stacks (295 KB) stay in L2
 constexpr int64_t kChunkBytes = 24 << 10;  // a panel's share of one slice kept in L1
+static int64_t env_or(const char* n, int64_t d) { const char* v = getenv(n); return v ? atoll(v) : d; }
+static const int64_t kShortChains = env_or("SC", 32), kShortQ = env_or("SQ", 1), kShortT = env_or("ST", 2);  // TEMP tuning
 
 struct Plan {
     int64_t nc;           // K / 64
@@ -437,6 +439,60 @@ void pack_pixels(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
     }
 }
 
+// out[j] = lane j of every row: out[j][i] = rows[i][j] (16 x 16 floats).
+void transpose16(const __m512 * rows, __m512 * out) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; ++i) {  // per 128-bit lane: a0 b0 a1 b1 / a2 b2 a3 b3
+        t[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {  // u[4i + k], 128-bit lane L: rows 4i..4i+3 of column 4L + k
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; ++k) {
+        // a = [col k rows 0-3, col 8+k rows 0-3, col k rows 4-7, col 8+k rows 4-7], b the same for rows 8-15;
+        // a2, b2 likewise for columns 4+k and 12+k.
+        const __m512 a = _mm512_shuffle_f32x4(u[k], u[4 + k], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 a2 = _mm512_shuffle_f32x4(u[k], u[4 + k], _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512 b = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 b2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(3, 1, 3, 1));
+        out[k] = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        out[8 + k] = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        out[4 + k] = _mm512_shuffle_f32x4(a2, b2, _MM_SHUFFLE(2, 0, 2, 0));
+        out[12 + k] = _mm512_shuffle_f32x4(a2, b2, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+// Panel of a linear layer's input rows [n0, n0 + kNR): vp[(σ*nc + c)*kNR + j] = row n0 + j's
+// element 64c + σ, rounded to f16 (0 past N); 16 rows x 16 elements transposed at a time.
+void pack_rows_v(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
+    for (int jv = 0; jv < kNV; ++jv) {
+        const float * rows[kLanes];
+        for (int l = 0; l < kLanes; ++l) {
+            const int64_t n = n0 + jv * kLanes + l;
+            rows[l] = nullptr;
+            if (n < g.N) {
+                const int64_t i1 = n % g.ne1, i2 = (n / g.ne1) % g.ne2, i3 = n / (g.ne1 * g.ne2);
+                rows[l] = reinterpret_cast<const float *>(g.x + i1 * g.nb1 + i2 * g.nb2 + i3 * g.nb3);
+            }
+        }
+        for (int64_t c = 0; c < nc; ++c) {
+            for (int s = 0; s < kPasses; ++s) {
+                __m512 in[kLanes], out[kLanes];
+                for (int l = 0; l < kLanes; ++l)
+                    in[l] = rows[l] ? _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(rows[l] + c * kStep + s * kLanes),
+                                                                      _MM_FROUND_TO_NEAREST_INT))
+                                    : _mm512_setzero_ps();
+                transpose16(in, out);
+                for (int l = 0; l < kLanes; ++l) _mm512_storeu_ps(vp + ((s * kLanes + l) * nc + c) * kNR + jv * kLanes, out[l]);
+            }
+        }
+    }
+}
+
 // Weight rows [m0, m0 + kMR) as f32: bp[(σ*nc + c)*kMR + r] = w[m0 + r, 64c + σ] (0 past M).
 // 16 σ at a time: the rows' 16 values (8 vectors, rows 6-7 zero) are transposed so that each σ's
 // kMR floats are one masked store.
@@ -485,12 +541,13 @@ void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
 // FMA in c order. Not the slice's last chunk: acc goes to `part`. Last chunk: acc is folded
 // into `stack` (depth = entries before, popcount(t)) once per trailing one bit of t and pushed;
 // after slice 63 stack[0] holds the tile's finished sums.
-void tile_slice(const float * a, const float * v, int64_t cn, const float * init, float * part, float * stack,
-                int t, bool last) {
+template <bool Init>
+void tile_slice(const float * a, const float * v, int64_t cn, const float * init, float * part, float * stack, int t,
+                bool last) {
     __m512 acc[kMR][kNV];
     for (int r = 0; r < kMR; ++r)
         for (int j = 0; j < kNV; ++j)
-            acc[r][j] = init ? _mm512_loadu_ps(init + r * kNR + j * kLanes) : _mm512_setzero_ps();
+            acc[r][j] = Init ? _mm512_loadu_ps(init + r * kNR + j * kLanes) : _mm512_setzero_ps();
     for (int64_t c = 0; c < cn; ++c) {
         __m512 vv[kNV];
         for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(v + c * kNR + j * kLanes);
@@ -499,23 +556,41 @@ void tile_slice(const float * a, const float * v, int64_t cn, const float * init
             for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_fmadd_ps(b, vv[j], acc[r][j]);
         }
     }
+    // Folding register by register keeps the accumulators in registers (t's trailing ones: how
+    // many partials each sum is added to, nearest first).
     float * dst = part;
+    int folds = 0;
+    const float * below = nullptr;
     if (last) {
-        int depth = __builtin_popcount(static_cast<unsigned>(t));
-        for (int bits = t; bits & 1; bits >>= 1) {
-            const float * below = stack + --depth * kTileFloats;
-            for (int r = 0; r < kMR; ++r)
-                for (int j = 0; j < kNV; ++j)
-                    acc[r][j] = _mm512_add_ps(_mm512_loadu_ps(below + r * kNR + j * kLanes), acc[r][j]);
-        }
-        dst = stack + depth * kTileFloats;
+        const int depth = __builtin_popcount(static_cast<unsigned>(t));
+        folds = __builtin_ctz(~static_cast<unsigned>(t));
+        below = stack + (depth - 1) * kTileFloats;
+        dst = stack + (depth - folds) * kTileFloats;
     }
-    for (int r = 0; r < kMR; ++r)
-        for (int j = 0; j < kNV; ++j) _mm512_storeu_ps(dst + r * kNR + j * kLanes, acc[r][j]);
+#pragma GCC unroll 8
+    for (int r = 0; r < kMR; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < kNV; ++j) {
+            const int64_t o = r * kNR + j * kLanes;
+            __m512 x = acc[r][j];
+            for (int k = 0; k < folds; ++k) x = _mm512_add_ps(_mm512_loadu_ps(below - k * kTileFloats + o), x);
+            _mm512_storeu_ps(dst + o, x);
+        }
+    }
 }
 
-// A finished tile (sums[r*kNR + j] for row m0 + r, pixel n0 + j) + bias into out [b, m, pixel].
+// A finished tile (sums[r*kNR + j] for weight row m0 + r, column n0 + j) + bias into out:
+// [b, m, pixel] for a convolution, [n, m] for a linear layer.
 void store_tile(const Gemm & g, int64_t m0, int64_t n0, const float * sums) {
+    if (g.kernel_w == 0) {
+        const int rows = static_cast<int>(min64(kMR, g.M - m0));
+        const int cols = static_cast<int>(min64(kNR, g.N - n0));
+        for (int j = 0; j < cols; ++j) {
+            float * dst = g.out + (n0 + j) * g.M + m0;
+            for (int r = 0; r < rows; ++r) dst[r] = g.bias ? sums[r * kNR + j] + g.bias[m0 + r] : sums[r * kNR + j];
+        }
+        return;
+    }
     const int64_t plane = g.out_w * g.out_h;
     for (int r = 0; r < kMR && m0 + r < g.M; ++r) {
         const int64_t m = m0 + r;
@@ -568,42 +643,59 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
 
     for (int64_t pg = p0; pg < p1; pg += p.group) {
         const int64_t pn = min64(p.group, p1 - pg);
-        for (int64_t q = 0; q < pn; ++q) pack_pixels(g, nc, (pg + q) * kNR, vp + q * kNR * K);
+        for (int64_t q = 0; q < pn; ++q) {
+            if (g.kernel_w > 0) pack_pixels(g, nc, (pg + q) * kNR, vp + q * kNR * K);
+            else pack_rows_v(g, nc, (pg + q) * kNR, vp + q * kNR * K);
+        }
         for (int64_t tb = t0; tb < t1; tb += kBlockTiles) {
             const int64_t tn = min64(kBlockTiles, t1 - tb);
             for (int64_t i = 0; i < tn; ++i) pack_weight_tile(g, nc, (tb + i) * kMR, bp + i * kMR * K);
-            for (int64_t sq = 0; sq < pn; sq += kSubgroup) {
-                const int64_t qn = min64(kSubgroup, pn - sq);
-                for (int t = 0; t < kStep; ++t) {
-                    const int64_t sg = bit_reverse6(t);
-                    for (int64_t c0 = 0; c0 < nc; c0 += p.chunk) {
-                        const int64_t cn = min64(p.chunk, nc - c0);
-                        const bool last = c0 + cn == nc;
-                        for (int64_t q = 0; q < qn; ++q) {
-                            const float * v = vp + (sq + q) * kNR * K + (sg * nc + c0) * kNR;
-                            for (int64_t i = 0; i < tn; ++i) {
-                                const int64_t f = q * tn + i;
-                                float * part = parts + f * kTileFloats;
-                                tile_slice(bp + i * kMR * K + (sg * nc + c0) * kMR, v, cn, c0 > 0 ? part : nullptr, part,
-                                           stacks + f * kDepth * kTileFloats, t, last);
+            // Fold sets: qf panels x tf tiles whose stacks (qf*tf*9 KB) are touched once per slice:
+            // in L2 when chains are long, in L1 when they are short (then the stacks' traffic is
+            // the larger part).
+            const bool short_chains = nc < kShortChains;
+            const int64_t qf = short_chains ? kShortQ : kSubgroup, tf = short_chains ? kShortT : kBlockTiles;
+            for (int64_t sq = 0; sq < pn; sq += qf) {
+                const int64_t qn = min64(qf, pn - sq);
+                for (int64_t ib = 0; ib < tn; ib += tf) {
+                    const int64_t in = min64(tf, tn - ib);
+                    for (int t = 0; t < kStep; ++t) {
+                        const int64_t sg = bit_reverse6(t);
+                        for (int64_t c0 = 0; c0 < nc; c0 += p.chunk) {
+                            const int64_t cn = min64(p.chunk, nc - c0);
+                            const bool last = c0 + cn == nc;
+                            for (int64_t q = 0; q < qn; ++q) {
+                                const float * v = vp + (sq + q) * kNR * K + (sg * nc + c0) * kNR;
+                                for (int64_t i = 0; i < in; ++i) {
+                                    const int64_t f = q * in + i;
+                                    float * part = parts + f * kTileFloats;
+                                    const float * a = bp + (ib + i) * kMR * K + (sg * nc + c0) * kMR;
+                                    float * stack = stacks + f * kDepth * kTileFloats;
+                                    if (c0 > 0) tile_slice<true>(a, v, cn, part, part, stack, t, last);
+                                    else tile_slice<false>(a, v, cn, nullptr, part, stack, t, last);
+                                }
                             }
                         }
                     }
+                    for (int64_t q = 0; q < qn; ++q)
+                        for (int64_t i = 0; i < in; ++i)
+                            store_tile(g, (tb + ib + i) * kMR, (pg + sq + q) * kNR, stacks + (q * in + i) * kDepth * kTileFloats);
                 }
-                for (int64_t q = 0; q < qn; ++q)
-                    for (int64_t i = 0; i < tn; ++i)
-                        store_tile(g, (tb + i) * kMR, (pg + sq + q) * kNR, stacks + (q * tn + i) * kDepth * kTileFloats);
             }
         }
     }
 }
 
-// Convolutions with whole 64-element blocks (no leftovers) and enough pixels to fill panels.
+// Convolutions and linear layers with whole 64-element blocks (no leftovers) and enough columns
+// to fill panels.
 bool suits(const Gemm & g) {
     static const bool off = getenv("SLICE_OFF") != nullptr;  // TEMP
     if (off) return false;
-    if (g.kind != Gemm::Kind::F16 || g.kernel_w == 0 || g.kernel_w > 16 || g.K % kStep != 0) return false;
-    if (g.nb1 % 4 || g.nb2 % 4 || g.nb3 % 4 || g.M < 16 || g.N < 4 * kNR || g.K < 8 * kStep) return false;
+    if (g.kind != Gemm::Kind::F16 || g.kernel_w > 16 || g.K % kStep != 0 || g.K < 4 * kStep) return false;
+    static const int64_t min_panels = env_or("MP", 2);  // TEMP
+    if (g.M < 16 || g.N < min_panels * kNR) return false;
+    if (g.kernel_w == 0) return true;
+    if (g.nb1 % 4 || g.nb2 % 4 || g.nb3 % 4) return false;
     // 32-bit element offsets: the whole input (plus a window's reach) must be addressable.
     const int64_t batches = (g.N + g.out_w * g.out_h - 1) / (g.out_w * g.out_h);
     const int64_t span = (batches * static_cast<int64_t>(g.nb3) + static_cast<int64_t>(g.nb1) * g.kernel_h) / 4 + g.kernel_w;

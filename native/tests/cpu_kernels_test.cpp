@@ -192,6 +192,13 @@ int main() {
         linear_case(768, 64, 2, 1, true, threads);        // few columns: rows split across threads
     }
     linear_case(1280, 2560, 128, 2, false, 2);            // GEGLU-sized
+    // The slice kernel (K a multiple of 64 and >= 256, >= 128 rows, >= 16 outputs):
+    for (int threads : {1, 2, 3}) {
+        linear_case(320, 77, 300, 1, false, threads);     // a part-filled panel, 77 outputs
+        linear_case(256, 40, 130, 2, true, threads);      // strided rows over two batches
+        linear_case(512, 30, 150, 1, false, threads);     // 3 panels: split by weight tiles
+        conv_case(12, 11, 64, 30, 1, 3, 1, 1, threads);   // 132 pixels: 3 panels
+    }
 
     // The self-check decides whether the f32 kernel runs; on this build it must, and match.
     ggml_backend_t cpu = ggml_backend_cpu_init();

@@ -52,6 +52,8 @@ int main(int argc, char ** argv) {
         {"unet 8x8 2560->1280", 8, 8, 2560, 1280, 2, 3},    {"unet 4x4 1280->1280", 4, 4, 1280, 1280, 2, 3},
         {"unet 32x32 320->320 1x1", 32, 32, 320, 320, 2, 1},
         {"vae 32x32 512->512", 32, 32, 512, 512, 1, 3},      {"vae 64x64 512->512", 64, 64, 512, 512, 1, 3},
+        {"lin 2048x320->2560", 2048, 1, 320, 2560, 1, 0}, {"lin 2048x320->320", 2048, 1, 320, 320, 1, 0},
+        {"lin 512x640->5120", 512, 1, 640, 5120, 1, 0},   {"lin 128x1280->10240", 128, 1, 1280, 10240, 1, 0},
         {"vae 128x128 256->256", 128, 128, 256, 256, 1, 3},  {"vae 256x256 128->128", 256, 256, 128, 128, 1, 3},
     };
     std::printf("%-28s %10s %10s %10s\n", "shape", "ms", "GFLOP/s", with_ggml ? "ggml GF/s" : "");
@@ -59,17 +61,22 @@ int main(int argc, char ** argv) {
         if (filter && !std::strstr(s.name, filter)) continue;
         ggml_init_params p{size_t(1) << 30, nullptr, false};
         ggml_context * ctx = ggml_init(p);
-        ggml_tensor * w = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, s.k, s.k, s.IC, s.OC);
-        ggml_tensor * x = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, s.W, s.H, s.IC, s.N);
+        // k == 0: a linear layer, W rows of IC inputs -> OC outputs.
+        ggml_tensor * w = s.k ? ggml_new_tensor_4d(ctx, GGML_TYPE_F16, s.k, s.k, s.IC, s.OC)
+                              : ggml_new_tensor_2d(ctx, GGML_TYPE_F16, s.IC, s.OC);
+        ggml_tensor * x = s.k ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, s.W, s.H, s.IC, s.N)
+                              : ggml_new_tensor_2d(ctx, GGML_TYPE_F32, s.IC, s.W);
         auto * wd = static_cast<ggml_fp16_t *>(w->data);
         for (int64_t i = 0; i < ggml_nelements(w); ++i) wd[i] = ggml_fp32_to_fp16(float((i * 7919) % 1000) * 1e-4f - 0.05f);
         auto * xd = static_cast<float *>(x->data);
         for (int64_t i = 0; i < ggml_nelements(x); ++i) xd[i] = float((i * 104729) % 2000) * 1e-3f - 1.0f;
         const int pad = s.k / 2;
-        const double flop = 2.0 * s.OC * s.IC * s.k * s.k * s.W * s.H * s.N;
-        const double ours = time_graph(ctx, sd::cpu_conv2d_f16(ctx, w, x, 1, pad), threads, reps);
+        const double flop = 2.0 * s.OC * s.IC * (s.k ? s.k * s.k : 1) * s.W * s.H * s.N;
+        const double ours =
+            time_graph(ctx, s.k ? sd::cpu_conv2d_f16(ctx, w, x, 1, pad) : sd::cpu_linear_f16(ctx, w, x), threads, reps);
         double theirs = 0;
-        if (with_ggml) theirs = time_graph(ctx, ggml_conv_2d(ctx, w, x, 1, 1, pad, pad, 1, 1), threads, reps);
+        if (with_ggml)
+            theirs = time_graph(ctx, s.k ? ggml_conv_2d(ctx, w, x, 1, 1, pad, pad, 1, 1) : ggml_mul_mat(ctx, w, x), threads, reps);
         std::printf("%-28s %10.2f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9, with_ggml ? flop / theirs * 1e-9 : 0.0);
         ggml_free(ctx);
     }
