@@ -537,6 +537,22 @@ void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
     }
 }
 
+// dst = below[-(Folds-1)] + (... + (below[0] + acc)), tile by tile (Folds partials above each other).
+template <int Folds>
+inline __attribute__((always_inline)) void fold_store(__m512 (&acc)[kMR][kNV], const float * below, float * dst) {
+#pragma GCC unroll 8
+    for (int r = 0; r < kMR; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < kNV; ++j) {
+            const int64_t o = r * kNR + j * kLanes;
+            __m512 x = acc[r][j];
+#pragma GCC unroll 6
+            for (int k = 0; k < Folds; ++k) x = _mm512_add_ps(_mm512_loadu_ps(below - k * kTileFloats + o), x);
+            _mm512_storeu_ps(dst + o, x);
+        }
+    }
+}
+
 // One register tile over c-chunk [0, cn) of a slice: acc = (init ? init : 0) + a ⊗ v, FMA by
 // FMA in c order. Not the slice's last chunk: acc goes to `part`. Last chunk: acc is folded
 // into `stack` (depth = entries before, popcount(t)) once per trailing one bit of t and pushed;
@@ -556,26 +572,21 @@ void tile_slice(const float * a, const float * v, int64_t cn, const float * init
             for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_fmadd_ps(b, vv[j], acc[r][j]);
         }
     }
-    // Folding register by register keeps the accumulators in registers (t's trailing ones: how
-    // many partials each sum is added to, nearest first).
-    float * dst = part;
-    int folds = 0;
-    const float * below = nullptr;
-    if (last) {
-        const int depth = __builtin_popcount(static_cast<unsigned>(t));
-        folds = __builtin_ctz(~static_cast<unsigned>(t));
-        below = stack + (depth - 1) * kTileFloats;
-        dst = stack + (depth - folds) * kTileFloats;
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < kMR; ++r) {
-#pragma GCC unroll 4
-        for (int j = 0; j < kNV; ++j) {
-            const int64_t o = r * kNR + j * kLanes;
-            __m512 x = acc[r][j];
-            for (int k = 0; k < folds; ++k) x = _mm512_add_ps(_mm512_loadu_ps(below - k * kTileFloats + o), x);
-            _mm512_storeu_ps(dst + o, x);
-        }
+    // t's trailing one bits say how many partials the sums are added to (nearest first); one
+    // unrolled variant per count keeps the accumulators in registers and the loop branch-free.
+    if (!last) return fold_store<0>(acc, nullptr, part);
+    const int depth = __builtin_popcount(static_cast<unsigned>(t));
+    const int folds = __builtin_ctz(~static_cast<unsigned>(t));
+    const float * below = stack + (depth - 1) * kTileFloats;
+    float * dst = stack + (depth - folds) * kTileFloats;
+    switch (folds) {
+        case 0: return fold_store<0>(acc, below, dst);
+        case 1: return fold_store<1>(acc, below, dst);
+        case 2: return fold_store<2>(acc, below, dst);
+        case 3: return fold_store<3>(acc, below, dst);
+        case 4: return fold_store<4>(acc, below, dst);
+        case 5: return fold_store<5>(acc, below, dst);
+        default: return fold_store<6>(acc, below, dst);
     }
 }
 
