@@ -80,7 +80,7 @@ float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 float round_to_half(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 // Conv column n's K activations (f32, not yet rounded; 0 outside the image) into `dst`.
-void gather_column(const Gemm & g, int64_t n, float * dst) {
+__attribute__((noinline)) void gather_column(const Gemm & g, int64_t n, float * dst) {
     const int64_t ox = n % g.out_w, oy = (n / g.out_w) % g.out_h, b = n / (g.out_w * g.out_h);
     const int64_t x0 = ox * g.stride - g.pad, y0 = oy * g.stride - g.pad;
     const int kw = g.kernel_w, kh = g.kernel_h;
@@ -139,7 +139,7 @@ bool offsets_fit(const Gemm & g) {
 //   tail[j*tail + t]                = column j, element np + t
 // A column is read straight from the input when it can be (a linear layer's row, a conv window
 // inside the image through `offsets`, 16 elements per gather), else gathered into `tmp` first.
-void pack_panel(const Gemm & g, const Blocking & bl, int64_t n0, const int32_t * offsets, float * tmp, float * vec,
+__attribute__((noinline)) void pack_panel(const Gemm & g, const Blocking & bl, int64_t n0, const int32_t * offsets, float * tmp, float * vec,
                 float * tail) {
     const bool round = g.kind == Gemm::Kind::F16;
     for (int j = 0; j < kNR; ++j) {
@@ -177,7 +177,7 @@ void pack_panel(const Gemm & g, const Blocking & bl, int64_t n0, const int32_t *
 // Rows [m0, m0 + rows) of the weights as f32, tile by tile (kMR rows), pass-major:
 //   a[((t*kPasses + s)*nc + c)*kMR*16 + r*16 + l] = w[m0 + t*kMR + r, 64c + 16s + l]
 // and in F32 mode their leftovers transposed: at[i*row_block + (m - m0)] = row m, element np + i.
-void pack_rows(const Gemm & g, const Blocking & bl, int64_t m0, int64_t rows, float * a, float * at) {
+__attribute__((noinline)) void pack_rows(const Gemm & g, const Blocking & bl, int64_t m0, int64_t rows, float * a, float * at) {
     const bool f16 = g.kind == Gemm::Kind::F16;
     const int64_t K = g.K, nc = bl.nc;
     // Each row is read front to back (streams well from memory) and scattered into the layout.
@@ -386,7 +386,7 @@ int bit_reverse6(int t) {
 // Panel of pixels [n0, n0 + kNR): vp[(σ*nc + c)*kNR + j] = pixel n0 + j's window element
 // 64c + σ, rounded to f16 (0 outside the image and past N). 16 pixels at a time: one masked
 // load when they are consecutive in one output row at stride 1, else a masked gather.
-void pack_pixels(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
+__attribute__((noinline)) void pack_pixels(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
     const int64_t plane = g.out_w * g.out_h;
     const int kw = g.kernel_w, kh = g.kernel_h;
     const int64_t channels = g.K / (static_cast<int64_t>(kw) * kh);
@@ -468,7 +468,7 @@ void transpose16(const __m512 * rows, __m512 * out) {
 
 // Panel of a linear layer's input rows [n0, n0 + kNR): vp[(σ*nc + c)*kNR + j] = row n0 + j's
 // element 64c + σ, rounded to f16 (0 past N); 16 rows x 16 elements transposed at a time.
-void pack_rows_v(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
+__attribute__((noinline)) void pack_rows_v(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
     for (int jv = 0; jv < kNV; ++jv) {
         const float * rows[kLanes];
         for (int l = 0; l < kLanes; ++l) {
@@ -496,7 +496,7 @@ void pack_rows_v(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
 // Weight rows [m0, m0 + kMR) as f32: bp[(σ*nc + c)*kMR + r] = w[m0 + r, 64c + σ] (0 past M).
 // 16 σ at a time: the rows' 16 values (8 vectors, rows 6-7 zero) are transposed so that each σ's
 // kMR floats are one masked store.
-void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
+__attribute__((noinline)) void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
     static_assert(kMR <= 8, "rows are transposed 8 at a time");
     const uint16_t * rows[kMR];
     for (int r = 0; r < kMR; ++r) rows[r] = m0 + r < g.M ? g.w + (m0 + r) * g.K : nullptr;
@@ -592,7 +592,7 @@ void tile_slice(const float * a, const float * v, int64_t cn, const float * init
 
 // A finished tile (sums[r*kNR + j] for weight row m0 + r, column n0 + j) + bias into out:
 // [b, m, pixel] for a convolution, [n, m] for a linear layer.
-void store_tile(const Gemm & g, int64_t m0, int64_t n0, const float * sums) {
+__attribute__((noinline)) void store_tile(const Gemm & g, int64_t m0, int64_t n0, const float * sums) {
     if (g.kernel_w == 0) {
         const int rows = static_cast<int>(min64(kMR, g.M - m0));
         const int cols = static_cast<int>(min64(kNR, g.N - n0));
