@@ -361,6 +361,7 @@ static const int64_t kShortChains = env_or("SC", 32), kShortQ = env_or("SQ", 1),
 
 struct Plan {
     int64_t nc;           // K / 64
+    int64_t np, tail;     // 64 nc; K - np (F32 mode only)
     int64_t panels;       // ceil(N / kNR)
     int64_t tiles;        // ceil(M / kMR)
     int64_t group;        // panels packed at once
@@ -370,6 +371,8 @@ struct Plan {
 Plan plan_for(const Gemm & g) {
     Plan p;
     p.nc = g.K / kStep;
+    p.np = p.nc * kStep;
+    p.tail = g.K - p.np;
     p.panels = (g.N + kNR - 1) / kNR;
     p.tiles = (g.M + kMR - 1) / kMR;
     p.group = min64(p.panels, max64(kMinGroup, kGroupBytes / (int64_t{4} * kNR * g.K)));
@@ -467,8 +470,11 @@ void transpose16(const __m512 * rows, __m512 * out) {
 }
 
 // Panel of a linear layer's input rows [n0, n0 + kNR): vp[(σ*nc + c)*kNR + j] = row n0 + j's
-// element 64c + σ, rounded to f16 (0 past N); 16 rows x 16 elements transposed at a time.
+// element 64c + σ, rounded to f16 in F16 mode (0 past N); 16 rows x 16 elements transposed at a
+// time. F32 mode's leftovers follow: vp[(64nc + i)*kNR + j] = element 64nc + i.
 __attribute__((noinline)) void pack_rows_v(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
+    const bool round = g.kind == Gemm::Kind::F16;
+    const int64_t np = nc * kStep, tail = g.K - np;
     for (int jv = 0; jv < kNV; ++jv) {
         const float * rows[kLanes];
         for (int l = 0; l < kLanes; ++l) {
@@ -482,59 +488,104 @@ __attribute__((noinline)) void pack_rows_v(const Gemm & g, int64_t nc, int64_t n
         for (int64_t c = 0; c < nc; ++c) {
             for (int s = 0; s < kPasses; ++s) {
                 __m512 in[kLanes], out[kLanes];
-                for (int l = 0; l < kLanes; ++l)
-                    in[l] = rows[l] ? _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(rows[l] + c * kStep + s * kLanes),
-                                                                      _MM_FROUND_TO_NEAREST_INT))
-                                    : _mm512_setzero_ps();
+                for (int l = 0; l < kLanes; ++l) {
+                    in[l] = rows[l] ? _mm512_loadu_ps(rows[l] + c * kStep + s * kLanes) : _mm512_setzero_ps();
+                    if (round) in[l] = _mm512_cvtph_ps(_mm512_cvtps_ph(in[l], _MM_FROUND_TO_NEAREST_INT));
+                }
                 transpose16(in, out);
                 for (int l = 0; l < kLanes; ++l) _mm512_storeu_ps(vp + ((s * kLanes + l) * nc + c) * kNR + jv * kLanes, out[l]);
             }
         }
+        for (int64_t i = 0; i < tail; ++i)
+            for (int l = 0; l < kLanes; ++l) vp[(np + i) * kNR + jv * kLanes + l] = rows[l] ? rows[l][np + i] : 0.0f;
     }
+}
+
+// 8 rows x 16 columns transposed: column c (8 floats) ends up in half c / 4 % 2 of
+// out[c / 8 * 4 + c % 4] (column_of() below).
+void transpose8x16(const __m512 * v, __m512 * out) {
+    // Within each 128-bit lane L: u[i] = rows 0-3 of column 4L + i, u[4 + i] rows 4-7.
+    __m512 u[8];
+    for (int h = 0; h < 2; ++h) {
+        const __m512 t0 = _mm512_unpacklo_ps(v[4 * h], v[4 * h + 1]), t1 = _mm512_unpackhi_ps(v[4 * h], v[4 * h + 1]);
+        const __m512 t2 = _mm512_unpacklo_ps(v[4 * h + 2], v[4 * h + 3]), t3 = _mm512_unpackhi_ps(v[4 * h + 2], v[4 * h + 3]);
+        u[4 * h + 0] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * h + 1] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * h + 2] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * h + 3] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        // out[i] = [column i, column 4+i], out[4 + i] = [column 8+i, column 12+i].
+        const __m512 a = _mm512_shuffle_f32x4(u[i], u[4 + i], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 b = _mm512_shuffle_f32x4(u[i], u[4 + i], _MM_SHUFFLE(3, 2, 3, 2));
+        out[i] = _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(3, 1, 2, 0));
+        out[4 + i] = _mm512_shuffle_f32x4(b, b, _MM_SHUFFLE(3, 1, 2, 0));
+    }
+}
+
+// Column c of transpose8x16's output: its first `mask` bits' rows stored at dst.
+void store_column(float * dst, const __m512 * out, int c, unsigned mask) {
+    const __m512 v = out[c / 8 * 4 + c % 4];
+    if (c / 4 % 2 == 0) _mm512_mask_storeu_ps(dst, static_cast<__mmask16>(mask), v);
+    else _mm512_mask_storeu_ps(dst - 8, static_cast<__mmask16>(mask << 8), v);  // elements 8.. land at dst
 }
 
 // Weight rows [m0, m0 + kMR) as f32: bp[(σ*nc + c)*kMR + r] = w[m0 + r, 64c + σ] (0 past M).
 // 16 σ at a time: the rows' 16 values (8 vectors, rows 6-7 zero) are transposed so that each σ's
 // kMR floats are one masked store.
+// F32 mode: rows of `a` as they are, and their leftovers after: bp[(64nc + i)*kMR + r].
 __attribute__((noinline)) void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
     static_assert(kMR <= 8, "rows are transposed 8 at a time");
-    const uint16_t * rows[kMR];
-    for (int r = 0; r < kMR; ++r) rows[r] = m0 + r < g.M ? g.w + (m0 + r) * g.K : nullptr;
+    const bool f16 = g.kind == Gemm::Kind::F16;
+    const int64_t np = nc * kStep;
+    bool live[kMR];
+    for (int r = 0; r < kMR; ++r) live[r] = m0 + r < g.M;
     for (int64_t c = 0; c < nc; ++c) {
         for (int s = 0; s < kPasses; ++s) {
             __m512 v[8];
             for (int r = 0; r < 8; ++r) {
-                const uint16_t * src = r < kMR ? rows[r] : nullptr;
-                v[r] = src ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + c * kStep + s * kLanes)))
-                           : _mm512_setzero_ps();
+                v[r] = _mm512_setzero_ps();
+                if (r >= kMR || !live[r]) continue;
+                const int64_t k = (m0 + r) * g.K + c * kStep + s * kLanes;
+                v[r] = f16 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(g.w + k))) : _mm512_loadu_ps(g.a + k);
             }
-            // Within each 128-bit lane L: u[i] = rows 0-3 of column 4L + i, u[4 + i] rows 4-7.
-            __m512 u[8];
-            for (int h = 0; h < 2; ++h) {
-                const __m512 t0 = _mm512_unpacklo_ps(v[4 * h], v[4 * h + 1]), t1 = _mm512_unpackhi_ps(v[4 * h], v[4 * h + 1]);
-                const __m512 t2 = _mm512_unpacklo_ps(v[4 * h + 2], v[4 * h + 3]), t3 = _mm512_unpackhi_ps(v[4 * h + 2], v[4 * h + 3]);
-                u[4 * h + 0] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-                u[4 * h + 1] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-                u[4 * h + 2] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-                u[4 * h + 3] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-            }
-            for (int i = 0; i < 4; ++i) {
-                // lo = [col i, col 4+i] (8 rows each), hi = [col 8+i, col 12+i].
-                const __m512 a = _mm512_shuffle_f32x4(u[i], u[4 + i], _MM_SHUFFLE(1, 0, 1, 0));
-                const __m512 b = _mm512_shuffle_f32x4(u[i], u[4 + i], _MM_SHUFFLE(3, 2, 3, 2));
-                const __m512 lo = _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(3, 1, 2, 0));
-                const __m512 hi = _mm512_shuffle_f32x4(b, b, _MM_SHUFFLE(3, 1, 2, 0));
-                const int cols[4] = {i, 4 + i, 8 + i, 12 + i};
-                const __m512 src[4] = {lo, lo, hi, hi};
-                for (int q = 0; q < 4; ++q) {
-                    float * dst = bp + ((s * kLanes + cols[q]) * nc + c) * kMR;
-                    // Elements 0-5 (low half) or 8-13 (high half) land at dst[0..5].
-                    if (q % 2 == 0) _mm512_mask_storeu_ps(dst, (1u << kMR) - 1, src[q]);
-                    else _mm512_mask_storeu_ps(dst - 8, static_cast<__mmask16>(((1u << kMR) - 1) << 8), src[q]);
-                }
-            }
+            __m512 cols[8];
+            transpose8x16(v, cols);
+            for (int l = 0; l < kLanes; ++l) store_column(bp + ((s * kLanes + l) * nc + c) * kMR, cols, l, (1u << kMR) - 1);
         }
     }
+    for (int64_t i = np; i < g.K; ++i)
+        for (int r = 0; r < kMR; ++r) bp[i * kMR + r] = live[r] ? g.a[(m0 + r) * g.K + i] : 0.0f;
+}
+
+// F32 mode: ggml_vec_dot_f32's leftovers on a finished tile, in place: sums += a*b rounded for
+// the first 16*floor(L/16) elements and then 8 more if at least 8 remain, fused for the rest
+// (the same rule as f32_tail). bt: the weight tile's leftovers [i][kMR]; vt: the panel's [i][kNR].
+__attribute__((noinline)) void tile_tail(const float * bt, const float * vt, int64_t L, float * sums) {
+    __m512 acc[kMR][kNV];
+    for (int r = 0; r < kMR; ++r)
+        for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_loadu_ps(sums + r * kNR + j * kLanes);
+    int64_t rounded = L / 16 * 16;
+    if (L - rounded >= 8) rounded += 8;
+    int64_t i = 0;
+    for (; i < rounded; ++i) {
+        __m512 vv[kNV];
+        for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(vt + i * kNR + j * kLanes);
+        for (int r = 0; r < kMR; ++r) {
+            const __m512 b = _mm512_set1_ps(bt[i * kMR + r]);
+            for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(b, vv[j]));
+        }
+    }
+    for (; i < L; ++i) {
+        __m512 vv[kNV];
+        for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(vt + i * kNR + j * kLanes);
+        for (int r = 0; r < kMR; ++r) {
+            const __m512 b = _mm512_set1_ps(bt[i * kMR + r]);
+            for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_fmadd_ps(b, vv[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < kMR; ++r)
+        for (int j = 0; j < kNV; ++j) _mm512_storeu_ps(sums + r * kNR + j * kLanes, acc[r][j]);
 }
 
 // dst = below[-(Folds-1)] + (... + (below[0] + acc)), tile by tile (Folds partials above each other).
@@ -594,11 +645,18 @@ void tile_slice(const float * a, const float * v, int64_t cn, const float * init
 // [b, m, pixel] for a convolution, [n, m] for a linear layer.
 __attribute__((noinline)) void store_tile(const Gemm & g, int64_t m0, int64_t n0, const float * sums) {
     if (g.kernel_w == 0) {
+        // out[n, m0 .. m0 + rows): the tile transposed 16 columns at a time, a masked store each.
         const int rows = static_cast<int>(min64(kMR, g.M - m0));
         const int cols = static_cast<int>(min64(kNR, g.N - n0));
-        for (int j = 0; j < cols; ++j) {
-            float * dst = g.out + (n0 + j) * g.M + m0;
-            for (int r = 0; r < rows; ++r) dst[r] = g.bias ? sums[r * kNR + j] + g.bias[m0 + r] : sums[r * kNR + j];
+        for (int jv = 0; jv * kLanes < cols; ++jv) {
+            __m512 v[8], t[8];
+            for (int r = 0; r < 8; ++r) {
+                v[r] = r < rows ? _mm512_loadu_ps(sums + r * kNR + jv * kLanes) : _mm512_setzero_ps();
+                if (r < rows && g.bias) v[r] = _mm512_add_ps(v[r], _mm512_set1_ps(g.bias[m0 + r]));
+            }
+            transpose8x16(v, t);
+            for (int l = 0; l < kLanes && jv * kLanes + l < cols; ++l)
+                store_column(g.out + (n0 + jv * kLanes + l) * g.M + m0, t, l, (1u << rows) - 1);
         }
         return;
     }
@@ -670,7 +728,11 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
                 const int64_t qn = min64(qf, pn - sq);
                 for (int64_t ib = 0; ib < tn; ib += tf) {
                     const int64_t in = min64(tf, tn - ib);
-                    for (int t = 0; t < kStep; ++t) {
+                    if (nc == 0) {  // leftovers only: they start from ggml's zero sums
+                        for (int64_t f = 0; f < qn * in; ++f)
+                            std::memset(stacks + f * kDepth * kTileFloats, 0, sizeof(float) * kTileFloats);
+                    }
+                    for (int t = 0; t < (nc > 0 ? kStep : 0); ++t) {
                         const int64_t sg = bit_reverse6(t);
                         for (int64_t c0 = 0; c0 < nc; c0 += p.chunk) {
                             const int64_t cn = min64(p.chunk, nc - c0);
@@ -688,23 +750,29 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
                             }
                         }
                     }
-                    for (int64_t q = 0; q < qn; ++q)
-                        for (int64_t i = 0; i < in; ++i)
-                            store_tile(g, (tb + ib + i) * kMR, (pg + sq + q) * kNR, stacks + (q * in + i) * kDepth * kTileFloats);
+                    for (int64_t q = 0; q < qn; ++q) {
+                        for (int64_t i = 0; i < in; ++i) {
+                            float * sums = stacks + (q * in + i) * kDepth * kTileFloats;
+                            if (p.tail > 0)
+                                tile_tail(bp + (ib + i) * kMR * K + p.np * kMR, vp + (sq + q) * kNR * K + p.np * kNR, p.tail, sums);
+                            store_tile(g, (tb + ib + i) * kMR, (pg + sq + q) * kNR, sums);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-// Convolutions and linear layers with whole 64-element blocks (no leftovers) and enough columns
-// to fill panels.
+// Convolutions and linear layers with whole 64-element blocks (F16: no leftovers) and enough
+// columns to fill panels; F32 products (attention) with any K.
 bool suits(const Gemm & g) {
     static const bool off = getenv("SLICE_OFF") != nullptr;  // TEMP
     if (off) return false;
-    if (g.kind != Gemm::Kind::F16 || g.kernel_w > 16 || g.K % kStep != 0 || g.K < 4 * kStep) return false;
     static const int64_t min_panels = env_or("MP", 2);  // TEMP
     if (g.M < 16 || g.N < min_panels * kNR) return false;
+    if (g.kind == Gemm::Kind::F32) return g.kernel_w == 0;
+    if (g.kernel_w > 16 || g.K % kStep != 0 || g.K < 4 * kStep) return false;
     if (g.kernel_w == 0) return true;
     if (g.nb1 % 4 || g.nb2 % 4 || g.nb3 % 4) return false;
     // 32-bit element offsets: the whole input (plus a window's reach) must be addressable.

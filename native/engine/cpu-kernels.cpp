@@ -194,7 +194,7 @@ struct SelfCheck {
     ggml_context * ctx = nullptr;
     std::vector<std::pair<ggml_tensor *, ggml_tensor *>> pairs;
     SelfCheck() {
-        ggml_init_params p{ggml_tensor_overhead() * 64 + ggml_graph_overhead(), nullptr, true};
+        ggml_init_params p{ggml_tensor_overhead() * 96 + ggml_graph_overhead(), nullptr, true};
         ctx = ggml_init(p);
     }
     ~SelfCheck() { ggml_free(ctx); }
@@ -260,6 +260,13 @@ CpuKernels verify(ggml_backend_t backend) {
         ggml_tensor * w2 = c.input(GGML_TYPE_F16, 128, 33, 1, 1);
         ggml_tensor * x2 = c.input(GGML_TYPE_F32, 128, 13, 1, 1);
         c.pairs.push_back({ggml_mul_mat(c.ctx, w2, x2), cpu_linear_f16(c.ctx, w2, x2)});
+        // The slice kernel's conv and linear paths (>= 128 columns).
+        ggml_tensor * w3 = c.input(GGML_TYPE_F16, 3, 3, 64, 20);
+        ggml_tensor * x3 = c.input(GGML_TYPE_F32, 12, 11, 64, 1);
+        c.pairs.push_back({ggml_conv_2d(c.ctx, w3, x3, 1, 1, 1, 1, 1, 1), cpu_conv2d_f16(c.ctx, w3, x3, 1, 1)});
+        ggml_tensor * w4 = c.input(GGML_TYPE_F16, 256, 20, 1, 1);
+        ggml_tensor * x4 = c.input(GGML_TYPE_F32, 256, 130, 1, 1);
+        c.pairs.push_back({ggml_mul_mat(c.ctx, w4, x4), cpu_linear_f16(c.ctx, w4, x4)});
         k.f16 = run_checks(c, backend);
     }
     if (k.f16) {
@@ -268,6 +275,11 @@ CpuKernels verify(ggml_backend_t backend) {
         for (int64_t K : {40, 77, 80, 160, 16, 13, 64 + 24}) {
             ggml_tensor * a = c.input(GGML_TYPE_F32, K, 37, 2, 1);
             ggml_tensor * b = c.input(GGML_TYPE_F32, K, 11, 2, 1);
+            c.pairs.push_back({ggml_mul_mat(c.ctx, a, b), cpu_matmul_f32(c.ctx, a, b)});
+        }
+        for (int64_t K : {40, 64 + 24}) {  // the slice kernel's path (>= 128 columns)
+            ggml_tensor * a = c.input(GGML_TYPE_F32, K, 20, 1, 1);
+            ggml_tensor * b = c.input(GGML_TYPE_F32, K, 130, 1, 1);
             c.pairs.push_back({ggml_mul_mat(c.ctx, a, b), cpu_matmul_f32(c.ctx, a, b)});
         }
         k.f32 = run_checks(c, backend);

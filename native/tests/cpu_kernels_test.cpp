@@ -215,6 +215,12 @@ int main() {
         }
     }
     matmul_f32_case(40, 1024, 300, 2, 2);       // a 32x32 latent's self-attention, 2 heads
+    // The slice kernel (>= 128 columns, >= 16 rows): every leftover shape, partial tiles and panels.
+    for (int threads : {1, 2, 3}) {
+        for (int64_t K : {40, 80, 160, 64, 77, 16, 13, 24, 1024, 64 + 24}) {
+            matmul_f32_case(K, 40, 150, 2, threads);
+        }
+    }
 
     const bool vnni = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");

@@ -54,6 +54,7 @@ int main(int argc, char ** argv) {
         {"vae 32x32 512->512", 32, 32, 512, 512, 1, 3},      {"vae 64x64 512->512", 64, 64, 512, 512, 1, 3},
         {"lin 2048x320->2560", 2048, 1, 320, 2560, 1, 0}, {"lin 2048x320->320", 2048, 1, 320, 320, 1, 0},
         {"lin 512x640->5120", 512, 1, 640, 5120, 1, 0},   {"lin 128x1280->10240", 128, 1, 1280, 10240, 1, 0},
+        {"attn qk 1024x40 x1024 h16", 1024, 1024, 40, -16, 1, 0}, {"attn pv 40x1024 x1024 h16", 40, 1024, 1024, -16, 1, 0},
         {"vae 128x128 256->256", 128, 128, 256, 256, 1, 3},  {"vae 256x256 128->128", 256, 256, 128, 128, 1, 3},
     };
     std::printf("%-28s %10s %10s %10s\n", "shape", "ms", "GFLOP/s", with_ggml ? "ggml GF/s" : "");
@@ -61,6 +62,18 @@ int main(int argc, char ** argv) {
         if (filter && !std::strstr(s.name, filter)) continue;
         ggml_init_params p{size_t(1) << 30, nullptr, false};
         ggml_context * ctx = ggml_init(p);
+        if (s.OC < 0) {  // attention product: a [heads, W, IC] x b [heads, H, IC] (f32)
+            ggml_tensor * a = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, s.IC, s.W, -s.OC);
+            ggml_tensor * b = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, s.IC, s.H, -s.OC);
+            for (ggml_tensor * t : {a, b})
+                for (int64_t i = 0; i < ggml_nelements(t); ++i) static_cast<float *>(t->data)[i] = float((i * 7919) % 1000) * 1e-3f - 0.5f;
+            const double flop = 2.0 * s.IC * s.W * s.H * -s.OC;
+            const double ours = time_graph(ctx, sd::cpu_matmul_f32(ctx, a, b), threads, reps);
+            const double theirs = with_ggml ? time_graph(ctx, ggml_mul_mat(ctx, a, b), threads, reps) : 0.0;
+            std::printf("%-28s %10.2f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9, with_ggml ? flop / theirs * 1e-9 : 0.0);
+            ggml_free(ctx);
+            continue;
+        }
         // k == 0: a linear layer, W rows of IC inputs -> OC outputs.
         ggml_tensor * w = s.k ? ggml_new_tensor_4d(ctx, GGML_TYPE_F16, s.k, s.k, s.IC, s.OC)
                               : ggml_new_tensor_2d(ctx, GGML_TYPE_F16, s.IC, s.OC);
