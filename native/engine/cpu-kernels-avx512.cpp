@@ -368,13 +368,13 @@ struct Plan {
     int64_t chunk;        // c per pass over a slice
 };
 
-Plan plan_for(const Gemm & g) {
+Plan plan_for(const Gemm & g, int64_t v_count, int64_t b_count) {
     Plan p;
     p.nc = g.K / kStep;
     p.np = p.nc * kStep;
     p.tail = g.K - p.np;
-    p.panels = (g.N + kNR - 1) / kNR;
-    p.tiles = (g.M + kMR - 1) / kMR;
+    p.panels = (v_count + kNR - 1) / kNR;
+    p.tiles = (b_count + kMR - 1) / kMR;
     p.group = min64(p.panels, max64(kMinGroup, kGroupBytes / (int64_t{4} * kNR * g.K)));
     p.chunk = min64(p.nc, max64(8, kChunkBytes / (int64_t{4} * kNR)));
     return p;
@@ -469,35 +469,52 @@ void transpose16(const __m512 * rows, __m512 * out) {
     }
 }
 
-// Panel of a linear layer's input rows [n0, n0 + kNR): vp[(σ*nc + c)*kNR + j] = row n0 + j's
-// element 64c + σ, rounded to f16 in F16 mode (0 past N); 16 rows x 16 elements transposed at a
-// time. F32 mode's leftovers follow: vp[(64nc + i)*kNR + j] = element 64nc + i.
-__attribute__((noinline)) void pack_rows_v(const Gemm & g, int64_t nc, int64_t n0, float * vp) {
-    const bool round = g.kind == Gemm::Kind::F16;
-    const int64_t np = nc * kStep, tail = g.K - np;
+// Rows of one operand of a linear layer or an attention product, as the packers read them:
+// f16 rows (weights: row i at f16 + i*K), or f32 rows (row i = (i3*ne2 + i2)*ne1 + i1 at
+// f32 + i1*nb1 + i2*nb2 + i3*nb3), rounded to f16 first where ggml does (src1 of an f16 product).
+struct RowSet {
+    const uint16_t * f16 = nullptr;
+    const char * f32 = nullptr;
+    size_t nb1 = 0, nb2 = 0, nb3 = 0;
+    int64_t ne1 = 1, ne2 = 1;
+    int64_t count = 0, K = 0;
+    bool round = false;
+
+    // Row i's first element (f16 or f32 as the set holds), or null past the end.
+    const void * row(int64_t i) const {
+        if (i >= count) return nullptr;
+        if (f16) return f16 + i * K;
+        const int64_t i1 = i % ne1, i2 = (i / ne1) % ne2, i3 = i / (ne1 * ne2);
+        return f32 + i1 * nb1 + i2 * nb2 + i3 * nb3;
+    }
+    __m512 load16(const void * r, int64_t k) const {
+        if (!r) return _mm512_setzero_ps();
+        if (f16) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(static_cast<const uint16_t *>(r) + k)));
+        const __m512 v = _mm512_loadu_ps(static_cast<const float *>(r) + k);
+        return round ? _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)) : v;
+    }
+    // Scalar element (leftovers: F32 mode only, never rounded).
+    float at(const void * r, int64_t k) const { return r ? static_cast<const float *>(r)[k] : 0.0f; }
+};
+
+// Panel of rows [n0, n0 + kNR) as the vector operand: vp[(σ*nc + c)*kNR + j] = row n0 + j's
+// element 64c + σ (0 past the end), 16 rows x 16 elements transposed at a time; leftovers (F32
+// mode) after: vp[(64nc + i)*kNR + j].
+__attribute__((noinline)) void pack_rows_v(const RowSet & rs, int64_t nc, int64_t n0, float * vp) {
+    const int64_t np = nc * kStep;
     for (int jv = 0; jv < kNV; ++jv) {
-        const float * rows[kLanes];
-        for (int l = 0; l < kLanes; ++l) {
-            const int64_t n = n0 + jv * kLanes + l;
-            rows[l] = nullptr;
-            if (n < g.N) {
-                const int64_t i1 = n % g.ne1, i2 = (n / g.ne1) % g.ne2, i3 = n / (g.ne1 * g.ne2);
-                rows[l] = reinterpret_cast<const float *>(g.x + i1 * g.nb1 + i2 * g.nb2 + i3 * g.nb3);
-            }
-        }
+        const void * rows[kLanes];
+        for (int l = 0; l < kLanes; ++l) rows[l] = rs.row(n0 + jv * kLanes + l);
         for (int64_t c = 0; c < nc; ++c) {
             for (int s = 0; s < kPasses; ++s) {
                 __m512 in[kLanes], out[kLanes];
-                for (int l = 0; l < kLanes; ++l) {
-                    in[l] = rows[l] ? _mm512_loadu_ps(rows[l] + c * kStep + s * kLanes) : _mm512_setzero_ps();
-                    if (round) in[l] = _mm512_cvtph_ps(_mm512_cvtps_ph(in[l], _MM_FROUND_TO_NEAREST_INT));
-                }
+                for (int l = 0; l < kLanes; ++l) in[l] = rs.load16(rows[l], c * kStep + s * kLanes);
                 transpose16(in, out);
                 for (int l = 0; l < kLanes; ++l) _mm512_storeu_ps(vp + ((s * kLanes + l) * nc + c) * kNR + jv * kLanes, out[l]);
             }
         }
-        for (int64_t i = 0; i < tail; ++i)
-            for (int l = 0; l < kLanes; ++l) vp[(np + i) * kNR + jv * kLanes + l] = rows[l] ? rows[l][np + i] : 0.0f;
+        for (int64_t i = np; i < rs.K; ++i)
+            for (int l = 0; l < kLanes; ++l) vp[i * kNR + jv * kLanes + l] = rs.at(rows[l], i);
     }
 }
 
@@ -530,32 +547,25 @@ void store_column(float * dst, const __m512 * out, int c, unsigned mask) {
     else _mm512_mask_storeu_ps(dst - 8, static_cast<__mmask16>(mask << 8), v);  // elements 8.. land at dst
 }
 
-// Weight rows [m0, m0 + kMR) as f32: bp[(σ*nc + c)*kMR + r] = w[m0 + r, 64c + σ] (0 past M).
-// 16 σ at a time: the rows' 16 values (8 vectors, rows 6-7 zero) are transposed so that each σ's
-// kMR floats are one masked store.
-// F32 mode: rows of `a` as they are, and their leftovers after: bp[(64nc + i)*kMR + r].
-__attribute__((noinline)) void pack_weight_tile(const Gemm & g, int64_t nc, int64_t m0, float * bp) {
+// Rows [m0, m0 + kMR) as the broadcast operand: bp[(σ*nc + c)*kMR + r] = row m0 + r's element
+// 64c + σ (0 past the end); leftovers (F32 mode) after: bp[(64nc + i)*kMR + r]. 16 σ at a
+// time: the rows' 16 values (8 vectors, rows 6-7 zero) are transposed so that each σ's kMR
+// floats are one masked store.
+__attribute__((noinline)) void pack_rows_b(const RowSet & rs, int64_t nc, int64_t m0, float * bp) {
     static_assert(kMR <= 8, "rows are transposed 8 at a time");
-    const bool f16 = g.kind == Gemm::Kind::F16;
     const int64_t np = nc * kStep;
-    bool live[kMR];
-    for (int r = 0; r < kMR; ++r) live[r] = m0 + r < g.M;
+    const void * rows[8];
+    for (int r = 0; r < 8; ++r) rows[r] = r < kMR ? rs.row(m0 + r) : nullptr;
     for (int64_t c = 0; c < nc; ++c) {
         for (int s = 0; s < kPasses; ++s) {
-            __m512 v[8];
-            for (int r = 0; r < 8; ++r) {
-                v[r] = _mm512_setzero_ps();
-                if (r >= kMR || !live[r]) continue;
-                const int64_t k = (m0 + r) * g.K + c * kStep + s * kLanes;
-                v[r] = f16 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(g.w + k))) : _mm512_loadu_ps(g.a + k);
-            }
-            __m512 cols[8];
+            __m512 v[8], cols[8];
+            for (int r = 0; r < 8; ++r) v[r] = rs.load16(rows[r], c * kStep + s * kLanes);
             transpose8x16(v, cols);
             for (int l = 0; l < kLanes; ++l) store_column(bp + ((s * kLanes + l) * nc + c) * kMR, cols, l, (1u << kMR) - 1);
         }
     }
-    for (int64_t i = np; i < g.K; ++i)
-        for (int r = 0; r < kMR; ++r) bp[i * kMR + r] = live[r] ? g.a[(m0 + r) * g.K + i] : 0.0f;
+    for (int64_t i = np; i < rs.K; ++i)
+        for (int r = 0; r < kMR; ++r) bp[i * kMR + r] = rs.at(rows[r], i);
 }
 
 // F32 mode: ggml_vec_dot_f32's leftovers on a finished tile, in place: sums += a*b rounded for
@@ -641,32 +651,95 @@ void tile_slice(const float * a, const float * v, int64_t cn, const float * init
     }
 }
 
-// A finished tile (sums[r*kNR + j] for weight row m0 + r, column n0 + j) + bias into out:
-// [b, m, pixel] for a convolution, [n, m] for a linear layer.
-__attribute__((noinline)) void store_tile(const Gemm & g, int64_t m0, int64_t n0, const float * sums) {
-    if (g.kernel_w == 0) {
-        // out[n, m0 .. m0 + rows): the tile transposed 16 columns at a time, a masked store each.
-        const int rows = static_cast<int>(min64(kMR, g.M - m0));
-        const int cols = static_cast<int>(min64(kNR, g.N - n0));
+// Which operand plays which part. Convolutions: pixels are the vectors, weight rows the
+// broadcasts. Linear layers and attention: weight rows (m) are the vectors when there are
+// enough of them, so that a tile's output rows out[n, m..m+64) are whole cache lines; else
+// input rows (n) are, as for convolutions.
+struct Roles {
+    bool conv = false;
+    bool v_is_m = false;  // vectors index out's m (its contiguous dimension)
+    RowSet v, b;          // row sets (not for a convolution's pixels)
+    int64_t v_count = 0, b_count = 0;
+};
+
+Roles roles_for(const Gemm & g) {
+    Roles r;
+    if (g.kernel_w > 0) {
+        r.conv = true;
+        r.b.f16 = g.w;
+        r.b.count = g.M;
+        r.b.K = g.K;
+        r.v_count = g.N;
+        r.b_count = g.M;
+        return r;
+    }
+    RowSet w;  // weight rows, or attention's `a` rows
+    if (g.kind == Gemm::Kind::F16) {
+        w.f16 = g.w;
+    } else {
+        w.f32 = reinterpret_cast<const char *>(g.a);
+        w.nb1 = static_cast<size_t>(g.K) * sizeof(float);
+        w.ne1 = g.M;
+    }
+    w.count = g.M;
+    w.K = g.K;
+    RowSet x;  // input rows
+    x.f32 = g.x;
+    x.nb1 = g.nb1;
+    x.nb2 = g.nb2;
+    x.nb3 = g.nb3;
+    x.ne1 = g.ne1;
+    x.ne2 = g.ne2;
+    x.count = g.N;
+    x.K = g.K;
+    x.round = g.kind == Gemm::Kind::F16;
+    r.v_is_m = (g.M >= 4 * kNR || g.M % kNR == 0) && g.N >= 4 * kNR;  // measured: for fewer rows, weights as broadcasts
+    r.v = r.v_is_m ? w : x;
+    r.b = r.v_is_m ? x : w;
+    r.v_count = r.v.count;
+    r.b_count = r.b.count;
+    return r;
+}
+
+// A finished tile (sums[r*kNR + j]: broadcast row b0 + r, vector column v0 + j) + bias into out:
+// [b, m, pixel] for a convolution, [n, m] otherwise.
+__attribute__((noinline)) void store_tile(const Gemm & g, const Roles & ro, int64_t b0, int64_t v0, const float * sums) {
+    const int rows = static_cast<int>(min64(kMR, ro.b_count - b0));
+    const int cols = static_cast<int>(min64(kNR, ro.v_count - v0));
+    if (ro.v_is_m) {
+        // Row n = b0 + r: out[n, v0 .. v0 + cols), 16 at a time.
+        for (int r = 0; r < rows; ++r) {
+            float * dst = g.out + (b0 + r) * g.M + v0;
+            for (int jv = 0; jv * kLanes < cols; ++jv) {
+                const int left = cols - jv * kLanes;
+                const __mmask16 mask = left >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+                __m512 v = _mm512_loadu_ps(sums + r * kNR + jv * kLanes);
+                if (g.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, g.bias + v0 + jv * kLanes));
+                _mm512_mask_storeu_ps(dst + jv * kLanes, mask, v);
+            }
+        }
+        return;
+    }
+    if (!ro.conv) {
+        // out[n, b0 .. b0 + rows): the tile transposed 16 columns at a time, a masked store each.
         for (int jv = 0; jv * kLanes < cols; ++jv) {
             __m512 v[8], t[8];
             for (int r = 0; r < 8; ++r) {
                 v[r] = r < rows ? _mm512_loadu_ps(sums + r * kNR + jv * kLanes) : _mm512_setzero_ps();
-                if (r < rows && g.bias) v[r] = _mm512_add_ps(v[r], _mm512_set1_ps(g.bias[m0 + r]));
+                if (r < rows && g.bias) v[r] = _mm512_add_ps(v[r], _mm512_set1_ps(g.bias[b0 + r]));
             }
             transpose8x16(v, t);
             for (int l = 0; l < kLanes && jv * kLanes + l < cols; ++l)
-                store_column(g.out + (n0 + jv * kLanes + l) * g.M + m0, t, l, (1u << rows) - 1);
+                store_column(g.out + (v0 + jv * kLanes + l) * g.M + b0, t, l, (1u << rows) - 1);
         }
         return;
     }
     const int64_t plane = g.out_w * g.out_h;
-    for (int r = 0; r < kMR && m0 + r < g.M; ++r) {
-        const int64_t m = m0 + r;
+    for (int r = 0; r < rows; ++r) {
+        const int64_t m = b0 + r;
         const __m512 bias = _mm512_set1_ps(g.bias ? g.bias[m] : 0.0f);
-        for (int jv = 0; jv < kNV; ++jv) {
-            const int64_t n = n0 + jv * kLanes;
-            if (n >= g.N) break;
+        for (int jv = 0; jv * kLanes < cols; ++jv) {
+            const int64_t n = v0 + jv * kLanes;
             const int64_t b = n / plane, pix = n % plane;
             const float * src = sums + r * kNR + jv * kLanes;
             if (n + kLanes <= g.N && pix + kLanes <= plane) {
@@ -686,13 +759,15 @@ __attribute__((noinline)) void store_tile(const Gemm & g, int64_t m0, int64_t n0
 }
 
 size_t scratch_floats(const Gemm & g) {
-    const Plan p = plan_for(g);
+    const Roles ro = roles_for(g);
+    const Plan p = plan_for(g, ro.v_count, ro.b_count);
     return static_cast<size_t>(p.group * kNR * g.K + kBlockTiles * kMR * g.K +
                                kSubgroup * kBlockTiles * (kDepth + 1) * kTileFloats);
 }
 
 void gemm(const Gemm & g, int ith, int nth, float * scratch) {
-    const Plan p = plan_for(g);
+    const Roles ro = roles_for(g);
+    const Plan p = plan_for(g, ro.v_count, ro.b_count);
     // Pixel panels shared out when each thread gets a full group's worth, else weight tiles
     // (every thread then packs all the panels: cheaper than packing weights for few pixels).
     int64_t p0 = 0, p1 = p.panels, t0 = 0, t1 = p.tiles;
@@ -714,11 +789,11 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
         const int64_t pn = min64(p.group, p1 - pg);
         for (int64_t q = 0; q < pn; ++q) {
             if (g.kernel_w > 0) pack_pixels(g, nc, (pg + q) * kNR, vp + q * kNR * K);
-            else pack_rows_v(g, nc, (pg + q) * kNR, vp + q * kNR * K);
+            else pack_rows_v(ro.v, nc, (pg + q) * kNR, vp + q * kNR * K);
         }
         for (int64_t tb = t0; tb < t1; tb += kBlockTiles) {
             const int64_t tn = min64(kBlockTiles, t1 - tb);
-            for (int64_t i = 0; i < tn; ++i) pack_weight_tile(g, nc, (tb + i) * kMR, bp + i * kMR * K);
+            for (int64_t i = 0; i < tn; ++i) pack_rows_b(ro.b, nc, (tb + i) * kMR, bp + i * kMR * K);
             // Fold sets: qf panels x tf tiles whose stacks (qf*tf*9 KB) are touched once per slice:
             // in L2 when chains are long, in L1 when they are short (then the stacks' traffic is
             // the larger part).
@@ -755,7 +830,7 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
                             float * sums = stacks + (q * in + i) * kDepth * kTileFloats;
                             if (p.tail > 0)
                                 tile_tail(bp + (ib + i) * kMR * K + p.np * kMR, vp + (sq + q) * kNR * K + p.np * kNR, p.tail, sums);
-                            store_tile(g, (tb + ib + i) * kMR, (pg + sq + q) * kNR, sums);
+                            store_tile(g, ro, (tb + ib + i) * kMR, (pg + sq + q) * kNR, sums);
                         }
                     }
                 }

@@ -197,6 +197,8 @@ int main() {
         linear_case(320, 77, 300, 1, false, threads);     // a part-filled panel, 77 outputs
         linear_case(256, 40, 130, 2, true, threads);      // strided rows over two batches
         linear_case(512, 30, 150, 1, false, threads);     // 3 panels: split by weight tiles
+        linear_case(320, 300, 260, 1, false, threads);    // >= 256 outputs and rows: weight rows are the vectors
+        linear_case(256, 320, 140, 2, true, threads);     // ... with strided rows over two batches
         conv_case(12, 11, 64, 30, 1, 3, 1, 1, threads);   // 132 pixels: 3 panels
     }
 
@@ -219,6 +221,7 @@ int main() {
     for (int threads : {1, 2, 3}) {
         for (int64_t K : {40, 80, 160, 64, 77, 16, 13, 24, 1024, 64 + 24}) {
             matmul_f32_case(K, 40, 150, 2, threads);
+            matmul_f32_case(K, 300, 260, 1, threads);  // rows of `a` as the vectors
         }
     }
 
