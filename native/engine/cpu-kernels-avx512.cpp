@@ -26,7 +26,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <cstdlib>
 
 namespace sd::cpu {
 
@@ -356,8 +355,10 @@ constexpr int64_t kMinGroup = 4;           // ... but at least this many panels 
 constexpr int64_t kBlockTiles = 8;         // weight tiles folded against a panel's slice while it is in L1
 constexpr int64_t kSubgroup = 4;           // panels folded at once: 4 x 8 stacks (295 KB) stay in L2
 constexpr int64_t kChunkBytes = 24 << 10;  // a panel's share of one slice kept in L1
-static int64_t env_or(const char* n, int64_t d) { const char* v = getenv(n); return v ? atoll(v) : d; }
-static const int64_t kShortChains = env_or("SC", 32), kShortQ = env_or("SQ", 1), kShortT = env_or("ST", 2);  // TEMP tuning
+// Chains shorter than this fold kShortQ panels x kShortT tiles at a time, so that their stacks
+// (whose traffic then outweighs the FMAs') stay in L1.
+constexpr int64_t kShortChains = 32, kShortQ = 1, kShortT = 2;
+constexpr int64_t kMinPanels = 2;          // fewer columns: the dot-product kernel
 
 struct Plan {
     int64_t nc;           // K / 64
@@ -842,10 +843,7 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
 // Convolutions and linear layers with whole 64-element blocks (F16: no leftovers) and enough
 // columns to fill panels; F32 products (attention) with any K.
 bool suits(const Gemm & g) {
-    static const bool off = getenv("SLICE_OFF") != nullptr;  // TEMP
-    if (off) return false;
-    static const int64_t min_panels = env_or("MP", 2);  // TEMP
-    if (g.M < 16 || g.N < min_panels * kNR) return false;
+    if (g.M < 16 || g.N < kMinPanels * kNR) return false;
     if (g.kind == Gemm::Kind::F32) return g.kernel_w == 0;
     if (g.kernel_w > 16 || g.K % kStep != 0 || g.K < 4 * kStep) return false;
     if (g.kernel_w == 0) return true;

@@ -3,12 +3,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
-#include <map>
-#include <mutex>
-#include <chrono>
-#include <string>
-#include <algorithm>
-#include <cstdio>
 
 #include "cpu-kernels-impl.h"
 #include "errors.h"
@@ -45,30 +39,9 @@ void * thread_scratch(size_t bytes) {
     return scratch.data();
 }
 
-struct KProf {
-    std::map<std::string, std::pair<double, double>> t;  // key -> seconds, flop
-    ~KProf() {
-        std::vector<std::pair<double, std::string>> v;
-        double tot = 0;
-        for (auto & e : t) { v.push_back({e.second.first, e.first}); tot += e.second.first; }
-        std::sort(v.rbegin(), v.rend());
-        for (auto & e : v) std::fprintf(stderr, "KPROF %8.3f s %5.1f%% %7.1f GF/s  %s\n", e.first, 100 * e.first / tot, t[e.second].second / e.first * 1e-9, e.second.c_str());
-    }
-};
-KProf kprof;
-std::mutex kprof_mu;
 void run(const cpu::Gemm & g, int ith, int nth) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
-    static const bool prof = std::getenv("KPROF") != nullptr;
-    auto t0 = std::chrono::steady_clock::now();
     cpu::gemm_avx512(g, ith, nth, static_cast<float *>(thread_scratch(cpu::gemm_scratch_floats(g) * sizeof(float))));
-    if (prof && ith == 0) {
-        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        char key[200];
-        std::snprintf(key, sizeof key, "%s %s M=%lld K=%lld N=%lld kw=%d s=%d", g.kind == cpu::Gemm::Kind::F16 ? "f16" : "f32", g.kernel_w ? "conv" : "lin", (long long)g.M, (long long)g.K, (long long)g.N, g.kernel_w, g.stride);
-        std::lock_guard<std::mutex> lk(kprof_mu);
-        auto & e = kprof.t[key]; e.first += dt; e.second += 2.0 * g.M * g.K * g.N;
-    }
 #else
     (void)g, (void)ith, (void)nth;
 #endif
