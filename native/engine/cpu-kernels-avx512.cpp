@@ -444,7 +444,7 @@ __attribute__((noinline)) void pack_pixels(const Gemm & g, int64_t nc, int64_t n
 }
 
 // out[j] = lane j of every row: out[j][i] = rows[i][j] (16 x 16 floats).
-void transpose16(const __m512 * rows, __m512 * out) {
+inline __attribute__((always_inline)) void transpose16(const __m512 * rows, __m512 * out) {
     __m512 t[16], u[16];
     for (int i = 0; i < 8; ++i) {  // per 128-bit lane: a0 b0 a1 b1 / a2 b2 a3 b3
         t[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
@@ -521,7 +521,7 @@ __attribute__((noinline)) void pack_rows_v(const RowSet & rs, int64_t nc, int64_
 
 // 8 rows x 16 columns transposed: column c (8 floats) ends up in half c / 4 % 2 of
 // out[c / 8 * 4 + c % 4] (column_of() below).
-void transpose8x16(const __m512 * v, __m512 * out) {
+inline __attribute__((always_inline)) void transpose8x16(const __m512 * v, __m512 * out) {
     // Within each 128-bit lane L: u[i] = rows 0-3 of column 4L + i, u[4 + i] rows 4-7.
     __m512 u[8];
     for (int h = 0; h < 2; ++h) {
@@ -542,7 +542,7 @@ void transpose8x16(const __m512 * v, __m512 * out) {
 }
 
 // Column c of transpose8x16's output: its first `mask` bits' rows stored at dst.
-void store_column(float * dst, const __m512 * out, int c, unsigned mask) {
+inline __attribute__((always_inline)) void store_column(float * dst, const __m512 * out, int c, unsigned mask) {
     const __m512 v = out[c / 8 * 4 + c % 4];
     if (c / 4 % 2 == 0) _mm512_mask_storeu_ps(dst, static_cast<__mmask16>(mask), v);
     else _mm512_mask_storeu_ps(dst - 8, static_cast<__mmask16>(mask << 8), v);  // elements 8.. land at dst
@@ -574,28 +574,38 @@ __attribute__((noinline)) void pack_rows_b(const RowSet & rs, int64_t nc, int64_
 // (the same rule as f32_tail). bt: the weight tile's leftovers [i][kMR]; vt: the panel's [i][kNR].
 __attribute__((noinline)) void tile_tail(const float * bt, const float * vt, int64_t L, float * sums) {
     __m512 acc[kMR][kNV];
+#pragma GCC unroll 8
     for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
         for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_loadu_ps(sums + r * kNR + j * kLanes);
     int64_t rounded = L / 16 * 16;
     if (L - rounded >= 8) rounded += 8;
     int64_t i = 0;
     for (; i < rounded; ++i) {
         __m512 vv[kNV];
+#pragma GCC unroll 4
         for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(vt + i * kNR + j * kLanes);
+#pragma GCC unroll 8
         for (int r = 0; r < kMR; ++r) {
             const __m512 b = _mm512_set1_ps(bt[i * kMR + r]);
-            for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(b, vv[j]));
+    #pragma GCC unroll 4
+        for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(b, vv[j]));
         }
     }
     for (; i < L; ++i) {
         __m512 vv[kNV];
+#pragma GCC unroll 4
         for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(vt + i * kNR + j * kLanes);
+#pragma GCC unroll 8
         for (int r = 0; r < kMR; ++r) {
             const __m512 b = _mm512_set1_ps(bt[i * kMR + r]);
-            for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_fmadd_ps(b, vv[j], acc[r][j]);
+    #pragma GCC unroll 4
+        for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_fmadd_ps(b, vv[j], acc[r][j]);
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
         for (int j = 0; j < kNV; ++j) _mm512_storeu_ps(sums + r * kNR + j * kLanes, acc[r][j]);
 }
 
