@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "cpu-kernels-impl.h"
@@ -35,11 +36,17 @@ CpuIsa cpu_isa() {
 // every kernel, which all run on the compute threads one op at a time.
 // Aligned to 64 bytes: the kernels' vectors then never straddle cache lines (split loads and
 // stores, and store forwarding failing on them, cost up to a third of a short product's time).
+// Left uninitialized: pages a product does not use are never touched (no resident memory).
 void * thread_scratch(size_t bytes) {
-    thread_local std::vector<float> scratch;
+    thread_local std::unique_ptr<float[]> scratch;
+    thread_local size_t size = 0;
     const size_t floats = (bytes + sizeof(float) - 1) / sizeof(float) + 16;
-    if (scratch.size() < floats) scratch.resize(floats);
-    const auto addr = reinterpret_cast<uintptr_t>(scratch.data());
+    if (size < floats) {
+        scratch.reset();
+        scratch.reset(new float[floats]);
+        size = floats;
+    }
+    const auto addr = reinterpret_cast<uintptr_t>(scratch.get());
     return reinterpret_cast<void *>((addr + 63) & ~static_cast<uintptr_t>(63));
 }
 
