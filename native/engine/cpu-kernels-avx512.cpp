@@ -76,6 +76,15 @@ Blocking blocking_for(const Gemm & g) {
 }
 
 float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+// A finished sum for row m (image b of a convolution) stored at out[o]: + bias, + channel_add,
+// + residual, each a float addition in that order.
+float epilogue(const Gemm & g, float v, int64_t m, int64_t b, int64_t o) {
+    if (g.bias) v += g.bias[m];
+    if (g.channel_add) v += g.channel_add[b * g.M + m];
+    if (g.residual) v += g.residual[o];
+    return v;
+}
 float round_to_half(float v) { return _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 // Conv column n's K activations (f32, not yet rounded; 0 outside the image) into `dst`.
@@ -543,10 +552,14 @@ inline __attribute__((always_inline)) void transpose8x16(const __m512 * v, __m51
 }
 
 // Column c of transpose8x16's output: its first `mask` bits' rows stored at dst.
-inline __attribute__((always_inline)) void store_column(float * dst, const __m512 * out, int c, unsigned mask) {
-    const __m512 v = out[c / 8 * 4 + c % 4];
-    if (c / 4 % 2 == 0) _mm512_mask_storeu_ps(dst, static_cast<__mmask16>(mask), v);
-    else _mm512_mask_storeu_ps(dst - 8, static_cast<__mmask16>(mask << 8), v);  // elements 8.. land at dst
+// With `add`: each stored float + add's float at the same index.
+inline __attribute__((always_inline)) void store_column(float * dst, const __m512 * out, int c, unsigned mask,
+                                                        const float * add = nullptr) {
+    __m512 v = out[c / 8 * 4 + c % 4];
+    const bool high = c / 4 % 2 != 0;  // elements 8.. land at dst
+    const __mmask16 m = static_cast<__mmask16>(high ? mask << 8 : mask);
+    if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, high ? add - 8 : add));
+    _mm512_mask_storeu_ps(high ? dst - 8 : dst, m, v);
 }
 
 // Rows [m0, m0 + kMR) as the broadcast operand: bp[(σ*nc + c)*kMR + r] = row m0 + r's element
@@ -727,6 +740,8 @@ __attribute__((noinline)) void store_tile(const Gemm & g, const Roles & ro, int6
                 const __mmask16 mask = left >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
                 __m512 v = _mm512_loadu_ps(sums + r * kNR + jv * kLanes);
                 if (g.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, g.bias + v0 + jv * kLanes));
+                if (g.residual)
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, g.residual + (dst - g.out) + jv * kLanes));
                 _mm512_mask_storeu_ps(dst + jv * kLanes, mask, v);
             }
         }
@@ -741,8 +756,10 @@ __attribute__((noinline)) void store_tile(const Gemm & g, const Roles & ro, int6
                 if (r < rows && g.bias) v[r] = _mm512_add_ps(v[r], _mm512_set1_ps(g.bias[b0 + r]));
             }
             transpose8x16(v, t);
-            for (int l = 0; l < kLanes && jv * kLanes + l < cols; ++l)
-                store_column(g.out + (v0 + jv * kLanes + l) * g.M + b0, t, l, (1u << rows) - 1);
+            for (int l = 0; l < kLanes && jv * kLanes + l < cols; ++l) {
+                const int64_t o = (v0 + jv * kLanes + l) * g.M + b0;
+                store_column(g.out + o, t, l, (1u << rows) - 1, g.residual ? g.residual + o : nullptr);
+            }
         }
         return;
     }
@@ -755,15 +772,16 @@ __attribute__((noinline)) void store_tile(const Gemm & g, const Roles & ro, int6
             const int64_t b = n / plane, pix = n % plane;
             const float * src = sums + r * kNR + jv * kLanes;
             if (n + kLanes <= g.N && pix + kLanes <= plane) {
+                const int64_t o = (b * g.M + m) * plane + pix;
                 __m512 v = _mm512_loadu_ps(src);
                 if (g.bias) v = _mm512_add_ps(v, bias);
-                _mm512_storeu_ps(g.out + (b * g.M + m) * plane + pix, v);
+                if (g.channel_add) v = _mm512_add_ps(v, _mm512_set1_ps(g.channel_add[b * g.M + m]));
+                if (g.residual) v = _mm512_add_ps(v, _mm512_loadu_ps(g.residual + o));
+                _mm512_storeu_ps(g.out + o, v);
             } else {
                 for (int l = 0; l < kLanes && n + l < g.N; ++l) {
-                    const int64_t nl = n + l;
-                    float v = src[l];
-                    if (g.bias) v += g.bias[m];
-                    g.out[((nl / plane) * g.M + m) * plane + nl % plane] = v;
+                    const int64_t nl = n + l, bl = nl / plane;
+                    g.out[(bl * g.M + m) * plane + nl % plane] = epilogue(g, src[l], m, bl, (bl * g.M + m) * plane + nl % plane);
                 }
             }
         }
@@ -777,10 +795,15 @@ int64_t group_for(const Gemm & g, const Plan & p, int64_t panels) {
     return panels * kNR * g.K * int64_t{4} <= kWholeBytes ? panels : p.group;
 }
 
+// The most panels group_for() can give any thread's share: what the scratch must hold.
+int64_t max_group(const Gemm & g, const Plan & p) {
+    return max64(p.group, min64(p.panels, kWholeBytes / (int64_t{4} * kNR * g.K)));
+}
+
 size_t scratch_floats(const Gemm & g) {
     const Roles ro = roles_for(g);
     const Plan p = plan_for(g, ro.v_count, ro.b_count);
-    return static_cast<size_t>(max64(p.group, group_for(g, p, p.panels)) * kNR * g.K + kBlockTiles * kMR * g.K +
+    return static_cast<size_t>(max_group(g, p) * kNR * g.K + kBlockTiles * kMR * g.K +
                                kSubgroup * kBlockTiles * (kDepth + 1) * kTileFloats);
 }
 
@@ -799,7 +822,7 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
     }
     if (p0 >= p1 || t0 >= t1) return;
     const int64_t K = g.K, nc = p.nc;
-    const int64_t group = group_for(g, p, p1 - p0);
+    const int64_t group = min64(group_for(g, p, p1 - p0), max_group(g, p));
     float * vp = scratch;                         // group panels, kNR * K each
     float * bp = vp + group * kNR * K;            // kBlockTiles weight tiles, kMR * K each
     float * stacks = bp + kBlockTiles * kMR * K;  // per (panel, tile) of a subgroup: kDepth tiles
@@ -998,12 +1021,21 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                             for (int j = 0; j < kNR; ++j) sums[j] = _mm512_add_ps(sums[j], b);
                         }
                         for (int j = 0; j < jn; ++j) {
-                            if (m_stride == 1) {
-                                _mm512_storeu_ps(g.out + base[j] + mb + i, sums[j]);
+                            if (m_stride == 1) {  // linear: no channel_add
+                                __m512 v = sums[j];
+                                if (g.residual) v = _mm512_add_ps(v, _mm512_loadu_ps(g.residual + base[j] + mb + i));
+                                _mm512_storeu_ps(g.out + base[j] + mb + i, v);
                             } else {
                                 alignas(64) float lanes[kLanes];
                                 _mm512_store_ps(lanes, sums[j]);
-                                for (int o = 0; o < kLanes; ++o) g.out[base[j] + (mb + i + o) * m_stride] = lanes[o];
+                                const int64_t b = (n0 + j) / (g.out_w * g.out_h);
+                                for (int o = 0; o < kLanes; ++o) {
+                                    const int64_t idx = base[j] + (mb + i + o) * m_stride;
+                                    float v = lanes[o];
+                                    if (g.channel_add) v += g.channel_add[b * g.M + mb + i + o];
+                                    if (g.residual) v += g.residual[idx];
+                                    g.out[idx] = v;
+                                }
                             }
                         }
                     }
@@ -1012,8 +1044,8 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                     for (int j = 0; j < jn; ++j) {
                         float v = finish(g, bl, pparts + (i / kMR) * kMR * kNR * kLanes, pass_stride, static_cast<int>(i % kMR),
                                          j, mb + i, tail + j * bl.tail);
-                        if (g.bias) v += g.bias[mb + i];
-                        g.out[base[j] + (mb + i) * m_stride] = v;
+                        const int64_t idx = base[j] + (mb + i) * m_stride;
+                        g.out[idx] = epilogue(g, v, mb + i, conv ? (n0 + j) / (g.out_w * g.out_h) : 0, idx);
                     }
                 }
             }

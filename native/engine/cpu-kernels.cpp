@@ -58,7 +58,11 @@ void run(const cpu::Gemm & g, int ith, int nth) {
 #endif
 }
 
-cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst) {
+// userdata of the conv and linear ops: stride and padding (12 bits each) and which optional
+// operands follow w and x in dst->src, in this order.
+constexpr uintptr_t kHasBias = uintptr_t{1} << 24, kHasChannelAdd = uintptr_t{1} << 25, kHasResidual = uintptr_t{1} << 26;
+
+cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst, uintptr_t flags) {
     cpu::Gemm g{};
     g.w = static_cast<const uint16_t *>(w->data);
     g.x = static_cast<const char *>(x->data);
@@ -66,7 +70,13 @@ cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor 
     g.nb2 = x->nb[2];
     g.nb3 = x->nb[3];
     g.out = static_cast<float *>(dst->data);
-    g.bias = dst->src[2] ? static_cast<const float *>(dst->src[2]->data) : nullptr;
+    int next = 2;
+    const auto optional = [&](uintptr_t flag) {
+        return (flags & flag) ? static_cast<const float *>(dst->src[next++]->data) : nullptr;
+    };
+    g.bias = optional(kHasBias);
+    g.channel_add = optional(kHasChannelAdd);
+    g.residual = optional(kHasResidual);
     return g;
 }
 
@@ -75,11 +85,11 @@ void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
     const auto packed = reinterpret_cast<uintptr_t>(userdata);
-    cpu::Gemm g = gemm_common(w, x, dst);
+    cpu::Gemm g = gemm_common(w, x, dst, packed);
     g.kernel_w = static_cast<int>(w->ne[0]);
     g.kernel_h = static_cast<int>(w->ne[1]);
-    g.stride = static_cast<int>(packed & 0xffff);
-    g.pad = static_cast<int>(packed >> 16);
+    g.stride = static_cast<int>(packed & 0xfff);
+    g.pad = static_cast<int>((packed >> 12) & 0xfff);
     g.in_w = x->ne[0];
     g.in_h = x->ne[1];
     g.out_w = dst->ne[0];
@@ -90,10 +100,10 @@ void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     run(g, ith, nth);
 }
 
-void linear_op(ggml_tensor * dst, int ith, int nth, void *) {
+void linear_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
-    cpu::Gemm g = gemm_common(w, x, dst);
+    cpu::Gemm g = gemm_common(w, x, dst, reinterpret_cast<uintptr_t>(userdata));
     g.M = w->ne[1];
     g.K = w->ne[0];
     g.ne1 = x->ne[1];
@@ -157,6 +167,27 @@ void check_operands(const ggml_tensor * w, const ggml_tensor * x, const ggml_ten
     check_bias(bias, outputs, op);
     if (w->type != GGML_TYPE_F16 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(w) || x->nb[0] != sizeof(float)) {
         throw Error(ErrorCode::Internal, std::string(op) + " needs contiguous f16 weights and f32 activations");
+    }
+}
+
+// The optional operands after w and x (bias, channel_add, residual) and their flags.
+struct Extras {
+    ggml_tensor * args[5];
+    int count = 2;
+    uintptr_t flags = 0;
+    Extras(ggml_tensor * w, ggml_tensor * x) : args{w, x, nullptr, nullptr, nullptr} {}
+    void add(ggml_tensor * t, uintptr_t flag) {
+        if (!t) return;
+        args[count++] = t;
+        flags |= flag;
+    }
+};
+
+// A residual must be exactly the result's shape, contiguous f32; a channel term [M, images].
+void check_residual(const ggml_tensor * r, const int64_t (&ne)[4], const char * op) {
+    if (r && (r->type != GGML_TYPE_F32 || !ggml_is_contiguous(r) || r->ne[0] != ne[0] || r->ne[1] != ne[1] ||
+              r->ne[2] != ne[2] || r->ne[3] != ne[3])) {
+        throw Error(ErrorCode::Internal, std::string(op) + ": the residual must be a contiguous f32 tensor of the result's shape");
     }
 }
 
@@ -307,17 +338,25 @@ CpuKernels cpu_kernels_on_cpu() {
 }
 
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias) {
+                             ggml_tensor * bias, ggml_tensor * channel_add, ggml_tensor * residual) {
     check_operands(w, x, bias, w->ne[3], "cpu_conv2d_f16");
-    if (stride < 1 || padding < 0 || stride > 0xffff || padding > 0xffff || w->ne[2] != x->ne[2]) {
+    if (stride < 1 || padding < 0 || stride > 0xfff || padding > 0xfff || w->ne[2] != x->ne[2]) {
         throw Error(ErrorCode::Internal, "cpu_conv2d_f16: bad stride, padding or channel count");
     }
-    const int64_t out_w = (x->ne[0] + 2 * padding - w->ne[0]) / stride + 1;
-    const int64_t out_h = (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1;
-    ggml_tensor * args[] = {w, x, bias};
-    void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 16));
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, out_w, out_h, w->ne[3], x->ne[3], args, bias ? 3 : 2, conv2d_op,
-                          GGML_N_TASKS_MAX, params);
+    const int64_t ne[4] = {(x->ne[0] + 2 * padding - w->ne[0]) / stride + 1, (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1,
+                           w->ne[3], x->ne[3]};
+    if (channel_add && (channel_add->type != GGML_TYPE_F32 || !ggml_is_contiguous(channel_add) ||
+                        ggml_nelements(channel_add) != ne[2] * ne[3] || channel_add->ne[0] != ne[2])) {
+        throw Error(ErrorCode::Internal, "cpu_conv2d_f16: the channel term must be contiguous f32 [channels, images]");
+    }
+    check_residual(residual, ne, "cpu_conv2d_f16");
+    Extras e(w, x);
+    e.add(bias, kHasBias);
+    e.add(channel_add, kHasChannelAdd);
+    e.add(residual, kHasResidual);
+    void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 12) | e.flags);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, conv2d_op, GGML_N_TASKS_MAX,
+                          params);
 }
 
 ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
@@ -341,14 +380,19 @@ ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x,
                           GGML_N_TASKS_MAX, nullptr);
 }
 
-ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias) {
+ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias,
+                             ggml_tensor * residual) {
     check_operands(w, x, bias, w->ne[1], "cpu_linear_f16");
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         throw Error(ErrorCode::Internal, "cpu_linear_f16: weight and input widths differ");
     }
-    ggml_tensor * args[] = {w, x, bias};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2, linear_op,
-                          GGML_N_TASKS_MAX, nullptr);
+    const int64_t ne[4] = {w->ne[1], x->ne[1], x->ne[2], x->ne[3]};
+    check_residual(residual, ne, "cpu_linear_f16");
+    Extras e(w, x);
+    e.add(bias, kHasBias);
+    e.add(residual, kHasResidual);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, linear_op, GGML_N_TASKS_MAX,
+                          reinterpret_cast<void *>(e.flags));
 }
 
 }  // namespace sd

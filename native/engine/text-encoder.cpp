@@ -48,11 +48,11 @@ ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) co
         ggml_tensor * k = linear(g, h, p + ".self_attn.k_proj");
         ggml_tensor * v = linear(g, h, p + ".self_attn.v_proj");
         h = attention(g.ctx, q, k, v, params_.heads, true, p + ".self_attn", g.cpu.f32);
-        x = ggml_add(g.ctx, x, linear(g, h, p + ".self_attn.out_proj"));
+        x = linear(g, h, p + ".self_attn.out_proj", x);  // x + out_proj(h)
 
         h = linear(g, layer_norm(g, x, p + ".layer_norm2"), p + ".mlp.fc1");
         h = gelu ? ggml_gelu(g.ctx, h) : ggml_gelu_quick(g.ctx, h);
-        x = named(ggml_add(g.ctx, x, linear(g, h, p + ".mlp.fc2")), p);
+        x = named(linear(g, h, p + ".mlp.fc2", x), p);
     }
     return named(layer_norm(g, x, "text_model.final_layer_norm"), "text_hidden");
 }

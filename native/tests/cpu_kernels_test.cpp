@@ -79,13 +79,27 @@ void conv_case(int64_t W, int64_t H, int64_t IC, int64_t OC, int64_t N, int k, i
     fill(bias, 3, 0.5f);
     ggml_tensor * ref_b = ggml_add(c.ctx, ref, ggml_reshape_4d(c.ctx, bias, 1, 1, OC, 1));
     ggml_tensor * ours_b = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, bias);
+    // Then a per-image channel term (a UNet resblock's time embedding) and a residual, as the
+    // ggml_adds they replace: residual + ((conv + bias) + term).
+    ggml_tensor * term = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, OC, N);
+    fill(term, 5, 0.7f);
+    ggml_tensor * residual = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F32, ref->ne[0], ref->ne[1], OC, N);
+    fill(residual, 6, 1.0f);
+    ggml_tensor * ref_e = ggml_add(c.ctx, residual, ggml_add(c.ctx, ref_b, ggml_reshape_4d(c.ctx, term, 1, 1, OC, N)));
+    ggml_tensor * ours_e = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, bias, term, residual);
+    ggml_tensor * ref_r = ggml_add(c.ctx, residual, ref);  // a residual alone, no bias
+    ggml_tensor * ours_r = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, nullptr, nullptr, residual);
     compute(c.ctx, ref_b, ours_b, threads);
     compute(c.ctx, ref, ours, threads);
+    compute(c.ctx, ref_e, ours_e, threads);
+    compute(c.ctx, ref_r, ours_r, threads);
     char what[160];
     std::snprintf(what, sizeof what, "conv %lldx%lld ic %lld oc %lld n %lld k %d s %d p %d threads %d", (long long)W,
                   (long long)H, (long long)IC, (long long)OC, (long long)N, k, stride, pad, threads);
     CHECK(identical(ref, ours, what));
     CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
+    CHECK(identical(ref_e, ours_e, std::string(what) + " + bias + term + residual"));
+    CHECK(identical(ref_r, ours_r, std::string(what) + " + residual"));
 }
 
 void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int threads) {
@@ -108,13 +122,19 @@ void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int t
     fill(bias, 4, 0.5f);
     ggml_tensor * ref_b = ggml_add(c.ctx, ref, bias);
     ggml_tensor * ours_b = sd::cpu_linear_f16(c.ctx, w, x, bias);
+    ggml_tensor * residual = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, M, L, B);
+    fill(residual, 7, 1.0f);
+    ggml_tensor * ref_r = ggml_add(c.ctx, residual, ref_b);
+    ggml_tensor * ours_r = sd::cpu_linear_f16(c.ctx, w, x, bias, residual);
     compute(c.ctx, ref, ours, threads);
     compute(c.ctx, ref_b, ours_b, threads);
+    compute(c.ctx, ref_r, ours_r, threads);
     char what[160];
     std::snprintf(what, sizeof what, "linear k %lld m %lld l %lld b %lld%s threads %d", (long long)K, (long long)M,
                   (long long)L, (long long)B, strided ? " strided" : "", threads);
     CHECK(identical(ref, ours, what));
     CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
+    CHECK(identical(ref_r, ours_r, std::string(what) + " + bias + residual"));
 }
 
 // Attention's products: a [K, M, B] rows against b [K, N, B] -> [M, N, B] in f32.
@@ -185,6 +205,7 @@ int main() {
     conv_case(16, 16, 704, 40, 1, 3, 1, 1, 2);            // K = 6336: chunked slices, 1-panel groups, 2 blocks
     conv_case(20, 20, 512, 24, 1, 1, 1, 0, 2);            // 1x1, K = 512
     conv_case(18, 18, 64, 16, 1, 5, 1, 2, 3);             // 5x5, padding 2
+    conv_case(128, 100, 64, 16, 1, 3, 1, 1, 2);          // 200 panels: more than fit at once, each thread's half does
     for (int threads : {1, 2, 3}) {
         linear_case(320, 77, 50, 3, false, threads);
         linear_case(77, 20, 9, 1, false, threads);        // K = 77: 1 group + 13 leftovers
