@@ -583,6 +583,24 @@ __attribute__((noinline)) void pack_rows_b(const RowSet & rs, int64_t nc, int64_
         for (int r = 0; r < kMR; ++r) bp[i * kMR + r] = rs.at(rows[r], i);
 }
 
+// Leftover elements [i0, i1) on a tile's sums: acc += b*v, the product rounded first or fused.
+template <bool Fused>
+inline __attribute__((always_inline)) void tail_steps(const float * bt, const float * vt, int64_t i0, int64_t i1,
+                                                      __m512 (&acc)[kMR][kNV]) {
+    for (int64_t i = i0; i < i1; ++i) {
+        __m512 vv[kNV];
+#pragma GCC unroll 4
+        for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(vt + i * kNR + j * kLanes);
+#pragma GCC unroll 8
+        for (int r = 0; r < kMR; ++r) {
+            const __m512 b = _mm512_set1_ps(bt[i * kMR + r]);
+#pragma GCC unroll 4
+            for (int j = 0; j < kNV; ++j)
+                acc[r][j] = Fused ? _mm512_fmadd_ps(b, vv[j], acc[r][j]) : _mm512_add_ps(acc[r][j], _mm512_mul_ps(b, vv[j]));
+        }
+    }
+}
+
 // F32 mode: ggml_vec_dot_f32's leftovers on a finished tile, in place: sums += a*b rounded for
 // the first 16*floor(L/16) elements and then 8 more if at least 8 remain, fused for the rest
 // (the same rule as f32_tail). bt: the weight tile's leftovers [i][kMR]; vt: the panel's [i][kNR].
@@ -594,29 +612,8 @@ __attribute__((noinline)) void tile_tail(const float * bt, const float * vt, int
         for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_loadu_ps(sums + r * kNR + j * kLanes);
     int64_t rounded = L / 16 * 16;
     if (L - rounded >= 8) rounded += 8;
-    int64_t i = 0;
-    for (; i < rounded; ++i) {
-        __m512 vv[kNV];
-#pragma GCC unroll 4
-        for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(vt + i * kNR + j * kLanes);
-#pragma GCC unroll 8
-        for (int r = 0; r < kMR; ++r) {
-            const __m512 b = _mm512_set1_ps(bt[i * kMR + r]);
-    #pragma GCC unroll 4
-        for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], _mm512_mul_ps(b, vv[j]));
-        }
-    }
-    for (; i < L; ++i) {
-        __m512 vv[kNV];
-#pragma GCC unroll 4
-        for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(vt + i * kNR + j * kLanes);
-#pragma GCC unroll 8
-        for (int r = 0; r < kMR; ++r) {
-            const __m512 b = _mm512_set1_ps(bt[i * kMR + r]);
-    #pragma GCC unroll 4
-        for (int j = 0; j < kNV; ++j) acc[r][j] = _mm512_fmadd_ps(b, vv[j], acc[r][j]);
-        }
-    }
+    tail_steps<false>(bt, vt, 0, rounded, acc);
+    tail_steps<true>(bt, vt, rounded, L, acc);
 #pragma GCC unroll 8
     for (int r = 0; r < kMR; ++r)
 #pragma GCC unroll 4
