@@ -115,7 +115,7 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix, ggm
     return named(y, prefix);
 }
 
-ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride, int padding, ggml_tensor * channel_add,
+ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride, int padding,
                      ggml_tensor * residual) {
     ggml_tensor * w = g.w.get(prefix + ".weight");
     if (ggml_n_dims(w) == 2) w = ggml_reshape_4d(g.ctx, w, 1, 1, w->ne[0], w->ne[1]);  // linear-stored 1x1
@@ -128,22 +128,14 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
     // ggml_conv_2d is im2col (in the kernel's type) + matmul, as stable-diffusion.cpp runs it;
     // cpu_conv2d_f16 computes the same numbers (bias included) without the im2col buffer.
     ggml_tensor * bias = find_bias(g, prefix, w->ne[3]);
-    const int64_t channels = w->ne[3], images = x->ne[3];
     const int64_t out_w = (x->ne[0] + 2 * padding - w->ne[0]) / stride + 1, out_h = (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1;
     const bool f16 = cpu_f16_product(g, w, x);
-    // The kernel adds the channel term before the residual: fuse the residual only after it.
-    // Not fused for now: with it the q8_0 reference case's step-0 UNet moved by 1.4% (f16 cases
-    // and cpu_kernels_test stayed exact; cause not found yet).
-    ggml_tensor * fused_c = nullptr;
-    (void)images;
-    ggml_tensor * fused_r =
-        f16 && (!channel_add || fused_c) && fusable(residual, out_w, out_h, channels, images) ? residual : nullptr;
+    ggml_tensor * fused = f16 && fusable(residual, out_w, out_h, w->ne[3], x->ne[3]) ? residual : nullptr;
     ggml_tensor * y =
-        f16 ? cpu_conv2d_f16(g.ctx, w, x, stride, padding, bias, fused_c, fused_r)
-            : add_bias(g, ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1), bias, channels, 2);
+        f16 ? cpu_conv2d_f16(g.ctx, w, x, stride, padding, bias, fused)
+            : add_bias(g, ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1), bias, w->ne[3], 2);
     y = release_after_use(g, y, w);
-    if (channel_add && !fused_c) y = ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, channel_add, 1, 1, channels, channel_add->ne[1]));
-    if (residual && !fused_r) y = ggml_add(g.ctx, residual, y);
+    if (residual && !fused) y = ggml_add(g.ctx, residual, y);
     return named(y, prefix);
 }
 
@@ -241,17 +233,13 @@ ggml_tensor * timestep_embedding(ggml_context * ctx, ggml_tensor * timesteps, in
 // ---------------------------------------------------------------- UNet
 
 ggml_tensor * unet_resblock(Graph & g, ggml_tensor * x, ggml_tensor * emb, const std::string & prefix) {
-    // The time embedding's [N, channels] term is added right after in_layers.2 (h + e), the skip
-    // path after out_layers.3 (skip + h): both inside the convolutions where sdnode's kernels run.
-    ggml_tensor * e = linear(g, ggml_silu(g.ctx, emb), prefix + ".emb_layers.1");  // [N, channels]
-    const int64_t channels = e->ne[0];
-    const ggml_tensor * w_in = g.w.get(prefix + ".in_layers.2.weight");
-    if (w_in->ne[ggml_n_dims(w_in) - 1] != channels) {
-        bad_weight(g.w.get(prefix + ".emb_layers.1.weight"),
-                   "expected " + std::to_string(w_in->ne[ggml_n_dims(w_in) - 1]) + " outputs");
-    }
     ggml_tensor * h = group_norm(g, x, prefix + ".in_layers.0");
-    h = conv2d(g, ggml_silu(g.ctx, h), prefix + ".in_layers.2", 1, 1, e);
+    h = conv2d(g, ggml_silu(g.ctx, h), prefix + ".in_layers.2", 1, 1);
+    const int64_t channels = h->ne[2];
+
+    ggml_tensor * e = linear(g, ggml_silu(g.ctx, emb), prefix + ".emb_layers.1");  // [N, channels]
+    if (e->ne[0] != channels) bad_weight(g.w.get(prefix + ".emb_layers.1.weight"), "expected " + std::to_string(channels) + " outputs");
+    h = ggml_add(g.ctx, h, ggml_reshape_4d(g.ctx, e, 1, 1, channels, e->ne[1]));
 
     ggml_tensor * skip = x;
     if (g.w.find(prefix + ".skip_connection.weight")) {
@@ -261,8 +249,9 @@ ggml_tensor * unet_resblock(Graph & g, ggml_tensor * x, ggml_tensor * emb, const
                                                 prefix + "' changes " + std::to_string(x->ne[2]) + " channels to " +
                                                 std::to_string(channels));
     }
+    // skip + out_layers.3(...), the addition inside the convolution.
     h = group_norm(g, h, prefix + ".out_layers.0");
-    return named(conv2d(g, ggml_silu(g.ctx, h), prefix + ".out_layers.3", 1, 1, nullptr, skip), prefix);
+    return named(conv2d(g, ggml_silu(g.ctx, h), prefix + ".out_layers.3", 1, 1, skip), prefix);
 }
 
 namespace {
@@ -310,7 +299,7 @@ ggml_tensor * spatial_transformer(Graph & g, ggml_tensor * x, ggml_tensor * cont
         x = cross_attention(g, layer_norm(g, x, b + ".norm2"), context, b + ".attn2", heads, x);
         x = named(geglu_ff(g, layer_norm(g, x, b + ".norm3"), b + ".ff", x), b);
     }
-    if (conv_proj) return named(conv2d(g, tokens_to_image(g.ctx, x, w, h), prefix + ".proj_out", 1, 0, nullptr, in), prefix);
+    if (conv_proj) return named(conv2d(g, tokens_to_image(g.ctx, x, w, h), prefix + ".proj_out", 1, 0, in), prefix);
     x = tokens_to_image(g.ctx, linear(g, x, prefix + ".proj_out"), w, h);
     return named(ggml_add(g.ctx, x, in), prefix);
 }
@@ -336,7 +325,7 @@ ggml_tensor * vae_resblock(Graph & g, ggml_tensor * x, const std::string & prefi
                                                 prefix + "' changes the channel count");
     }
     // skip + conv2(...), the addition inside the convolution.
-    return named(conv2d(g, ggml_silu(g.ctx, group_norm(g, h, prefix + ".norm2")), prefix + ".conv2", 1, 1, nullptr, skip),
+    return named(conv2d(g, ggml_silu(g.ctx, group_norm(g, h, prefix + ".norm2")), prefix + ".conv2", 1, 1, skip),
                  prefix);
 }
 
@@ -347,7 +336,7 @@ ggml_tensor * vae_attention(Graph & g, ggml_tensor * x, const std::string & pref
     ggml_tensor * k = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".k", 1, 0));
     ggml_tensor * v = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".v", 1, 0));
     ggml_tensor * a = tokens_to_image(g.ctx, attention(g.ctx, q, k, v, 1, false, prefix + ".attn", g.cpu.f32), w, h);
-    return named(conv2d(g, a, prefix + ".proj_out", 1, 0, nullptr, x), prefix);
+    return named(conv2d(g, a, prefix + ".proj_out", 1, 0, x), prefix);
 }
 
 }  // namespace sd

@@ -69,10 +69,9 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix, ggm
 
 // x: [N, C, H, W]; kernel "<prefix>.weight" [out, C, kh, kw] (a 2-D [out, C] is taken as 1x1),
 // bias "<prefix>.bias" if present.
-// channel_add (optional, [channels, images]) then residual (optional) are added after the bias
-// as ggml_add(y, channel_add viewed [1, 1, C, N]) and ggml_add(residual, y) would, fused as in linear().
+// residual (optional): as for linear().
 ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride = 1, int padding = 0,
-                     ggml_tensor * channel_add = nullptr, ggml_tensor * residual = nullptr);
+                     ggml_tensor * residual = nullptr);
 
 // x: [N, C, H, W]: 32 groups over C, eps 1e-6, per-channel affine.
 ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix);

@@ -77,11 +77,9 @@ Blocking blocking_for(const Gemm & g) {
 
 float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
-// A finished sum for row m (image b of a convolution) stored at out[o]: + bias, + channel_add,
-// + residual, each a float addition in that order.
-float epilogue(const Gemm & g, float v, int64_t m, int64_t b, int64_t o) {
+// A finished sum for row m stored at out[o]: + bias, then + residual (two float additions).
+float epilogue(const Gemm & g, float v, int64_t m, int64_t o) {
     if (g.bias) v += g.bias[m];
-    if (g.channel_add) v += g.channel_add[b * g.M + m];
     if (g.residual) v += g.residual[o];
     return v;
 }
@@ -341,28 +339,30 @@ __m512 reduce16(const __m512 * v) {
     return _mm512_permutexvar_ps(order, r);
 }
 
-// ---------------------------------------------------------------- slice kernel (convolutions)
+// ---------------------------------------------------------------- slice kernel
 //
-// The same sums computed the other way round, for convolutions with many output pixels. ggml's
+// The same sums computed the other way round, for products with many columns (convolutions,
+// linear layers, attention; Roles below says which operand is which). ggml's
 // lane l of accumulator s only ever sees elements 64c + σ (σ = 16s + l, c = 0, 1, ...): each
 // output is 64 independent FMA chains ("slices") of depth K/64, then a fixed tree of additions
 // (pairs differing in σ's bit 5 first: a0 + a2, a1 + a3; then bit 4: (a0+a2) + (a1+a3); then
 // the lane bits 3, 2, 1, 0 of _mm512_reduce_add_ps). A slice is an ordinary matrix product, so
-// it runs as a BLAS-style register tile: 16 output pixels per vector, one weight broadcast per
-// kNV FMAs, nothing reduced across lanes. Slices run in bit-reversed order (t = 0..63, σ =
+// it runs as a BLAS-style register tile: 16 outputs per vector (pixels, or a linear layer's
+// output features), one broadcast (a weight, or an input row's element) per kNV FMAs, nothing
+// reduced across lanes. Slices run in bit-reversed order (t = 0..63, σ =
 // reverse(t)), so the tree folds like a binary counter: slice t's tile is added to the partials
 // on a small stack once per trailing one bit of t, and slice 63 leaves the finished sums.
 namespace slice {
 
-constexpr int kMR = 6;                     // weight rows per register tile (broadcast)
-constexpr int kNV = 4;                     // vectors of pixels per register tile
-constexpr int kNR = kNV * kLanes;          // pixels per tile and per packed panel
+constexpr int kMR = 6;                     // broadcast rows per register tile
+constexpr int kNV = 4;                     // vectors per register tile
+constexpr int kNR = kNV * kLanes;          // vector columns per tile and per packed panel
 constexpr int kTileFloats = kMR * kNR;
 constexpr int kDepth = 6;                  // stack entries: log2(64)
-constexpr int64_t kGroupBytes = 8 << 20;   // packed pixel panels per group (weights packed once per group)
+constexpr int64_t kGroupBytes = 8 << 20;   // packed panels per group (broadcast rows packed once per group)
 constexpr int64_t kWholeBytes = 24 << 20;  // ... or all of a thread's panels at once, if they fit this
 constexpr int64_t kMinGroup = 4;           // ... but at least this many panels where there are
-constexpr int64_t kBlockTiles = 8;         // weight tiles folded against a panel's slice while it is in L1
+constexpr int64_t kBlockTiles = 8;         // broadcast tiles folded against a panel's slice while it is in L1
 constexpr int64_t kSubgroup = 4;           // panels folded at once: 4 x 8 stacks (295 KB) stay in L2
 constexpr int64_t kChunkBytes = 24 << 10;  // a panel's share of one slice kept in L1
 // Chains shorter than this fold kShortQ panels x kShortT tiles at a time, so that their stacks
@@ -373,8 +373,8 @@ constexpr int64_t kMinPanels = 2;          // fewer columns: the dot-product ker
 struct Plan {
     int64_t nc;           // K / 64
     int64_t np, tail;     // 64 nc; K - np (F32 mode only)
-    int64_t panels;       // ceil(N / kNR)
-    int64_t tiles;        // ceil(M / kMR)
+    int64_t panels;       // ceil(vector rows / kNR)
+    int64_t tiles;        // ceil(broadcast rows / kMR)
     int64_t group;        // panels packed at once
     int64_t chunk;        // c per pass over a slice
 };
@@ -772,13 +772,13 @@ __attribute__((noinline)) void store_tile(const Gemm & g, const Roles & ro, int6
                 const int64_t o = (b * g.M + m) * plane + pix;
                 __m512 v = _mm512_loadu_ps(src);
                 if (g.bias) v = _mm512_add_ps(v, bias);
-                if (g.channel_add) v = _mm512_add_ps(v, _mm512_set1_ps(g.channel_add[b * g.M + m]));
                 if (g.residual) v = _mm512_add_ps(v, _mm512_loadu_ps(g.residual + o));
                 _mm512_storeu_ps(g.out + o, v);
             } else {
                 for (int l = 0; l < kLanes && n + l < g.N; ++l) {
                     const int64_t nl = n + l, bl = nl / plane;
-                    g.out[(bl * g.M + m) * plane + nl % plane] = epilogue(g, src[l], m, bl, (bl * g.M + m) * plane + nl % plane);
+                    const int64_t o = (bl * g.M + m) * plane + nl % plane;
+                    g.out[o] = epilogue(g, src[l], m, o);
                 }
             }
         }
@@ -807,8 +807,8 @@ size_t scratch_floats(const Gemm & g) {
 void gemm(const Gemm & g, int ith, int nth, float * scratch) {
     const Roles ro = roles_for(g);
     const Plan p = plan_for(g, ro.v_count, ro.b_count);
-    // Pixel panels shared out when each thread gets a full group's worth, else weight tiles
-    // (every thread then packs all the panels: cheaper than packing weights for few pixels).
+    // Panels shared out when each thread gets a full group's worth, else broadcast tiles (every
+    // thread then packs all the panels: cheaper than packing the broadcast rows for few columns).
     int64_t p0 = 0, p1 = p.panels, t0 = 0, t1 = p.tiles;
     if (p.panels >= kMinGroup * nth || p.tiles < 4 * nth) {
         p0 = p.panels * ith / nth;
@@ -821,7 +821,7 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
     const int64_t K = g.K, nc = p.nc;
     const int64_t group = min64(group_for(g, p, p1 - p0), max_group(g, p));
     float * vp = scratch;                         // group panels, kNR * K each
-    float * bp = vp + group * kNR * K;            // kBlockTiles weight tiles, kMR * K each
+    float * bp = vp + group * kNR * K;            // kBlockTiles broadcast tiles, kMR * K each
     float * stacks = bp + kBlockTiles * kMR * K;  // per (panel, tile) of a subgroup: kDepth tiles
     float * parts = stacks + kSubgroup * kBlockTiles * kDepth * kTileFloats;  // and a chunk's partials
 
@@ -1018,20 +1018,16 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                             for (int j = 0; j < kNR; ++j) sums[j] = _mm512_add_ps(sums[j], b);
                         }
                         for (int j = 0; j < jn; ++j) {
-                            if (m_stride == 1) {  // linear: no channel_add
+                            if (m_stride == 1) {
                                 __m512 v = sums[j];
                                 if (g.residual) v = _mm512_add_ps(v, _mm512_loadu_ps(g.residual + base[j] + mb + i));
                                 _mm512_storeu_ps(g.out + base[j] + mb + i, v);
                             } else {
                                 alignas(64) float lanes[kLanes];
                                 _mm512_store_ps(lanes, sums[j]);
-                                const int64_t b = (n0 + j) / (g.out_w * g.out_h);
                                 for (int o = 0; o < kLanes; ++o) {
                                     const int64_t idx = base[j] + (mb + i + o) * m_stride;
-                                    float v = lanes[o];
-                                    if (g.channel_add) v += g.channel_add[b * g.M + mb + i + o];
-                                    if (g.residual) v += g.residual[idx];
-                                    g.out[idx] = v;
+                                    g.out[idx] = g.residual ? lanes[o] + g.residual[idx] : lanes[o];
                                 }
                             }
                         }
@@ -1042,7 +1038,7 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                         float v = finish(g, bl, pparts + (i / kMR) * kMR * kNR * kLanes, pass_stride, static_cast<int>(i % kMR),
                                          j, mb + i, tail + j * bl.tail);
                         const int64_t idx = base[j] + (mb + i) * m_stride;
-                        g.out[idx] = epilogue(g, v, mb + i, conv ? (n0 + j) / (g.out_w * g.out_h) : 0, idx);
+                        g.out[idx] = epilogue(g, v, mb + i, idx);
                     }
                 }
             }

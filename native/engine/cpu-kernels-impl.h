@@ -26,9 +26,8 @@ struct Gemm {
     int64_t in_w, in_h, out_w, out_h;
     int64_t ne1, ne2;
     const float * bias;  // added to out[m, n] as bias[m] (ggml_add after the product), or null
-    // Then, in this order (each one float addition, as the ggml_add it replaces):
-    const float * channel_add = nullptr;  // conv only: + channel_add[b*M + m] (a per-image, per-channel term)
-    const float * residual = nullptr;     // + residual at out's own index (same shape, contiguous)
+    // Then + residual[i] at out's own index (same shape, contiguous): the ggml_add it replaces.
+    const float * residual = nullptr;
     float * out;
 };
 

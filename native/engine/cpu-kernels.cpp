@@ -60,7 +60,7 @@ void run(const cpu::Gemm & g, int ith, int nth) {
 
 // userdata of the conv and linear ops: stride and padding (12 bits each) and which optional
 // operands follow w and x in dst->src, in this order.
-constexpr uintptr_t kHasBias = uintptr_t{1} << 24, kHasChannelAdd = uintptr_t{1} << 25, kHasResidual = uintptr_t{1} << 26;
+constexpr uintptr_t kHasBias = uintptr_t{1} << 24, kHasResidual = uintptr_t{1} << 25;
 
 cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst, uintptr_t flags) {
     cpu::Gemm g{};
@@ -75,7 +75,6 @@ cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor 
         return (flags & flag) ? static_cast<const float *>(dst->src[next++]->data) : nullptr;
     };
     g.bias = optional(kHasBias);
-    g.channel_add = optional(kHasChannelAdd);
     g.residual = optional(kHasResidual);
     return g;
 }
@@ -170,12 +169,12 @@ void check_operands(const ggml_tensor * w, const ggml_tensor * x, const ggml_ten
     }
 }
 
-// The optional operands after w and x (bias, channel_add, residual) and their flags.
+// The optional operands after w and x (bias, residual) and their flags.
 struct Extras {
-    ggml_tensor * args[5];
+    ggml_tensor * args[4];
     int count = 2;
     uintptr_t flags = 0;
-    Extras(ggml_tensor * w, ggml_tensor * x) : args{w, x, nullptr, nullptr, nullptr} {}
+    Extras(ggml_tensor * w, ggml_tensor * x) : args{w, x, nullptr, nullptr} {}
     void add(ggml_tensor * t, uintptr_t flag) {
         if (!t) return;
         args[count++] = t;
@@ -183,7 +182,7 @@ struct Extras {
     }
 };
 
-// A residual must be exactly the result's shape, contiguous f32; a channel term [M, images].
+// A residual must be exactly the result's shape, contiguous f32.
 void check_residual(const ggml_tensor * r, const int64_t (&ne)[4], const char * op) {
     if (r && (r->type != GGML_TYPE_F32 || !ggml_is_contiguous(r) || r->ne[0] != ne[0] || r->ne[1] != ne[1] ||
               r->ne[2] != ne[2] || r->ne[3] != ne[3])) {
@@ -338,21 +337,16 @@ CpuKernels cpu_kernels_on_cpu() {
 }
 
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias, ggml_tensor * channel_add, ggml_tensor * residual) {
+                             ggml_tensor * bias, ggml_tensor * residual) {
     check_operands(w, x, bias, w->ne[3], "cpu_conv2d_f16");
     if (stride < 1 || padding < 0 || stride > 0xfff || padding > 0xfff || w->ne[2] != x->ne[2]) {
         throw Error(ErrorCode::Internal, "cpu_conv2d_f16: bad stride, padding or channel count");
     }
     const int64_t ne[4] = {(x->ne[0] + 2 * padding - w->ne[0]) / stride + 1, (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1,
                            w->ne[3], x->ne[3]};
-    if (channel_add && (channel_add->type != GGML_TYPE_F32 || !ggml_is_contiguous(channel_add) ||
-                        ggml_nelements(channel_add) != ne[2] * ne[3] || channel_add->ne[0] != ne[2])) {
-        throw Error(ErrorCode::Internal, "cpu_conv2d_f16: the channel term must be contiguous f32 [channels, images]");
-    }
     check_residual(residual, ne, "cpu_conv2d_f16");
     Extras e(w, x);
     e.add(bias, kHasBias);
-    e.add(channel_add, kHasChannelAdd);
     e.add(residual, kHasResidual);
     void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 12) | e.flags);
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, conv2d_op, GGML_N_TASKS_MAX,

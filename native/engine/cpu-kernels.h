@@ -44,12 +44,10 @@ bool cpu_kernels_available();
 // w: f16 [OC, IC, KH, KW] (ne {KW, KH, IC, OC}), contiguous; x: f32 [N, IC, H, W] (any strides
 // with unit element stride); result: f32 [N, OC, OH, OW], contiguous.
 // bias (optional): f32 [OC], added as ggml_add(conv, bias) would, without a pass of its own.
-// channel_add (optional): f32 [OC, N], then added per image and channel (ggml_add of a [1, 1, OC, N]
-// view); residual (optional): contiguous f32 of the result's shape, then added element by element
-// (ggml_add(residual, result)). Each is the same float addition as the ggml_add it replaces.
+// residual (optional): contiguous f32 of the result's shape, then added element by element, the
+// same float addition as ggml_add(residual, result).
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias = nullptr, ggml_tensor * channel_add = nullptr,
-                             ggml_tensor * residual = nullptr);
+                             ggml_tensor * bias = nullptr, ggml_tensor * residual = nullptr);
 
 // Same result as ggml_mul_mat(ctx, w, x) for f16 w [M, K] (ne {K, M}), contiguous, and f32 x
 // with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
