@@ -139,7 +139,7 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
     return named(y, prefix);
 }
 
-ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix) {
+ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix, bool silu) {
     constexpr int kGroups = 32;
     const int64_t channels = x->ne[2];
     ggml_tensor * w = g.w.get(prefix + ".weight");
@@ -148,10 +148,17 @@ ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix)
         bad_weight(w, "expected " + std::to_string(channels) + " elements (group norm on " + shape_text(x) + ")");
     }
     if (channels % kGroups != 0) bad_weight(w, "group norm needs a channel count divisible by 32");
+    w = as_f32(g.ctx, w);
+    b = as_f32(g.ctx, b);
+    // One pass instead of six where sdnode's kernel runs (same floats).
+    if (g.cpu.activations && x->type == GGML_TYPE_F32 && ggml_is_contiguous(x) && ggml_is_contiguous(w) &&
+        ggml_is_contiguous(b)) {
+        return named(cpu_group_norm(g.ctx, x, w, b, kGroups, 1e-6f, silu), prefix);
+    }
     ggml_tensor * y = ggml_group_norm(g.ctx, x, kGroups, 1e-6f);
-    y = ggml_mul(g.ctx, y, ggml_reshape_4d(g.ctx, as_f32(g.ctx, w), 1, 1, channels, 1));
-    y = ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, as_f32(g.ctx, b), 1, 1, channels, 1));
-    return named(y, prefix);
+    y = ggml_mul(g.ctx, y, ggml_reshape_4d(g.ctx, w, 1, 1, channels, 1));
+    y = ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, b, 1, 1, channels, 1));
+    return named(silu ? ggml_silu(g.ctx, y) : y, prefix);
 }
 
 ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix, float eps) {
@@ -170,7 +177,7 @@ ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
 }
 
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
-                        const std::string & name, bool cpu_f32, int64_t max_scores_bytes) {
+                        const std::string & name, const CpuKernels & cpu, int64_t max_scores_bytes) {
     const int64_t width = q->ne[0], lq = q->ne[1], n = q->ne[2];
     const int64_t lk = k->ne[1];
     const int64_t d = width / heads;
@@ -200,12 +207,18 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         ggml_tensor * qs = group == slices ? q : ggml_view_3d(ctx, q, d, lq, sn, q->nb[1], q->nb[2], s0 * q->nb[2]);
         ggml_tensor * ks = group == slices ? k : ggml_view_3d(ctx, k, d, lk, sn, k->nb[1], k->nb[2], s0 * k->nb[2]);
         ggml_tensor * vs = group == slices ? v : ggml_view_3d(ctx, v, lk, d, sn, v->nb[1], v->nb[2], s0 * v->nb[2]);
-        ggml_tensor * kq = cpu_f32 ? cpu_matmul_f32(ctx, ks, qs) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
-        if (!cpu_f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
-        kq = ggml_scale(ctx, kq, 1.0f / std::sqrt(static_cast<float>(d)));
-        if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
-        kq = named(ggml_soft_max(ctx, kq), group == slices ? name + ".probs" : name + ".probs." + std::to_string(s0 / group));
-        ggml_tensor * o = cpu_f32 ? cpu_matmul_f32(ctx, vs, kq) : ggml_mul_mat(ctx, vs, kq);  // [heads, Lq, d]
+        ggml_tensor * kq = cpu.f32 ? cpu_matmul_f32(ctx, ks, qs) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
+        if (!cpu.f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+        if (cpu.activations && !causal) {
+            kq = cpu_soft_max(ctx, kq, scale);  // scale and softmax in one pass, same floats
+        } else {
+            kq = ggml_scale(ctx, kq, scale);
+            if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
+            kq = ggml_soft_max(ctx, kq);
+        }
+        kq = named(kq, group == slices ? name + ".probs" : name + ".probs." + std::to_string(s0 / group));
+        ggml_tensor * o = cpu.f32 ? cpu_matmul_f32(ctx, vs, kq) : ggml_mul_mat(ctx, vs, kq);  // [heads, Lq, d]
         out = out ? ggml_concat(ctx, out, o, 2) : o;
     }
     out = ggml_permute(ctx, ggml_reshape_4d(ctx, out, d, lq, heads, n), 0, 2, 1, 3);  // [N, Lq, heads, d]
@@ -233,8 +246,7 @@ ggml_tensor * timestep_embedding(ggml_context * ctx, ggml_tensor * timesteps, in
 // ---------------------------------------------------------------- UNet
 
 ggml_tensor * unet_resblock(Graph & g, ggml_tensor * x, ggml_tensor * emb, const std::string & prefix) {
-    ggml_tensor * h = group_norm(g, x, prefix + ".in_layers.0");
-    h = conv2d(g, ggml_silu(g.ctx, h), prefix + ".in_layers.2", 1, 1);
+    ggml_tensor * h = conv2d(g, group_norm(g, x, prefix + ".in_layers.0", true), prefix + ".in_layers.2", 1, 1);
     const int64_t channels = h->ne[2];
 
     ggml_tensor * e = linear(g, ggml_silu(g.ctx, emb), prefix + ".emb_layers.1");  // [N, channels]
@@ -250,8 +262,8 @@ ggml_tensor * unet_resblock(Graph & g, ggml_tensor * x, ggml_tensor * emb, const
                                                 std::to_string(channels));
     }
     // skip + out_layers.3(...), the addition inside the convolution.
-    h = group_norm(g, h, prefix + ".out_layers.0");
-    return named(conv2d(g, ggml_silu(g.ctx, h), prefix + ".out_layers.3", 1, 1, skip), prefix);
+    h = group_norm(g, h, prefix + ".out_layers.0", true);
+    return named(conv2d(g, h, prefix + ".out_layers.3", 1, 1, skip), prefix);
 }
 
 namespace {
@@ -259,6 +271,10 @@ namespace {
 // GEGLU feed-forward: proj to 2*inner, value * gelu(gate), proj back.
 ggml_tensor * geglu_ff(Graph & g, ggml_tensor * x, const std::string & prefix, ggml_tensor * residual) {
     ggml_tensor * h = linear(g, x, prefix + ".net.0.proj");  // [N, L, 2*inner]
+    if (g.cpu.activations && h->type == GGML_TYPE_F32 && ggml_is_contiguous(h) && h->ne[0] % 2 == 0) {
+        // value * gelu(gate) straight from the halves of each row (same floats, no copies)
+        return linear(g, named(cpu_geglu(g.ctx, h), prefix + ".geglu"), prefix + ".net.2", residual);
+    }
     const int64_t inner = h->ne[0] / 2;
     ggml_tensor * value = ggml_cont(g.ctx, ggml_view_3d(g.ctx, h, inner, h->ne[1], h->ne[2], h->nb[1], h->nb[2], 0));
     ggml_tensor * gate = ggml_cont(g.ctx, ggml_view_3d(g.ctx, h, inner, h->ne[1], h->ne[2], h->nb[1], h->nb[2],
@@ -273,7 +289,7 @@ ggml_tensor * cross_attention(Graph & g, ggml_tensor * x, ggml_tensor * context,
     ggml_tensor * q = linear(g, x, prefix + ".to_q");
     ggml_tensor * k = linear(g, context, prefix + ".to_k");
     ggml_tensor * v = linear(g, context, prefix + ".to_v");
-    ggml_tensor * a = attention(g.ctx, q, k, v, heads, false, prefix + ".attn", g.cpu.f32);
+    ggml_tensor * a = attention(g.ctx, q, k, v, heads, false, prefix + ".attn", g.cpu);
     return linear(g, a, prefix + ".to_out.0", residual);
 }
 
@@ -316,7 +332,7 @@ ggml_tensor * upsample(Graph & g, ggml_tensor * x, const std::string & prefix) {
 // ---------------------------------------------------------------- VAE
 
 ggml_tensor * vae_resblock(Graph & g, ggml_tensor * x, const std::string & prefix) {
-    ggml_tensor * h = conv2d(g, ggml_silu(g.ctx, group_norm(g, x, prefix + ".norm1")), prefix + ".conv1", 1, 1);
+    ggml_tensor * h = conv2d(g, group_norm(g, x, prefix + ".norm1", true), prefix + ".conv1", 1, 1);
     ggml_tensor * skip = x;
     if (g.w.find(prefix + ".nin_shortcut.weight")) {
         skip = conv2d(g, x, prefix + ".nin_shortcut", 1, 0);
@@ -325,8 +341,7 @@ ggml_tensor * vae_resblock(Graph & g, ggml_tensor * x, const std::string & prefi
                                                 prefix + "' changes the channel count");
     }
     // skip + conv2(...), the addition inside the convolution.
-    return named(conv2d(g, ggml_silu(g.ctx, group_norm(g, h, prefix + ".norm2")), prefix + ".conv2", 1, 1, skip),
-                 prefix);
+    return named(conv2d(g, group_norm(g, h, prefix + ".norm2", true), prefix + ".conv2", 1, 1, skip), prefix);
 }
 
 ggml_tensor * vae_attention(Graph & g, ggml_tensor * x, const std::string & prefix) {
@@ -335,7 +350,7 @@ ggml_tensor * vae_attention(Graph & g, ggml_tensor * x, const std::string & pref
     ggml_tensor * q = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".q", 1, 0));
     ggml_tensor * k = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".k", 1, 0));
     ggml_tensor * v = image_to_tokens(g.ctx, conv2d(g, n, prefix + ".v", 1, 0));
-    ggml_tensor * a = tokens_to_image(g.ctx, attention(g.ctx, q, k, v, 1, false, prefix + ".attn", g.cpu.f32), w, h);
+    ggml_tensor * a = tokens_to_image(g.ctx, attention(g.ctx, q, k, v, 1, false, prefix + ".attn", g.cpu), w, h);
     return named(conv2d(g, a, prefix + ".proj_out", 1, 0, x), prefix);
 }
 

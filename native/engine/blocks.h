@@ -73,20 +73,20 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix, ggm
 ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride = 1, int padding = 0,
                      ggml_tensor * residual = nullptr);
 
-// x: [N, C, H, W]: 32 groups over C, eps 1e-6, per-channel affine.
-ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix);
+// x: [N, C, H, W]: 32 groups over C, eps 1e-6, per-channel affine; then SiLU with `silu`.
+ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix, bool silu = false);
 
 // x: [..., C]: normalized over C, eps 1e-5, affine.
 ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix, float eps = 1e-5f);
 
 // q: [N, Lq, heads*d], k, v: [N, Lk, heads*d] -> [N, Lq, heads*d].
 // causal: position i attends to positions <= i only (CLIP).
-// cpu_f32: compute the two products with cpu_matmul_f32 (Graph::cpu.f32).
+// cpu: sdnode's kernels to use (cpu.f32: the two products; cpu.activations: the softmax).
 // max_scores_bytes: past this size of the score matrices, heads run in groups (same numbers,
 // less memory).
 constexpr int64_t kMaxAttentionScoresBytes = int64_t{128} << 20;
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
-                        const std::string & name, bool cpu_f32 = false,
+                        const std::string & name, const CpuKernels & cpu = {},
                         int64_t max_scores_bytes = kMaxAttentionScoresBytes);
 
 // [N, C, H, W] <-> [N, H*W, C]

@@ -53,4 +53,40 @@ size_t gemm_scratch_floats(const Gemm & g);
 // Thread `ith` of `nth` computes its share of `g`.
 void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch);
 
+// ---- Activation kernels (cpu-kernels-activations-avx512.cpp, AVX-512F + DQ): each computes what
+// a chain of ggml ops computes, float for float, in one pass over memory.
+
+// ggml_group_norm(x, groups, eps), then * weight[c] (ggml_mul), + bias[c] (ggml_add), then, with
+// `silu`, ggml_silu. x and out: contiguous [N, C, H, W]; C a multiple of groups.
+struct GroupNorm {
+    const float * x;
+    float * out;
+    int64_t W, H, C, N;
+    int64_t groups;
+    float eps;
+    const float * weight;
+    const float * bias;
+    bool silu;
+};
+void group_norm_avx512(const GroupNorm & g, int ith, int nth);
+
+// ggml_soft_max(ggml_scale(x, scale)) over rows of `cols` contiguous floats.
+struct SoftMax {
+    const float * x;
+    float * out;
+    int64_t cols, rows;
+    float scale;
+};
+void soft_max_avx512(const SoftMax & s, int ith, int nth);
+
+// GEGLU: rows of 2*inner floats [value | gate] -> value * ggml_gelu(gate), rows of inner floats.
+// gelu_table[h]: ggml_gelu of f16 value h (ggml computes gelu through an f16 table).
+struct Geglu {
+    const float * h;
+    float * out;
+    int64_t inner, rows;
+    const float * gelu_table;
+};
+void geglu_avx512(const Geglu & g, int ith, int nth);
+
 }  // namespace sd::cpu

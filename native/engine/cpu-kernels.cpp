@@ -19,6 +19,7 @@ namespace {
 struct CpuIsa {
     bool avx512 = false;  // AVX-512F + FMA + F16C: the f16 and f32 kernels
     bool vnni = false;    // + BW/VL/DQ/VNNI: the q8_0 / q4_0 kernel
+    bool dq = false;      // + DQ: the activation kernels (ggml-cpu's AVX-512 exp and SiLU need it too)
 };
 
 CpuIsa cpu_isa() {
@@ -26,8 +27,9 @@ CpuIsa cpu_isa() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && defined(SDNODE_HAVE_AVX512_KERNELS)
     __builtin_cpu_init();
     isa.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    isa.vnni = isa.avx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+    isa.dq = isa.avx512 && __builtin_cpu_supports("avx512dq");
+    isa.vnni = isa.dq && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vnni");
 #endif
     return isa;
 }
@@ -156,6 +158,69 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
     }
 }
 
+// userdata of the group-norm op: groups (16 bits), SiLU (bit 16), eps's bits (bits 32-63).
+constexpr uint64_t kNormSilu = uint64_t{1} << 16;
+
+void group_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+    const ggml_tensor * x = dst->src[0];
+    const auto packed = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(userdata));
+    const auto eps_bits = static_cast<uint32_t>(packed >> 32);
+    cpu::GroupNorm g{};
+    g.x = static_cast<const float *>(x->data);
+    g.out = static_cast<float *>(dst->data);
+    g.W = x->ne[0];
+    g.H = x->ne[1];
+    g.C = x->ne[2];
+    g.N = x->ne[3];
+    g.groups = static_cast<int64_t>(packed & 0xffff);
+    std::memcpy(&g.eps, &eps_bits, sizeof(float));
+    g.weight = static_cast<const float *>(dst->src[1]->data);
+    g.bias = static_cast<const float *>(dst->src[2]->data);
+    g.silu = (packed & kNormSilu) != 0;
+    cpu::group_norm_avx512(g, ith, nth);
+#else
+    (void)dst, (void)ith, (void)nth, (void)userdata;
+#endif
+}
+
+// userdata: the scale's bits.
+void soft_max_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+    const auto bits = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(userdata));
+    cpu::SoftMax s{};
+    s.x = static_cast<const float *>(dst->src[0]->data);
+    s.out = static_cast<float *>(dst->data);
+    s.cols = dst->ne[0];
+    s.rows = ggml_nrows(dst);
+    std::memcpy(&s.scale, &bits, sizeof(float));
+    cpu::soft_max_avx512(s, ith, nth);
+#else
+    (void)dst, (void)ith, (void)nth, (void)userdata;
+#endif
+}
+
+// ggml_gelu of every f16 value (ggml-cpu computes gelu through an f16 table), filled once by
+// running ggml's own op on the backend: whatever its build computes, the table holds.
+std::vector<float> & gelu_table() {
+    static std::vector<float> table;
+    return table;
+}
+
+void geglu_op(ggml_tensor * dst, int ith, int nth, void *) {
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+    cpu::Geglu g{};
+    g.h = static_cast<const float *>(dst->src[0]->data);
+    g.out = static_cast<float *>(dst->data);
+    g.inner = dst->ne[0];
+    g.rows = ggml_nrows(dst);
+    g.gelu_table = gelu_table().data();
+    cpu::geglu_avx512(g, ith, nth);
+#else
+    (void)dst, (void)ith, (void)nth;
+#endif
+}
+
 void check_bias(const ggml_tensor * bias, int64_t outputs, const char * op) {
     if (bias && (bias->type != GGML_TYPE_F32 || !ggml_is_contiguous(bias) || ggml_nelements(bias) != outputs)) {
         throw Error(ErrorCode::Internal, std::string(op) + " needs a contiguous f32 bias with one value per output");
@@ -208,7 +273,7 @@ struct SelfCheck {
     ggml_context * ctx = nullptr;
     std::vector<std::pair<ggml_tensor *, ggml_tensor *>> pairs;
     SelfCheck() {
-        ggml_init_params p{ggml_tensor_overhead() * 96 + ggml_graph_overhead(), nullptr, true};
+        ggml_init_params p{ggml_tensor_overhead() * 192 + ggml_graph_overhead(), nullptr, true};
         ctx = ggml_init(p);
     }
     ~SelfCheck() { ggml_free(ctx); }
@@ -261,8 +326,72 @@ bool run_checks(SelfCheck & c, ggml_backend_t backend) {
     return true;
 }
 
+// Runs ggml_gelu on every f16 value (as f32) on `backend` into gelu_table().
+bool fill_gelu_table(ggml_backend_t backend) {
+    constexpr int64_t kValues = 65536;
+    SelfCheck c;
+    ggml_tensor * in = c.input(GGML_TYPE_F32, kValues, 1, 1, 1);
+    ggml_tensor * out = ggml_gelu(c.ctx, in);
+    ggml_cgraph * gf = ggml_new_graph(c.ctx);
+    ggml_build_forward_expand(gf, out);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    if (!buf) return false;
+    struct BufGuard {
+        ggml_backend_buffer_t b;
+        ~BufGuard() { ggml_backend_buffer_free(b); }
+    } guard{buf};
+    std::vector<ggml_fp16_t> halves(kValues);
+    for (int64_t i = 0; i < kValues; ++i) halves[i] = static_cast<ggml_fp16_t>(i);
+    std::vector<float> values(kValues);
+    ggml_fp16_to_fp32_row(halves.data(), values.data(), kValues);
+    ggml_backend_tensor_set(in, values.data(), 0, ggml_nbytes(in));
+    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) return false;
+    gelu_table().resize(kValues);
+    ggml_backend_tensor_get(out, gelu_table().data(), 0, ggml_nbytes(out));
+    return true;
+}
+
+// ggml's chains that the activation kernels replace, against them: rows that are whole 16-lane
+// blocks, partial ones and shorter ones (ggml switches to libm there), values large enough to
+// saturate the exp approximation, GEGLU gates past +-10.
+bool verify_activations(ggml_backend_t backend) {
+    if (!fill_gelu_table(backend)) return false;
+    SelfCheck c;
+    struct Norm {
+        int64_t w, h, ch, n;
+        float weight_scale;
+    };
+    for (const Norm & s : {Norm{32, 3, 64, 2, 1.0f}, Norm{8, 8, 64, 1, 100.0f}, Norm{20, 5, 32, 2, 3.0f}, Norm{4, 4, 64, 2, 1.0f}}) {
+        ggml_tensor * x = c.input(GGML_TYPE_F32, s.w, s.h, s.ch, s.n);
+        ggml_tensor * w = ggml_scale(c.ctx, c.input(GGML_TYPE_F32, s.ch, 1, 1, 1), s.weight_scale);
+        ggml_tensor * b = c.input(GGML_TYPE_F32, s.ch, 1, 1, 1);
+        ggml_tensor * theirs = ggml_group_norm(c.ctx, x, 32, 1e-6f);
+        theirs = ggml_mul(c.ctx, theirs, ggml_reshape_4d(c.ctx, w, 1, 1, s.ch, 1));
+        theirs = ggml_add(c.ctx, theirs, ggml_reshape_4d(c.ctx, b, 1, 1, s.ch, 1));
+        c.pairs.push_back({theirs, cpu_group_norm(c.ctx, x, w, b, 32, 1e-6f, false)});
+        c.pairs.push_back({ggml_silu(c.ctx, theirs), cpu_group_norm(c.ctx, x, w, b, 32, 1e-6f, true)});
+    }
+    struct Rows {
+        int64_t cols, rows, batch;
+        float input_scale;
+    };
+    for (const Rows & s : {Rows{77, 5, 3, 1.0f}, Rows{256, 4, 2, 1.0f}, Rows{40, 6, 1, 300.0f}, Rows{13, 3, 1, 1.0f}}) {
+        ggml_tensor * x = ggml_scale(c.ctx, c.input(GGML_TYPE_F32, s.cols, s.rows, s.batch, 1), s.input_scale);
+        c.pairs.push_back({ggml_soft_max(c.ctx, ggml_scale(c.ctx, x, 0.158f)), cpu_soft_max(c.ctx, x, 0.158f)});
+    }
+    for (int64_t inner : {40, 64}) {
+        ggml_tensor * h = ggml_scale(c.ctx, c.input(GGML_TYPE_F32, 2 * inner, 7, 2, 1), 12.0f);
+        ggml_tensor * value = ggml_cont(c.ctx, ggml_view_3d(c.ctx, h, inner, 7, 2, h->nb[1], h->nb[2], 0));
+        ggml_tensor * gate =
+            ggml_cont(c.ctx, ggml_view_3d(c.ctx, h, inner, 7, 2, h->nb[1], h->nb[2], inner * sizeof(float)));
+        c.pairs.push_back({ggml_mul(c.ctx, value, ggml_gelu(c.ctx, gate)), cpu_geglu(c.ctx, h)});
+    }
+    return run_checks(c, backend);
+}
+
 CpuKernels verify(ggml_backend_t backend) {
     CpuKernels k;
+    k.activations = cpu_isa().dq && verify_activations(backend);
     {
         // f16: leftovers, a partial register tile, stride and padding, 16-row reduction.
         SelfCheck c;
@@ -322,6 +451,9 @@ CpuKernels cpu_kernels_for(ggml_backend_t backend) {
         const CpuKernels k = verify(backend);
         if (!k.f16) log(LogLevel::Warn, "sdnode's f16 CPU kernels do not match this ggml build; using ggml's ops");
         else if (!k.f32) log(LogLevel::Warn, "sdnode's f32 attention kernel does not match this ggml build; using ggml's op");
+        if (cpu_isa().dq && !k.activations) {
+            log(LogLevel::Warn, "sdnode's group norm / softmax / GEGLU kernels do not match this ggml build; using ggml's ops");
+        }
         return k;
     }();
     return verified;
@@ -387,6 +519,45 @@ ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     e.add(residual, kHasResidual);
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, linear_op, GGML_N_TASKS_MAX,
                           reinterpret_cast<void *>(e.flags));
+}
+
+ggml_tensor * cpu_group_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, ggml_tensor * bias, int groups,
+                             float eps, bool silu) {
+    const int64_t channels = x->ne[2];
+    const auto per_channel = [&](const ggml_tensor * t) {
+        return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == channels;
+    };
+    if (sizeof(uintptr_t) < 8 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || groups <= 0 || groups > 0xffff ||
+        channels % groups != 0 || !per_channel(weight) || !per_channel(bias)) {
+        throw Error(ErrorCode::Internal,
+                    "cpu_group_norm needs a contiguous f32 input whose channels divide into the groups, and f32 weight and bias per channel");
+    }
+    uint32_t eps_bits;
+    std::memcpy(&eps_bits, &eps, sizeof(float));
+    const uint64_t packed = static_cast<uint64_t>(groups) | (silu ? kNormSilu : 0) | (uint64_t{eps_bits} << 32);
+    ggml_tensor * args[] = {x, weight, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 3, group_norm_op,
+                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(static_cast<uintptr_t>(packed)));
+}
+
+ggml_tensor * cpu_soft_max(ggml_context * ctx, ggml_tensor * x, float scale) {
+    if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x)) {
+        throw Error(ErrorCode::Internal, "cpu_soft_max needs a contiguous f32 input");
+    }
+    uint32_t bits;
+    std::memcpy(&bits, &scale, sizeof(float));
+    ggml_tensor * args[] = {x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 1, soft_max_op,
+                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(static_cast<uintptr_t>(bits)));
+}
+
+ggml_tensor * cpu_geglu(ggml_context * ctx, ggml_tensor * h) {
+    if (h->type != GGML_TYPE_F32 || !ggml_is_contiguous(h) || h->ne[0] % 2 != 0 || gelu_table().empty()) {
+        throw Error(ErrorCode::Internal, "cpu_geglu needs a contiguous f32 input of even width (and the verified gelu table)");
+    }
+    ggml_tensor * args[] = {h};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, h->ne[0] / 2, h->ne[1], h->ne[2], h->ne[3], args, 1, geglu_op,
+                          GGML_N_TASKS_MAX, nullptr);
 }
 
 }  // namespace sd

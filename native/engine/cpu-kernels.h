@@ -31,6 +31,7 @@ struct CpuKernels {
     bool f16 = false;
     bool f32 = false;
     bool quant = false;  // q8_0 / q4_0 linear layers (needs AVX-512 VNNI)
+    bool activations = false;  // group norm, scaled softmax, GEGLU (needs AVX-512 DQ)
 };
 CpuKernels cpu_kernels_for(ggml_backend_t backend);
 // The same for a CPU backend made for the purpose (what every CPU model will use).
@@ -63,5 +64,21 @@ ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x,
 // the same batch dimensions (attention's Q K^T and P V): result f32 ne {M, N, ne2, ne3}.
 // Only where cpu_kernels_for() reports f32.
 ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
+
+// Same result as ggml_group_norm(x, groups, eps), then ggml_mul by weight and ggml_add of bias
+// (both reshaped to [1, C, 1, 1]), then, with `silu`, ggml_silu; one pass over memory instead of
+// six. x: contiguous f32 [N, C, H, W], C a multiple of groups; weight, bias: contiguous f32 [C].
+// Only where cpu_kernels_for() reports activations.
+ggml_tensor * cpu_group_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, ggml_tensor * bias, int groups,
+                             float eps, bool silu);
+
+// Same result as ggml_soft_max(ggml_scale(x, scale)) for contiguous f32 x (rows along ne[0]).
+// Only where cpu_kernels_for() reports activations.
+ggml_tensor * cpu_soft_max(ggml_context * ctx, ggml_tensor * x, float scale);
+
+// GEGLU: for contiguous f32 h [.., 2*inner], value = the first half of each row, gate = the
+// second: the same result as ggml_mul(ggml_cont(value), ggml_gelu(ggml_cont(gate))), [.., inner].
+// Only where cpu_kernels_for() reports activations.
+ggml_tensor * cpu_geglu(ggml_context * ctx, ggml_tensor * h);
 
 }  // namespace sd

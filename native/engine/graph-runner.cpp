@@ -1,6 +1,9 @@
 #include "graph-runner.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 
 #include "errors.h"
 
@@ -33,6 +36,63 @@ HostTensor read_tensor(const ggml_tensor * t) {
     out.data.resize(static_cast<size_t>(ggml_nelements(t)));
     ggml_backend_tensor_get(t, out.data.data(), 0, ggml_nbytes(t));
     return out;
+}
+
+// SDNODE_PROFILE_OPS=1 (a development aid): nodes run one at a time and each graph prints, to
+// stderr, the time per op and name pattern (digits as '#'), largest first. Slower overall (each
+// node starts the threads), but shows where a graph's time goes.
+bool profile_ops() {
+    static const bool on = [] {
+        const char * env = std::getenv("SDNODE_PROFILE_OPS");
+        return env && *env && std::string(env) != "0";
+    }();
+    return on;
+}
+
+ggml_status compute_profiled(ggml_backend_t backend, ggml_cgraph * gf, const std::string & shape_key) {
+    std::vector<uint8_t> meta(ggml_graph_overhead_custom(1, false) + ggml_tensor_overhead());
+    ggml_init_params params{meta.size(), meta.data(), true};
+    ggml_context * ctx = ggml_init(params);
+    ggml_cgraph * one = ggml_new_graph_custom(ctx, 1, false);
+    struct Entry {
+        double ms = 0;
+        int count = 0;
+    };
+    std::map<std::string, Entry> per_key;
+    double total = 0;
+    ggml_status status = GGML_STATUS_SUCCESS;
+    for (int i = 0; i < ggml_graph_n_nodes(gf) && status == GGML_STATUS_SUCCESS; ++i) {
+        ggml_tensor * node = ggml_graph_node(gf, i);
+        ggml_graph_clear(one);
+        ggml_graph_add_node(one, node);
+        const auto t0 = std::chrono::steady_clock::now();
+        status = ggml_backend_graph_compute(backend, one);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        // Unnamed nodes by shape, named ones by name pattern.
+        std::string key = node->name;
+        if (key.rfind("node_", 0) == 0) {
+            key = "[";
+            for (int d = 0; d < 4; ++d) key += std::to_string(node->ne[d]) + (d < 3 ? "," : "]");
+        } else {
+            for (char & c : key) {
+                if (c >= '0' && c <= '9') c = '#';
+            }
+        }
+        for (const std::string & k : {std::string(ggml_op_desc(node)) + " " + key, std::string("= ") + ggml_op_desc(node)}) {
+            per_key[k].ms += ms;
+            per_key[k].count += 1;
+        }
+        total += ms;
+    }
+    ggml_free(ctx);
+    std::vector<std::pair<std::string, Entry>> rows(per_key.begin(), per_key.end());
+    std::sort(rows.begin(), rows.end(), [](const auto & a, const auto & b) { return a.second.ms > b.second.ms; });
+    std::fprintf(stderr, "[sdnode profile] %s: %.1f ms, %d nodes\n", shape_key.c_str(), total, ggml_graph_n_nodes(gf));
+    for (const auto & [key, e] : rows) {
+        if (e.ms < total * 0.002) break;
+        std::fprintf(stderr, "  %8.2f ms %5.1f%% %5d  %s\n", e.ms, 100 * e.ms / total, e.count, key.c_str());
+    }
+    return status;
 }
 
 }  // namespace
@@ -122,7 +182,8 @@ HostTensor GraphRunner::run(const std::string & shape_key, const BuildFn & build
         set_abort(backend_, abort_ ? abort_requested : nullptr, const_cast<std::atomic<bool> *>(abort_));
     }
     apply_threads();
-    const ggml_status status = ggml_backend_graph_compute(backend_, gf);
+    const ggml_status status =
+        profile_ops() ? compute_profiled(backend_, gf, shape_key) : ggml_backend_graph_compute(backend_, gf);
     if (set_abort) set_abort(backend_, nullptr, nullptr);
     if (status == GGML_STATUS_ABORTED || (abort_ && abort_->load())) {
         throw Error(ErrorCode::Aborted, "generation was aborted");

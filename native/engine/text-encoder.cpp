@@ -47,7 +47,7 @@ ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) co
         ggml_tensor * q = linear(g, h, p + ".self_attn.q_proj");
         ggml_tensor * k = linear(g, h, p + ".self_attn.k_proj");
         ggml_tensor * v = linear(g, h, p + ".self_attn.v_proj");
-        h = attention(g.ctx, q, k, v, params_.heads, true, p + ".self_attn", g.cpu.f32);
+        h = attention(g.ctx, q, k, v, params_.heads, true, p + ".self_attn", g.cpu);
         x = linear(g, h, p + ".self_attn.out_proj", x);  // x + out_proj(h)
 
         h = linear(g, layer_norm(g, x, p + ".layer_norm2"), p + ".mlp.fc1");

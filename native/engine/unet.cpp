@@ -136,8 +136,7 @@ ggml_tensor * Unet::build(Graph & g, ggml_tensor * x, ggml_tensor * timesteps, g
         }
     }
 
-    h = group_norm(g, h, "out.0");
-    return named(conv2d(g, ggml_silu(g.ctx, h), "out.2", 1, 1), "unet_out");
+    return named(conv2d(g, group_norm(g, h, "out.0", true), "out.2", 1, 1), "unet_out");
 }
 
 HostTensor Unet::forward(GraphRunner & runner, const HostTensor & x, const std::vector<float> & timesteps,

@@ -35,8 +35,7 @@ ggml_tensor * VaeDecoder::build_decoder(Graph & g, ggml_tensor * z) const {
         if (level != 0) h = upsample(g, h, prefix + ".upsample");
     }
 
-    h = group_norm(g, h, "decoder.norm_out");
-    return named(conv2d(g, ggml_silu(g.ctx, h), "decoder.conv_out", 1, 1), "vae_image");
+    return named(conv2d(g, group_norm(g, h, "decoder.norm_out", true), "decoder.conv_out", 1, 1), "vae_image");
 }
 
 HostTensor VaeDecoder::decode(GraphRunner & runner, const HostTensor & latent) const {

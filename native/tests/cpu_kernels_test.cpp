@@ -3,6 +3,7 @@
 // bit-identical, over shapes that exercise every edge (K below, at and past multiples of 64,
 // rows and columns that do not fill a register tile, strides, padding, batches, several row
 // blocks and panel groups, strided inputs) and 1 to 3 threads.
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -151,6 +152,56 @@ void matmul_f32_case(int64_t K, int64_t M, int64_t N, int64_t B, int threads) {
 }
 
 // q8_0 / q4_0 linear layers: ggml_mul_mat (+ ggml_add bias) against cpu_linear_q.
+// cpu_group_norm against ggml_group_norm + ggml_mul + ggml_add (+ ggml_silu). offset shifts the
+// input (a mean far from 0), weight_scale makes SiLU's inputs large (its exp saturates).
+void group_norm_case(int64_t W, int64_t H, int64_t C, int64_t N, float offset, float weight_scale, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * x = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F32, W, H, C, N);
+    ggml_tensor * w = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, C);
+    ggml_tensor * b = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, C);
+    fill(x, 11 + static_cast<uint32_t>(W * H + C), 1.0f);
+    for (int64_t i = 0; i < ggml_nelements(x); ++i) static_cast<float *>(x->data)[i] += offset;
+    fill(w, 12, weight_scale);
+    fill(b, 13, 0.5f);
+    ggml_tensor * ref = ggml_group_norm(c.ctx, x, 32, 1e-6f);
+    ref = ggml_mul(c.ctx, ref, ggml_reshape_4d(c.ctx, w, 1, 1, C, 1));
+    ref = ggml_add(c.ctx, ref, ggml_reshape_4d(c.ctx, b, 1, 1, C, 1));
+    for (bool silu : {false, true}) {
+        ggml_tensor * theirs = silu ? ggml_silu(c.ctx, ref) : ref;
+        ggml_tensor * ours = sd::cpu_group_norm(c.ctx, x, w, b, 32, 1e-6f, silu);
+        compute(c.ctx, theirs, ours, threads);
+        CHECK(identical(theirs, ours, "group_norm " + std::to_string(W) + "x" + std::to_string(H) + "x" + std::to_string(C) +
+                                          "x" + std::to_string(N) + (silu ? " silu" : "") + " threads " + std::to_string(threads)));
+    }
+}
+
+// cpu_soft_max against ggml_soft_max(ggml_scale(x)).
+void soft_max_case(int64_t cols, int64_t rows, int64_t batch, float input_scale, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * x = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, cols, rows, batch);
+    fill(x, 21 + static_cast<uint32_t>(cols), input_scale);
+    const float scale = 1.0f / std::sqrt(40.0f);
+    ggml_tensor * theirs = ggml_soft_max(c.ctx, ggml_scale(c.ctx, x, scale));
+    ggml_tensor * ours = sd::cpu_soft_max(c.ctx, x, scale);
+    compute(c.ctx, theirs, ours, threads);
+    CHECK(identical(theirs, ours, "soft_max " + std::to_string(cols) + "x" + std::to_string(rows) + " scale " +
+                                      std::to_string(input_scale) + " threads " + std::to_string(threads)));
+}
+
+// cpu_geglu against ggml_mul(cont(value half), ggml_gelu(cont(gate half))).
+void geglu_case(int64_t inner, int64_t rows, int64_t batch, float input_scale, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * h = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, 2 * inner, rows, batch);
+    fill(h, 31 + static_cast<uint32_t>(inner), input_scale);
+    ggml_tensor * value = ggml_cont(c.ctx, ggml_view_3d(c.ctx, h, inner, rows, batch, h->nb[1], h->nb[2], 0));
+    ggml_tensor * gate = ggml_cont(c.ctx, ggml_view_3d(c.ctx, h, inner, rows, batch, h->nb[1], h->nb[2], inner * sizeof(float)));
+    ggml_tensor * theirs = ggml_mul(c.ctx, value, ggml_gelu(c.ctx, gate));
+    ggml_tensor * ours = sd::cpu_geglu(c.ctx, h);
+    compute(c.ctx, theirs, ours, threads);
+    CHECK(identical(theirs, ours, "geglu " + std::to_string(inner) + "x" + std::to_string(rows) + " scale " +
+                                      std::to_string(input_scale) + " threads " + std::to_string(threads)));
+}
+
 void linear_q_case(ggml_type type, int64_t K, int64_t M, int64_t L, int64_t B, int threads) {
     Ctx c(256u << 20);
     ggml_tensor * wf = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, K, M);
@@ -256,5 +307,27 @@ int main() {
         }
     }
     if (vnni) linear_q_case(GGML_TYPE_Q4_0, 1280, 2560, 128, 1, 2);   // GEGLU-sized
+
+    // Activation kernels (AVX-512 DQ, as ggml-cpu's vector exp): SD1's shapes and the edges
+    // where ggml's arithmetic changes (rows shorter than or not a multiple of 16 lanes).
+    const bool dq = __builtin_cpu_supports("avx512dq");
+    CHECK(k.activations == dq);
+    if (dq) {
+        for (int threads : {1, 2, 3}) {
+            group_norm_case(32, 32, 320, 2, 0.0f, 1.0f, threads);   // UNet 32x32
+            group_norm_case(8, 8, 1280, 2, 3.0f, 1.0f, threads);    // 8-wide rows: SiLU through expf
+            group_norm_case(4, 4, 64, 2, 0.0f, 80.0f, threads);     // 4-wide, saturating SiLU
+            group_norm_case(20, 3, 96, 1, -2.0f, 100.0f, threads);  // a block and 4 more per row
+            group_norm_case(64, 64, 128, 1, 0.5f, 1.0f, threads);   // VAE-like
+            soft_max_case(1024, 40, 2, 1.0f, threads);              // 32x32 self-attention
+            soft_max_case(77, 30, 3, 3.0f, threads);                // cross-attention: 4 blocks + 13
+            soft_max_case(16, 9, 2, 1.0f, threads);
+            soft_max_case(13, 9, 2, 1.0f, threads);                 // no whole block
+            soft_max_case(256, 8, 2, 500.0f, threads);              // exp saturating to 0
+            geglu_case(1280, 30, 2, 1.0f, threads);                 // SD1 32x32
+            geglu_case(40, 7, 2, 12.0f, threads);                   // gates past +-10, a partial block
+            geglu_case(13, 5, 1, 4.0f, threads);
+        }
+    }
     return sdtest::finish("cpu_kernels_test");
 }

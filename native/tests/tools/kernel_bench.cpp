@@ -1,6 +1,7 @@
 // Times sdnode's f16 conv kernel against ggml's im2col + mul_mat on the convolutions of an SD1
 // UNet step and VAE decode at 256x256 (2 threads by default), printing GFLOP/s side by side.
-// Not a test: `build-tests/kernel_bench [threads] [reps] [filter]`.
+// Not a test: `build-tests/kernel_bench [threads] [reps] [filter]`; KBENCH_GGML=1 adds ggml's op,
+// KBENCH_COLD=1 flushes the caches before each run.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -25,11 +26,20 @@ double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
+// KBENCH_COLD=1: caches flushed before each run (a UNet's weights come from memory, not L3).
+void flush_caches() {
+    static const bool cold = std::getenv("KBENCH_COLD") != nullptr;
+    if (!cold) return;
+    static std::vector<char> junk(size_t(512) << 20);
+    for (size_t i = 0; i < junk.size(); i += 64) junk[i] = static_cast<char>(junk[i] + 1);
+}
+
 double time_graph(ggml_context * ctx, ggml_tensor * out, int threads, int reps) {
     ggml_cgraph * gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, out);
     std::vector<double> t;
     for (int r = 0; r < reps + 1; ++r) {
+        flush_caches();
         const auto a = std::chrono::steady_clock::now();
         ggml_graph_compute_with_ctx(ctx, gf, threads);
         const auto b = std::chrono::steady_clock::now();
