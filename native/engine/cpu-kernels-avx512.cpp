@@ -40,6 +40,7 @@ constexpr int kLanes = 16;
 constexpr int64_t kPanelGroupBytes = 768 * 1024;  // packed activations kept hot (L2)
 constexpr int64_t kRowBlockBytes = 512 * 1024;    // weight rows kept hot (L2)
 constexpr int64_t kMinColumnsToPackRows = 36;
+constexpr int64_t kFewPanelsBytes = 4 << 20;      // packed activations of a small product, all at once
 constexpr int64_t kL1Bytes = 40 * 1024;           // of a 48 KB L1d, leaving room for the rest
 constexpr int64_t kMaxL1Panels = 4;
 
@@ -64,6 +65,9 @@ Blocking blocking_for(const Gemm & g) {
     b.tail = g.K - b.np;
     b.panels = (g.N + kNR - 1) / kNR;
     b.group = max64(1, kPanelGroupBytes / (4 * kNR * g.K));
+    // Few columns: all panels at once, so that the weights (then the large operand) stream from
+    // memory once rather than once per group.
+    if (b.panels * kNR * g.K * 4 <= kFewPanelsBytes) b.group = b.panels;
     // Packing weight rows as f32 pays when a group has enough columns to reuse them.
     b.f16_rows = g.kind == Gemm::Kind::F16 && min64(b.group, b.panels) * kNR < kMinColumnsToPackRows;
     // A multiple of 16 rows, so that outputs are reduced 16 at a time (reduce16).
