@@ -56,6 +56,7 @@ struct Blocking {
     int64_t row_block;   // rows per block (multiple of kMR, of 16 unless it is all of M)
     bool f16_rows;       // weights read as f16 in the kernel instead of packed as f32
     int64_t l1_panels;   // panels whose pass data fits L1 beside a weight tile's
+    int64_t chunk;       // c per pass chunk: a panel's chunk and the row block's fit L1
 };
 
 Blocking blocking_for(const Gemm & g) {
@@ -76,6 +77,12 @@ Blocking blocking_for(const Gemm & g) {
     const int64_t tile_pass_bytes = b.nc * kMR * kLanes * (b.f16_rows ? 2 : 4);
     const int64_t panel_pass_bytes = max64(1, b.nc * kNR * kLanes * 4);
     b.l1_panels = min64(kMaxL1Panels, max64(1, (kL1Bytes - tile_pass_bytes) / panel_pass_bytes));
+    // Chunks only where a whole pass does not fit: then a panel's chunk plus the block's weight
+    // tiles' take about kL1Bytes.
+    const int64_t block_step_bytes = b.row_block * kLanes * (b.f16_rows ? 2 : 4), panel_step_bytes = kNR * kLanes * 4;
+    b.chunk = b.l1_panels > 1 || tile_pass_bytes + panel_pass_bytes <= kL1Bytes
+                  ? max64(1, b.nc)
+                  : max64(8, kL1Bytes / (block_step_bytes + panel_step_bytes));
     return b;
 }
 
@@ -221,15 +228,16 @@ struct TileRows {
     int s = 0;
 };
 
-// One pass s over a tile of MR weight rows x kNR packed columns: the partial sums of
-// accumulator s, 16 lanes per output, into part[(r*kNR + j)*16].
+// Pass s over c in [c0, c1) on a tile of MR weight rows x kNR packed columns: the partial sums
+// of accumulator s, 16 lanes per output, in part[(r*kNR + j)*16] (continued from there unless
+// c0 == 0).
 template <int MR, bool F16>
-void tile_pass(const TileRows & rows, const float * vec_s, int64_t nc, float * part) {
+void tile_pass(const TileRows & rows, const float * vec_s, int64_t c0, int64_t c1, float * part) {
     __m512 acc[MR][kNR];
     for (int r = 0; r < MR; ++r)
-        for (int j = 0; j < kNR; ++j) acc[r][j] = _mm512_setzero_ps();
+        for (int j = 0; j < kNR; ++j) acc[r][j] = c0 > 0 ? _mm512_loadu_ps(part + (r * kNR + j) * kLanes) : _mm512_setzero_ps();
     const uint16_t * wp = F16 ? rows.w + rows.s * kLanes : nullptr;
-    for (int64_t c = 0; c < nc; ++c) {
+    for (int64_t c = c0; c < c1; ++c) {
         __m512 a[MR];
         for (int r = 0; r < MR; ++r) {
             if constexpr (F16) {
@@ -249,12 +257,12 @@ void tile_pass(const TileRows & rows, const float * vec_s, int64_t nc, float * p
 }
 
 template <bool F16>
-void tile_pass_n(int n, const TileRows & rows, const float * vec_s, int64_t nc, float * part) {
+void tile_pass_n(int n, const TileRows & rows, const float * vec_s, int64_t c0, int64_t c1, float * part) {
     switch (n) {
-        case 4: tile_pass<4, F16>(rows, vec_s, nc, part); return;
-        case 3: tile_pass<3, F16>(rows, vec_s, nc, part); return;
-        case 2: tile_pass<2, F16>(rows, vec_s, nc, part); return;
-        default: tile_pass<1, F16>(rows, vec_s, nc, part); return;
+        case 4: tile_pass<4, F16>(rows, vec_s, c0, c1, part); return;
+        case 3: tile_pass<3, F16>(rows, vec_s, c0, c1, part); return;
+        case 2: tile_pass<2, F16>(rows, vec_s, c0, c1, part); return;
+        default: tile_pass<1, F16>(rows, vec_s, c0, c1, part); return;
     }
 }
 
@@ -958,24 +966,29 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
             if (!bl.f16_rows) pack_rows(g, bl, mb, rows, rows_f32, rows_tail);
             for (int64_t pq = 0; pq < pcount; pq += bl.l1_panels) {
                 const int64_t qn = min64(bl.l1_panels, pcount - pq);
-                // Passes for qn panels at once, so a weight tile's pass is loaded once for all.
+                // Passes for qn panels, a chunk of c at a time: a panel's chunk stays in L1
+                // while the block's weight tiles pass over it (long rows would otherwise stream
+                // both operands from L2 for every tile).
                 // Partial sums: parts[q*kPasses*pass_stride + s*pass_stride + t*kMR*kNR*16 + (r*kNR + j)*16 + l].
                 for (int s = 0; s < kPasses && bl.nc > 0; ++s) {
-                    for (int64_t t = 0; t < tiles; ++t) {
-                        const int64_t m = mb + t * kMR;
-                        const int rn = static_cast<int>(min64(kMR, mb + rows - m));
+                    for (int64_t c0 = 0; c0 < bl.nc; c0 += bl.chunk) {
+                        const int64_t c1 = min64(bl.nc, c0 + bl.chunk);
                         for (int64_t q = 0; q < qn; ++q) {
                             const float * vec_s = packed + (pq + q) * panel_floats + s * bl.nc * kNR * kLanes;
-                            float * part = parts + (q * kPasses + s) * pass_stride + t * kMR * kNR * kLanes;
-                            TileRows tr;
-                            if (bl.f16_rows) {
-                                tr.w = g.w + m * g.K;
-                                tr.K = g.K;
-                                tr.s = s;
-                                tile_pass_n<true>(rn, tr, vec_s, bl.nc, part);
-                            } else {
-                                tr.a_s = rows_f32 + (t * kPasses + s) * bl.nc * kMR * kLanes;
-                                tile_pass_n<false>(rn, tr, vec_s, bl.nc, part);
+                            for (int64_t t = 0; t < tiles; ++t) {
+                                const int64_t m = mb + t * kMR;
+                                const int rn = static_cast<int>(min64(kMR, mb + rows - m));
+                                float * part = parts + (q * kPasses + s) * pass_stride + t * kMR * kNR * kLanes;
+                                TileRows tr;
+                                if (bl.f16_rows) {
+                                    tr.w = g.w + m * g.K;
+                                    tr.K = g.K;
+                                    tr.s = s;
+                                    tile_pass_n<true>(rn, tr, vec_s, c0, c1, part);
+                                } else {
+                                    tr.a_s = rows_f32 + (t * kPasses + s) * bl.nc * kMR * kLanes;
+                                    tile_pass_n<false>(rn, tr, vec_s, c0, c1, part);
+                                }
                             }
                         }
                     }
