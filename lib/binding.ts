@@ -46,6 +46,8 @@ export interface CpuKernels {
   f32: boolean;
   /** q8_0 / q4_0 linear layers (AVX-512 VNNI). */
   quant: boolean;
+  /** Group norm (+ SiLU), attention softmax and GEGLU, each in one pass (AVX-512 DQ). */
+  activations: boolean;
 }
 
 export interface NativeUnetParams {

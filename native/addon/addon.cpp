@@ -48,6 +48,7 @@ Napi::Value SystemInfo(const Napi::CallbackInfo & info) {
         kernels.Set("f16", k.f16);
         kernels.Set("f32", k.f32);
         kernels.Set("quant", k.quant);
+        kernels.Set("activations", k.activations);
         out.Set("cpuKernels", kernels);
         return out;
     });
