@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -271,14 +272,27 @@ namespace {
 // One check: `ours` and `theirs` computed in one graph on `backend` from seeded inputs.
 struct SelfCheck {
     ggml_context * ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
     std::vector<std::pair<ggml_tensor *, ggml_tensor *>> pairs;
     SelfCheck() {
         ggml_init_params p{ggml_tensor_overhead() * 192 + ggml_graph_overhead(), nullptr, true};
         ctx = ggml_init(p);
     }
-    ~SelfCheck() { ggml_free(ctx); }
+    ~SelfCheck() {
+        if (buf) ggml_backend_buffer_free(buf);
+        ggml_free(ctx);
+    }
     ggml_tensor * input(ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
         return ggml_new_tensor_4d(ctx, type, ne0, ne1, ne2, ne3);
+    }
+    // Allocates every tensor on `backend`, lets `set_inputs` fill the inputs, computes `outputs`.
+    bool compute(ggml_backend_t backend, const std::vector<ggml_tensor *> & outputs, const std::function<void()> & set_inputs) {
+        ggml_cgraph * gf = ggml_new_graph(ctx);
+        for (ggml_tensor * t : outputs) ggml_build_forward_expand(gf, t);
+        buf = ggml_backend_alloc_ctx_tensors(ctx, backend);
+        if (!buf) return false;
+        set_inputs();
+        return ggml_backend_graph_compute(backend, gf) == GGML_STATUS_SUCCESS;
     }
 };
 
@@ -303,19 +317,9 @@ void fill_inputs(ggml_context * ctx) {
 
 // True when every pair matches bit for bit on `backend`.
 bool run_checks(SelfCheck & c, ggml_backend_t backend) {
-    ggml_cgraph * gf = ggml_new_graph(c.ctx);
-    for (auto & [a, b] : c.pairs) {
-        ggml_build_forward_expand(gf, a);
-        ggml_build_forward_expand(gf, b);
-    }
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
-    if (!buf) return false;
-    struct BufGuard {
-        ggml_backend_buffer_t b;
-        ~BufGuard() { ggml_backend_buffer_free(b); }
-    } guard{buf};
-    fill_inputs(c.ctx);
-    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) return false;
+    std::vector<ggml_tensor *> outputs;
+    for (auto & [a, b] : c.pairs) outputs.insert(outputs.end(), {a, b});
+    if (!c.compute(backend, outputs, [&] { fill_inputs(c.ctx); })) return false;
     for (auto & [a, b] : c.pairs) {
         std::vector<char> x(ggml_nbytes(a)), y(ggml_nbytes(b));
         if (x.size() != y.size()) return false;
@@ -332,20 +336,11 @@ bool fill_gelu_table(ggml_backend_t backend) {
     SelfCheck c;
     ggml_tensor * in = c.input(GGML_TYPE_F32, kValues, 1, 1, 1);
     ggml_tensor * out = ggml_gelu(c.ctx, in);
-    ggml_cgraph * gf = ggml_new_graph(c.ctx);
-    ggml_build_forward_expand(gf, out);
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
-    if (!buf) return false;
-    struct BufGuard {
-        ggml_backend_buffer_t b;
-        ~BufGuard() { ggml_backend_buffer_free(b); }
-    } guard{buf};
     std::vector<ggml_fp16_t> halves(kValues);
     for (int64_t i = 0; i < kValues; ++i) halves[i] = static_cast<ggml_fp16_t>(i);
     std::vector<float> values(kValues);
     ggml_fp16_to_fp32_row(halves.data(), values.data(), kValues);
-    ggml_backend_tensor_set(in, values.data(), 0, ggml_nbytes(in));
-    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) return false;
+    if (!c.compute(backend, {out}, [&] { ggml_backend_tensor_set(in, values.data(), 0, ggml_nbytes(in)); })) return false;
     gelu_table().resize(kValues);
     ggml_backend_tensor_get(out, gelu_table().data(), 0, ggml_nbytes(out));
     return true;
