@@ -1,5 +1,6 @@
-// Times sdnode's f16 conv kernel against ggml's im2col + mul_mat on the convolutions of an SD1
-// UNet step and VAE decode at 256x256 (2 threads by default), printing GFLOP/s side by side.
+// Times sdnode's kernels (f16 convolutions and linear layers, q8_0/q4_0 linear layers, f32
+// attention products) on the shapes of an SD1 UNet step and VAE decode at 256x256 (2 threads by
+// default) against ggml's im2col + mul_mat / mul_mat, printing GFLOP/s side by side.
 // Not a test: `build-tests/kernel_bench [threads] [reps] [filter]`; KBENCH_GGML=1 adds ggml's op,
 // KBENCH_COLD=1 flushes the caches before each run.
 #include <algorithm>
@@ -64,6 +65,8 @@ int main(int argc, char ** argv) {
         {"vae 32x32 512->512", 32, 32, 512, 512, 1, 3},      {"vae 64x64 512->512", 64, 64, 512, 512, 1, 3},
         {"lin 2048x320->2560", 2048, 1, 320, 2560, 1, 0}, {"lin 2048x320->320", 2048, 1, 320, 320, 1, 0},
         {"lin 512x640->5120", 512, 1, 640, 5120, 1, 0},   {"lin 128x1280->10240", 128, 1, 1280, 10240, 1, 0},
+        {"q8 lin 2048x320->2560", 2048, 1, 320, 2560, 1, -8}, {"q4 lin 2048x320->2560", 2048, 1, 320, 2560, 1, -4},
+        {"q4 lin 128x1280->10240", 128, 1, 1280, 10240, 1, -4}, {"q4 lin 512x640->5120", 512, 1, 640, 5120, 1, -4},
         {"lin 32x1280->1280", 32, 1, 1280, 1280, 1, 0},   {"lin 32x11520->1280", 32, 1, 11520, 1280, 1, 0},
         {"lin 128x1280->1280", 128, 1, 1280, 1280, 1, 0}, {"lin 128x5120->1280", 128, 1, 5120, 1280, 1, 0},
         {"attn qk 1024x40 x1024 h16", 1024, 1024, 40, -16, 1, 0}, {"attn pv 40x1024 x1024 h16", 40, 1024, 1024, -16, 1, 0},
@@ -82,6 +85,22 @@ int main(int argc, char ** argv) {
             const double flop = 2.0 * s.IC * s.W * s.H * -s.OC;
             const double ours = time_graph(ctx, sd::cpu_matmul_f32(ctx, a, b), threads, reps);
             const double theirs = with_ggml ? time_graph(ctx, ggml_mul_mat(ctx, a, b), threads, reps) : 0.0;
+            std::printf("%-28s %10.2f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9, with_ggml ? flop / theirs * 1e-9 : 0.0);
+            ggml_free(ctx);
+            continue;
+        }
+        if (s.k < 0) {  // a q8_0 (k = -8) or q4_0 (k = -4) linear layer, W rows of IC inputs -> OC outputs
+            const ggml_type type = s.k == -8 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q4_0;
+            std::vector<float> wf(static_cast<size_t>(s.IC * s.OC));
+            for (size_t i = 0; i < wf.size(); ++i) wf[i] = float((i * 7919) % 1000) * 1e-4f - 0.05f;
+            ggml_tensor * w = ggml_new_tensor_2d(ctx, type, s.IC, s.OC);
+            ggml_quantize_chunk(type, wf.data(), w->data, 0, s.OC, s.IC, nullptr);
+            ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, s.IC, s.W);
+            auto * xd = static_cast<float *>(x->data);
+            for (int64_t i = 0; i < ggml_nelements(x); ++i) xd[i] = float((i * 104729) % 2000) * 1e-3f - 1.0f;
+            const double flop = 2.0 * s.OC * s.IC * s.W;
+            const double ours = time_graph(ctx, sd::cpu_linear_q(ctx, w, x), threads, reps);
+            const double theirs = with_ggml ? time_graph(ctx, ggml_mul_mat(ctx, w, x), threads, reps) : 0.0;
             std::printf("%-28s %10.2f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9, with_ggml ? flop / theirs * 1e-9 : 0.0);
             ggml_free(ctx);
             continue;
