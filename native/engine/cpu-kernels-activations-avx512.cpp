@@ -58,11 +58,57 @@ __m512 silu_ggml(__m512 x) {
 float silu_ggml(float x) { return x / (1.0f + std::exp(-x)); }
 
 // ggml's group-norm sums: per row (`width` floats) a sequential double sum of term(x), then the
-// row sums added in row order. Rows are summed 8 at a time: independent chains, same order each.
-template <typename Term>
-double sum_rows(const float * x, int64_t rows, int64_t width, Term term) {
+// row sums added in row order. Rows of a multiple of 8 floats are summed 16 at a time with one
+// row per double lane (8 x 8 blocks transposed, so each lane still adds its row's terms in
+// order); others 8 at a time as independent scalar chains.
+inline __attribute__((always_inline)) void transpose8(__m256 (&v)[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+        v[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+}
+
+template <int Groups, typename Term>
+inline __attribute__((always_inline)) void sum_rows_lanes(const float * x, int64_t width, Term term, double * out) {
+    __m512d s[Groups];
+    for (int q = 0; q < Groups; ++q) s[q] = _mm512_setzero_pd();
+    for (int64_t i = 0; i < width; i += 8) {
+        for (int q = 0; q < Groups; ++q) {
+            __m256 v[8];
+            for (int k = 0; k < 8; ++k) v[k] = term(_mm256_loadu_ps(x + (q * 8 + k) * width + i));
+            transpose8(v);  // v[j] lane k: row q*8 + k, element i + j
+            for (int j = 0; j < 8; ++j) s[q] = _mm512_add_pd(s[q], _mm512_cvtps_pd(v[j]));
+        }
+    }
+    for (int q = 0; q < Groups; ++q) _mm512_storeu_pd(out + q * 8, s[q]);
+}
+
+template <typename VecTerm, typename Term>
+double sum_rows(const float * x, int64_t rows, int64_t width, VecTerm vec_term, Term term) {
     double total = 0.0;
     int64_t r = 0;
+    if (width % 8 == 0) {
+        double row_sums[16];
+        for (; r + 16 <= rows; r += 16) {
+            sum_rows_lanes<2>(x + r * width, width, vec_term, row_sums);
+            for (double v : row_sums) total += v;
+        }
+        for (; r + 8 <= rows; r += 8) {
+            sum_rows_lanes<1>(x + r * width, width, vec_term, row_sums);
+            for (int k = 0; k < 8; ++k) total += row_sums[k];
+        }
+    }
     for (; r + 8 <= rows; r += 8) {
         double s[8] = {};
         for (int64_t i = 0; i < width; ++i) {
@@ -91,12 +137,20 @@ void group_norm_avx512(const GroupNorm & g, int ith, int nth) {
         const float * x = g.x + (n * g.C + c0) * plane;
         float * y = g.out + (n * g.C + c0) * plane;
         // ggml_group_norm: mean, then the variance of v = x - mean, both summed in double.
-        const float mean = static_cast<float>(sum_rows(x, per_group * g.H, g.W, [](float v) { return double{v}; }) /
-                                              static_cast<double>(count));
-        const float variance = static_cast<float>(sum_rows(x, per_group * g.H, g.W, [mean](float v) {
-                                                      const float d = v - mean;
-                                                      return static_cast<double>(d * d);
-                                                  }) /
+        const int64_t rows = per_group * g.H;
+        const float mean = static_cast<float>(
+            sum_rows(x, rows, g.W, [](__m256 v) { return v; }, [](float v) { return double{v}; }) / static_cast<double>(count));
+        const __m256 mean8 = _mm256_set1_ps(mean);
+        const float variance = static_cast<float>(sum_rows(
+                                                      x, rows, g.W,
+                                                      [mean8](__m256 v) {
+                                                          const __m256 d = _mm256_sub_ps(v, mean8);
+                                                          return _mm256_mul_ps(d, d);
+                                                      },
+                                                      [mean](float v) {
+                                                          const float d = v - mean;
+                                                          return static_cast<double>(d * d);
+                                                      }) /
                                                   static_cast<double>(count));
         const float scale = 1.0f / std::sqrt(variance + g.eps);
         const __m512 vmean = _mm512_set1_ps(mean), vscale = _mm512_set1_ps(scale);

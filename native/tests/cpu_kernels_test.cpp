@@ -319,6 +319,7 @@ int main() {
             group_norm_case(4, 4, 64, 2, 0.0f, 80.0f, threads);     // 4-wide, saturating SiLU
             group_norm_case(20, 3, 96, 1, -2.0f, 100.0f, threads);  // a block and 4 more per row
             group_norm_case(64, 64, 128, 1, 0.5f, 1.0f, threads);   // VAE-like
+            group_norm_case(16, 12, 64, 1, 1.0f, 1.0f, threads);    // 24 rows a group: 16 + 8 in double lanes
             soft_max_case(1024, 40, 2, 1.0f, threads);              // 32x32 self-attention
             soft_max_case(77, 30, 3, 3.0f, threads);                // cross-attention: 4 blocks + 13
             soft_max_case(16, 9, 2, 1.0f, threads);
