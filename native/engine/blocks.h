@@ -74,7 +74,9 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
                      ggml_tensor * residual = nullptr);
 
 // x: [N, C, H, W]: 32 groups over C, eps 1e-6, per-channel affine; then SiLU with `silu`.
-ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix, bool silu = false);
+// add (optional, [N, C]): the norm is of x + add[n, c].
+ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix, bool silu = false,
+                         ggml_tensor * add = nullptr);
 
 // x: [..., C]: normalized over C, eps 1e-5, affine.
 ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix, float eps = 1e-5f);

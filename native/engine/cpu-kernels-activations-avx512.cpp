@@ -136,6 +136,18 @@ void group_norm_avx512(const GroupNorm & g, int ith, int nth) {
         const int64_t n = u / g.groups, c0 = u % g.groups * per_group;
         const float * x = g.x + (n * g.C + c0) * plane;
         float * y = g.out + (n * g.C + c0) * plane;
+        if (g.add) {
+            // x + add[n, c] as the ggml_add before the norm computes it, into the output; the
+            // passes below then read it there (the last one overwrites it in place).
+            for (int64_t c = 0; c < per_group; ++c) {
+                const __m512 a = _mm512_set1_ps(g.add[n * g.C + c0 + c]);
+                for (int64_t i = 0; i < plane; i += kLanes) {
+                    const __mmask16 m = static_cast<__mmask16>(plane - i >= kLanes ? 0xffff : (1u << (plane - i)) - 1);
+                    _mm512_mask_storeu_ps(y + c * plane + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + c * plane + i), a));
+                }
+            }
+            x = y;
+        }
         // ggml_group_norm: mean, then the variance of v = x - mean, both summed in double.
         const int64_t rows = per_group * g.H;
         const float mean = static_cast<float>(
@@ -178,6 +190,58 @@ void group_norm_avx512(const GroupNorm & g, int ith, int nth) {
                 int64_t i = 0;
                 for (; i < vec_w; i += kLanes) _mm512_storeu_ps(yr + i, silu_ggml(affine(_mm512_loadu_ps(xr + i))));
                 for (; i < g.W; ++i) yr[i] = silu_ggml(((xr[i] - mean) * scale) * wc + bc);
+            }
+        }
+    }
+}
+
+void layer_norm_avx512(const LayerNorm & l, int ith, int nth) {
+    const int64_t vec_cols = l.cols / kLanes * kLanes;
+    const Share rows = share(l.rows, ith, nth);
+    int64_t r = rows.begin;
+    double sums[16];
+    while (r < rows.end) {
+        // ggml_vec_sum_f32: each row's sequential double sum, rounded to float; 16 or 8 rows at
+        // once in double lanes where the rows allow, else one.
+        int n = 1;
+        if (l.cols % 8 == 0 && r + 16 <= rows.end) {
+            sum_rows_lanes<2>(l.x + r * l.cols, l.cols, [](__m256 v) { return v; }, sums);
+            n = 16;
+        } else if (l.cols % 8 == 0 && r + 8 <= rows.end) {
+            sum_rows_lanes<1>(l.x + r * l.cols, l.cols, [](__m256 v) { return v; }, sums);
+            n = 8;
+        } else {
+            double s = 0.0;
+            for (int64_t i = 0; i < l.cols; ++i) s += double{l.x[r * l.cols + i]};
+            sums[0] = s;
+        }
+        for (int k = 0; k < n; ++k, ++r) {
+            const float * x = l.x + r * l.cols;
+            float * y = l.out + r * l.cols;
+            const float mean = static_cast<float>(sums[k]) / static_cast<float>(l.cols);
+            // ggml_vec_cvar_f32: per 16-lane block the lane sum of (x - mean)^2 added in double,
+            // the last cols % 16 one by one; divided by cols in double.
+            const __m512 vmean = _mm512_set1_ps(mean);
+            double s2 = 0.0;
+            int64_t i = 0;
+            for (; i < vec_cols; i += kLanes) {
+                const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + i), vmean);
+                s2 += static_cast<double>(_mm512_reduce_add_ps(_mm512_mul_ps(d, d)));
+            }
+            for (; i < l.cols; ++i) {
+                const float d = x[i] - mean;
+                s2 += static_cast<double>(d * d);
+            }
+            const float variance = static_cast<float>(s2 / static_cast<double>(l.cols));
+            const float scale = 1.0f / std::sqrt(variance + l.eps);
+            // ((x - mean) * scale) * weight (+ bias): the norm's, ggml_mul's and ggml_add's roundings.
+            const __m512 vscale = _mm512_set1_ps(scale);
+            for (i = 0; i < l.cols; i += kLanes) {
+                const __mmask16 m = static_cast<__mmask16>(l.cols - i >= kLanes ? 0xffff : (1u << (l.cols - i)) - 1);
+                __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmean), vscale);
+                v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, l.weight + i));
+                if (l.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, l.bias + i));
+                _mm512_mask_storeu_ps(y + i, m, v);
             }
         }
     }

@@ -57,9 +57,11 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch);
 // a chain of ggml ops computes, float for float, in one pass over memory.
 
 // ggml_group_norm(x, groups, eps), then * weight[c] (ggml_mul), + bias[c] (ggml_add), then, with
-// `silu`, ggml_silu. x and out: contiguous [N, C, H, W]; C a multiple of groups.
+// `silu`, ggml_silu. x and out: contiguous [N, C, H, W]; C a multiple of groups. With `add`
+// ([N, C]), the norm is of x + add[n, c] (a broadcast ggml_add before it).
 struct GroupNorm {
     const float * x;
+    const float * add;
     float * out;
     int64_t W, H, C, N;
     int64_t groups;
@@ -69,6 +71,18 @@ struct GroupNorm {
     bool silu;
 };
 void group_norm_avx512(const GroupNorm & g, int ith, int nth);
+
+// ggml_norm(x, eps) over rows of `cols` contiguous floats, then * weight[i] (ggml_mul) and, if
+// given, + bias[i] (ggml_add), i the position in the row.
+struct LayerNorm {
+    const float * x;
+    float * out;
+    int64_t cols, rows;
+    float eps;
+    const float * weight;
+    const float * bias;
+};
+void layer_norm_avx512(const LayerNorm & l, int ith, int nth);
 
 // ggml_soft_max(ggml_scale(x, scale)) over rows of `cols` contiguous floats.
 struct SoftMax {

@@ -169,6 +169,7 @@ void group_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const auto eps_bits = static_cast<uint32_t>(packed >> 32);
     cpu::GroupNorm g{};
     g.x = static_cast<const float *>(x->data);
+    g.add = dst->src[3] ? static_cast<const float *>(dst->src[3]->data) : nullptr;
     g.out = static_cast<float *>(dst->data);
     g.W = x->ne[0];
     g.H = x->ne[1];
@@ -180,6 +181,24 @@ void group_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     g.bias = static_cast<const float *>(dst->src[2]->data);
     g.silu = (packed & kNormSilu) != 0;
     cpu::group_norm_avx512(g, ith, nth);
+#else
+    (void)dst, (void)ith, (void)nth, (void)userdata;
+#endif
+}
+
+// userdata: eps's bits; the bias, if any, is src[2].
+void layer_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+    const auto bits = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(userdata));
+    cpu::LayerNorm l{};
+    l.x = static_cast<const float *>(dst->src[0]->data);
+    l.out = static_cast<float *>(dst->data);
+    l.cols = dst->ne[0];
+    l.rows = ggml_nrows(dst);
+    std::memcpy(&l.eps, &bits, sizeof(float));
+    l.weight = static_cast<const float *>(dst->src[1]->data);
+    l.bias = dst->src[2] ? static_cast<const float *>(dst->src[2]->data) : nullptr;
+    cpu::layer_norm_avx512(l, ith, nth);
 #else
     (void)dst, (void)ith, (void)nth, (void)userdata;
 #endif
@@ -365,11 +384,26 @@ bool verify_activations(ggml_backend_t backend) {
         theirs = ggml_add(c.ctx, theirs, ggml_reshape_4d(c.ctx, b, 1, 1, s.ch, 1));
         c.pairs.push_back({theirs, cpu_group_norm(c.ctx, x, w, b, 32, 1e-6f, false)});
         c.pairs.push_back({ggml_silu(c.ctx, theirs), cpu_group_norm(c.ctx, x, w, b, 32, 1e-6f, true)});
+        // With a per-image, per-channel addend first (the UNet's time embedding).
+        ggml_tensor * e = c.input(GGML_TYPE_F32, s.ch, s.n, 1, 1);
+        ggml_tensor * xe = ggml_add(c.ctx, x, ggml_reshape_4d(c.ctx, e, 1, 1, s.ch, s.n));
+        ggml_tensor * theirs_e = ggml_group_norm(c.ctx, xe, 32, 1e-6f);
+        theirs_e = ggml_mul(c.ctx, theirs_e, ggml_reshape_4d(c.ctx, w, 1, 1, s.ch, 1));
+        theirs_e = ggml_add(c.ctx, theirs_e, ggml_reshape_4d(c.ctx, b, 1, 1, s.ch, 1));
+        c.pairs.push_back({ggml_silu(c.ctx, theirs_e), cpu_group_norm(c.ctx, x, w, b, 32, 1e-6f, true, e)});
     }
     struct Rows {
         int64_t cols, rows, batch;
         float input_scale;
     };
+    for (const Rows & s : {Rows{320, 19, 1, 1.0f}, Rows{77, 5, 2, 3.0f}, Rows{768, 9, 1, 1.0f}}) {
+        ggml_tensor * x = ggml_scale(c.ctx, c.input(GGML_TYPE_F32, s.cols, s.rows, s.batch, 1), s.input_scale);
+        ggml_tensor * w = c.input(GGML_TYPE_F32, s.cols, 1, 1, 1);
+        ggml_tensor * b = c.input(GGML_TYPE_F32, s.cols, 1, 1, 1);
+        ggml_tensor * theirs = ggml_mul(c.ctx, ggml_norm(c.ctx, x, 1e-5f), w);
+        c.pairs.push_back({theirs, cpu_layer_norm(c.ctx, x, w, nullptr, 1e-5f)});
+        c.pairs.push_back({ggml_add(c.ctx, theirs, b), cpu_layer_norm(c.ctx, x, w, b, 1e-5f)});
+    }
     for (const Rows & s : {Rows{77, 5, 3, 1.0f}, Rows{256, 4, 2, 1.0f}, Rows{40, 6, 1, 300.0f}, Rows{13, 3, 1, 1.0f}}) {
         ggml_tensor * x = ggml_scale(c.ctx, c.input(GGML_TYPE_F32, s.cols, s.rows, s.batch, 1), s.input_scale);
         c.pairs.push_back({ggml_soft_max(c.ctx, ggml_scale(c.ctx, x, 0.158f)), cpu_soft_max(c.ctx, x, 0.158f)});
@@ -517,22 +551,38 @@ ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
 }
 
 ggml_tensor * cpu_group_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, ggml_tensor * bias, int groups,
-                             float eps, bool silu) {
+                             float eps, bool silu, ggml_tensor * add) {
     const int64_t channels = x->ne[2];
     const auto per_channel = [&](const ggml_tensor * t) {
         return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == channels;
     };
     if (sizeof(uintptr_t) < 8 || x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || groups <= 0 || groups > 0xffff ||
-        channels % groups != 0 || !per_channel(weight) || !per_channel(bias)) {
+        channels % groups != 0 || !per_channel(weight) || !per_channel(bias) ||
+        (add && (add->type != GGML_TYPE_F32 || !ggml_is_contiguous(add) || ggml_nelements(add) != channels * x->ne[3]))) {
         throw Error(ErrorCode::Internal,
-                    "cpu_group_norm needs a contiguous f32 input whose channels divide into the groups, and f32 weight and bias per channel");
+                    "cpu_group_norm needs a contiguous f32 input whose channels divide into the groups, f32 weight and bias per "
+                    "channel, and an f32 addend per image and channel");
     }
     uint32_t eps_bits;
     std::memcpy(&eps_bits, &eps, sizeof(float));
     const uint64_t packed = static_cast<uint64_t>(groups) | (silu ? kNormSilu : 0) | (uint64_t{eps_bits} << 32);
-    ggml_tensor * args[] = {x, weight, bias};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 3, group_norm_op,
+    ggml_tensor * args[] = {x, weight, bias, add};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, add ? 4 : 3, group_norm_op,
                           GGML_N_TASKS_MAX, reinterpret_cast<void *>(static_cast<uintptr_t>(packed)));
+}
+
+ggml_tensor * cpu_layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, ggml_tensor * bias, float eps) {
+    const auto per_column = [&](const ggml_tensor * t) {
+        return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == x->ne[0];
+    };
+    if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || !per_column(weight) || (bias && !per_column(bias))) {
+        throw Error(ErrorCode::Internal, "cpu_layer_norm needs a contiguous f32 input and f32 weight (and bias) of its row width");
+    }
+    uint32_t bits;
+    std::memcpy(&bits, &eps, sizeof(float));
+    ggml_tensor * args[] = {x, weight, bias};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2, layer_norm_op,
+                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(static_cast<uintptr_t>(bits)));
 }
 
 ggml_tensor * cpu_soft_max(ggml_context * ctx, ggml_tensor * x, float scale) {

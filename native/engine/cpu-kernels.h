@@ -31,7 +31,7 @@ struct CpuKernels {
     bool f16 = false;
     bool f32 = false;
     bool quant = false;  // q8_0 / q4_0 linear layers (needs AVX-512 VNNI)
-    bool activations = false;  // group norm, scaled softmax, GEGLU (needs AVX-512 DQ)
+    bool activations = false;  // group and layer norm, scaled softmax, GEGLU (needs AVX-512 DQ)
 };
 CpuKernels cpu_kernels_for(ggml_backend_t backend);
 // The same for a CPU backend made for the purpose (what every CPU model will use).
@@ -68,9 +68,15 @@ ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * 
 // Same result as ggml_group_norm(x, groups, eps), then ggml_mul by weight and ggml_add of bias
 // (both reshaped to [1, C, 1, 1]), then, with `silu`, ggml_silu; one pass over memory instead of
 // six. x: contiguous f32 [N, C, H, W], C a multiple of groups; weight, bias: contiguous f32 [C].
+// add (optional): contiguous f32 [N, C], added to x first as a broadcast ggml_add would.
 // Only where cpu_kernels_for() reports activations.
 ggml_tensor * cpu_group_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, ggml_tensor * bias, int groups,
-                             float eps, bool silu);
+                             float eps, bool silu, ggml_tensor * add = nullptr);
+
+// Same result as ggml_norm(x, eps), then ggml_mul by weight and, if given, ggml_add of bias
+// (both [ne0]), in one pass. x: contiguous f32, rows along ne[0]. Only where cpu_kernels_for()
+// reports activations.
+ggml_tensor * cpu_layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, ggml_tensor * bias, float eps);
 
 // Same result as ggml_soft_max(ggml_scale(x, scale)) for contiguous f32 x (rows along ne[0]).
 // Only where cpu_kernels_for() reports activations.

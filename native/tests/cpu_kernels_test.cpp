@@ -173,6 +173,36 @@ void group_norm_case(int64_t W, int64_t H, int64_t C, int64_t N, float offset, f
         CHECK(identical(theirs, ours, "group_norm " + std::to_string(W) + "x" + std::to_string(H) + "x" + std::to_string(C) +
                                           "x" + std::to_string(N) + (silu ? " silu" : "") + " threads " + std::to_string(threads)));
     }
+    // With a per-image, per-channel addend (the UNet's time embedding) added first.
+    ggml_tensor * e = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, C, N);
+    fill(e, 14, 2.0f);
+    ggml_tensor * theirs = ggml_group_norm(c.ctx, ggml_add(c.ctx, x, ggml_reshape_4d(c.ctx, e, 1, 1, C, N)), 32, 1e-6f);
+    theirs = ggml_mul(c.ctx, theirs, ggml_reshape_4d(c.ctx, w, 1, 1, C, 1));
+    theirs = ggml_silu(c.ctx, ggml_add(c.ctx, theirs, ggml_reshape_4d(c.ctx, b, 1, 1, C, 1)));
+    ggml_tensor * ours = sd::cpu_group_norm(c.ctx, x, w, b, 32, 1e-6f, true, e);
+    compute(c.ctx, theirs, ours, threads);
+    CHECK(identical(theirs, ours, "group_norm + addend " + std::to_string(W) + "x" + std::to_string(H) + "x" +
+                                      std::to_string(C) + " threads " + std::to_string(threads)));
+}
+
+// cpu_layer_norm against ggml_norm + ggml_mul (+ ggml_add).
+void layer_norm_case(int64_t cols, int64_t rows, int64_t batch, float offset, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * x = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, cols, rows, batch);
+    ggml_tensor * w = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, cols);
+    ggml_tensor * b = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, cols);
+    fill(x, 41 + static_cast<uint32_t>(cols), 1.0f);
+    for (int64_t i = 0; i < ggml_nelements(x); ++i) static_cast<float *>(x->data)[i] += offset;
+    fill(w, 42, 1.0f);
+    fill(b, 43, 0.5f);
+    ggml_tensor * ref = ggml_mul(c.ctx, ggml_norm(c.ctx, x, 1e-5f), w);
+    for (bool bias : {false, true}) {
+        ggml_tensor * theirs = bias ? ggml_add(c.ctx, ref, b) : ref;
+        ggml_tensor * ours = sd::cpu_layer_norm(c.ctx, x, w, bias ? b : nullptr, 1e-5f);
+        compute(c.ctx, theirs, ours, threads);
+        CHECK(identical(theirs, ours, "layer_norm " + std::to_string(cols) + "x" + std::to_string(rows) + (bias ? " bias" : "") +
+                                          " threads " + std::to_string(threads)));
+    }
 }
 
 // cpu_soft_max against ggml_soft_max(ggml_scale(x)).
@@ -320,6 +350,10 @@ int main() {
             group_norm_case(20, 3, 96, 1, -2.0f, 100.0f, threads);  // a block and 4 more per row
             group_norm_case(64, 64, 128, 1, 0.5f, 1.0f, threads);   // VAE-like
             group_norm_case(16, 12, 64, 1, 1.0f, 1.0f, threads);    // 24 rows a group: 16 + 8 in double lanes
+            layer_norm_case(320, 1024, 2, 0.0f, threads);           // SD1 transformer at 32x32
+            layer_norm_case(1280, 21, 2, 2.0f, threads);            // 16-row groups, then 8, then single rows
+            layer_norm_case(768, 77, 1, 0.0f, threads);             // CLIP
+            layer_norm_case(77, 13, 1, -1.0f, threads);             // rows not a multiple of 8 or 16 floats
             soft_max_case(1024, 40, 2, 1.0f, threads);              // 32x32 self-attention
             soft_max_case(77, 30, 3, 3.0f, threads);                // cross-attention: 4 blocks + 13
             soft_max_case(16, 9, 2, 1.0f, threads);
