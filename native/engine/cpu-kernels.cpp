@@ -159,6 +159,19 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
     }
 }
 
+// A float parameter carried in an op's userdata pointer (its bits), and back.
+uintptr_t float_bits(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof(float));
+    return bits;
+}
+float bits_float(uintptr_t bits) {
+    const auto b = static_cast<uint32_t>(bits);
+    float f;
+    std::memcpy(&f, &b, sizeof(float));
+    return f;
+}
+
 // userdata of the group-norm op: groups (16 bits), SiLU (bit 16), eps's bits (bits 32-63).
 constexpr uint64_t kNormSilu = uint64_t{1} << 16;
 
@@ -166,7 +179,6 @@ void group_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
     const ggml_tensor * x = dst->src[0];
     const auto packed = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(userdata));
-    const auto eps_bits = static_cast<uint32_t>(packed >> 32);
     cpu::GroupNorm g{};
     g.x = static_cast<const float *>(x->data);
     g.add = dst->src[3] ? static_cast<const float *>(dst->src[3]->data) : nullptr;
@@ -176,7 +188,7 @@ void group_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     g.C = x->ne[2];
     g.N = x->ne[3];
     g.groups = static_cast<int64_t>(packed & 0xffff);
-    std::memcpy(&g.eps, &eps_bits, sizeof(float));
+    g.eps = bits_float(static_cast<uintptr_t>(packed >> 32));
     g.weight = static_cast<const float *>(dst->src[1]->data);
     g.bias = static_cast<const float *>(dst->src[2]->data);
     g.silu = (packed & kNormSilu) != 0;
@@ -189,13 +201,12 @@ void group_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 // userdata: eps's bits; the bias, if any, is src[2].
 void layer_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
-    const auto bits = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(userdata));
     cpu::LayerNorm l{};
     l.x = static_cast<const float *>(dst->src[0]->data);
     l.out = static_cast<float *>(dst->data);
     l.cols = dst->ne[0];
     l.rows = ggml_nrows(dst);
-    std::memcpy(&l.eps, &bits, sizeof(float));
+    l.eps = bits_float(reinterpret_cast<uintptr_t>(userdata));
     l.weight = static_cast<const float *>(dst->src[1]->data);
     l.bias = dst->src[2] ? static_cast<const float *>(dst->src[2]->data) : nullptr;
     cpu::layer_norm_avx512(l, ith, nth);
@@ -207,13 +218,12 @@ void layer_norm_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 // userdata: the scale's bits.
 void soft_max_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
-    const auto bits = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(userdata));
     cpu::SoftMax s{};
     s.x = static_cast<const float *>(dst->src[0]->data);
     s.out = static_cast<float *>(dst->data);
     s.cols = dst->ne[0];
     s.rows = ggml_nrows(dst);
-    std::memcpy(&s.scale, &bits, sizeof(float));
+    s.scale = bits_float(reinterpret_cast<uintptr_t>(userdata));
     cpu::soft_max_avx512(s, ith, nth);
 #else
     (void)dst, (void)ith, (void)nth, (void)userdata;
@@ -563,9 +573,7 @@ ggml_tensor * cpu_group_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * 
                     "cpu_group_norm needs a contiguous f32 input whose channels divide into the groups, f32 weight and bias per "
                     "channel, and an f32 addend per image and channel");
     }
-    uint32_t eps_bits;
-    std::memcpy(&eps_bits, &eps, sizeof(float));
-    const uint64_t packed = static_cast<uint64_t>(groups) | (silu ? kNormSilu : 0) | (uint64_t{eps_bits} << 32);
+    const uint64_t packed = static_cast<uint64_t>(groups) | (silu ? kNormSilu : 0) | (uint64_t{float_bits(eps)} << 32);
     ggml_tensor * args[] = {x, weight, bias, add};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, add ? 4 : 3, group_norm_op,
                           GGML_N_TASKS_MAX, reinterpret_cast<void *>(static_cast<uintptr_t>(packed)));
@@ -578,22 +586,18 @@ ggml_tensor * cpu_layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * 
     if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || !per_column(weight) || (bias && !per_column(bias))) {
         throw Error(ErrorCode::Internal, "cpu_layer_norm needs a contiguous f32 input and f32 weight (and bias) of its row width");
     }
-    uint32_t bits;
-    std::memcpy(&bits, &eps, sizeof(float));
     ggml_tensor * args[] = {x, weight, bias};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2, layer_norm_op,
-                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(static_cast<uintptr_t>(bits)));
+                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(float_bits(eps)));
 }
 
 ggml_tensor * cpu_soft_max(ggml_context * ctx, ggml_tensor * x, float scale) {
     if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x)) {
         throw Error(ErrorCode::Internal, "cpu_soft_max needs a contiguous f32 input");
     }
-    uint32_t bits;
-    std::memcpy(&bits, &scale, sizeof(float));
     ggml_tensor * args[] = {x};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 1, soft_max_op,
-                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(static_cast<uintptr_t>(bits)));
+                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(float_bits(scale)));
 }
 
 ggml_tensor * cpu_geglu(ggml_context * ctx, ggml_tensor * h) {
