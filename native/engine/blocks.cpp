@@ -303,6 +303,36 @@ ggml_tensor * cross_attention(Graph & g, ggml_tensor * x, ggml_tensor * context,
 
 }  // namespace
 
+namespace {
+
+// SD1's 1x1 proj_in: image -> tokens. Where sdnode's kernel runs, it writes the tokens itself
+// (same floats as the convolution, no layout copy after).
+ggml_tensor * proj_to_tokens(Graph & g, ggml_tensor * x, const std::string & prefix) {
+    ggml_tensor * w = g.w.get(prefix + ".weight");
+    if (w->ne[0] == 1 && w->ne[1] == 1 && w->ne[2] == x->ne[2] && cpu_f16_product(g, w, x) && ggml_is_contiguous(w)) {
+        ggml_tensor * y = cpu_conv2d_f16(g.ctx, w, x, 1, 0, find_bias(g, prefix, w->ne[3]), nullptr, true);
+        return named(release_after_use(g, y, w), prefix);
+    }
+    return image_to_tokens(g.ctx, conv2d(g, x, prefix, 1, 0));
+}
+
+// SD1's 1x1 proj_out: tokens -> image, + residual. Where sdnode's kernel runs, a linear layer on
+// the tokens writes the image itself (the same dot products as the convolution).
+ggml_tensor * proj_to_image(Graph & g, ggml_tensor * x, const std::string & prefix, int64_t w_px, int64_t h_px,
+                            ggml_tensor * residual) {
+    ggml_tensor * w = g.w.get(prefix + ".weight");
+    if (w->ne[0] == 1 && w->ne[1] == 1 && w->ne[2] == x->ne[0] && ggml_is_contiguous(w) && x->ne[3] == 1) {
+        ggml_tensor * w2 = ggml_reshape_2d(g.ctx, w, w->ne[2], w->ne[3]);
+        if (cpu_f16_product(g, w2, x) && fusable(residual, w_px, h_px, w->ne[3], x->ne[2])) {
+            ggml_tensor * y = cpu_linear_f16(g.ctx, w2, x, find_bias(g, prefix, w->ne[3]), residual, w_px, h_px);
+            return named(release_after_use(g, y, w), prefix);
+        }
+    }
+    return conv2d(g, tokens_to_image(g.ctx, x, w_px, h_px), prefix, 1, 0, residual);
+}
+
+}  // namespace
+
 ggml_tensor * spatial_transformer(Graph & g, ggml_tensor * x, ggml_tensor * context, const std::string & prefix,
                                   int heads, int depth) {
     const int64_t w = x->ne[0], h = x->ne[1];
@@ -311,7 +341,7 @@ ggml_tensor * spatial_transformer(Graph & g, ggml_tensor * x, ggml_tensor * cont
     // SD1 projects with 1x1 convolutions, SD2/SDXL with linear layers.
     const bool conv_proj = ggml_n_dims(g.w.get(prefix + ".proj_in.weight")) == 4;
     if (conv_proj) {
-        x = image_to_tokens(g.ctx, conv2d(g, x, prefix + ".proj_in", 1, 0));
+        x = proj_to_tokens(g, x, prefix + ".proj_in");
     } else {
         x = linear(g, image_to_tokens(g.ctx, x), prefix + ".proj_in");
     }
@@ -323,7 +353,7 @@ ggml_tensor * spatial_transformer(Graph & g, ggml_tensor * x, ggml_tensor * cont
         x = cross_attention(g, layer_norm(g, x, b + ".norm2"), context, b + ".attn2", heads, x);
         x = named(geglu_ff(g, layer_norm(g, x, b + ".norm3"), b + ".ff", x), b);
     }
-    if (conv_proj) return named(conv2d(g, tokens_to_image(g.ctx, x, w, h), prefix + ".proj_out", 1, 0, in), prefix);
+    if (conv_proj) return named(proj_to_image(g, x, prefix + ".proj_out", w, h, in), prefix);
     x = tokens_to_image(g.ctx, linear(g, x, prefix + ".proj_out"), w, h);
     return named(ggml_add(g.ctx, x, in), prefix);
 }

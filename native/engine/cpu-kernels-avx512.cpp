@@ -738,7 +738,9 @@ Roles roles_for(const Gemm & g) {
     x.count = g.N;
     x.K = g.K;
     x.round = g.kind == Gemm::Kind::F16;
-    r.v_is_m = (g.M >= 4 * kNR || g.M % kNR == 0) && g.N >= 4 * kNR;  // measured: for fewer rows, weights as broadcasts
+    // Measured: for fewer rows, weights as broadcasts. An image-layout output takes input rows
+    // as the vectors (its pixels are then contiguous).
+    r.v_is_m = (g.M >= 4 * kNR || g.M % kNR == 0) && g.N >= 4 * kNR && g.out_plane == 0;
     r.v = r.v_is_m ? w : x;
     r.b = r.v_is_m ? x : w;
     r.v_count = r.v.count;
@@ -767,7 +769,7 @@ __attribute__((noinline)) void store_tile(const Gemm & g, const Roles & ro, int6
         }
         return;
     }
-    if (!ro.conv) {
+    if (g.out_plane == 0) {
         // out[n, b0 .. b0 + rows): the tile transposed 16 columns at a time, a masked store each.
         for (int jv = 0; jv * kLanes < cols; ++jv) {
             __m512 v[8], t[8];
@@ -783,7 +785,7 @@ __attribute__((noinline)) void store_tile(const Gemm & g, const Roles & ro, int6
         }
         return;
     }
-    const int64_t plane = g.out_w * g.out_h;
+    const int64_t plane = g.out_plane;
     for (int r = 0; r < rows; ++r) {
         const int64_t m = b0 + r;
         const __m512 bias = _mm512_set1_ps(g.bias ? g.bias[m] : 0.0f);
@@ -961,8 +963,8 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
         window_offsets(g, offsets);
     }
 
-    const bool conv = g.kernel_w > 0;
-    const int64_t m_stride = conv ? g.out_w * g.out_h : 1;
+    const bool image_out = g.out_plane > 0;
+    const int64_t m_stride = image_out ? g.out_plane : 1;
 
     for (int64_t pg = p0; pg < p1; pg += bl.group) {
         const int64_t pcount = min64(bl.group, p1 - pg);
@@ -1014,8 +1016,8 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
                 int64_t base[kNR];
                 for (int j = 0; j < jn; ++j) {
                     const int64_t n = n0 + j;
-                    const int64_t plane = g.out_w * g.out_h;
-                    base[j] = conv ? (n / plane) * g.M * plane + n % plane : n * g.M;
+                    const int64_t plane = g.out_plane;
+                    base[j] = image_out ? (n / plane) * g.M * plane + n % plane : n * g.M;
                 }
                 // Row i of the block has its partials at pparts[s*pass_stride + (i*kNR + j)*16].
                 const bool f32 = g.kind == Gemm::Kind::F32;

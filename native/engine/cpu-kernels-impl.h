@@ -10,9 +10,10 @@ namespace sd::cpu {
 
 // out[m, n] = dot(w[m, :], column n), with column n of x described below:
 // - conv (kernel_w > 0): n = (b*out_h + oy)*out_w + ox; element k = (c*kernel_h + ky)*kernel_w + kx
-//   is x[b, c, oy*stride - pad + ky, ox*stride - pad + kx] (0 outside); out is [b, m, oy, ox].
-// - linear (kernel_w == 0): n = (i3*ne2 + i2)*ne1 + i1; column n is the row x[i3, i2, i1, :];
-//   out is [n, m].
+//   is x[b, c, oy*stride - pad + ky, ox*stride - pad + kx] (0 outside).
+// - linear (kernel_w == 0): n = (i3*ne2 + i2)*ne1 + i1; column n is the row x[i3, i2, i1, :].
+// out is [b, m, p] (an image's layout: n = b*out_plane + p) when out_plane > 0, else [n, m] (rows of
+// tokens): a convolution can write tokens and a linear layer an image, without a copy after.
 struct Gemm {
     // F16: ggml_vec_dot_f16's arithmetic (f16 weights `w`, activations rounded to f16).
     // F32: ggml_vec_dot_f32's (f32 rows `a`, activations as they are).
@@ -25,6 +26,7 @@ struct Gemm {
     int kernel_w, kernel_h, stride, pad;
     int64_t in_w, in_h, out_w, out_h;
     int64_t ne1, ne2;
+    int64_t out_plane = 0;
     const float * bias;  // added to out[m, n] as bias[m] (ggml_add after the product), or null
     // Then + residual[i] at out's own index (same shape, contiguous): the ggml_add it replaces.
     const float * residual = nullptr;

@@ -64,6 +64,9 @@ void run(const cpu::Gemm & g, int ith, int nth) {
 // userdata of the conv and linear ops: stride and padding (12 bits each) and which optional
 // operands follow w and x in dst->src, in this order.
 constexpr uintptr_t kHasBias = uintptr_t{1} << 24, kHasResidual = uintptr_t{1} << 25;
+// The other layout out: a convolution's result as tokens [N, H*W, M], a linear layer's as an
+// image [N, M, H, W] (its rows the pixels).
+constexpr uintptr_t kOtherLayout = uintptr_t{1} << 26;
 
 cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst, uintptr_t flags) {
     cpu::Gemm g{};
@@ -94,18 +97,22 @@ void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     g.pad = static_cast<int>((packed >> 12) & 0xfff);
     g.in_w = x->ne[0];
     g.in_h = x->ne[1];
-    g.out_w = dst->ne[0];
-    g.out_h = dst->ne[1];
     g.M = w->ne[3];
     g.K = w->ne[0] * w->ne[1] * w->ne[2];
-    g.N = dst->ne[0] * dst->ne[1] * dst->ne[3];
+    const bool tokens = (packed & kOtherLayout) != 0;
+    g.out_w = tokens ? (x->ne[0] + 2 * g.pad - g.kernel_w) / g.stride + 1 : dst->ne[0];
+    g.out_h = tokens ? (x->ne[1] + 2 * g.pad - g.kernel_h) / g.stride + 1 : dst->ne[1];
+    g.N = g.out_w * g.out_h * x->ne[3];
+    g.out_plane = tokens ? 0 : g.out_w * g.out_h;
     run(g, ith, nth);
 }
 
 void linear_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
-    cpu::Gemm g = gemm_common(w, x, dst, reinterpret_cast<uintptr_t>(userdata));
+    const auto flags = reinterpret_cast<uintptr_t>(userdata);
+    cpu::Gemm g = gemm_common(w, x, dst, flags);
+    if (flags & kOtherLayout) g.out_plane = dst->ne[0] * dst->ne[1];
     g.M = w->ne[1];
     g.K = w->ne[0];
     g.ne1 = x->ne[1];
@@ -508,17 +515,19 @@ CpuKernels cpu_kernels_on_cpu() {
 }
 
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias, ggml_tensor * residual) {
+                             ggml_tensor * bias, ggml_tensor * residual, bool tokens_out) {
     check_operands(w, x, bias, w->ne[3], "cpu_conv2d_f16");
     if (stride < 1 || padding < 0 || stride > 0xfff || padding > 0xfff || w->ne[2] != x->ne[2]) {
         throw Error(ErrorCode::Internal, "cpu_conv2d_f16: bad stride, padding or channel count");
     }
-    const int64_t ne[4] = {(x->ne[0] + 2 * padding - w->ne[0]) / stride + 1, (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1,
-                           w->ne[3], x->ne[3]};
+    const int64_t ow = (x->ne[0] + 2 * padding - w->ne[0]) / stride + 1, oh = (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1;
+    const int64_t image[4] = {ow, oh, w->ne[3], x->ne[3]}, tokens[4] = {w->ne[3], ow * oh, x->ne[3], 1};
+    const int64_t (&ne)[4] = tokens_out ? tokens : image;
     check_residual(residual, ne, "cpu_conv2d_f16");
     Extras e(w, x);
     e.add(bias, kHasBias);
     e.add(residual, kHasResidual);
+    if (tokens_out) e.flags |= kOtherLayout;
     void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 12) | e.flags);
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, conv2d_op, GGML_N_TASKS_MAX,
                           params);
@@ -546,16 +555,22 @@ ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x,
 }
 
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias,
-                             ggml_tensor * residual) {
+                             ggml_tensor * residual, int64_t image_w, int64_t image_h) {
     check_operands(w, x, bias, w->ne[1], "cpu_linear_f16");
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         throw Error(ErrorCode::Internal, "cpu_linear_f16: weight and input widths differ");
     }
-    const int64_t ne[4] = {w->ne[1], x->ne[1], x->ne[2], x->ne[3]};
+    const bool image_out = image_w > 0;
+    if (image_out && (image_h <= 0 || image_w * image_h != x->ne[1] || x->ne[3] != 1)) {
+        throw Error(ErrorCode::Internal, "cpu_linear_f16: an image result needs [N, W*H, C] rows");
+    }
+    const int64_t rows[4] = {w->ne[1], x->ne[1], x->ne[2], x->ne[3]}, image[4] = {image_w, image_h, w->ne[1], x->ne[2]};
+    const int64_t (&ne)[4] = image_out ? image : rows;
     check_residual(residual, ne, "cpu_linear_f16");
     Extras e(w, x);
     e.add(bias, kHasBias);
     e.add(residual, kHasResidual);
+    if (image_out) e.flags |= kOtherLayout;
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, linear_op, GGML_N_TASKS_MAX,
                           reinterpret_cast<void *>(e.flags));
 }

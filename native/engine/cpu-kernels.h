@@ -47,14 +47,18 @@ bool cpu_kernels_available();
 // bias (optional): f32 [OC], added as ggml_add(conv, bias) would, without a pass of its own.
 // residual (optional): contiguous f32 of the result's shape, then added element by element, the
 // same float addition as ggml_add(residual, result).
+// tokens_out: the result as tokens, f32 [N, OH*OW, OC] (ne {OC, OH*OW, N}), as
+// ggml_cont(ggml_permute(...)) of the image would give, without that copy.
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias = nullptr, ggml_tensor * residual = nullptr);
+                             ggml_tensor * bias = nullptr, ggml_tensor * residual = nullptr, bool tokens_out = false);
 
 // Same result as ggml_mul_mat(ctx, w, x) for f16 w [M, K] (ne {K, M}), contiguous, and f32 x
 // with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
 // bias and residual (optional): as for cpu_conv2d_f16.
+// image_w, image_h (optional): x holds rows of image_w*image_h pixels' tokens ([N, H*W, K]); the
+// result is then that image, f32 [N, M, H, W] (residual too), without a copy after.
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr,
-                             ggml_tensor * residual = nullptr);
+                             ggml_tensor * residual = nullptr, int64_t image_w = 0, int64_t image_h = 0);
 
 // Same result as ggml_mul_mat(ctx, w, x) (+ bias as ggml_add) for q8_0 or q4_0 w [M, K] and
 // contiguous f32 x with ne[0] == K. Only where cpu_kernels_for() reports quant.

@@ -135,6 +135,40 @@ void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int t
     CHECK(identical(ref_r, ours_r, std::string(what) + " + bias + residual"));
 }
 
+// The transformer's 1x1 projections without layout copies: a convolution writing tokens
+// (against ggml_conv_2d + bias, then permuted to [N, H*W, C] and made contiguous), and a linear
+// layer on those tokens writing an image plus a residual (against ggml_mul_mat + bias, permuted
+// back, + residual).
+void layout_case(int64_t W, int64_t H, int64_t C, int64_t M, int64_t N, int threads) {
+    Ctx c(256u << 20);
+    ggml_tensor * w1 = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F16, 1, 1, C, M);
+    ggml_tensor * x = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F32, W, H, C, N);
+    ggml_tensor * b1 = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, M);
+    fill(w1, 51, 0.05f);
+    fill(x, 52, 1.0f);
+    fill(b1, 53, 0.5f);
+    ggml_tensor * img = ggml_add(c.ctx, ggml_conv_2d(c.ctx, w1, x, 1, 1, 0, 0, 1, 1), ggml_reshape_4d(c.ctx, b1, 1, 1, M, 1));
+    ggml_tensor * ref_t = ggml_cont(c.ctx, ggml_permute(c.ctx, ggml_reshape_3d(c.ctx, img, W * H, M, N), 1, 0, 2, 3));
+    ggml_tensor * ours_t = sd::cpu_conv2d_f16(c.ctx, w1, x, 1, 0, b1, nullptr, true);
+    compute(c.ctx, ref_t, ours_t, threads);
+    const std::string what = std::to_string(W) + "x" + std::to_string(H) + "x" + std::to_string(C) + "->" + std::to_string(M) +
+                             " n " + std::to_string(N) + " threads " + std::to_string(threads);
+    CHECK(identical(ref_t, ours_t, "conv to tokens " + what));
+
+    ggml_tensor * w2 = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F16, M, C);
+    ggml_tensor * b2 = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, C);
+    ggml_tensor * residual = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F32, W, H, C, N);
+    fill(w2, 54, 0.05f);
+    fill(b2, 55, 0.5f);
+    fill(residual, 56, 1.0f);
+    ggml_tensor * rows = ggml_add(c.ctx, ggml_mul_mat(c.ctx, w2, ours_t), b2);  // [N, H*W, C]
+    ggml_tensor * back = ggml_cont(c.ctx, ggml_permute(c.ctx, rows, 1, 0, 2, 3));
+    ggml_tensor * ref_i = ggml_add(c.ctx, residual, ggml_reshape_4d(c.ctx, back, W, H, C, N));
+    ggml_tensor * ours_i = sd::cpu_linear_f16(c.ctx, w2, ours_t, b2, residual, W, H);
+    compute(c.ctx, ref_i, ours_i, threads);
+    CHECK(identical(ref_i, ours_i, "linear to image " + what));
+}
+
 // Attention's products: a [K, M, B] rows against b [K, N, B] -> [M, N, B] in f32.
 void matmul_f32_case(int64_t K, int64_t M, int64_t N, int64_t B, int threads) {
     Ctx c(256u << 20);
@@ -299,6 +333,13 @@ int main() {
         linear_case(320, 300, 260, 1, false, threads);    // >= 256 outputs and rows: weight rows are the vectors
         linear_case(256, 320, 140, 2, true, threads);     // ... with strided rows over two batches
         conv_case(12, 11, 64, 30, 1, 3, 1, 1, threads);   // 132 pixels: 3 panels
+    }
+
+    for (int threads : {1, 2, 3}) {
+        layout_case(32, 32, 320, 320, 2, threads);  // SD1 proj_in / proj_out at 32x32 (slice kernel)
+        layout_case(8, 8, 256, 192, 2, threads);    // 128 pixels
+        layout_case(4, 4, 320, 70, 2, threads);     // 32 pixels: the dot-product kernel
+        layout_case(5, 3, 128, 64, 1, threads);     // partial panels and tiles
     }
 
     // The self-check decides whether the f32 kernel runs; on this build it must, and match.
