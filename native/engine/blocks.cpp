@@ -194,11 +194,18 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         throw Error(ErrorCode::ModelFormat, "attention '" + name + "': q " + shape_text(q) + ", k " + shape_text(k) +
                                                 ", v " + shape_text(v) + " do not fit " + std::to_string(heads) + " heads");
     }
-    // [N, L, heads, d] -> [N*heads, L, d]
-    q = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, q, d, heads, lq, n), 0, 2, 1, 3)),
-                        d, lq, heads * n);
-    k = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, k, d, heads, lk, n), 0, 2, 1, 3)),
-                        d, lk, heads * n);
+    const int64_t slices = heads * n;
+    const int64_t per_slice = lq * lk * static_cast<int64_t>(sizeof(float));
+    const int64_t group = std::max<int64_t>(1, std::min<int64_t>(slices, max_scores_bytes / std::max<int64_t>(1, per_slice)));
+    // [N, L, heads, d] -> [N*heads, L, d]; sdnode's product reads the permuted rows in place
+    // (heads in one group: the views below are 3-D).
+    const bool views = cpu.f32 && group == slices;
+    const auto per_head = [&](ggml_tensor * t, int64_t l) {
+        ggml_tensor * p = ggml_permute(ctx, ggml_reshape_4d(ctx, t, d, heads, l, n), 0, 2, 1, 3);  // [N, heads, L, d]
+        return views ? p : ggml_reshape_3d(ctx, ggml_cont(ctx, p), d, l, heads * n);
+    };
+    q = per_head(q, lq);
+    k = per_head(k, lk);
     // v as [N*heads, d, Lk] so that the second matmul contracts over Lk.
     v = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, v, d, heads, lk, n), 1, 2, 0, 3)),
                         lk, d, heads * n);
@@ -206,9 +213,6 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
     // The scores of all heads at once can be large (SD1 at 512x512: 16 x 4096 x 4096 floats,
     // 1 GiB): past max_scores_bytes, heads run in groups whose scores the allocator reuses. Every
     // op here works per head, so the numbers are the same either way.
-    const int64_t slices = heads * n;
-    const int64_t per_slice = lq * lk * static_cast<int64_t>(sizeof(float));
-    const int64_t group = std::max<int64_t>(1, std::min<int64_t>(slices, max_scores_bytes / std::max<int64_t>(1, per_slice)));
     ggml_tensor * out = nullptr;
     for (int64_t s0 = 0; s0 < slices; s0 += group) {
         const int64_t sn = std::min(group, slices - s0);
@@ -217,6 +221,7 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         ggml_tensor * vs = group == slices ? v : ggml_view_3d(ctx, v, lk, d, sn, v->nb[1], v->nb[2], s0 * v->nb[2]);
         ggml_tensor * kq = cpu.f32 ? cpu_matmul_f32(ctx, ks, qs) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
         if (!cpu.f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
+        if (views) kq = ggml_reshape_3d(ctx, kq, lk, lq, slices);
         const float scale = 1.0f / std::sqrt(static_cast<float>(d));
         if (cpu.activations && !causal) {
             kq = cpu_soft_max(ctx, kq, scale);  // scale and softmax in one pass, same floats

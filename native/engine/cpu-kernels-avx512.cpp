@@ -88,6 +88,9 @@ Blocking blocking_for(const Gemm & g) {
 
 float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
+// F32 mode: row m of `a`.
+const float * a_row(const Gemm & g, int64_t m) { return g.a + m * (g.a_stride ? g.a_stride : g.K); }
+
 // A finished sum for row m stored at out[o]: + bias, then + residual (two float additions).
 float epilogue(const Gemm & g, float v, int64_t m, int64_t o) {
     if (g.bias) v += g.bias[m];
@@ -202,7 +205,7 @@ __attribute__((noinline)) void pack_rows(const Gemm & g, const Blocking & bl, in
         const int64_t t = i / kMR, r = i % kMR;
         float * tile = a + t * kPasses * nc * kMR * kLanes + r * kLanes;
         const uint16_t * w = f16 ? g.w + (m0 + i) * K : nullptr;
-        const float * x = f16 ? nullptr : g.a + (m0 + i) * K;
+        const float * x = f16 ? nullptr : a_row(g, m0 + i);
         for (int64_t c = 0; c < nc; ++c) {
             for (int s = 0; s < kPasses; ++s) {
                 const int64_t k = c * kStep + s * kLanes;
@@ -214,7 +217,7 @@ __attribute__((noinline)) void pack_rows(const Gemm & g, const Blocking & bl, in
     }
     if (!f16) {
         for (int64_t r = 0; r < rows; ++r)
-            for (int64_t i = 0; i < bl.tail; ++i) at[i * bl.row_block + r] = g.a[(m0 + r) * K + bl.np + i];
+            for (int64_t i = 0; i < bl.tail; ++i) at[i * bl.row_block + r] = a_row(g, m0 + r)[bl.np + i];
     }
 }
 
@@ -313,7 +316,7 @@ float finish(const Gemm & g, const Blocking & bl, const float * parts, int64_t p
     }
     if (g.kind == Gemm::Kind::F32) {
         // float sums: the reduction was rounded to float before the leftovers.
-        const float * row = g.a + m * g.K + bl.np;
+        const float * row = a_row(g, m) + bl.np;
         const __m512 s = f32_tail(_mm512_set1_ps(static_cast<float>(sum)), bl.tail, tail_j,
                                   [&](int64_t i) { return _mm512_set1_ps(row[i]); });
         return _mm512_cvtss_f32(s);
@@ -723,7 +726,7 @@ Roles roles_for(const Gemm & g) {
         w.f16 = g.w;
     } else {
         w.f32 = reinterpret_cast<const char *>(g.a);
-        w.nb1 = static_cast<size_t>(g.K) * sizeof(float);
+        w.nb1 = static_cast<size_t>(g.a_stride ? g.a_stride : g.K) * sizeof(float);
         w.ne1 = g.M;
     }
     w.count = g.M;

@@ -151,6 +151,7 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
             cpu::Gemm g{};
             g.kind = cpu::Gemm::Kind::F32;
             g.a = reinterpret_cast<const float *>(static_cast<const char *>(a->data) + i2 * a->nb[2] + i3 * a->nb[3]);
+            g.a_stride = static_cast<int64_t>(a->nb[1] / sizeof(float));
             g.x = static_cast<const char *>(b->data) + i2 * b->nb[2] + i3 * b->nb[3];
             g.nb1 = b->nb[1];
             g.nb2 = g.nb3 = 0;
@@ -534,9 +535,12 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
 }
 
 ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
-    if (a->type != GGML_TYPE_F32 || b->type != GGML_TYPE_F32 || !ggml_is_contiguous(a) || !ggml_is_contiguous(b) ||
-        a->ne[0] != b->ne[0] || a->ne[2] != b->ne[2] || a->ne[3] != b->ne[3]) {
-        throw Error(ErrorCode::Internal, "cpu_matmul_f32 needs contiguous f32 operands of the same width and batch");
+    const auto rows_ok = [](const ggml_tensor * t) {
+        return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float) && t->nb[1] % sizeof(float) == 0 &&
+               t->nb[1] >= t->ne[0] * sizeof(float);
+    };
+    if (!rows_ok(a) || !rows_ok(b) || a->ne[0] != b->ne[0] || a->ne[2] != b->ne[2] || a->ne[3] != b->ne[3]) {
+        throw Error(ErrorCode::Internal, "cpu_matmul_f32 needs f32 operands with contiguous rows of the same width, and the same batch");
     }
     ggml_tensor * args[] = {a, b};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, a->ne[1], b->ne[1], b->ne[2], b->ne[3], args, 2, matmul_f32_op,

@@ -64,8 +64,9 @@ ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
 // contiguous f32 x with ne[0] == K. Only where cpu_kernels_for() reports quant.
 ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr);
 
-// Same result as ggml_mul_mat(ctx, a, b) for contiguous f32 a [.., M, K] and b [.., N, K] with
-// the same batch dimensions (attention's Q K^T and P V): result f32 ne {M, N, ne2, ne3}.
+// Same result as ggml_mul_mat(ctx, a, b) for f32 a [.., M, K] and b [.., N, K] with contiguous
+// rows (any row and batch strides: permuted views need no copy) and the same batch dimensions
+// (attention's Q K^T and P V): result f32 ne {M, N, ne2, ne3}, contiguous.
 // Only where cpu_kernels_for() reports f32.
 ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
 

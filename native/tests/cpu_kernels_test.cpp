@@ -357,6 +357,23 @@ int main() {
         }
     }
     matmul_f32_case(40, 1024, 300, 2, 2);       // a 32x32 latent's self-attention, 2 heads
+    // Permuted views (attention's per-head rows read in place): [N, L, heads, d] as [N, heads, L, d].
+    for (int threads : {1, 2, 3}) {
+        for (int64_t L : {int64_t{77}, int64_t{300}}) {
+            Ctx c(256u << 20);
+            const int64_t d = 40, heads = 3, n = 2;
+            ggml_tensor * q = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, d * heads, L, n);
+            ggml_tensor * k = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, d * heads, 150, n);
+            fill(q, 61, 1.0f);
+            fill(k, 62, 1.0f);
+            ggml_tensor * qv = ggml_permute(c.ctx, ggml_reshape_4d(c.ctx, q, d, heads, L, n), 0, 2, 1, 3);
+            ggml_tensor * kv = ggml_permute(c.ctx, ggml_reshape_4d(c.ctx, k, d, heads, 150, n), 0, 2, 1, 3);
+            ggml_tensor * theirs = ggml_mul_mat(c.ctx, kv, qv);
+            ggml_tensor * ours = sd::cpu_matmul_f32(c.ctx, kv, qv);
+            compute(c.ctx, theirs, ours, threads);
+            CHECK(identical(theirs, ours, "matmul_f32 on permuted views L " + std::to_string(L) + " threads " + std::to_string(threads)));
+        }
+    }
     // The slice kernel (>= 128 columns, >= 16 rows): every leftover shape, partial tiles and panels.
     for (int threads : {1, 2, 3}) {
         for (int64_t K : {40, 80, 160, 64, 77, 16, 13, 24, 1024, 64 + 24}) {
