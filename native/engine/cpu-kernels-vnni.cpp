@@ -74,21 +74,21 @@ void unpack_rows(const QGemm & g, int64_t m0, int64_t rows, const PackedRows & p
     for (int64_t r = 0; r < rows; ++r) {
         const uint8_t * row = static_cast<const uint8_t *>(g.w) + (m0 + r) * g.row_bytes;
         for (int64_t b = 0; b < blocks; ++b) {
-            alignas(32) int8_t q[kQK];
             uint16_t dh;
+            __m256i v;
             if (g.q4) {
+                // Low nibbles are elements 0-15, high nibbles 16-31, each minus 8.
                 const uint8_t * blk = row + b * 18;
                 std::memcpy(&dh, blk, 2);
-                for (int j = 0; j < 16; ++j) {
-                    q[j] = static_cast<int8_t>((blk[2 + j] & 0x0F) - 8);
-                    q[j + 16] = static_cast<int8_t>((blk[2 + j] >> 4) - 8);
-                }
+                const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blk + 2));
+                const __m128i low = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
+                const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F));
+                v = _mm256_sub_epi8(_mm256_set_m128i(high, low), _mm256_set1_epi8(8));
             } else {
                 const uint8_t * blk = row + b * 34;
                 std::memcpy(&dh, blk, 2);
-                std::memcpy(q, blk + 2, kQK);
+                v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk + 2));
             }
-            const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i *>(q));
             const __m256i a = _mm256_abs_epi8(v);
             uint8_t * dst = pr.absw + (r * blocks + b) * 64;
             _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst), a);
