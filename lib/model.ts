@@ -345,7 +345,14 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
       ),
     );
     guard.rethrow();
-    return new Model(nativeModel, abs);
+    const model = new Model(nativeModel, abs);
+    // Aborted after the native load had finished (its progress events arrive after it): still
+    // an aborted load, so the promise keeps its word and the model is freed.
+    if (signal?.aborted) {
+      await model.dispose();
+      throwIfAborted(signal, 'loadModel');
+    }
+    return model;
   } catch (e) {
     guard.rethrow();
     throw withAbortReason(e, signal, 'loadModel');
