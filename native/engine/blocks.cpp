@@ -148,12 +148,12 @@ ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
         bad_weight(w, "expected " + std::to_string(channels) + " elements (group norm on " + shape_text(x) + ")");
     }
     if (channels % kGroups != 0) bad_weight(w, "group norm needs a channel count divisible by 32");
-    w = as_f32(g.ctx, w);
-    b = as_f32(g.ctx, b);
-    // One pass instead of six where sdnode's kernel runs (same floats).
     if (add && (add->type != GGML_TYPE_F32 || ggml_nelements(add) != channels * x->ne[3])) {
         throw Error(ErrorCode::Internal, "group norm '" + prefix + "': the addend must be f32 [N, C]");
     }
+    w = as_f32(g.ctx, w);
+    b = as_f32(g.ctx, b);
+    // One pass instead of six where sdnode's kernel runs (same floats).
     if (g.cpu.activations && x->type == GGML_TYPE_F32 && ggml_is_contiguous(x) && ggml_is_contiguous(w) &&
         ggml_is_contiguous(b) && (!add || ggml_is_contiguous(add))) {
         return named(cpu_group_norm(g.ctx, x, w, b, kGroups, 1e-6f, silu, add), prefix);
@@ -305,10 +305,6 @@ ggml_tensor * cross_attention(Graph & g, ggml_tensor * x, ggml_tensor * context,
     ggml_tensor * a = attention(g.ctx, q, k, v, heads, false, prefix + ".attn", g.cpu);
     return linear(g, a, prefix + ".to_out.0", residual);
 }
-
-}  // namespace
-
-namespace {
 
 // SD1's 1x1 proj_in: image -> tokens. Where sdnode's kernel runs, it writes the tokens itself
 // (same floats as the convolution, no layout copy after).

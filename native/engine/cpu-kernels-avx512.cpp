@@ -89,7 +89,7 @@ Blocking blocking_for(const Gemm & g) {
 float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
 // F32 mode: row m of `a`.
-const float * a_row(const Gemm & g, int64_t m) { return g.a + m * (g.a_stride ? g.a_stride : g.K); }
+const float * a_row(const Gemm & g, int64_t m) { return g.a + m * g.a_stride; }
 
 // A finished sum for row m stored at out[o]: + bias, then + residual (two float additions).
 float epilogue(const Gemm & g, float v, int64_t m, int64_t o) {
@@ -726,7 +726,7 @@ Roles roles_for(const Gemm & g) {
         w.f16 = g.w;
     } else {
         w.f32 = reinterpret_cast<const char *>(g.a);
-        w.nb1 = static_cast<size_t>(g.a_stride ? g.a_stride : g.K) * sizeof(float);
+        w.nb1 = static_cast<size_t>(g.a_stride) * sizeof(float);
         w.ne1 = g.M;
     }
     w.count = g.M;

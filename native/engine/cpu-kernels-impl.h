@@ -20,7 +20,7 @@ struct Gemm {
     enum class Kind { F16, F32 } kind = Kind::F16;
     const uint16_t * w;  // F16: weights, row m at w + m*K
     const float * a;     // F32: rows, row m at a + m*a_stride
-    int64_t a_stride = 0;  // F32: floats between rows of a (0: K)
+    int64_t a_stride = 0;  // F32: floats between rows of a (>= K)
     int64_t M, K, N;
     const char * x;      // f32 activations, unit element stride
     size_t nb1, nb2, nb3;

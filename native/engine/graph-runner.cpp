@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 
 #include "errors.h"
 
@@ -52,8 +53,8 @@ bool profile_ops() {
 ggml_status compute_profiled(ggml_backend_t backend, ggml_cgraph * gf, const std::string & shape_key) {
     std::vector<uint8_t> meta(ggml_graph_overhead_custom(1, false) + ggml_tensor_overhead());
     ggml_init_params params{meta.size(), meta.data(), true};
-    ggml_context * ctx = ggml_init(params);
-    ggml_cgraph * one = ggml_new_graph_custom(ctx, 1, false);
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx(ggml_init(params), &ggml_free);
+    ggml_cgraph * one = ggml_new_graph_custom(ctx.get(), 1, false);
     struct Entry {
         double ms = 0;
         int count = 0;
@@ -84,7 +85,6 @@ ggml_status compute_profiled(ggml_backend_t backend, ggml_cgraph * gf, const std
         }
         total += ms;
     }
-    ggml_free(ctx);
     std::vector<std::pair<std::string, Entry>> rows(per_key.begin(), per_key.end());
     std::sort(rows.begin(), rows.end(), [](const auto & a, const auto & b) { return a.second.ms > b.second.ms; });
     std::fprintf(stderr, "[sdnode profile] %s: %.1f ms, %d nodes\n", shape_key.c_str(), total, ggml_graph_n_nodes(gf));
