@@ -48,6 +48,12 @@ export interface CpuKernels {
   quant: boolean;
   /** Group norm (+ SiLU), attention softmax and GEGLU, each in one pass (AVX-512 DQ). */
   activations: boolean;
+  /**
+   * f16 models' convolutions and linear layers on AMX tiles (Intel Sapphire Rapids and later):
+   * ggml's exact products summed in another order, so results differ from ggml's in the last
+   * bits. Off with the environment variable `SDNODE_CPU_AMX=0` (then bit for bit ggml's).
+   */
+  amx: boolean;
 }
 
 export interface NativeUnetParams {

@@ -19,7 +19,8 @@ test('systemInfo reports versions, the CPU backend and device, CPU features and 
 
 test("systemInfo says which of sdnode's CPU kernels run, consistently with the CPU", () => {
   const { cpuKernels, cpuFeatures } = systemInfo();
-  for (const k of ['f16', 'f32', 'quant', 'activations'] as const) assert.equal(typeof cpuKernels[k], 'boolean');
+  for (const k of ['f16', 'f32', 'quant', 'activations', 'amx'] as const) assert.equal(typeof cpuKernels[k], 'boolean');
+  if (cpuKernels.amx) assert.ok(cpuKernels.f16 && cpuFeatures.includes('AMX_INT8'), `${cpuFeatures}`);
   // The attention and quantized kernels only run where the f16 ones do, and those need AVX-512.
   if (cpuKernels.f32 || cpuKernels.quant) assert.ok(cpuKernels.f16);
   if (cpuKernels.f16 || cpuKernels.activations) assert.equal(process.arch, 'x64');
@@ -27,6 +28,9 @@ test("systemInfo says which of sdnode's CPU kernels run, consistently with the C
   // On x86-64 builds of this project (GCC/Clang), an AVX-512 CPU runs them all: a kernel that
   // stopped matching ggml would show up here as false.
   if (process.arch === 'x64' && process.platform !== 'win32' && cpuFeatures.includes('AVX512')) {
-    assert.deepEqual(cpuKernels, { f16: true, f32: true, quant: cpuFeatures.includes('AVX512_VNNI'), activations: true });
+    const { amx, ...rest } = cpuKernels;
+    assert.deepEqual(rest, { f16: true, f32: true, quant: cpuFeatures.includes('AVX512_VNNI'), activations: true });
+    // AMX needs the OS's permission too, so it is not implied by the CPU features alone.
+    if (!cpuFeatures.includes('AMX_INT8')) assert.equal(amx, false);
   }
 });

@@ -49,6 +49,7 @@ Napi::Value SystemInfo(const Napi::CallbackInfo & info) {
         kernels.Set("f32", k.f32);
         kernels.Set("quant", k.quant);
         kernels.Set("activations", k.activations);
+        kernels.Set("amx", k.amx);
         out.Set("cpuKernels", kernels);
         return out;
     });

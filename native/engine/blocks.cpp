@@ -65,6 +65,14 @@ ggml_tensor * ComponentTensors::find(const std::string & name) const { return we
 
 const MappedRange * ComponentTensors::mapped_range(const ggml_tensor * t) const { return weights_.mapped_range(t); }
 
+bool ComponentTensors::quantized() const { return weights_.quantized(); }
+
+CpuKernels graph_kernels(ggml_backend_t backend, const TensorSource & weights) {
+    CpuKernels k = cpu_kernels_for(backend);
+    if (k.amx && weights.quantized()) k.amx = false;
+    return k;
+}
+
 namespace {
 
 void release_pages_op(ggml_tensor *, int ith, int, void * userdata) {
@@ -107,7 +115,7 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix, ggm
     ggml_tensor * bias = find_bias(g, prefix, w->ne[1]);
     const bool f16 = cpu_f16_product(g, w, x);
     ggml_tensor * fused = f16 && fusable(residual, w->ne[1], x->ne[1], x->ne[2], x->ne[3]) ? residual : nullptr;
-    ggml_tensor * y = f16                          ? cpu_linear_f16(g.ctx, w, x, bias, fused)
+    ggml_tensor * y = f16                          ? cpu_linear_f16(g.ctx, w, x, bias, fused, 0, 0, g.cpu.amx)
                       : cpu_quant_product(g, w, x) ? cpu_linear_q(g.ctx, w, x, bias)
                                                    : add_bias(g, ggml_mul_mat(g.ctx, w, x), bias, w->ne[1], 0);
     y = release_after_use(g, y, w);
@@ -132,7 +140,7 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
     const bool f16 = cpu_f16_product(g, w, x);
     ggml_tensor * fused = f16 && fusable(residual, out_w, out_h, w->ne[3], x->ne[3]) ? residual : nullptr;
     ggml_tensor * y =
-        f16 ? cpu_conv2d_f16(g.ctx, w, x, stride, padding, bias, fused)
+        f16 ? cpu_conv2d_f16(g.ctx, w, x, stride, padding, bias, fused, false, g.cpu.amx)
             : add_bias(g, ggml_conv_2d(g.ctx, w, x, stride, stride, padding, padding, 1, 1), bias, w->ne[3], 2);
     y = release_after_use(g, y, w);
     if (residual && !fused) y = ggml_add(g.ctx, residual, y);
@@ -311,7 +319,7 @@ ggml_tensor * cross_attention(Graph & g, ggml_tensor * x, ggml_tensor * context,
 ggml_tensor * proj_to_tokens(Graph & g, ggml_tensor * x, const std::string & prefix) {
     ggml_tensor * w = g.w.get(prefix + ".weight");
     if (w->ne[0] == 1 && w->ne[1] == 1 && w->ne[2] == x->ne[2] && cpu_f16_product(g, w, x) && ggml_is_contiguous(w)) {
-        ggml_tensor * y = cpu_conv2d_f16(g.ctx, w, x, 1, 0, find_bias(g, prefix, w->ne[3]), nullptr, true);
+        ggml_tensor * y = cpu_conv2d_f16(g.ctx, w, x, 1, 0, find_bias(g, prefix, w->ne[3]), nullptr, true, g.cpu.amx);
         return named(release_after_use(g, y, w), prefix);
     }
     return image_to_tokens(g.ctx, conv2d(g, x, prefix, 1, 0));
@@ -325,7 +333,7 @@ ggml_tensor * proj_to_image(Graph & g, ggml_tensor * x, const std::string & pref
     if (w->ne[0] == 1 && w->ne[1] == 1 && w->ne[2] == x->ne[0] && ggml_is_contiguous(w) && x->ne[3] == 1) {
         ggml_tensor * w2 = ggml_reshape_2d(g.ctx, w, w->ne[2], w->ne[3]);
         if (cpu_f16_product(g, w2, x) && fusable(residual, w_px, h_px, w->ne[3], x->ne[2])) {
-            ggml_tensor * y = cpu_linear_f16(g.ctx, w2, x, find_bias(g, prefix, w->ne[3]), residual, w_px, h_px);
+            ggml_tensor * y = cpu_linear_f16(g.ctx, w2, x, find_bias(g, prefix, w->ne[3]), residual, w_px, h_px, g.cpu.amx);
             return named(release_after_use(g, y, w), prefix);
         }
     }

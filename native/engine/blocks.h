@@ -31,6 +31,7 @@ public:
     ggml_tensor * get(const std::string & name) const;               // throws ModelFormat when absent
     // The mapped-file range of a weight used in place (see WeightLoadOptions::map_from_file).
     virtual const MappedRange * mapped_range(const ggml_tensor *) const { return nullptr; }
+    virtual bool quantized() const { return false; }  // any weight in a quantized type
 };
 
 // A TensorSource over loaded component weights (not owned).
@@ -39,6 +40,7 @@ public:
     explicit ComponentTensors(const ComponentWeights & weights) : weights_(weights) {}
     ggml_tensor * find(const std::string & name) const override;
     const MappedRange * mapped_range(const ggml_tensor * t) const override;
+    bool quantized() const override;
 
 private:
     const ComponentWeights & weights_;
@@ -53,6 +55,13 @@ struct Graph {
     // backend the graph runs on.
     CpuKernels cpu = {};
 };
+
+// The kernels a graph of `weights` on `backend` uses: cpu_kernels_for(backend), without AMX for
+// components with quantized weights. Their layers quantize activations (to q8_0), and rounding
+// to 8 bits turns the last-bit differences of AMX's f32 sums into whole quantization steps here
+// and there, so quantized models keep ggml's f16 arithmetic bit for bit, as
+// stable-diffusion.cpp computes it.
+CpuKernels graph_kernels(ggml_backend_t backend, const TensorSource & weights);
 
 // `y` (computed from weight `w`) as an in-place node that, once `y` is computed, drops `w`'s
 // pages from resident memory when `w` is used from the mapped file (read again at the next use):

@@ -34,6 +34,12 @@ struct Gemm {
     float * out;
 };
 
+// The same products on AMX tiles (cpu-kernels-amx.cpp; F16 kind only): exact products summed
+// in f32 in another order than ggml's, so equal to ggml's up to float rounding, not bit for bit.
+// Needs AMX-BF16 with the OS's permission for tile data, and AVX-512 F/BW/DQ.
+size_t gemm_amx_scratch_bytes(const Gemm & g);
+void gemm_amx(const Gemm & g, int ith, int nth, void * scratch);
+
 // out[m, n] = ggml's q8_0 dot product of weight row m (q8_0 or q4_0 blocks) with row n of x
 // (f32, quantized to q8_0 as ggml-cpu does); out is [n, m]; bias as in Gemm.
 struct QGemm {

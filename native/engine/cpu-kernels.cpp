@@ -7,6 +7,17 @@
 #include <memory>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+
 #include "cpu-kernels-impl.h"
 #include "errors.h"
 #include "log.h"
@@ -21,7 +32,19 @@ struct CpuIsa {
     bool avx512 = false;  // AVX-512F + FMA + F16C: the f16 and f32 kernels
     bool vnni = false;    // + BW/VL/DQ/VNNI: the q8_0 / q4_0 kernel
     bool dq = false;      // + DQ: the activation kernels (ggml-cpu's AVX-512 exp and SiLU need it too)
+    bool amx = false;     // + AMX-BF16 tiles the OS lets this process use: the AMX f16 kernel
 };
+
+// AMX tile data is off for a Linux process until it asks (arch_prctl ARCH_REQ_XCOMP_PERM); the
+// answer also says whether the kernel supports it at all.
+bool request_amx() {
+#if defined(__linux__) && defined(SDNODE_HAVE_AMX_KERNELS)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+}
 
 CpuIsa cpu_isa() {
     CpuIsa isa;
@@ -31,6 +54,9 @@ CpuIsa cpu_isa() {
     isa.dq = isa.avx512 && __builtin_cpu_supports("avx512dq");
     isa.vnni = isa.dq && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512vnni");
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool amx_bf16 = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx & (1u << 22)) && (edx & (1u << 24));
+    isa.amx = isa.dq && __builtin_cpu_supports("avx512bw") && amx_bf16 && request_amx();
 #endif
     return isa;
 }
@@ -53,11 +79,27 @@ void * thread_scratch(size_t bytes) {
     return reinterpret_cast<void *>((addr + 63) & ~static_cast<uintptr_t>(63));
 }
 
-void run(const cpu::Gemm & g, int ith, int nth) {
+// Products the AMX kernel takes: enough rows and k to fill tiles (a 4-channel output conv
+// would waste most of each), and im2col offsets that fit its 32-bit gathers.
+bool amx_suits(const cpu::Gemm & g) {
+    if (g.kind != cpu::Gemm::Kind::F16 || g.M < 32 || g.K < 32) return false;
+    if (g.kernel_w == 0) return true;
+    const int64_t floats = static_cast<int64_t>(g.nb3 / sizeof(float)) * (g.N / (g.out_w * g.out_h));
+    return floats < (int64_t{1} << 31);
+}
+
+void run(const cpu::Gemm & g, int ith, int nth, bool amx = false) {
+#if defined(SDNODE_HAVE_AMX_KERNELS)
+    static const bool have_amx = cpu_isa().amx;  // a graph built elsewhere never faults here
+    if (amx && have_amx && amx_suits(g)) {
+        cpu::gemm_amx(g, ith, nth, thread_scratch(cpu::gemm_amx_scratch_bytes(g)));
+        return;
+    }
+#endif
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
     cpu::gemm_avx512(g, ith, nth, static_cast<float *>(thread_scratch(cpu::gemm_scratch_floats(g) * sizeof(float))));
 #else
-    (void)g, (void)ith, (void)nth;
+    (void)g, (void)ith, (void)nth, (void)amx;
 #endif
 }
 
@@ -67,6 +109,7 @@ constexpr uintptr_t kHasBias = uintptr_t{1} << 24, kHasResidual = uintptr_t{1} <
 // The other layout out: a convolution's result as tokens [N, H*W, M], a linear layer's as an
 // image [N, M, H, W] (its rows the pixels).
 constexpr uintptr_t kOtherLayout = uintptr_t{1} << 26;
+constexpr uintptr_t kAmx = uintptr_t{1} << 27;  // on AMX tiles
 
 cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst, uintptr_t flags) {
     cpu::Gemm g{};
@@ -104,7 +147,7 @@ void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     g.out_h = tokens ? (x->ne[1] + 2 * g.pad - g.kernel_h) / g.stride + 1 : dst->ne[1];
     g.N = g.out_w * g.out_h * x->ne[3];
     g.out_plane = tokens ? 0 : g.out_w * g.out_h;
-    run(g, ith, nth);
+    run(g, ith, nth, (packed & kAmx) != 0);
 }
 
 void linear_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
@@ -118,7 +161,7 @@ void linear_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     g.ne1 = x->ne[1];
     g.ne2 = x->ne[2];
     g.N = x->ne[1] * x->ne[2] * x->ne[3];
-    run(g, ith, nth);
+    run(g, ith, nth, (flags & kAmx) != 0);
 }
 
 void linear_q_op(ggml_tensor * dst, int ith, int nth, void *) {
@@ -436,6 +479,47 @@ bool verify_activations(ggml_backend_t backend) {
     return run_checks(c, backend);
 }
 
+// True when every pair agrees within float rounding on `backend`: relative L2 error below 1e-5 and
+// no element off by more than 1e-4 of the largest (a wrong index or layout is off by ~100%).
+bool run_close_checks(SelfCheck & c, ggml_backend_t backend) {
+    std::vector<ggml_tensor *> outputs;
+    for (auto & [a, b] : c.pairs) outputs.insert(outputs.end(), {a, b});
+    if (!c.compute(backend, outputs, [&] { fill_inputs(c.ctx); })) return false;
+    for (auto & [a, b] : c.pairs) {
+        if (ggml_nelements(a) != ggml_nelements(b)) return false;
+        std::vector<float> x(static_cast<size_t>(ggml_nelements(a))), y(x.size());
+        ggml_backend_tensor_get(a, x.data(), 0, ggml_nbytes(a));
+        ggml_backend_tensor_get(b, y.data(), 0, ggml_nbytes(b));
+        if (!cpu_close(x.data(), y.data(), x.size())) return false;
+    }
+    return true;
+}
+
+// The AMX kernel against ggml's ops: both conv paths (rows of pixels, gathered windows), stride
+// and padding, both output layouts, bias and residual, partial tiles in rows, columns and k.
+bool verify_amx(ggml_backend_t backend) {
+    SelfCheck c;
+    ggml_tensor * w = c.input(GGML_TYPE_F16, 3, 3, 20, 35);
+    ggml_tensor * x = c.input(GGML_TYPE_F32, 19, 7, 20, 2);
+    ggml_tensor * bias = c.input(GGML_TYPE_F32, 35, 1, 1, 1);
+    ggml_tensor * conv = ggml_conv_2d(c.ctx, w, x, 1, 1, 1, 1, 1, 1);
+    ggml_tensor * res = c.input(GGML_TYPE_F32, 19, 7, 35, 2);
+    c.pairs.push_back({ggml_add(c.ctx, res, ggml_add(c.ctx, conv, ggml_reshape_4d(c.ctx, bias, 1, 1, 35, 1))),
+                       cpu_conv2d_f16(c.ctx, w, x, 1, 1, bias, res, false, true)});
+    ggml_tensor * x2 = c.input(GGML_TYPE_F32, 6, 5, 20, 3);  // rows shorter than a tile: gathered
+    c.pairs.push_back({ggml_conv_2d(c.ctx, w, x2, 2, 2, 1, 1, 1, 1), cpu_conv2d_f16(c.ctx, w, x2, 2, 1, nullptr, nullptr, false, true)});
+    c.pairs.push_back({ggml_cont(c.ctx, ggml_permute(c.ctx, ggml_reshape_3d(c.ctx, conv, 19 * 7, 35, 2), 1, 0, 2, 3)),
+                       cpu_conv2d_f16(c.ctx, w, x, 1, 1, nullptr, nullptr, true, true)});
+    ggml_tensor * wl = c.input(GGML_TYPE_F16, 72, 40, 1, 1);
+    ggml_tensor * xl = c.input(GGML_TYPE_F32, 72, 37, 2, 1);
+    ggml_tensor * bl = c.input(GGML_TYPE_F32, 40, 1, 1, 1);
+    c.pairs.push_back({ggml_add(c.ctx, ggml_mul_mat(c.ctx, wl, xl), bl), cpu_linear_f16(c.ctx, wl, xl, bl, nullptr, 0, 0, true)});
+    ggml_tensor * xi = c.input(GGML_TYPE_F32, 72, 12, 2, 1);  // 4 x 3 pixels' tokens -> image
+    ggml_tensor * image = ggml_cont(c.ctx, ggml_permute(c.ctx, ggml_mul_mat(c.ctx, wl, xi), 1, 0, 2, 3));
+    c.pairs.push_back({ggml_reshape_4d(c.ctx, image, 4, 3, 40, 2), cpu_linear_f16(c.ctx, wl, xi, nullptr, nullptr, 4, 3, true)});
+    return run_close_checks(c, backend);
+}
+
 CpuKernels verify(ggml_backend_t backend) {
     CpuKernels k;
     k.activations = cpu_isa().dq && verify_activations(backend);
@@ -474,6 +558,7 @@ CpuKernels verify(ggml_backend_t backend) {
         }
         k.f32 = run_checks(c, backend);
     }
+    k.amx = k.f16 && cpu_isa().amx && verify_amx(backend);
     if (k.f16 && cpu_isa().vnni) {
         // q8_0 / q4_0 linear layers: partial tiles, a bias, an odd column count.
         SelfCheck c;
@@ -495,7 +580,9 @@ CpuKernels cpu_kernels_for(ggml_backend_t backend) {
     if (!dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU || !cpu_kernels_available()) return {};
     // Once per process: every CPU backend runs the same ggml-cpu code.
     static const CpuKernels verified = [&] {
-        const CpuKernels k = verify(backend);
+        CpuKernels k = verify(backend);
+        const char * env = std::getenv("SDNODE_CPU_AMX");
+        if (env && std::strcmp(env, "0") == 0) k.amx = false;
         if (!k.f16) log(LogLevel::Warn, "sdnode's f16 CPU kernels do not match this ggml build; using ggml's ops");
         else if (!k.f32) log(LogLevel::Warn, "sdnode's f32 attention kernel does not match this ggml build; using ggml's op");
         if (cpu_isa().dq && !k.activations) {
@@ -504,6 +591,19 @@ CpuKernels cpu_kernels_for(ggml_backend_t backend) {
         return k;
     }();
     return verified;
+}
+
+bool cpu_close(const float * ours, const float * theirs, size_t n) {
+    double diff2 = 0, ref2 = 0, max_ref = 0, max_diff = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const double d = static_cast<double>(ours[i]) - theirs[i];
+        if (!(std::fabs(d) <= 1e300)) return false;  // NaN or inf where ggml has a number
+        diff2 += d * d;
+        ref2 += static_cast<double>(theirs[i]) * theirs[i];
+        max_ref = std::max(max_ref, std::fabs(static_cast<double>(theirs[i])));
+        max_diff = std::max(max_diff, std::fabs(d));
+    }
+    return diff2 <= 1e-10 * ref2 && max_diff <= 1e-4 * max_ref;
 }
 
 CpuKernels cpu_kernels_on_cpu() {
@@ -516,7 +616,7 @@ CpuKernels cpu_kernels_on_cpu() {
 }
 
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias, ggml_tensor * residual, bool tokens_out) {
+                             ggml_tensor * bias, ggml_tensor * residual, bool tokens_out, bool amx) {
     check_operands(w, x, bias, w->ne[3], "cpu_conv2d_f16");
     if (stride < 1 || padding < 0 || stride > 0xfff || padding > 0xfff || w->ne[2] != x->ne[2]) {
         throw Error(ErrorCode::Internal, "cpu_conv2d_f16: bad stride, padding or channel count");
@@ -529,6 +629,7 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     e.add(bias, kHasBias);
     e.add(residual, kHasResidual);
     if (tokens_out) e.flags |= kOtherLayout;
+    if (amx) e.flags |= kAmx;
     void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 12) | e.flags);
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, conv2d_op, GGML_N_TASKS_MAX,
                           params);
@@ -559,7 +660,7 @@ ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x,
 }
 
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias,
-                             ggml_tensor * residual, int64_t image_w, int64_t image_h) {
+                             ggml_tensor * residual, int64_t image_w, int64_t image_h, bool amx) {
     check_operands(w, x, bias, w->ne[1], "cpu_linear_f16");
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         throw Error(ErrorCode::Internal, "cpu_linear_f16: weight and input widths differ");
@@ -575,6 +676,7 @@ ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     e.add(bias, kHasBias);
     e.add(residual, kHasResidual);
     if (image_out) e.flags |= kOtherLayout;
+    if (amx) e.flags |= kAmx;
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, linear_op, GGML_N_TASKS_MAX,
                           reinterpret_cast<void *>(e.flags));
 }

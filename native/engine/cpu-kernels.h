@@ -32,10 +32,18 @@ struct CpuKernels {
     bool f32 = false;
     bool quant = false;  // q8_0 / q4_0 linear layers (needs AVX-512 VNNI)
     bool activations = false;  // group and layer norm, scaled softmax, GEGLU (needs AVX-512 DQ)
+    // f16 convolutions and linear layers on AMX tiles (needs AMX-BF16; SDNODE_CPU_AMX=0 turns it
+    // off): ggml's exact products summed in f32 in another order, so equal to ggml's up to float
+    // rounding, not bit for bit. A graph chooses it per product (the `amx` arguments below).
+    bool amx = false;
 };
 CpuKernels cpu_kernels_for(ggml_backend_t backend);
 // The same for a CPU backend made for the purpose (what every CPU model will use).
 CpuKernels cpu_kernels_on_cpu();
+
+// Whether `ours` equals `theirs` up to float rounding of differently ordered f32 sums: relative
+// L2 error below 1e-5 and no element off by more than 1e-4 of the largest magnitude.
+bool cpu_close(const float * ours, const float * theirs, size_t n);
 
 // True when this build and CPU run the kernels below (x86-64 with AVX-512F), and they are not
 // turned off with SDNODE_CPU_KERNELS=0 (to measure or compare against ggml's own ops).
@@ -49,16 +57,18 @@ bool cpu_kernels_available();
 // same float addition as ggml_add(residual, result).
 // tokens_out: the result as tokens, f32 [N, OH*OW, OC] (ne {OC, OH*OW, N}), as
 // ggml_cont(ggml_permute(...)) of the image would give, without that copy.
+// amx: on AMX tiles (only where cpu_kernels_for() reports amx): float rounding apart, not bit for bit.
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias = nullptr, ggml_tensor * residual = nullptr, bool tokens_out = false);
+                             ggml_tensor * bias = nullptr, ggml_tensor * residual = nullptr, bool tokens_out = false,
+                             bool amx = false);
 
 // Same result as ggml_mul_mat(ctx, w, x) for f16 w [M, K] (ne {K, M}), contiguous, and f32 x
 // with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
-// bias and residual (optional): as for cpu_conv2d_f16.
+// bias, residual and amx (optional): as for cpu_conv2d_f16.
 // image_w, image_h (optional): x holds rows of image_w*image_h pixels' tokens ([N, H*W, K]); the
 // result is then that image, f32 [N, M, H, W] (residual too), without a copy after.
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr,
-                             ggml_tensor * residual = nullptr, int64_t image_w = 0, int64_t image_h = 0);
+                             ggml_tensor * residual = nullptr, int64_t image_w = 0, int64_t image_h = 0, bool amx = false);
 
 // Same result as ggml_mul_mat(ctx, w, x) (+ bias as ggml_add) for q8_0 or q4_0 w [M, K] and
 // contiguous f32 x with ne[0] == K. Only where cpu_kernels_for() reports quant.

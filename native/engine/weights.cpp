@@ -127,6 +127,13 @@ ggml_tensor * ComponentWeights::get(const std::string & name) const {
 
 uint64_t ComponentWeights::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_.get()) : 0; }
 
+bool ComponentWeights::quantized() const {
+    for (const auto & [name, t] : map_) {
+        if (ggml_is_quantized(t->type)) return true;
+    }
+    return false;
+}
+
 uint64_t ComponentWeights::mapped_bytes() const {
     uint64_t n = 0;
     for (const auto & [t, r] : mapped_) n += r.size;

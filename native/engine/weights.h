@@ -70,6 +70,7 @@ public:
     // lifetime of these weights.
     const MappedRange * mapped_range(const ggml_tensor * t) const;
     Component component() const { return component_; }
+    bool quantized() const;  // any weight in a quantized type (q8_0, q4_0, k-quants)
     size_t count() const { return map_.size(); }
 
 private:

@@ -3,6 +3,7 @@
 // bit-identical, over shapes that exercise every edge (K below, at and past multiples of 64,
 // rows and columns that do not fill a register tile, strides, padding, batches, several row
 // blocks and panel groups, strided inputs) and 1 to 3 threads.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -60,6 +61,32 @@ bool identical(const ggml_tensor * a, const ggml_tensor * b, const std::string &
     return true;
 }
 
+// The f16 conv and linear cases run twice: bit for bit with the AVX-512 kernels, then, where the
+// CPU has AMX, within float rounding (cpu_close) with the AMX kernel.
+bool g_exact = true;
+double g_worst_l2 = 0;  // the AMX kernel's largest relative L2 error seen
+
+bool matches(const ggml_tensor * a, const ggml_tensor * b, const std::string & what) {
+    if (g_exact) return identical(a, b, what);
+    if (!ggml_are_same_shape(a, b)) {
+        std::fprintf(stderr, "%s: shapes differ\n", what.c_str());
+        return false;
+    }
+    const auto * x = static_cast<const float *>(a->data);
+    const auto * y = static_cast<const float *>(b->data);
+    const size_t n = static_cast<size_t>(ggml_nelements(a));
+    double d2 = 0, r2 = 0;
+    for (size_t i = 0; i < n; ++i) {
+        d2 += (double(y[i]) - x[i]) * (double(y[i]) - x[i]);
+        r2 += double(x[i]) * x[i];
+    }
+    const double l2 = r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
+    g_worst_l2 = std::max(g_worst_l2, l2);
+    if (sd::cpu_close(y, x, n)) return true;
+    std::fprintf(stderr, "%s (AMX): relative L2 error %.3g\n", what.c_str(), l2);
+    return false;
+}
+
 void compute(ggml_context * ctx, ggml_tensor * out_a, ggml_tensor * out_b, int threads) {
     ggml_cgraph * gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, out_a);
@@ -74,19 +101,19 @@ void conv_case(int64_t W, int64_t H, int64_t IC, int64_t OC, int64_t N, int k, i
     fill(w, 1 + static_cast<uint32_t>(IC * 7 + OC), 0.05f);
     fill(x, 2 + static_cast<uint32_t>(W * 3 + H), 1.0f);
     ggml_tensor * ref = ggml_conv_2d(c.ctx, w, x, stride, stride, pad, pad, 1, 1);
-    ggml_tensor * ours = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad);
+    ggml_tensor * ours = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, nullptr, nullptr, false, !g_exact);
     // With a bias: the same as ggml_add after ggml_conv_2d.
     ggml_tensor * bias = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, OC);
     fill(bias, 3, 0.5f);
     ggml_tensor * ref_b = ggml_add(c.ctx, ref, ggml_reshape_4d(c.ctx, bias, 1, 1, OC, 1));
-    ggml_tensor * ours_b = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, bias);
+    ggml_tensor * ours_b = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, bias, nullptr, false, !g_exact);
     // Then a residual, as the ggml_add it replaces: residual + (conv + bias), and without a bias.
     ggml_tensor * residual = ggml_new_tensor_4d(c.ctx, GGML_TYPE_F32, ref->ne[0], ref->ne[1], OC, N);
     fill(residual, 6, 1.0f);
     ggml_tensor * ref_e = ggml_add(c.ctx, residual, ref_b);
-    ggml_tensor * ours_e = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, bias, residual);
+    ggml_tensor * ours_e = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, bias, residual, false, !g_exact);
     ggml_tensor * ref_r = ggml_add(c.ctx, residual, ref);
-    ggml_tensor * ours_r = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, nullptr, residual);
+    ggml_tensor * ours_r = sd::cpu_conv2d_f16(c.ctx, w, x, stride, pad, nullptr, residual, false, !g_exact);
     compute(c.ctx, ref_b, ours_b, threads);
     compute(c.ctx, ref, ours, threads);
     compute(c.ctx, ref_e, ours_e, threads);
@@ -94,10 +121,10 @@ void conv_case(int64_t W, int64_t H, int64_t IC, int64_t OC, int64_t N, int k, i
     char what[160];
     std::snprintf(what, sizeof what, "conv %lldx%lld ic %lld oc %lld n %lld k %d s %d p %d threads %d", (long long)W,
                   (long long)H, (long long)IC, (long long)OC, (long long)N, k, stride, pad, threads);
-    CHECK(identical(ref, ours, what));
-    CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
-    CHECK(identical(ref_e, ours_e, std::string(what) + " + bias + residual"));
-    CHECK(identical(ref_r, ours_r, std::string(what) + " + residual"));
+    CHECK(matches(ref, ours, what));
+    CHECK(matches(ref_b, ours_b, std::string(what) + " + bias"));
+    CHECK(matches(ref_e, ours_e, std::string(what) + " + bias + residual"));
+    CHECK(matches(ref_r, ours_r, std::string(what) + " + residual"));
 }
 
 void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int threads) {
@@ -115,24 +142,24 @@ void linear_case(int64_t K, int64_t M, int64_t L, int64_t B, bool strided, int t
         fill(x, static_cast<uint32_t>(L), 1.0f);
     }
     ggml_tensor * ref = ggml_mul_mat(c.ctx, w, x);
-    ggml_tensor * ours = sd::cpu_linear_f16(c.ctx, w, x);
+    ggml_tensor * ours = sd::cpu_linear_f16(c.ctx, w, x, nullptr, nullptr, 0, 0, !g_exact);
     ggml_tensor * bias = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, M);
     fill(bias, 4, 0.5f);
     ggml_tensor * ref_b = ggml_add(c.ctx, ref, bias);
-    ggml_tensor * ours_b = sd::cpu_linear_f16(c.ctx, w, x, bias);
+    ggml_tensor * ours_b = sd::cpu_linear_f16(c.ctx, w, x, bias, nullptr, 0, 0, !g_exact);
     ggml_tensor * residual = ggml_new_tensor_3d(c.ctx, GGML_TYPE_F32, M, L, B);
     fill(residual, 7, 1.0f);
     ggml_tensor * ref_r = ggml_add(c.ctx, residual, ref_b);
-    ggml_tensor * ours_r = sd::cpu_linear_f16(c.ctx, w, x, bias, residual);
+    ggml_tensor * ours_r = sd::cpu_linear_f16(c.ctx, w, x, bias, residual, 0, 0, !g_exact);
     compute(c.ctx, ref, ours, threads);
     compute(c.ctx, ref_b, ours_b, threads);
     compute(c.ctx, ref_r, ours_r, threads);
     char what[160];
     std::snprintf(what, sizeof what, "linear k %lld m %lld l %lld b %lld%s threads %d", (long long)K, (long long)M,
                   (long long)L, (long long)B, strided ? " strided" : "", threads);
-    CHECK(identical(ref, ours, what));
-    CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
-    CHECK(identical(ref_r, ours_r, std::string(what) + " + bias + residual"));
+    CHECK(matches(ref, ours, what));
+    CHECK(matches(ref_b, ours_b, std::string(what) + " + bias"));
+    CHECK(matches(ref_r, ours_r, std::string(what) + " + bias + residual"));
 }
 
 // The transformer's 1x1 projections without layout copies: a convolution writing tokens
@@ -149,11 +176,11 @@ void layout_case(int64_t W, int64_t H, int64_t C, int64_t M, int64_t N, int thre
     fill(b1, 53, 0.5f);
     ggml_tensor * img = ggml_add(c.ctx, ggml_conv_2d(c.ctx, w1, x, 1, 1, 0, 0, 1, 1), ggml_reshape_4d(c.ctx, b1, 1, 1, M, 1));
     ggml_tensor * ref_t = ggml_cont(c.ctx, ggml_permute(c.ctx, ggml_reshape_3d(c.ctx, img, W * H, M, N), 1, 0, 2, 3));
-    ggml_tensor * ours_t = sd::cpu_conv2d_f16(c.ctx, w1, x, 1, 0, b1, nullptr, true);
+    ggml_tensor * ours_t = sd::cpu_conv2d_f16(c.ctx, w1, x, 1, 0, b1, nullptr, true, !g_exact);
     compute(c.ctx, ref_t, ours_t, threads);
     const std::string what = std::to_string(W) + "x" + std::to_string(H) + "x" + std::to_string(C) + "->" + std::to_string(M) +
                              " n " + std::to_string(N) + " threads " + std::to_string(threads);
-    CHECK(identical(ref_t, ours_t, "conv to tokens " + what));
+    CHECK(matches(ref_t, ours_t, "conv to tokens " + what));
 
     ggml_tensor * w2 = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F16, M, C);
     ggml_tensor * b2 = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, C);
@@ -164,9 +191,9 @@ void layout_case(int64_t W, int64_t H, int64_t C, int64_t M, int64_t N, int thre
     ggml_tensor * rows = ggml_add(c.ctx, ggml_mul_mat(c.ctx, w2, ours_t), b2);  // [N, H*W, C]
     ggml_tensor * back = ggml_cont(c.ctx, ggml_permute(c.ctx, rows, 1, 0, 2, 3));
     ggml_tensor * ref_i = ggml_add(c.ctx, residual, ggml_reshape_4d(c.ctx, back, W, H, C, N));
-    ggml_tensor * ours_i = sd::cpu_linear_f16(c.ctx, w2, ours_t, b2, residual, W, H);
+    ggml_tensor * ours_i = sd::cpu_linear_f16(c.ctx, w2, ours_t, b2, residual, W, H, !g_exact);
     compute(c.ctx, ref_i, ours_i, threads);
-    CHECK(identical(ref_i, ours_i, "linear to image " + what));
+    CHECK(matches(ref_i, ours_i, "linear to image " + what));
 }
 
 // Attention's products: a [K, M, B] rows against b [K, N, B] -> [M, N, B] in f32.
@@ -289,15 +316,9 @@ void linear_q_case(ggml_type type, int64_t K, int64_t M, int64_t L, int64_t B, i
     CHECK(identical(ref_b, ours_b, std::string(what) + " + bias"));
 }
 
-}  // namespace
-
-int main() {
-    ggml_cpu_init();
-    if (!sd::cpu_kernels_available()) {
-        // Nothing to compare: the graphs use ggml's own ops on this CPU / build.
-        std::printf("cpu_kernels_test: the kernels do not run on this CPU or build; ggml's ops are used instead\n");
-        return sdtest::finish("cpu_kernels_test");
-    }
+// Every f16 convolution and linear case: K below, at and past multiples of 64 and of AMX's 16
+// and 128, partial tiles in rows and columns, strides and padding, both layouts, 1-3 threads.
+void f16_cases() {
     for (int threads : {1, 2, 3}) {
         conv_case(9, 7, 64, 8, 2, 3, 1, 1, threads);      // K = 576: whole 64-groups
         conv_case(8, 8, 20, 5, 1, 3, 1, 1, threads);      // K = 180: 2 groups + 52 leftovers
@@ -342,6 +363,19 @@ int main() {
         layout_case(5, 3, 128, 64, 1, threads);     // partial panels and tiles
     }
 
+}
+
+}  // namespace
+
+int main() {
+    ggml_cpu_init();
+    if (!sd::cpu_kernels_available()) {
+        // Nothing to compare: the graphs use ggml's own ops on this CPU / build.
+        std::printf("cpu_kernels_test: the kernels do not run on this CPU or build; ggml's ops are used instead\n");
+        return sdtest::finish("cpu_kernels_test");
+    }
+    // Exact first: ggml's numbers bit for bit.
+    f16_cases();
     // The self-check decides whether the f32 kernel runs; on this build it must, and match.
     ggml_backend_t cpu = ggml_backend_cpu_init();
     const sd::CpuKernels k = sd::cpu_kernels_for(cpu);
@@ -350,6 +384,22 @@ int main() {
     // failure here means a kernel no longer matches ggml's op on this build).
     CHECK(k.f16);
     CHECK(k.f32);
+    // AMX: the same cases within float rounding, plus SD1's own shapes (the UNet's and text
+    // encoder's layers, whose sums run over up to 11520 products).
+    if (k.amx) {
+        g_exact = false;
+        f16_cases();
+        conv_case(32, 32, 320, 320, 2, 3, 1, 1, 2);
+        conv_case(8, 8, 1280, 64, 2, 3, 1, 1, 2);
+        conv_case(4, 4, 1280, 96, 2, 3, 1, 1, 2);
+        linear_case(768, 768, 77, 2, false, 2);
+        linear_case(3072, 768, 77, 1, false, 2);
+        linear_case(320, 2560, 256, 1, false, 2);
+        std::printf("cpu_kernels_test: AMX kernel, largest relative L2 error against ggml %.3g\n", g_worst_l2);
+        g_exact = true;
+    } else {
+        std::printf("cpu_kernels_test: no AMX here (or not allowed by the OS); f16 products use the AVX-512 kernels\n");
+    }
     for (int threads : {1, 2, 3}) {
         // Head widths 40/80/160 (SD1 UNet), 64 (CLIP), 512 (VAE); Lk 1024/256/64/16 and 77 (P V).
         for (int64_t K : {40, 80, 160, 64, 512, 77, 16, 13, 24, 1024}) {

@@ -56,6 +56,9 @@ int main(int argc, char ** argv) {
     const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
     const char * filter = argc > 3 ? argv[3] : nullptr;
     const bool with_ggml = std::getenv("KBENCH_GGML") != nullptr;
+    // Verifies the kernels once; f16 products then also run on the AVX-512 kernel (bit for bit
+    // ggml's numbers) where AMX takes them by default.
+    const bool amx = sd::cpu_kernels_on_cpu().amx;
     const Shape shapes[] = {
         {"unet 32x32 320->320", 32, 32, 320, 320, 2, 3},    {"unet 32x32 960->320", 32, 32, 960, 320, 2, 3},
         {"unet 16x16 640->640", 16, 16, 640, 640, 2, 3},    {"unet 16x16 1920->640", 16, 16, 1920, 640, 2, 3},
@@ -72,7 +75,7 @@ int main(int argc, char ** argv) {
         {"attn qk 1024x40 x1024 h16", 1024, 1024, 40, -16, 1, 0}, {"attn pv 40x1024 x1024 h16", 40, 1024, 1024, -16, 1, 0},
         {"vae 128x128 256->256", 128, 128, 256, 256, 1, 3},  {"vae 256x256 128->128", 256, 256, 128, 128, 1, 3},
     };
-    std::printf("%-28s %10s %10s %10s\n", "shape", "ms", "GFLOP/s", with_ggml ? "ggml GF/s" : "");
+    std::printf("%-28s %10s %10s %10s %10s\n", "shape", "ms", "GFLOP/s", with_ggml ? "ggml GF/s" : "", amx ? "AVX512 GF/s" : "");
     for (const Shape & s : shapes) {
         if (filter && !std::strstr(s.name, filter)) continue;
         ggml_init_params p{size_t(1) << 30, nullptr, false};
@@ -116,12 +119,17 @@ int main(int argc, char ** argv) {
         for (int64_t i = 0; i < ggml_nelements(x); ++i) xd[i] = float((i * 104729) % 2000) * 1e-3f - 1.0f;
         const int pad = s.k / 2;
         const double flop = 2.0 * s.OC * s.IC * (s.k ? s.k * s.k : 1) * s.W * s.H * s.N;
-        const double ours =
-            time_graph(ctx, s.k ? sd::cpu_conv2d_f16(ctx, w, x, 1, pad) : sd::cpu_linear_f16(ctx, w, x), threads, reps);
-        double theirs = 0;
+        const auto product = [&](bool on_amx) {
+            return s.k ? sd::cpu_conv2d_f16(ctx, w, x, 1, pad, nullptr, nullptr, false, on_amx)
+                       : sd::cpu_linear_f16(ctx, w, x, nullptr, nullptr, 0, 0, on_amx);
+        };
+        const double ours = time_graph(ctx, product(amx), threads, reps);
+        double theirs = 0, exact = 0;
         if (with_ggml)
             theirs = time_graph(ctx, s.k ? ggml_conv_2d(ctx, w, x, 1, 1, pad, pad, 1, 1) : ggml_mul_mat(ctx, w, x), threads, reps);
-        std::printf("%-28s %10.2f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9, with_ggml ? flop / theirs * 1e-9 : 0.0);
+        if (amx) exact = time_graph(ctx, product(false), threads, reps);
+        std::printf("%-28s %10.2f %10.1f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9,
+                    with_ggml ? flop / theirs * 1e-9 : 0.0, amx ? flop / exact * 1e-9 : 0.0);
         ggml_free(ctx);
     }
     return 0;
