@@ -318,33 +318,70 @@ void write_out(const Gemm & g, const float * acc, int64_t ldc, int64_t m0, int64
     }
 }
 
-// Per column block and k chunk, the loops keep one 32-column pair of packed activations (kKc k:
-// 32 KB) in L1 while every 32-row weight block of the chunk streams past it from L2; the
-// partial sums wait in `acc` (L2) between chunks. Rows per block are capped so that the packed
-// weights and the partial sums of a block stay in L2 together.
+// Work comes in units, rectangles of rows x columns that threads take one at a time (from a
+// shared counter where the op has one: a core slowed by a neighbour then simply takes fewer).
+// A unit packs its own weights and activations, so units are cut, down to about 4 per thread,
+// along whichever side adds less repacking.
+//
+// Within a unit, per column block and k chunk, the loops keep one 32-column pair of packed
+// activations (kKc k: 32 KB) in L1 while every 32-row weight block of the chunk streams past it
+// from L2; the partial sums wait in `acc` (L2) between chunks. Rows per block are capped so that
+// the packed weights and the partial sums of a block stay in L2 together.
 struct Plan {
-    int64_t m0, m1, n0, n1;  // this thread's rectangle
-    int64_t nc;              // columns per block (a multiple of 32)
-    int64_t mc;              // rows per block (a multiple of 32)
+    int64_t um, un;            // rows and columns per unit (multiples of 32)
+    int64_t units_m, units_n;  // units down and across
+    int64_t nc;                // columns per block (a multiple of 32)
+    int64_t mc;                // rows per block (a multiple of 32)
 };
 
-Plan plan_for(const Gemm & g, int ith, int nth) {
-    Plan p{0, g.M, 0, g.N, 0, 0};
-    const int64_t mu = (g.M + 31) / 32, nu = (g.N + 31) / 32;
-    // Split the columns unless the weights are the larger operand to pack (each thread would
-    // pack all of them) and there are rows enough.
-    const bool split_columns = (g.M < 2 * g.N && nu >= nth) || mu < nth;
-    if (split_columns) {
-        p.n0 = min64(g.N, nu * ith / nth * 32);
-        p.n1 = min64(g.N, nu * (ith + 1) / nth * 32);
-    } else {
-        p.m0 = min64(g.M, mu * ith / nth * 32);
-        p.m1 = min64(g.M, mu * (ith + 1) / nth * 32);
+Plan plan_for(const Gemm & g, int nth) {
+    Plan p{};
+    p.um = round_up(g.M, 32);
+    p.un = round_up(g.N, 32);
+    const auto across = [&] { return (g.N + p.un - 1) / p.un; };
+    const auto down = [&] { return (g.M + p.um - 1) / p.um; };
+    while (down() * across() < 4 * nth && (p.um > 32 || p.un > 32)) {
+        // Bytes packed once more: another column block repacks all weights (4 bytes per value),
+        // another row block all activations (8 bytes per value).
+        const int64_t more_weights = across() * g.M * 4, more_activations = down() * g.N * 8;
+        if (p.un > 32 && (p.um <= 32 || more_weights <= more_activations)) p.un = round_up(p.un / 2, 32);
+        else p.um = round_up(p.um / 2, 32);
     }
-    const int64_t rows = round_up(max64(1, p.m1 - p.m0), 32);
-    p.nc = min64(rows <= 640 ? kNc : kNc / 2, round_up(max64(1, p.n1 - p.n0), 32));
-    p.mc = min64(rows, max64(32, kBlockBytes / (kKc * 4 + p.nc * 4) / 32 * 32));
+    p.units_m = down();
+    p.units_n = across();
+    p.nc = min64(p.un, p.um <= 640 ? kNc : kNc / 2);
+    p.mc = min64(p.um, max64(32, kBlockBytes / (kKc * 4 + p.nc * 4) / 32 * 32));
     return p;
+}
+
+struct Scratch {
+    uint32_t * b;  // nc columns x kKc
+    uint32_t * a;  // mc rows x kKc
+    float * acc;   // mc rows x nc
+};
+
+// Rows [m0, m1) x columns [n0, n1) of the product, written out.
+void compute_unit(const Gemm & g, const Plan & p, const Scratch & s, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const bool conv = g.kernel_w > 0;
+    for (int64_t nb = n0; nb < n1; nb += p.nc) {
+        const int64_t nb1 = min64(n1, nb + p.nc), pairs = (nb1 - nb + 31) / 32;
+        for (int64_t mb = m0; mb < m1; mb += p.mc) {
+            const int64_t mb1 = min64(m1, mb + p.mc), blocks = (mb1 - mb + 31) / 32;
+            for (int64_t k0 = 0; k0 < g.K; k0 += kKc) {
+                const int64_t nq = (min64(kKc, g.K - k0) + 15) / 16;
+                if (conv) pack_conv(g, nb, 2 * pairs, k0, nq, s.b);
+                else pack_linear(g, nb, 2 * pairs, k0, nq, s.b);
+                for (int64_t i = 0; i < blocks; ++i) pack_weights(g, mb + 32 * i, k0, nq, s.a + i * 32 * nq * 16);
+                for (int64_t j = 0; j < pairs; ++j) {
+                    const uint32_t * b0 = b_tile(s.b, 2 * j, nq, 0), * b1 = b_tile(s.b, 2 * j + 1, nq, 0);
+                    for (int64_t i = 0; i < blocks; ++i) {
+                        micro_kernel(s.a + i * 32 * nq * 16, b0, b1, nq, s.acc + i * 32 * p.nc + 32 * j, p.nc, k0 == 0);
+                    }
+                }
+            }
+            write_out(g, s.acc, p.nc, mb, mb1, nb, nb1);
+        }
+    }
 }
 
 }  // namespace
@@ -355,31 +392,22 @@ size_t gemm_amx_scratch_bytes(const Gemm & g) {
 }
 
 void gemm_amx(const Gemm & g, int ith, int nth, void * scratch) {
-    const Plan p = plan_for(g, ith, nth);
-    if (p.m0 >= p.m1 || p.n0 >= p.n1) return;
-    uint32_t * b = static_cast<uint32_t *>(scratch);  // nc columns x kKc
-    uint32_t * a = b + p.nc * kKc * 2;                 // mc rows x kKc
-    float * acc = reinterpret_cast<float *>(a + p.mc * kKc);  // mc rows x nc
-    const bool conv = g.kernel_w > 0;
+    int32_t * next_unit = g.next_unit;
+    const Plan p = plan_for(g, nth);
+    Scratch s;
+    s.b = static_cast<uint32_t *>(scratch);
+    s.a = s.b + p.nc * kKc * 2;
+    s.acc = reinterpret_cast<float *>(s.a + p.mc * kKc);
+    const int64_t units = p.units_m * p.units_n;
+    // Without a counter, thread ith takes an equal share in order.
+    int64_t u = next_unit ? __atomic_fetch_add(next_unit, 1, __ATOMIC_RELAXED) : units * ith / nth;
+    const int64_t last = next_unit ? units : units * (ith + 1) / nth;
+    if (u >= last) return;
     configure_tiles();
-    for (int64_t n0 = p.n0; n0 < p.n1; n0 += p.nc) {
-        const int64_t n1 = min64(p.n1, n0 + p.nc), pairs = (n1 - n0 + 31) / 32;
-        for (int64_t mb = p.m0; mb < p.m1; mb += p.mc) {
-            const int64_t mb1 = min64(p.m1, mb + p.mc), blocks = (mb1 - mb + 31) / 32;
-            for (int64_t k0 = 0; k0 < g.K; k0 += kKc) {
-                const int64_t nq = (min64(kKc, g.K - k0) + 15) / 16;
-                if (conv) pack_conv(g, n0, 2 * pairs, k0, nq, b);
-                else pack_linear(g, n0, 2 * pairs, k0, nq, b);
-                for (int64_t i = 0; i < blocks; ++i) pack_weights(g, mb + 32 * i, k0, nq, a + i * 32 * nq * 16);
-                for (int64_t j = 0; j < pairs; ++j) {
-                    const uint32_t * b0 = b_tile(b, 2 * j, nq, 0), * b1 = b_tile(b, 2 * j + 1, nq, 0);
-                    for (int64_t i = 0; i < blocks; ++i) {
-                        micro_kernel(a + i * 32 * nq * 16, b0, b1, nq, acc + i * 32 * p.nc + 32 * j, p.nc, k0 == 0);
-                    }
-                }
-            }
-            write_out(g, acc, p.nc, mb, mb1, n0, n1);
-        }
+    while (u < last) {
+        const int64_t m0 = (u / p.units_n) * p.um, n0 = (u % p.units_n) * p.un;
+        compute_unit(g, p, s, m0, min64(g.M, m0 + p.um), n0, min64(g.N, n0 + p.un));
+        u = next_unit ? __atomic_fetch_add(next_unit, 1, __ATOMIC_RELAXED) : u + 1;
     }
     _tile_release();
 }

@@ -32,6 +32,9 @@ struct Gemm {
     // Then + residual[i] at out's own index (same shape, contiguous): the ggml_add it replaces.
     const float * residual = nullptr;
     float * out;
+    // A counter, 0 before any thread starts, from which the threads take units of work one at a
+    // time (the AMX kernel), or null: each thread then takes a fixed share.
+    int32_t * next_unit = nullptr;
 };
 
 // The same products on AMX tiles (cpu-kernels-amx.cpp; F16 kind only): exact products summed

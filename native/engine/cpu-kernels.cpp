@@ -109,7 +109,13 @@ constexpr uintptr_t kHasBias = uintptr_t{1} << 24, kHasResidual = uintptr_t{1} <
 // The other layout out: a convolution's result as tokens [N, H*W, M], a linear layer's as an
 // image [N, M, H, W] (its rows the pixels).
 constexpr uintptr_t kOtherLayout = uintptr_t{1} << 26;
-constexpr uintptr_t kAmx = uintptr_t{1} << 27;  // on AMX tiles
+// On AMX tiles, with a work counter (work_counter()) after the other operands: the AMX kernel's
+// threads take units of work one at a time, so that a core slowed down by other work on the
+// machine does fewer (measured here: one vCPU's tile throughput dropping 3x for seconds while the
+// other's stays; the tile unit is per physical core, shared by its hyperthreads). The exact
+// kernels keep fixed shares: cut finer for the same purpose they repack too much (measured
+// 10-30% slower per product).
+constexpr uintptr_t kAmx = uintptr_t{1} << 27;
 
 cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor * dst, uintptr_t flags) {
     cpu::Gemm g{};
@@ -125,6 +131,7 @@ cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor 
     };
     g.bias = optional(kHasBias);
     g.residual = optional(kHasResidual);
+    if (flags & kAmx) g.next_unit = static_cast<int32_t *>(dst->src[next]->data);
     return g;
 }
 
@@ -315,9 +322,9 @@ void check_operands(const ggml_tensor * w, const ggml_tensor * x, const ggml_ten
     }
 }
 
-// The optional operands after w and x (bias, residual) and their flags.
+// The optional operands after w and x (bias, residual, work counter) and their flags.
 struct Extras {
-    ggml_tensor * args[4];
+    ggml_tensor * args[5];
     int count = 2;
     uintptr_t flags = 0;
     Extras(ggml_tensor * w, ggml_tensor * x) : args{w, x, nullptr, nullptr} {}
@@ -334,6 +341,16 @@ void check_residual(const ggml_tensor * r, const int64_t (&ne)[4], const char * 
               r->ne[2] != ne[2] || r->ne[3] != ne[3])) {
         throw Error(ErrorCode::Internal, std::string(op) + ": the residual must be a contiguous f32 tensor of the result's shape");
     }
+}
+
+void zero_op(ggml_tensor * dst, int ith, int, void *) {
+    if (ith == 0) std::memset(dst->data, 0, ggml_nbytes(dst));
+}
+
+// A work counter for the threads of the op that takes it: zeroed by a node of its own, which the
+// graph runs (and every thread has passed) before that op starts. A cache line to itself.
+ggml_tensor * work_counter(ggml_context * ctx) {
+    return ggml_custom_4d(ctx, GGML_TYPE_I32, 16, 1, 1, 1, nullptr, 0, zero_op, 1, nullptr);
 }
 
 }  // namespace
@@ -629,7 +646,7 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     e.add(bias, kHasBias);
     e.add(residual, kHasResidual);
     if (tokens_out) e.flags |= kOtherLayout;
-    if (amx) e.flags |= kAmx;
+    if (amx) e.add(work_counter(ctx), kAmx);
     void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 12) | e.flags);
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, conv2d_op, GGML_N_TASKS_MAX,
                           params);
@@ -676,7 +693,7 @@ ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     e.add(bias, kHasBias);
     e.add(residual, kHasResidual);
     if (image_out) e.flags |= kOtherLayout;
-    if (amx) e.flags |= kAmx;
+    if (amx) e.add(work_counter(ctx), kAmx);
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, linear_op, GGML_N_TASKS_MAX,
                           reinterpret_cast<void *>(e.flags));
 }
