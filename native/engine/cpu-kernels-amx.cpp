@@ -16,15 +16,17 @@
 // Tiles: A = weights, 16 rows x 16 k (u32 pairs); B = activations, 16 k x 16 columns (u32 pairs,
 // hi and lo); C = 16 rows x 16 columns f32. A micro-kernel keeps 2 x 2 C tiles (32 rows x 32
 // columns) in tile registers over a chunk of K, loading two A tiles and four B tiles per 16 k.
-// Blocking: a thread takes a share of the columns (or, for products with few columns and many
-// weights, of the rows); per block of kNc columns and chunk of kKc k, the activations are packed
-// once (im2col on the fly, rounded to f16, split) and each 32-row weight block's chunk once;
-// partial sums wait in a per-thread buffer until the last chunk, then bias, residual and the
-// output layout are applied on the way out.
+// Blocking: threads take units of work (rectangles of rows x columns, see Plan) one at a time;
+// within a unit, per block of columns and chunk of kKc k, the activations are packed once (im2col
+// on the fly, rounded to f16, split) and each 32-row weight block's chunk once; partial sums wait
+// in a per-thread buffer until the last chunk, then bias, residual and the output layout are
+// applied on the way out.
 #include "cpu-kernels-impl.h"
 
 #if defined(SDNODE_HAVE_AMX_KERNELS)
 #include <immintrin.h>
+
+#include "cpu-kernels-avx512-inl.h"
 
 #include <cstring>
 
@@ -83,31 +85,6 @@ inline __attribute__((always_inline)) void store_activations(uint32_t * hi_row, 
     const Split s = split(v);
     _mm512_store_si512(hi_row, pair(s.hi, s.hi));
     _mm512_store_si512(lo_row, pair(s.lo, s.lo));
-}
-
-// out[j] = column j of the 16 x 16 block `rows`.
-inline __attribute__((always_inline)) void transpose16(const __m512 * rows, __m512 * out) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; ++i) {
-        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int k = 0; k < 4; ++k) {
-        const __m512 a = _mm512_shuffle_f32x4(u[k], u[4 + k], _MM_SHUFFLE(2, 0, 2, 0));
-        const __m512 a2 = _mm512_shuffle_f32x4(u[k], u[4 + k], _MM_SHUFFLE(3, 1, 3, 1));
-        const __m512 b = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(2, 0, 2, 0));
-        const __m512 b2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(3, 1, 3, 1));
-        out[k] = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-        out[8 + k] = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-        out[4 + k] = _mm512_shuffle_f32x4(a2, b2, _MM_SHUFFLE(2, 0, 2, 0));
-        out[12 + k] = _mm512_shuffle_f32x4(a2, b2, _MM_SHUFFLE(3, 1, 3, 1));
-    }
 }
 
 __mmask16 first_lanes(int64_t n) { return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1); }

@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #endif
 #if defined(__linux__)
@@ -79,6 +79,7 @@ void * thread_scratch(size_t bytes) {
     return reinterpret_cast<void *>((addr + 63) & ~static_cast<uintptr_t>(63));
 }
 
+#if defined(SDNODE_HAVE_AMX_KERNELS)
 // Products the AMX kernel takes: enough rows and k to fill tiles (a 4-channel output conv
 // would waste most of each), and im2col offsets that fit its 32-bit gathers.
 bool amx_suits(const cpu::Gemm & g) {
@@ -87,6 +88,7 @@ bool amx_suits(const cpu::Gemm & g) {
     const int64_t floats = static_cast<int64_t>(g.nb3 / sizeof(float)) * (g.N / (g.out_w * g.out_h));
     return floats < (int64_t{1} << 31);
 }
+#endif
 
 void run(const cpu::Gemm & g, int ith, int nth, bool amx = false) {
 #if defined(SDNODE_HAVE_AMX_KERNELS)

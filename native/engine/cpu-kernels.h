@@ -17,6 +17,11 @@
 //
 // Used only on the CPU backend, only on x86-64 CPUs with AVX-512F (where ggml's own CPU code
 // takes the same AVX-512 path); elsewhere the graphs use ggml's ops.
+//
+// The one exception to "bit for bit": on CPUs with AMX, graphs of f16 models may run their f16
+// products on AMX tiles (CpuKernels::amx, cpu-kernels-amx.cpp): ggml's exact products, summed in
+// f32 in the tile unit's order, ~4x the AVX-512 kernels' arithmetic rate; equal to ggml's up to
+// float rounding.
 #pragma once
 #include "ggml-backend.h"
 #include "ggml.h"
