@@ -195,6 +195,46 @@ void test_conv2d(ggml_backend_t backend) {
     CHECK(relative_l2(out.data, ref) < 2e-3);
 }
 
+// Which kernels a component's graphs use: AMX (where verified) for f16 weights, never for
+// quantized ones; and on AMX a convolution and a linear layer equal the exact kernels' results
+// to float rounding.
+void test_graph_kernels(ggml_backend_t backend) {
+    const sd::CpuKernels verified = sd::cpu_kernels_for(backend);
+    MemoryWeights w;
+    w.conv("c", 40, 16, 3);
+    w.linear("l", 48, 64);
+    w.finish(backend, 10);
+    CHECK(!w.quantized());
+    CHECK(sd::graph_kernels(backend, w).amx == verified.amx);
+    MemoryWeights q;  // types only: never allocated or computed
+    q.add("l.weight", {48, 64}, 0.1f, 0.0f, GGML_TYPE_Q8_0);
+    CHECK(q.quantized());
+    CHECK(!sd::graph_kernels(backend, q).amx);
+    if (!verified.amx) return;
+
+    auto x = random_vector(9 * 7 * 16 * 2, 11);
+    auto rows = random_vector(64 * 37, 12);
+    sd::CpuKernels exact = verified;
+    exact.amx = false;
+    std::vector<float> results[2][2];
+    sd::GraphRunner runner(backend, 2);
+    for (int amx = 0; amx < 2; ++amx) {
+        const sd::CpuKernels k = amx ? verified : exact;
+        results[amx][0] = runner.run("conv-amx" + std::to_string(amx), [&](sd::GraphBuilder & b) {
+            sd::Graph g{b.ctx(), w, k};
+            return sd::conv2d(g, b.input_f32("x", x.data(), 9, 7, 16, 2), "c", 1, 1);
+        }).data;
+        results[amx][1] = runner.run("linear-amx" + std::to_string(amx), [&](sd::GraphBuilder & b) {
+            sd::Graph g{b.ctx(), w, k};
+            return sd::linear(g, b.input_f32("x", rows.data(), 64, 37), "l");
+        }).data;
+    }
+    for (int i = 0; i < 2; ++i) {
+        CHECK(results[1][i].size() == results[0][i].size());
+        CHECK(sd::cpu_close(results[1][i].data(), results[0][i].data(), results[0][i].size()));
+    }
+}
+
 void test_timestep_embedding(ggml_backend_t backend) {
     std::vector<float> t = {999.0f, 1.5f, 0.0f};
     const int dim = 320;
@@ -538,6 +578,7 @@ int main() {
     test_attention(backend, false);
     test_attention(backend, true);
     test_conv2d(backend);
+    test_graph_kernels(backend);
     test_timestep_embedding(backend);
     test_unet(backend);
     test_vae(backend);
