@@ -3,6 +3,7 @@
 // abort. Full-size numbers against stable-diffusion.cpp are in reference_test.cpp.
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "check.h"
@@ -210,6 +211,9 @@ void test_graph_kernels(ggml_backend_t backend) {
     q.add("l.weight", {48, 64}, 0.1f, 0.0f, GGML_TYPE_Q8_0);
     CHECK(q.quantized());
     CHECK(!sd::graph_kernels(backend, q).amx);
+    setenv("SDNODE_CPU_AMX", "all", 1);  // AMX for quantized components too, where verified
+    CHECK(sd::graph_kernels(backend, q).amx == verified.amx);
+    unsetenv("SDNODE_CPU_AMX");
     if (!verified.amx) return;
 
     auto x = random_vector(9 * 7 * 16 * 2, 11);
