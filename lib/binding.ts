@@ -51,7 +51,8 @@ export interface CpuKernels {
   /**
    * f16 models' convolutions and linear layers on AMX tiles (Intel Sapphire Rapids and later):
    * ggml's exact products summed in another order, so results differ from ggml's in the last
-   * bits. Off with the environment variable `SDNODE_CPU_AMX=0` (then bit for bit ggml's).
+   * bits. Off with the environment variable `SDNODE_CPU_AMX=0` (then bit for bit ggml's);
+   * models with quantized weights keep the exact kernels unless `SDNODE_CPU_AMX=all`.
    */
   amx: boolean;
 }
