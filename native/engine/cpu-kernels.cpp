@@ -46,7 +46,7 @@ bool request_amx() {
 #endif
 }
 
-CpuIsa cpu_isa() {
+CpuIsa detect_isa() {
     CpuIsa isa;
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && defined(SDNODE_HAVE_AVX512_KERNELS)
     __builtin_cpu_init();
@@ -58,6 +58,12 @@ CpuIsa cpu_isa() {
     const bool amx_bf16 = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx & (1u << 22)) && (edx & (1u << 24));
     isa.amx = isa.dq && __builtin_cpu_supports("avx512bw") && amx_bf16 && request_amx();
 #endif
+    return isa;
+}
+
+// Detected once (the AMX request is a system call).
+const CpuIsa & cpu_isa() {
+    static const CpuIsa isa = detect_isa();
     return isa;
 }
 
@@ -92,8 +98,7 @@ bool amx_suits(const cpu::Gemm & g) {
 
 void run(const cpu::Gemm & g, int ith, int nth, bool amx = false) {
 #if defined(SDNODE_HAVE_AMX_KERNELS)
-    static const bool have_amx = cpu_isa().amx;  // a graph built elsewhere never faults here
-    if (amx && have_amx && amx_suits(g)) {
+    if (amx && cpu_isa().amx && amx_suits(g)) {  // a graph built elsewhere never faults here
         cpu::gemm_amx(g, ith, nth, thread_scratch(cpu::gemm_amx_scratch_bytes(g)));
         return;
     }

@@ -127,12 +127,7 @@ ggml_tensor * ComponentWeights::get(const std::string & name) const {
 
 uint64_t ComponentWeights::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_.get()) : 0; }
 
-bool ComponentWeights::quantized() const {
-    for (const auto & [name, t] : map_) {
-        if (ggml_is_quantized(t->type)) return true;
-    }
-    return false;
-}
+bool ComponentWeights::quantized() const { return any_quantized(map_); }
 
 uint64_t ComponentWeights::mapped_bytes() const {
     uint64_t n = 0;

@@ -54,6 +54,15 @@ struct MappedRange {
     uint64_t offset, size;
 };
 
+// Whether any of `tensors` (a map of name -> ggml_tensor *) is in a quantized type.
+template <class Tensors>
+bool any_quantized(const Tensors & tensors) {
+    for (const auto & entry : tensors) {
+        if (ggml_is_quantized(entry.second->type)) return true;
+    }
+    return false;
+}
+
 class ComponentWeights {
 public:
     ComponentWeights() = default;

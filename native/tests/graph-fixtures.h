@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "blocks.h"
+#include "weights.h"
 #include "errors.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -80,12 +81,7 @@ public:
         auto it = map_.find(name);
         return it == map_.end() ? nullptr : it->second;
     }
-    bool quantized() const override {
-        for (const auto & [name, t] : map_) {
-            if (ggml_is_quantized(t->type)) return true;
-        }
-        return false;
-    }
+    bool quantized() const override { return sd::any_quantized(map_); }
     // The values as the backend holds them (after f16 rounding), torch order flattened.
     const std::vector<float> & host(const std::string & name) const { return host_.at(name); }
     size_t count() const { return map_.size(); }

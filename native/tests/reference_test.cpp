@@ -13,8 +13,9 @@
 // output ~0.4% (f16) or ~1.2% (q8_0, whose activations are re-quantized per layer). So the bounds
 // hold only when ggml computes bit for bit as the reference did, or nearly: on CPUs with AMX the
 // f16 models' products sum in another order (~1e-7 apart), which these networks turn into
-// ~0.04% (text encoder) and ~0.1% (step-0 UNet); quantized models keep ggml's arithmetic; with matching placement and
-// f32-accumulating f16 dot products every figure here is 0.0000%. ggml compiled with
+// ~0.04% (text encoder) and ~0.1% (step-0 UNet); quantized models keep ggml's arithmetic. With
+// matching placement, f32-accumulating f16 dot products and SDNODE_CPU_AMX=0 every figure here
+// is 0.0000%. ggml compiled with
 // AVX512-FP16 (-march=native on Sapphire Rapids and later) accumulates f16 dot products in f16:
 // the f16 cases then land near 0.3% and q8_0 near 1.1%; main() probes for it and says so.
 #include <cmath>
@@ -92,12 +93,7 @@ public:
         if (buffer_) ggml_backend_buffer_free(buffer_);
         if (ctx_) ggml_free(ctx_);
     }
-    bool quantized() const override {
-        for (const auto & [name, t] : map_) {
-            if (ggml_is_quantized(t->type)) return true;
-        }
-        return false;
-    }
+    bool quantized() const override { return sd::any_quantized(map_); }
     ggml_tensor * find(const std::string & name) const override {
         auto it = map_.find(name);
         return it == map_.end() ? nullptr : it->second;
