@@ -47,7 +47,7 @@ struct PackedColumns {
 };
 
 // quantize_row_q8_0 of one activation row into column slot c.
-void quantize_column(const float * x, int64_t blocks, int32_t offset, const PackedColumns & pc, int64_t c) {
+__attribute__((noinline)) void quantize_column(const float * x, int64_t blocks, int32_t offset, const PackedColumns & pc, int64_t c) {
     const __m256i ones = _mm256_set1_epi8(1);
     const __m256i neg_offset = _mm256_set1_epi32(-offset);
     for (int64_t b = 0; b < blocks; ++b) {
@@ -76,7 +76,7 @@ struct PackedRows {
     float * d;    // [slab][block][row]
 };
 
-void pack_rows(const QGemm & g, int64_t m0, int64_t rows, const PackedRows & pr) {
+__attribute__((noinline)) void pack_rows(const QGemm & g, int64_t m0, int64_t rows, const PackedRows & pr) {
     const int64_t blocks = g.K / kQK;
     const int64_t slabs = (rows + kSlab - 1) / kSlab;
     alignas(64) uint8_t row_u[kSlab][kQK];
