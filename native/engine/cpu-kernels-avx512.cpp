@@ -641,14 +641,16 @@ inline __attribute__((always_inline)) void fold_store(__m512 (&acc)[kMR][kNV], c
 // FMA in c order. Not the slice's last chunk: acc goes to `part`. Last chunk: acc is folded
 // into `stack` (depth = entries before, popcount(t)) once per trailing one bit of t and pushed;
 // after slice 63 stack[0] holds the tile's finished sums.
+// `ahead`: lines [0, ahead_lines) of what a later call reads, fetched into L1 meanwhile.
 template <bool Init>
 void tile_slice(const float * a, const float * v, int64_t cn, const float * init, float * part, float * stack, int t,
-                bool last) {
+                bool last, const char * ahead, int64_t ahead_lines) {
     __m512 acc[kMR][kNV];
     for (int r = 0; r < kMR; ++r)
         for (int j = 0; j < kNV; ++j)
             acc[r][j] = Init ? _mm512_loadu_ps(init + r * kNR + j * kLanes) : _mm512_setzero_ps();
     for (int64_t c = 0; c < cn; ++c) {
+        if (c < ahead_lines) _mm_prefetch(ahead + c * 64, _MM_HINT_T0);
         __m512 vv[kNV];
         for (int j = 0; j < kNV; ++j) vv[j] = _mm512_loadu_ps(v + c * kNR + j * kLanes);
         for (int r = 0; r < kMR; ++r) {
@@ -857,13 +859,25 @@ void gemm(const Gemm & g, int ith, int nth, float * scratch) {
                             const bool last = c0 + cn == nc;
                             for (int64_t q = 0; q < qn; ++q) {
                                 const float * v = vp + (sq + q) * kNR * K + (sg * nc + c0) * kNR;
+                                // The panel chunk after this one (next panel, next chunk or next
+                                // slice), fetched a share per tile while this one is in use.
+                                const float * next;
+                                if (q + 1 < qn) next = v + kNR * K;
+                                else if (c0 + cn < nc) next = vp + sq * kNR * K + (sg * nc + c0 + cn) * kNR;
+                                else if (t + 1 < kStep) next = vp + sq * kNR * K + (bit_reverse6(t + 1) * nc) * kNR;
+                                else next = v;
+                                const int64_t next_cn = q + 1 < qn ? cn : min64(p.chunk, c0 + cn < nc ? nc - c0 - cn : nc);
+                                const int64_t lines = next_cn * kNR * 4 / 64, share = (lines + in - 1) / in;
                                 for (int64_t i = 0; i < in; ++i) {
                                     const int64_t f = q * in + i;
                                     float * part = parts + f * kTileFloats;
                                     const float * a = bp + (ib + i) * kMR * K + (sg * nc + c0) * kMR;
                                     float * stack = stacks + f * kDepth * kTileFloats;
-                                    if (c0 > 0) tile_slice<true>(a, v, cn, part, part, stack, t, last);
-                                    else tile_slice<false>(a, v, cn, nullptr, part, stack, t, last);
+                                    const int64_t l0 = min64(lines, i * share);
+                                    const char * ahead = reinterpret_cast<const char *>(next) + l0 * 64;
+                                    const int64_t ahead_lines = min64(lines, l0 + share) - l0;
+                                    if (c0 > 0) tile_slice<true>(a, v, cn, part, part, stack, t, last, ahead, ahead_lines);
+                                    else tile_slice<false>(a, v, cn, nullptr, part, stack, t, last, ahead, ahead_lines);
                                 }
                             }
                         }
