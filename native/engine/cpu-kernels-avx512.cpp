@@ -572,8 +572,10 @@ __attribute__((noinline)) void pack_rows_b(const RowSet & rs, int64_t nc, int64_
     const int64_t np = nc * kStep;
     const void * rows[8];
     for (int r = 0; r < 8; ++r) rows[r] = r < kMR ? rs.row(m0 + r) : nullptr;
-    for (int64_t c = 0; c < nc; ++c) {
-        for (int s = 0; s < kPasses; ++s) {
+    // Pass-major: a pass's 16 σ rows of bp are written side by side, c ascending (16 pages in
+    // use; c-major would store into all 64 at once, past what the TLB holds).
+    for (int s = 0; s < kPasses; ++s) {
+        for (int64_t c = 0; c < nc; ++c) {
             __m512 v[8], cols[8];
             for (int r = 0; r < 8; ++r) v[r] = rs.load16(rows[r], c * kStep + s * kLanes);
             transpose8x16(v, cols);
