@@ -166,9 +166,11 @@ size_t qgemm_scratch_bytes(const QGemm & g) {
 
 void qgemm_avx512vnni(const QGemm & g, int ith, int nth, void * scratch) {
     const int64_t blocks = g.K / kQK;
-    // Columns split over threads where there are enough, else slabs of rows.
+    // Columns split over threads where there are enough of them, else slabs of rows. Each
+    // thread quantizes its columns and repacks its rows: repacking a row costs about what
+    // quantizing a column does, so rows are split when there are more of them.
     int64_t n0 = 0, n1 = g.N, m0 = 0, m1 = g.M;
-    if (g.N >= 8 * nth) {
+    if (g.N >= 8 * nth && g.N >= g.M) {
         n0 = g.N * ith / nth;
         n1 = g.N * (ith + 1) / nth;
     } else {
