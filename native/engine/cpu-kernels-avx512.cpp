@@ -643,7 +643,8 @@ inline __attribute__((always_inline)) void fold_store(__m512 (&acc)[kMR][kNV], c
 // FMA in c order. Not the slice's last chunk: acc goes to `part`. Last chunk: acc is folded
 // into `stack` (depth = entries before, popcount(t)) once per trailing one bit of t and pushed;
 // after slice 63 stack[0] holds the tile's finished sums.
-// `ahead`: lines [0, ahead_lines) of what a later call reads, fetched into L1 meanwhile.
+// `ahead`: lines [0, ahead_lines) of what a later call reads, fetched into L1 meanwhile (one per
+// step of c; lines past cn are left to the hardware).
 template <bool Init>
 void tile_slice(const float * a, const float * v, int64_t cn, const float * init, float * part, float * stack, int t,
                 bool last, const char * ahead, int64_t ahead_lines) {
