@@ -206,6 +206,14 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         throw Error(ErrorCode::ModelFormat, "attention '" + name + "': q " + shape_text(q) + ", k " + shape_text(k) +
                                                 ", v " + shape_text(v) + " do not fit " + std::to_string(heads) + " heads");
     }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    // sdnode's fused op: the same floats, a block of one head's scores at a time.
+    const auto f32_rows = [](const ggml_tensor * t) {
+        return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float) && t->ne[3] == 1;
+    };
+    if (cpu.f32 && cpu.activations && !causal && f32_rows(q) && f32_rows(k) && f32_rows(v)) {
+        return named(cpu_attention_f32(ctx, q, k, v, heads, scale), name);
+    }
     const int64_t slices = heads * n;
     const int64_t per_slice = lq * lk * static_cast<int64_t>(sizeof(float));
     const int64_t group = std::max<int64_t>(1, std::min<int64_t>(slices, max_scores_bytes / std::max<int64_t>(1, per_slice)));
@@ -234,7 +242,6 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         ggml_tensor * kq = cpu.f32 ? cpu_matmul_f32(ctx, ks, qs) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
         if (!cpu.f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
         if (views) kq = ggml_reshape_3d(ctx, kq, lk, lq, slices);
-        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
         if (cpu.activations && !causal) {
             kq = cpu_soft_max(ctx, kq, scale);  // scale and softmax in one pass, same floats
         } else {

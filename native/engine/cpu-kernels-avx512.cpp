@@ -525,7 +525,15 @@ __attribute__((noinline)) void pack_rows_v(const RowSet & rs, int64_t nc, int64_
                 for (int l = 0; l < kLanes; ++l) _mm512_storeu_ps(vp + ((s * kLanes + l) * nc + c) * kNR + jv * kLanes, out[l]);
             }
         }
-        for (int64_t i = np; i < rs.K; ++i)
+        // Leftovers (F32 mode: never rounded), 16 x 16 transposed while 16 remain.
+        int64_t i = np;
+        for (; i + kLanes <= rs.K; i += kLanes) {
+            __m512 in[kLanes], out[kLanes];
+            for (int l = 0; l < kLanes; ++l) in[l] = rows[l] ? _mm512_loadu_ps(static_cast<const float *>(rows[l]) + i) : _mm512_setzero_ps();
+            transpose16(in, out);
+            for (int e = 0; e < kLanes; ++e) _mm512_storeu_ps(vp + (i + e) * kNR + jv * kLanes, out[e]);
+        }
+        for (; i < rs.K; ++i)
             for (int l = 0; l < kLanes; ++l) vp[i * kNR + jv * kLanes + l] = rs.at(rows[l], i);
     }
 }

@@ -199,6 +199,19 @@ void linear_q_op(ggml_tensor * dst, int ith, int nth, void *) {
 #endif
 }
 
+// A float parameter carried in an op's userdata pointer (its bits), and back.
+uintptr_t float_bits(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof(float));
+    return bits;
+}
+float bits_float(uintptr_t bits) {
+    const auto b = static_cast<uint32_t>(bits);
+    float f;
+    std::memcpy(&f, &b, sizeof(float));
+    return f;
+}
+
 // Per batch slice: a [K, M] rows against b [K, N] columns -> dst [M, N].
 void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
     const ggml_tensor * a = dst->src[0];
@@ -224,17 +237,114 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
     }
 }
 
-// A float parameter carried in an op's userdata pointer (its bits), and back.
-uintptr_t float_bits(float f) {
-    uint32_t bits;
-    std::memcpy(&bits, &f, sizeof(float));
-    return bits;
+// Attention, fused (cpu_attention_f32): per (image, head) slice and block of queries, the scores
+// K q as ggml_mul_mat(k, q), their scaled softmax in place, then probs V as ggml_mul_mat(v^T,
+// probs), by the kernels above with nth = 1. The same floats as the separate ops, but a block's
+// scores stay in L2 instead of every slice's going through memory (64 MB for SD1's 32x32
+// latent, written once and read twice). Threads take whole slices.
+// userdata: heads (bits 0-15), the softmax scale's bits (32-63).
+struct Attention {
+    int64_t heads, d, lq, lk, slices, block;
+    float scale;
+};
+
+Attention attention_of(const ggml_tensor * dst, void * userdata) {
+    const auto packed = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(userdata));
+    Attention a{};
+    a.heads = static_cast<int64_t>(packed & 0xffff);
+    a.scale = bits_float(static_cast<uintptr_t>(packed >> 32));
+    a.d = dst->src[0]->ne[0] / a.heads;
+    a.lq = dst->src[0]->ne[1];
+    a.lk = dst->src[1]->ne[1];
+    a.slices = a.heads * dst->src[0]->ne[2];
+    // Queries per block: its scores in ~512 KB, but >= 128 of them (the slice kernel's columns).
+    constexpr int64_t kScoresBytes = 1024 * 1024;
+    const int64_t fit = kScoresBytes / (a.lk * static_cast<int64_t>(sizeof(float))) / 64 * 64;
+    a.block = std::min(a.lq, std::max<int64_t>(256, fit));
+    return a;
 }
-float bits_float(uintptr_t bits) {
-    const auto b = static_cast<uint32_t>(bits);
-    float f;
-    std::memcpy(&f, &b, sizeof(float));
-    return f;
+
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+// The two products of a block of `n` queries (pointers set per slice and block).
+cpu::Gemm attention_qk(const Attention & a, const ggml_tensor * q, const ggml_tensor * k, int64_t n) {
+    cpu::Gemm g{};
+    g.kind = cpu::Gemm::Kind::F32;
+    g.a_stride = static_cast<int64_t>(k->nb[1] / sizeof(float));
+    g.M = a.lk;  // scores[query][key] = dot(K row, Q row)
+    g.K = a.d;
+    g.N = n;
+    g.nb1 = q->nb[1];
+    g.ne1 = n;
+    g.ne2 = 1;
+    return g;
+}
+cpu::Gemm attention_pv(const Attention & a, int64_t n) {
+    cpu::Gemm g{};
+    g.kind = cpu::Gemm::Kind::F32;
+    g.a_stride = a.lk;  // rows of V^T: one per output feature
+    g.M = a.d;
+    g.K = a.lk;
+    g.N = n;
+    g.nb1 = static_cast<size_t>(a.lk) * sizeof(float);  // rows of probs
+    g.ne1 = n;
+    g.ne2 = 1;
+    return g;
+}
+#endif
+
+void attention_f32_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+#if defined(SDNODE_HAVE_AVX512_KERNELS)
+    const ggml_tensor * q = dst->src[0];
+    const ggml_tensor * k = dst->src[1];
+    const ggml_tensor * v = dst->src[2];
+    const Attention a = attention_of(dst, userdata);
+    // Scratch: a block's scores, V^T of a slice, a block's outputs, then the products' own.
+    size_t gemm_floats = 0;
+    for (int64_t n : {a.block, a.lq % a.block}) {
+        if (n == 0) continue;
+        gemm_floats = std::max({gemm_floats, cpu::gemm_scratch_floats(attention_qk(a, q, k, n)),
+                                cpu::gemm_scratch_floats(attention_pv(a, n))});
+    }
+    const auto round16 = [](size_t f) { return (f + 15) / 16 * 16; };  // keep each part 64-byte aligned
+    const size_t scores_f = round16(a.block * a.lk), vt_f = round16(a.d * a.lk), out_f = round16(a.block * a.d);
+    float * scores = static_cast<float *>(thread_scratch((scores_f + vt_f + out_f + gemm_floats) * sizeof(float)));
+    float * vt = scores + scores_f;
+    float * out = vt + vt_f;
+    float * gemm_scratch = out + out_f;
+    const int64_t per_image = a.heads;
+    for (int64_t s = ith; s < a.slices; s += nth) {
+        const int64_t b = s / per_image, h = s % per_image;
+        const size_t col = static_cast<size_t>(h * a.d) * sizeof(float);
+        const char * qs = static_cast<const char *>(q->data) + b * q->nb[2] + col;
+        const char * ks = static_cast<const char *>(k->data) + b * k->nb[2] + col;
+        const char * vs = static_cast<const char *>(v->data) + b * v->nb[2] + col;
+        char * ds = static_cast<char *>(dst->data) + b * dst->nb[2] + col;
+        for (int64_t key = 0; key < a.lk; ++key) {
+            const float * row = reinterpret_cast<const float *>(vs + key * v->nb[1]);
+            for (int64_t j = 0; j < a.d; ++j) vt[j * a.lk + key] = row[j];
+        }
+        for (int64_t q0 = 0; q0 < a.lq; q0 += a.block) {
+            const int64_t n = std::min(a.block, a.lq - q0);
+            cpu::Gemm qk = attention_qk(a, q, k, n);
+            qk.a = reinterpret_cast<const float *>(ks);
+            qk.x = qs + q0 * q->nb[1];
+            qk.out = scores;
+            cpu::gemm_avx512(qk, 0, 1, gemm_scratch);
+            cpu::SoftMax sm{scores, scores, a.lk, n, a.scale};
+            cpu::soft_max_avx512(sm, 0, 1);
+            cpu::Gemm pv = attention_pv(a, n);
+            pv.a = vt;
+            pv.x = reinterpret_cast<const char *>(scores);
+            pv.out = out;
+            cpu::gemm_avx512(pv, 0, 1, gemm_scratch);
+            for (int64_t i = 0; i < n; ++i) {
+                std::memcpy(ds + (q0 + i) * dst->nb[1], out + i * a.d, static_cast<size_t>(a.d) * sizeof(float));
+            }
+        }
+    }
+#else
+    (void)dst, (void)ith, (void)nth, (void)userdata;
+#endif
 }
 
 // userdata of the group-norm op: groups (16 bits), SiLU (bit 16), eps's bits (bits 32-63).
@@ -670,6 +780,22 @@ ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * 
     ggml_tensor * args[] = {a, b};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, a->ne[1], b->ne[1], b->ne[2], b->ne[3], args, 2, matmul_f32_op,
                           GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor * cpu_attention_f32(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, float scale) {
+    const auto rows_ok = [](const ggml_tensor * t) {
+        return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float) && t->ne[3] == 1;
+    };
+    if (sizeof(uintptr_t) < 8 || !rows_ok(q) || !rows_ok(k) || !rows_ok(v) || heads <= 0 || heads > 0xffff ||
+        q->ne[0] % heads != 0 || k->ne[0] != q->ne[0] || v->ne[0] != q->ne[0] || v->ne[1] != k->ne[1] ||
+        k->ne[2] != q->ne[2] || v->ne[2] != q->ne[2]) {
+        throw Error(ErrorCode::Internal,
+                    "cpu_attention_f32 needs f32 q [N, Lq, heads*d], k and v [N, Lk, heads*d] with unit element stride");
+    }
+    const uint64_t packed = static_cast<uint64_t>(heads) | (uint64_t{float_bits(scale)} << 32);
+    ggml_tensor * args[] = {q, k, v};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attention_f32_op, GGML_N_TASKS_MAX,
+                          reinterpret_cast<void *>(static_cast<uintptr_t>(packed)));
 }
 
 ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias) {

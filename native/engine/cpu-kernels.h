@@ -85,6 +85,15 @@ ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x,
 // Only where cpu_kernels_for() reports f32.
 ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
 
+// Non-causal multi-head attention, the same floats as attention's op chain with the two kernels
+// above: per image and head h (features [h*d, (h+1)*d)), probs = ggml_soft_max(ggml_scale(
+// ggml_mul_mat(K_h, Q_h), scale)), out_h = ggml_mul_mat(V_h^T, probs). q: f32 [N, Lq, heads*d],
+// k and v: f32 [N, Lk, heads*d], each with unit element stride (any row and image strides);
+// result: f32 [N, Lq, heads*d], contiguous (the heads side by side, as permute + cont gives).
+// One head and a block of queries at a time: only a block's scores exist at once (in L2).
+// Only where cpu_kernels_for() reports f32 and activations.
+ggml_tensor * cpu_attention_f32(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, float scale);
+
 // Same result as ggml_group_norm(x, groups, eps), then ggml_mul by weight and ggml_add of bias
 // (both reshaped to [1, C, 1, 1]), then, with `silu`, ggml_silu; one pass over memory instead of
 // six. x: contiguous f32 [N, C, H, W], C a multiple of groups; weight, bias: contiguous f32 [C].

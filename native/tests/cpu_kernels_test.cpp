@@ -212,6 +212,36 @@ void matmul_f32_case(int64_t K, int64_t M, int64_t N, int64_t B, int threads) {
     CHECK(identical(ref, ours, what));
 }
 
+// cpu_attention_f32 against ggml's chain on per-head copies: mul_mat(K, Q), soft_max(scale(.)),
+// mul_mat(V^T, probs), heads back side by side. q, k, v: [n, L, heads*d].
+void attention_case(int64_t d, int64_t heads, int64_t lq, int64_t lk, int64_t n, int threads) {
+    Ctx c(512u << 20);
+    ggml_context * ctx = c.ctx;
+    ggml_tensor * q = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, d * heads, lq, n);
+    ggml_tensor * k = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, d * heads, lk, n);
+    ggml_tensor * v = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, d * heads, lk, n);
+    fill(q, static_cast<uint32_t>(d + lq), 1.0f);
+    fill(k, static_cast<uint32_t>(heads + lk), 1.0f);
+    fill(v, static_cast<uint32_t>(7 * lk), 1.0f);
+    const auto per_head = [&](ggml_tensor * t, int64_t l) {  // [n*heads, l, d]
+        return ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, t, d, heads, l, n), 0, 2, 1, 3)), d, l,
+                               heads * n);
+    };
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    ggml_tensor * vt = ggml_reshape_3d(
+        ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, v, d, heads, lk, n), 1, 2, 0, 3)), lk, d, heads * n);
+    ggml_tensor * probs = ggml_soft_max(ctx, ggml_scale(ctx, ggml_mul_mat(ctx, per_head(k, lk), per_head(q, lq)), scale));
+    ggml_tensor * o = ggml_mul_mat(ctx, vt, probs);  // [n*heads, lq, d]
+    o = ggml_permute(ctx, ggml_reshape_4d(ctx, o, d, lq, heads, n), 0, 2, 1, 3);
+    ggml_tensor * ref = ggml_reshape_3d(ctx, ggml_cont(ctx, o), d * heads, lq, n);
+    ggml_tensor * ours = sd::cpu_attention_f32(ctx, q, k, v, static_cast<int>(heads), scale);
+    compute(ctx, ref, ours, threads);
+    char what[160];
+    std::snprintf(what, sizeof what, "attention d %lld heads %lld lq %lld lk %lld n %lld threads %d", (long long)d,
+                  (long long)heads, (long long)lq, (long long)lk, (long long)n, threads);
+    CHECK(identical(ref, ours, what));
+}
+
 // q8_0 / q4_0 linear layers: ggml_mul_mat (+ ggml_add bias) against cpu_linear_q.
 // cpu_group_norm against ggml_group_norm + ggml_mul + ggml_add (+ ggml_silu). offset shifts the
 // input (a mean far from 0), weight_scale makes SiLU's inputs large (its exp saturates).
@@ -430,6 +460,21 @@ int main() {
             matmul_f32_case(K, 40, 150, 2, threads);
             matmul_f32_case(K, 300, 260, 1, threads);  // rows of `a` as the vectors
         }
+    }
+
+    // Fused attention (needs the activation kernels' softmax too): SD1's heads (d 40/80/160 at
+    // 32x32/16x16/8x8 latents, the 4x4 middle block, cross-attention's 77 keys), blocks of
+    // queries with a partial last one, slices not a multiple of the threads.
+    if (k.activations) {
+        for (int threads : {1, 2, 3}) {
+            attention_case(40, 2, 1024, 1024, 1, threads);
+            attention_case(40, 3, 300, 77, 2, threads);
+            attention_case(80, 2, 256, 256, 1, threads);
+            attention_case(160, 1, 64, 64, 2, threads);
+            attention_case(160, 2, 16, 16, 1, threads);
+            attention_case(24, 3, 200, 600, 1, threads);
+        }
+        attention_case(40, 8, 1024, 1024, 2, 2);  // SD1's 32x32 self-attention, whole
     }
 
     const bool vnni = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&

@@ -4,6 +4,7 @@
 // Not a test: `build-tests/kernel_bench [threads] [reps] [filter]`; KBENCH_GGML=1 adds ggml's op,
 // KBENCH_COLD=1 flushes the caches before each run.
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -131,6 +132,39 @@ int main(int argc, char ** argv) {
         if (amx) exact = time_graph(ctx, product(false), threads, reps);
         std::printf("%-28s %10.2f %10.1f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9,
                     with_ggml ? flop / theirs * 1e-9 : 0.0, amx ? flop / exact * 1e-9 : 0.0);
+        ggml_free(ctx);
+    }
+    // Whole attention, SD1 UNet self-attention per latent size (2 images, 8 heads): the fused op
+    // against the three separate ops (the same kernels, scores through memory). "ggml GF/s" here
+    // is the separate ops' rate.
+    struct Attn {
+        const char * name;
+        int64_t d, l;
+    };
+    for (const Attn & s : {Attn{"attn fused 32x32 d40", 40, 1024}, Attn{"attn fused 16x16 d80", 80, 256},
+                           Attn{"attn fused 8x8 d160", 160, 64}}) {
+        if (filter && !std::strstr(s.name, filter)) continue;
+        ggml_init_params p{size_t(1) << 30, nullptr, false};
+        ggml_context * ctx = ggml_init(p);
+        const int64_t heads = 8, n = 2, width = heads * s.d;
+        ggml_tensor * t[3];
+        for (ggml_tensor *& x : t) {
+            x = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, width, s.l, n);
+            for (int64_t i = 0; i < ggml_nelements(x); ++i) static_cast<float *>(x->data)[i] = float((i * 7919) % 1000) * 1e-3f - 0.5f;
+        }
+        const float scale = 1.0f / std::sqrt(float(s.d));
+        const auto per_head = [&](ggml_tensor * x) {
+            return ggml_permute(ctx, ggml_reshape_4d(ctx, x, s.d, heads, s.l, n), 0, 2, 1, 3);
+        };
+        ggml_tensor * vt = ggml_reshape_3d(
+            ctx, ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, t[2], s.d, heads, s.l, n), 1, 2, 0, 3)), s.l, s.d, heads * n);
+        ggml_tensor * kq = ggml_reshape_3d(ctx, sd::cpu_matmul_f32(ctx, per_head(t[1]), per_head(t[0])), s.l, s.l, heads * n);
+        ggml_tensor * o = sd::cpu_matmul_f32(ctx, vt, sd::cpu_soft_max(ctx, kq, scale));
+        o = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, o, s.d, s.l, heads, n), 0, 2, 1, 3));
+        const double flop = 4.0 * s.d * s.l * s.l * heads * n;
+        const double ours = time_graph(ctx, sd::cpu_attention_f32(ctx, t[0], t[1], t[2], int(heads), scale), threads, reps);
+        const double separate = time_graph(ctx, o, threads, reps);
+        std::printf("%-28s %10.2f %10.1f %10.1f\n", s.name, ours * 1e3, flop / ours * 1e-9, flop / separate * 1e-9);
         ggml_free(ctx);
     }
     return 0;
