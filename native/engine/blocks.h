@@ -92,9 +92,10 @@ ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
 
 // q: [N, Lq, heads*d], k, v: [N, Lk, heads*d] -> [N, Lq, heads*d].
 // causal: position i attends to positions <= i only (CLIP).
-// cpu: sdnode's kernels to use (cpu.f32: the two products; cpu.activations: the softmax).
-// max_scores_bytes: past this size of the score matrices, heads run in groups (same numbers,
-// less memory).
+// cpu: sdnode's kernels to use (cpu.f32: the two products; cpu.activations: the softmax). With
+// both, non-causal attention is one fused op (cpu_attention_f32: a block of one head's scores
+// at a time, same numbers). Otherwise max_scores_bytes: past this size of the score matrices,
+// heads run in groups (same numbers, less memory).
 constexpr int64_t kMaxAttentionScoresBytes = int64_t{128} << 20;
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
                         const std::string & name, const CpuKernels & cpu = {},

@@ -145,8 +145,8 @@ void test_attention(ggml_backend_t backend, bool causal) {
     CHECK(relative_l2(out.data, ref) < 1e-5);
 
     // Heads in groups (score matrices over the limit): the same floats, for each group size,
-    // with ggml's ops and with sdnode's kernels where they run (products, softmax): those give
-    // ggml's floats too.
+    // with ggml's ops and with sdnode's kernels where they run (products, softmax; non-causal:
+    // the fused op, which ignores the limit): those give ggml's floats too.
     const sd::CpuKernels kernels = sd::cpu_kernels_for(backend);
     for (const sd::CpuKernels & cpu : {sd::CpuKernels{}, kernels}) {
         for (int64_t group : {int64_t{6}, int64_t{1}, int64_t{2}, int64_t{4}}) {
