@@ -14,7 +14,7 @@
       "actions": [
         {
           "action_name": "cmake_engine",
-          "inputs": ["<!@(node -p \"require('fs').readdirSync('native/engine').map(f => 'native/engine/' + f).join(' ')\")", "CMakeLists.txt"],
+          "inputs": ["<!@(node -p \"require('fs').readdirSync('native/engine', { recursive: true }).filter(f => /\\.(h|cpp)$/.test(f)).map(f => 'native/engine/' + f).join(' ')\")", "CMakeLists.txt"],
           "outputs": ["<(engine_dir)/libsd_engine.a"],
           "action": ["node", "scripts/build-native.mjs", "--engine-only", "<(engine_dir)"],
         }
@@ -45,6 +45,8 @@
       },
       "libraries": [
         "<(engine_dir)/libsd_engine.a",
+        "<(engine_dir)/libsd_cpu_kernels.a",
+        "<(engine_dir)/libsd_core.a",
         "<(engine_dir)/ggml/src/libggml.a",
         "<(engine_dir)/ggml/src/libggml-cpu.a",
         "<(engine_dir)/ggml/src/libggml-base.a",

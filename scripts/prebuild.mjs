@@ -1,4 +1,4 @@
-// `npm run prebuild`: makes prebuilds/<platform>-<arch>/ with prebuildify — the addon plus the
+// `npm run build:prebuilds`: makes prebuilds/<platform>-<arch>/ with prebuildify — the addon plus the
 // ggml libraries and every CPU-variant module it loads at run time (RUNPATH $ORIGIN), stripped.
 // Portable: no -march=native; ggml picks the best CPU variant on the user's machine.
 import { spawnSync } from 'node:child_process';

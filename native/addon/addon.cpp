@@ -4,8 +4,8 @@
 
 #include "abort-flag.h"
 #include "addon-state.h"
-#include "backend.h"
-#include "cpu-kernels.h"
+#include "runtime/backend.h"
+#include "kernels/cpu-kernels.h"
 #include "inspect.h"
 #include "js-error.h"
 #include "model-wrap.h"

@@ -1,10 +1,10 @@
 // inspectModel(path): open, canonicalize and detect on a worker thread; report what was found.
 #include "inspect.h"
 
-#include "arch.h"
+#include "model/arch.h"
 #include "convert.h"
-#include "model-file.h"
-#include "names.h"
+#include "io/model-file.h"
+#include "model/names.h"
 #include "promise-worker.h"
 
 namespace sdnode {

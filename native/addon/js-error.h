@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "errors.h"
+#include "core/errors.h"
 
 namespace sdnode {
 

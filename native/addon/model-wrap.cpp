@@ -2,14 +2,14 @@
 
 #include "abort-flag.h"
 #include "addon-state.h"
-#include "backend.h"
+#include "runtime/backend.h"
 #include "convert.h"
 #include "js-error.h"
 #include "progress.h"
 #include "promise-worker.h"
-#include "pipeline.h"
-#include "text-encoder.h"
-#include "weights.h"
+#include "pipelines/pipeline.h"
+#include "components/text-encoder.h"
+#include "model/weights.h"
 
 namespace sdnode {
 
@@ -93,8 +93,6 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo & info) {
         if (!wtype.empty()) options.weight_type = sd::parse_weight_type(wtype);
         options.threads = int_field(opts, "threads", sd::default_thread_count(), 1, 1024);
         options.device = string_field(opts, "device", "auto");
-        std::string merges_js = string_field(opts, "clipMergesJs", "");
-        options.clip_merges = sd::clip_merges_from_js(merges_js);
         auto abort = AbortFlag::From(info.Length() > 3 ? info[3] : env.Undefined());
         auto queue = std::make_shared<JsTaskQueue>(env, info.Length() > 2 ? info[2] : env.Undefined(), "sdnode.loadModel");
         options.abort = abort.get();

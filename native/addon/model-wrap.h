@@ -6,8 +6,8 @@
 #include <memory>
 #include <mutex>
 
-#include "graph-runner.h"
-#include "model.h"
+#include "runtime/graph-runner.h"
+#include "model/model.h"
 #include "serial-thread.h"
 
 namespace sdnode {

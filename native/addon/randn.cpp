@@ -2,7 +2,7 @@
 #include "randn.h"
 
 #include "js-error.h"
-#include "rng.h"
+#include "diffusion/rng.h"
 
 namespace sdnode {
 

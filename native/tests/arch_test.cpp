@@ -3,9 +3,9 @@
 #include <set>
 #include <tuple>
 
-#include "arch.h"
+#include "model/arch.h"
 #include "check.h"
-#include "errors.h"
+#include "core/errors.h"
 #include "sd-layouts.h"
 
 using namespace layouts;

@@ -8,6 +8,15 @@
 namespace sdtest {
 inline int & failures() { static int n = 0; return n; }
 inline int & checks() { static int n = 0; return n; }
+// Where stable-diffusion.cpp's reference outputs are (the folder holding sd15-random/, ...), or
+// "" when the reference checks are off: they run only under SDNODE_REFERENCE=1 (or with
+// SDNODE_REFERENCE_DIR naming the folder), from ../shared/reference beside the project root
+// (ctest runs in the project root), so a clone with nothing beside it passes.
+inline std::string reference_root() {
+    if (const char * dir = std::getenv("SDNODE_REFERENCE_DIR")) return dir;
+    const char * on = std::getenv("SDNODE_REFERENCE");
+    return on && std::string(on) == "1" ? "../shared/reference" : "";
+}
 inline int finish(const char * name) {
     std::printf("%s: %d checks, %d failed\n", name, checks(), failures());
     return failures() == 0 ? 0 : 1;

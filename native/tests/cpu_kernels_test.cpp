@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "check.h"
-#include "cpu-kernels.h"
+#include "kernels/cpu-kernels.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "ggml.h"

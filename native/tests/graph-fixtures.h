@@ -8,9 +8,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "blocks.h"
-#include "weights.h"
-#include "errors.h"
+#include "nn/blocks.h"
+#include "model/weights.h"
+#include "core/errors.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml.h"

@@ -7,14 +7,14 @@
 #include <cstring>
 
 #include "check.h"
-#include "cpu-kernels.h"
-#include "errors.h"
+#include "kernels/cpu-kernels.h"
+#include "core/errors.h"
 #include "ggml-cpu.h"
 #include "graph-fixtures.h"
-#include "graph-runner.h"
-#include "text-encoder.h"
-#include "unet.h"
-#include "vae.h"
+#include "runtime/graph-runner.h"
+#include "components/text-encoder.h"
+#include "components/unet.h"
+#include "components/vae.h"
 
 using sdtest::MemoryWeights;
 using sdtest::random_vector;

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "check.h"
-#include "errors.h"
-#include "json.h"
-#include "model-file.h"
+#include "core/errors.h"
+#include "core/json.h"
+#include "io/model-file.h"
 
 // CHECK_THROWS_CODE, and with MODEL_FILE_TEST_VERBOSE=1 in the environment also prints the
 // message (to review what users will read).

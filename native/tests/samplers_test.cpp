@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "check.h"
-#include "errors.h"
-#include "rng.h"
-#include "samplers.h"
-#include "schedule.h"
+#include "core/errors.h"
+#include "diffusion/rng.h"
+#include "diffusion/samplers.h"
+#include "diffusion/schedule.h"
 
 namespace {
 

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "check.h"
-#include "errors.h"
-#include "schedule.h"
+#include "core/errors.h"
+#include "diffusion/schedule.h"
 
 namespace {
 

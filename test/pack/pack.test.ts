@@ -2,7 +2,7 @@
 // with no C/C++ compiler, cmake or git on PATH, and checks that the prebuilt addon loads and
 // works there: what a user gets from `npm install sdnode` with npm's install scripts blocked.
 //
-// Needs prebuilds/<platform>-<arch> (npm run prebuild) and the registry for sdnode's own
+// Needs prebuilds/<platform>-<arch> (npm run build:prebuilds) and the registry for sdnode's own
 // dependencies. Run with `npm run test:pack`.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -27,7 +27,7 @@ function npmCli(): string {
 test('the packed tarball installs with --ignore-scripts and no toolchain, and loads', { timeout: 600_000 }, async (t) => {
   assert.ok(
     fs.existsSync(prebuildDir) && fs.readdirSync(prebuildDir).some((f) => f.endsWith('.node')),
-    `no prebuild in ${prebuildDir}: run \`npm run prebuild\` first`,
+    `no prebuild in ${prebuildDir}: run \`npm run build:prebuilds\` first`,
   );
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-pack-'));
   t.after(() => fs.rmSync(work, { recursive: true, force: true }));

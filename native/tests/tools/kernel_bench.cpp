@@ -11,7 +11,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu-kernels.h"
+#include "kernels/cpu-kernels.h"
 #include "ggml-cpu.h"
 #include "ggml.h"
 

@@ -1,0 +1,122 @@
+#include "components/text-encoder.h"
+
+#include <string>
+
+#include "core/errors.h"
+
+namespace sd {
+
+int default_clip_skip(Arch arch) {
+    return (arch == Arch::SD2 || arch == Arch::SDXL || arch == Arch::SDXLRefiner) ? 2 : 1;
+}
+
+TextEncoder::TextEncoder(const TensorSource & weights, TextEncoderParams params)
+    : weights_(weights), params_(std::move(params)) {
+    if (params_.width <= 0 || params_.layers <= 0 || params_.heads <= 0 || params_.width % params_.heads != 0 ||
+        params_.vocab <= 0 || params_.max_positions < kClipChunkLength) {
+        throw_invalid("text encoder parameters out of range (width " + std::to_string(params_.width) + ", layers " +
+                      std::to_string(params_.layers) + ", heads " + std::to_string(params_.heads) + ", positions " +
+                      std::to_string(params_.max_positions) + ")");
+    }
+}
+
+ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) const {
+    const int64_t width = params_.width, tokens = ids->ne[0];
+    ggml_tensor * tok = g.w.get("text_model.embeddings.token_embedding.weight");
+    ggml_tensor * pos = g.w.get("text_model.embeddings.position_embedding.weight");
+    if (tok->ne[0] != width || tok->ne[1] < params_.vocab) {
+        throw Error(ErrorCode::ModelFormat, "token_embedding does not match width " + std::to_string(width) +
+                                                " and vocabulary " + std::to_string(params_.vocab));
+    }
+    if (pos->ne[0] != width || pos->ne[1] < tokens) {
+        throw Error(ErrorCode::ModelFormat, "position_embedding has fewer than " + std::to_string(tokens) + " positions");
+    }
+    const int64_t chunks = ids->ne[1];
+    ggml_tensor * x = ggml_get_rows(g.ctx, tok, ggml_reshape_1d(g.ctx, ids, tokens * chunks));  // f32
+    x = ggml_reshape_3d(g.ctx, x, width, tokens, chunks);
+    ggml_tensor * positions = ggml_view_2d(g.ctx, pos, width, tokens, pos->nb[1], 0);
+    if (positions->type != GGML_TYPE_F32) positions = ggml_cast(g.ctx, positions, GGML_TYPE_F32);
+    x = named(ggml_add(g.ctx, x, positions), "text_model.embeddings");
+
+    // OpenCLIP ViT-H/bigG use gelu, OpenAI CLIP quick_gelu (sd.cpp picks by width when unsaid).
+    const bool gelu = params_.activation.empty() ? (width == 1024 || width == 1280) : params_.activation == "gelu";
+    const int last = params_.layers - clip_skip;  // index of the last layer that runs
+    for (int i = 0; i <= last; ++i) {
+        const std::string p = "text_model.encoder.layers." + std::to_string(i);
+        ggml_tensor * h = layer_norm(g, x, p + ".layer_norm1");
+        ggml_tensor * q = linear(g, h, p + ".self_attn.q_proj");
+        ggml_tensor * k = linear(g, h, p + ".self_attn.k_proj");
+        ggml_tensor * v = linear(g, h, p + ".self_attn.v_proj");
+        h = attention(g.ctx, q, k, v, params_.heads, true, p + ".self_attn", g.cpu);
+        x = linear(g, h, p + ".self_attn.out_proj", x);  // x + out_proj(h)
+
+        h = linear(g, layer_norm(g, x, p + ".layer_norm2"), p + ".mlp.fc1");
+        h = gelu ? ggml_gelu(g.ctx, h) : ggml_gelu_quick(g.ctx, h);
+        x = named(linear(g, h, p + ".mlp.fc2", x), p);
+    }
+    return named(layer_norm(g, x, "text_model.final_layer_norm"), "text_hidden");
+}
+
+HostTensor TextEncoder::encode(GraphRunner & runner, const std::vector<int32_t> & tokens, int clip_skip) const {
+    if (tokens.empty() || tokens.size() % kClipChunkLength != 0) {
+        throw_invalid("text encoder input must be a positive multiple of 77 tokens; received " +
+                      std::to_string(tokens.size()));
+    }
+    if (clip_skip < 1 || clip_skip > params_.layers) {
+        throw_invalid("clipSkip must be between 1 and " + std::to_string(params_.layers) + "; received " +
+                      std::to_string(clip_skip));
+    }
+    for (int32_t id : tokens) {
+        // An id outside the table would make get_rows read out of bounds.
+        if (id < 0 || id >= params_.vocab) {
+            throw_invalid("token id " + std::to_string(id) + " is outside the vocabulary (0.." +
+                          std::to_string(params_.vocab - 1) + ")");
+        }
+    }
+    const int64_t chunks = static_cast<int64_t>(tokens.size()) / kClipChunkLength;
+    const std::string key = "text:" + std::to_string(chunks) + ":" + std::to_string(clip_skip);
+    return runner.run(key, [&](GraphBuilder & b) {
+        Graph g{b.ctx(), weights_, graph_kernels(runner.backend(), weights_)};
+        return build(g, b.input_i32("tokens", tokens.data(), kClipChunkLength, chunks), clip_skip);
+    });
+}
+
+void apply_token_weights(HostTensor & hidden, const std::vector<float> & weights) {
+    const int64_t width = hidden.ne[0], tokens = hidden.ne[1] * hidden.ne[2] * hidden.ne[3];
+    if (static_cast<int64_t>(weights.size()) != tokens || tokens % kClipChunkLength != 0 ||
+        static_cast<int64_t>(hidden.data.size()) != width * tokens) {
+        throw_invalid("prompt weights (" + std::to_string(weights.size()) + ") do not match the " +
+                      std::to_string(tokens) + " encoded tokens");
+    }
+    const int64_t chunk_size = width * kClipChunkLength;
+    for (int64_t c = 0; c < tokens / kClipChunkLength; ++c) {
+        float * chunk = hidden.data.data() + c * chunk_size;
+        double before = 0.0, after = 0.0;
+        for (int64_t t = 0; t < kClipChunkLength; ++t) {
+            const float wt = weights[static_cast<size_t>(c * kClipChunkLength + t)];
+            for (int64_t i = 0; i < width; ++i) {
+                float & v = chunk[t * width + i];
+                before += v;
+                v *= wt;
+                after += v;
+            }
+        }
+        const float original_mean = static_cast<float>(before / static_cast<double>(chunk_size));
+        const float new_mean = static_cast<float>(after / static_cast<double>(chunk_size));
+        if (new_mean == 0.0f) continue;  // nothing sensible to rescale by (all weights 0)
+        const float scale = original_mean / new_mean;
+        for (int64_t i = 0; i < chunk_size; ++i) chunk[i] *= scale;
+    }
+}
+
+HostTensor encode_prompt(GraphRunner & runner, const TextEncoder & encoder, const WeightedTokens & prompt,
+                         int clip_skip) {
+    HostTensor hidden = encoder.encode(runner, prompt.tokens, clip_skip);
+    apply_token_weights(hidden, prompt.weights);
+    // [chunks, 77, width] -> [1, chunks*77, width]: the chunks follow each other in memory.
+    hidden.ne[1] *= hidden.ne[2];
+    hidden.ne[2] = 1;
+    return hidden;
+}
+
+}  // namespace sd
