@@ -137,7 +137,7 @@ void test_attention(ggml_backend_t backend, bool causal) {
     none.finish(backend, 0);
     sd::GraphRunner runner(backend, 2);
     auto out = runner.run("attn", [&](sd::GraphBuilder & b) {
-        return sd::attention(b.ctx(), b.input_f32("q", q.data(), width, Lq, N), b.input_f32("k", k.data(), width, Lk, N),
+        return sd::ops::attention(b.ctx(), b.input_f32("q", q.data(), width, Lq, N), b.input_f32("k", k.data(), width, Lk, N),
                              b.input_f32("v", v.data(), width, Lk, N), heads, causal, "attn");
     });
     auto ref = naive_attention(q, k, v, N, Lq, Lk, heads, d, causal);
@@ -152,7 +152,7 @@ void test_attention(ggml_backend_t backend, bool causal) {
         for (int64_t group : {int64_t{6}, int64_t{1}, int64_t{2}, int64_t{4}}) {
             const std::string key = "attn-" + std::to_string(cpu.f32) + std::to_string(cpu.activations) + "-" + std::to_string(group);
             auto grouped = runner.run(key, [&](sd::GraphBuilder & b) {
-                return sd::attention(b.ctx(), b.input_f32("q", q.data(), width, Lq, N), b.input_f32("k", k.data(), width, Lk, N),
+                return sd::ops::attention(b.ctx(), b.input_f32("q", q.data(), width, Lq, N), b.input_f32("k", k.data(), width, Lk, N),
                                      b.input_f32("v", v.data(), width, Lk, N), heads, causal, "attn", cpu,
                                      group * Lq * Lk * static_cast<int64_t>(sizeof(float)));
             });
@@ -206,13 +206,13 @@ void test_graph_kernels(ggml_backend_t backend) {
     w.linear("l", 48, 64);
     w.finish(backend, 10);
     CHECK(!w.quantized());
-    CHECK(sd::graph_kernels(backend, w).amx == verified.amx);
+    CHECK(sd::ops::graph_kernels(backend, w).amx == verified.amx);
     MemoryWeights q;  // types only: never allocated or computed
     q.add("l.weight", {48, 64}, 0.1f, 0.0f, GGML_TYPE_Q8_0);
     CHECK(q.quantized());
-    CHECK(!sd::graph_kernels(backend, q).amx);
+    CHECK(!sd::ops::graph_kernels(backend, q).amx);
     setenv("SDNODE_CPU_AMX", "all", 1);  // AMX for quantized components too, where verified
-    CHECK(sd::graph_kernels(backend, q).amx == verified.amx);
+    CHECK(sd::ops::graph_kernels(backend, q).amx == verified.amx);
     unsetenv("SDNODE_CPU_AMX");
     if (!verified.amx) return;
 

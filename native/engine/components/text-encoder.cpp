@@ -47,7 +47,7 @@ ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) co
         ggml_tensor * q = linear(g, h, p + ".self_attn.q_proj");
         ggml_tensor * k = linear(g, h, p + ".self_attn.k_proj");
         ggml_tensor * v = linear(g, h, p + ".self_attn.v_proj");
-        h = attention(g.ctx, q, k, v, params_.heads, true, p + ".self_attn", g.cpu);
+        h = ops::attention(g.ctx, q, k, v, params_.heads, true, p + ".self_attn", g.cpu);
         x = linear(g, h, p + ".self_attn.out_proj", x);  // x + out_proj(h)
 
         h = linear(g, layer_norm(g, x, p + ".layer_norm2"), p + ".mlp.fc1");
@@ -76,7 +76,7 @@ HostTensor TextEncoder::encode(GraphRunner & runner, const std::vector<int32_t> 
     const int64_t chunks = static_cast<int64_t>(tokens.size()) / kClipChunkLength;
     const std::string key = "text:" + std::to_string(chunks) + ":" + std::to_string(clip_skip);
     return runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, graph_kernels(runner.backend(), weights_)};
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
         return build(g, b.input_i32("tokens", tokens.data(), kClipChunkLength, chunks), clip_skip);
     });
 }

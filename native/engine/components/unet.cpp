@@ -148,7 +148,7 @@ HostTensor Unet::forward(GraphRunner & runner, const HostTensor & x, const std::
     const std::string key = "unet:" + std::to_string(x.ne[0]) + "x" + std::to_string(x.ne[1]) + "x" +
                             std::to_string(x.ne[3]) + ":" + std::to_string(context.ne[1]);
     return runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, graph_kernels(runner.backend(), weights_)};
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
         ggml_tensor * xt = b.input_f32("x", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]);
         ggml_tensor * tt = b.input_f32("timesteps", timesteps.data(), static_cast<int64_t>(timesteps.size()));
         ggml_tensor * ct = b.input_f32("context", context.data.data(), context.ne[0], context.ne[1], context.ne[2]);

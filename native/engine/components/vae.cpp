@@ -58,7 +58,7 @@ HostTensor VaeDecoder::decode(GraphRunner & runner, const HostTensor & latent) c
 
     const std::string key = "vae-decode:" + std::to_string(w) + "x" + std::to_string(h) + "x" + std::to_string(n);
     return runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, graph_kernels(runner.backend(), weights_)};
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
         return build_decoder(g, b.input_f32("z", z.data(), w, h, c, n));
     });
 }

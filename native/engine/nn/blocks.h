@@ -1,10 +1,10 @@
-// Building blocks shared by the text encoder, UNet and VAE graphs, written to compute what
-// stable-diffusion.cpp computes with the same ggml ops (so f16 kernels go through the same
-// im2col, attention through the same softmax path):
+// Building blocks shared by the text encoder, UNet and VAE graphs: they look weights up by
+// name, check their shapes, and compute what stable-diffusion.cpp computes through nn/ops.h
+// (which picks ggml's op or sdnode's kernel with the same numbers):
 //   - group norm: 32 groups, eps 1e-6 everywhere (UNet and VAE alike, as sd.cpp);
 //   - layer norm: eps 1e-5;
 //   - attention: softmax(Q K^T / sqrt(d_head)) V with an optional causal mask;
-//   - conv2d: ggml_conv_2d (im2col in the kernel's type, f16) + bias.
+//   - conv2d: ggml_conv_2d's numbers (im2col in the kernel's type, f16) + bias.
 //
 // Layout: ggml order, fastest dimension first. An image tensor [N, C, H, W] is ne {W, H, C, N};
 // a token sequence [N, L, C] is ne {C, L, N}. Every helper names its output after `prefix`
@@ -15,7 +15,7 @@
 #pragma once
 #include <string>
 
-#include "kernels/cpu-kernels.h"
+#include "nn/ops.h"
 #include "ggml.h"
 
 namespace sd {
@@ -50,23 +50,18 @@ private:
 struct Graph {
     ggml_context * ctx;
     const TensorSource & w;
-    // Products to run through cpu-kernels.h (same numbers as ggml's ops, faster): f16
-    // convolutions and linear layers, f32 attention products. Set from cpu_kernels_for() of the
-    // backend the graph runs on.
+    // sdnode's kernels the ops may use (nn/ops.h; ops::graph_kernels() of the backend the graph
+    // runs on; all false off the CPU).
     CpuKernels cpu = {};
 };
-
-// The kernels a graph of `weights` on `backend` uses: cpu_kernels_for(backend), without AMX for
-// components with quantized weights. Their layers quantize activations (to q8_0), and rounding
-// to 8 bits turns the last-bit differences of AMX's f32 sums into whole quantization steps here
-// and there, so quantized models keep ggml's f16 arithmetic bit for bit, as
-// stable-diffusion.cpp computes it; SDNODE_CPU_AMX=all gives them AMX too (faster, ~1% apart).
-CpuKernels graph_kernels(ggml_backend_t backend, const TensorSource & weights);
 
 // `y` (computed from weight `w`) as an in-place node that, once `y` is computed, drops `w`'s
 // pages from resident memory when `w` is used from the mapped file (read again at the next use):
 // the weights then never need to be resident all at once. `y` itself when there is nothing to do.
 ggml_tensor * release_after_use(Graph & g, ggml_tensor * y, ggml_tensor * w);
+
+// "[out, in, kh, kw]": a tensor's shape, outermost first, for messages.
+std::string shape_text(const ggml_tensor * t);
 
 // Names `t` (truncated to GGML_MAX_NAME) and returns it.
 ggml_tensor * named(ggml_tensor * t, const std::string & name);
@@ -89,21 +84,6 @@ ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix,
 
 // x: [..., C]: normalized over C, eps 1e-5, affine.
 ggml_tensor * layer_norm(Graph & g, ggml_tensor * x, const std::string & prefix, float eps = 1e-5f);
-
-// q: [N, Lq, heads*d], k, v: [N, Lk, heads*d] -> [N, Lq, heads*d].
-// causal: position i attends to positions <= i only (CLIP).
-// cpu: sdnode's kernels to use (cpu.f32: the two products; cpu.activations: the softmax). With
-// both, non-causal attention is one fused op (cpu_attention_f32: a block of one head's scores
-// at a time, same numbers). Otherwise max_scores_bytes: past this size of the score matrices,
-// heads run in groups (same numbers, less memory).
-constexpr int64_t kMaxAttentionScoresBytes = int64_t{128} << 20;
-ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
-                        const std::string & name, const CpuKernels & cpu = {},
-                        int64_t max_scores_bytes = kMaxAttentionScoresBytes);
-
-// [N, C, H, W] <-> [N, H*W, C]
-ggml_tensor * image_to_tokens(ggml_context * ctx, ggml_tensor * x);
-ggml_tensor * tokens_to_image(ggml_context * ctx, ggml_tensor * x, int64_t w, int64_t h);
 
 // Sinusoidal timestep embedding, LDM's flip_sin_to_cos layout: [cos(t f_j) | sin(t f_j)],
 // f_j = max_period^(-j / (dim/2)). timesteps: [N] -> [N, dim].
