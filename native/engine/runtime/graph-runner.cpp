@@ -53,7 +53,7 @@ bool profile_ops() {
 ggml_status compute_profiled(ggml_backend_t backend, ggml_cgraph * gf, const std::string & shape_key) {
     std::vector<uint8_t> meta(ggml_graph_overhead_custom(1, false) + ggml_tensor_overhead());
     ggml_init_params params{meta.size(), meta.data(), true};
-    std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx(ggml_init(params), &ggml_free);
+    ggml_context_ptr ctx(ggml_init(params));
     ggml_cgraph * one = ggml_new_graph_custom(ctx.get(), 1, false);
     struct Entry {
         double ms = 0;
@@ -112,12 +112,21 @@ ggml_tensor * GraphBuilder::input_i32(const char * name, const int32_t * data, i
 
 GraphRunner::GraphRunner(ggml_backend_t backend, int threads) : backend_(backend) {
     if (!backend_) throw Error(ErrorCode::Internal, "GraphRunner needs a backend");
-    allocr_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
-    if (!allocr_) throw Error(ErrorCode::OutOfMemory, "cannot create a graph allocator");
+    backends_.push_back(backend_);
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend_);
+    if (!dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+        // The scheduler needs the CPU last: it runs what the backend cannot.
+        cpu_fallback_.reset(ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr));
+        if (!cpu_fallback_) throw Error(ErrorCode::Internal, "cannot initialize a CPU backend for the ops other backends lack");
+        backends_.push_back(cpu_fallback_.get());
+    }
+    sched_.reset(ggml_backend_sched_new(backends_.data(), nullptr, static_cast<int>(backends_.size()), kMaxGraphNodes,
+                                        false, false));
+    if (!sched_) throw Error(ErrorCode::OutOfMemory, "cannot create a graph scheduler");
     set_threads(threads);
 }
 
-GraphRunner::~GraphRunner() { ggml_gallocr_free(allocr_); }
+GraphRunner::~GraphRunner() = default;
 
 void GraphRunner::set_threads(int threads) {
     threads_ = std::max(1, threads);
@@ -125,25 +134,38 @@ void GraphRunner::set_threads(int threads) {
 }
 
 void GraphRunner::apply_threads() {
-    auto set = reinterpret_cast<ggml_backend_set_n_threads_t>(backend_proc(backend_, "ggml_backend_set_n_threads"));
-    if (set) set(backend_, threads_);
+    for (ggml_backend_t b : backends_) {
+        auto set = reinterpret_cast<ggml_backend_set_n_threads_t>(backend_proc(b, "ggml_backend_set_n_threads"));
+        if (set) set(b, threads_);
+    }
 }
 
-size_t GraphRunner::compute_buffer_bytes() const { return ggml_gallocr_get_buffer_size(allocr_, 0); }
+// Raised mid-graph, the CPU backends stop at the next node (and sdnode's kernels inside theirs).
+void GraphRunner::set_abort_callbacks(bool on) {
+    for (ggml_backend_t b : backends_) {
+        auto set = reinterpret_cast<ggml_backend_set_abort_callback_t>(backend_proc(b, "ggml_backend_set_abort_callback"));
+        if (!set) continue;
+        if (on && abort_) set(b, abort_requested, const_cast<std::atomic<bool> *>(abort_));
+        else set(b, nullptr, nullptr);
+    }
+}
+
+size_t GraphRunner::compute_buffer_bytes() const {
+    size_t total = 0;
+    for (ggml_backend_t b : backends_) total += ggml_backend_sched_get_buffer_size(sched_.get(), b);
+    return total;
+}
 
 HostTensor GraphRunner::run(const std::string & shape_key, const BuildFn & build) {
     if (abort_ && abort_->load()) throw Error(ErrorCode::Aborted, "generation was aborted");
 
-    // The context only holds tensor and graph metadata; data lives in the gallocr's buffer.
+    // The context only holds tensor and graph metadata; data lives in the scheduler's buffers.
     const size_t meta = ggml_tensor_overhead() * kMaxGraphNodes + ggml_graph_overhead_custom(kMaxGraphNodes, false);
     if (meta_.size() < meta) meta_.resize(meta);
     ggml_init_params params{meta_.size(), meta_.data(), true};
-    ggml_context * ctx = ggml_init(params);
-    if (!ctx) throw Error(ErrorCode::OutOfMemory, "cannot allocate a graph context");
-    struct CtxGuard {
-        ggml_context * c;
-        ~CtxGuard() { ggml_free(c); }
-    } guard{ctx};
+    ggml_context_ptr owned(ggml_init(params));
+    if (!owned) throw Error(ErrorCode::OutOfMemory, "cannot allocate a graph context");
+    ggml_context * ctx = owned.get();
 
     GraphBuilder builder(ctx);
     ggml_tensor * out = build(builder);
@@ -162,29 +184,27 @@ HostTensor GraphRunner::run(const std::string & shape_key, const BuildFn & build
     }
 
     if (reserved_.count(shape_key) == 0) {
-        // Grows the buffer to this shape's needs (never shrinks), so later runs of any shape
+        // Grows the buffers to this shape's needs (never shrinks), so later runs of any shape
         // reserved so far allocate nothing.
-        if (!ggml_gallocr_reserve(allocr_, gf)) {
+        if (!ggml_backend_sched_reserve(sched_.get(), gf)) {
             throw Error(ErrorCode::OutOfMemory, "cannot reserve the compute buffer for " + shape_key + " on " +
                                                     ggml_backend_name(backend_));
         }
         reserved_.insert(shape_key);
     }
-    if (!ggml_gallocr_alloc_graph(allocr_, gf)) {
+    ggml_backend_sched_reset(sched_.get());
+    if (!ggml_backend_sched_alloc_graph(sched_.get(), gf)) {
         throw Error(ErrorCode::OutOfMemory, "cannot allocate the compute graph for " + shape_key + " on " +
                                                 ggml_backend_name(backend_));
     }
     for (const auto & in : builder.inputs_) ggml_backend_tensor_set(in.tensor, in.data, 0, ggml_nbytes(in.tensor));
 
-    auto set_abort = reinterpret_cast<ggml_backend_set_abort_callback_t>(
-        backend_proc(backend_, "ggml_backend_set_abort_callback"));
-    if (set_abort) {
-        set_abort(backend_, abort_ ? abort_requested : nullptr, const_cast<std::atomic<bool> *>(abort_));
-    }
+    set_abort_callbacks(true);
     apply_threads();
-    const ggml_status status =
-        profile_ops() ? compute_profiled(backend_, gf, shape_key) : ggml_backend_graph_compute(backend_, gf);
-    if (set_abort) set_abort(backend_, nullptr, nullptr);
+    // Profiling runs node by node on the one backend (a CPU-only development aid).
+    const ggml_status status = profile_ops() && backends_.size() == 1 ? compute_profiled(backend_, gf, shape_key)
+                                                                      : ggml_backend_sched_graph_compute(sched_.get(), gf);
+    set_abort_callbacks(false);
     if (status == GGML_STATUS_ABORTED || (abort_ && abort_->load())) {
         throw Error(ErrorCode::Aborted, "generation was aborted");
     }

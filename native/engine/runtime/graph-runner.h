@@ -1,6 +1,7 @@
-// Runs ggml graphs on one backend: builds a graph from a callback, allocates its activations
-// with one gallocr (reserved once per shape key, so the sampler loop reuses the same buffer),
-// copies host inputs in, computes, and copies outputs back as f32.
+// Runs ggml graphs: builds a graph from a callback, schedules it with ggml_backend_sched on the
+// session's backend and the CPU (an op the backend cannot run falls back to the CPU instead of
+// aborting), allocates its activations (reserved once per shape key, so the sampler loop reuses
+// the same buffers), copies host inputs in, computes, and copies outputs back as f32.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -12,6 +13,7 @@
 
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
+#include "ggml-cpp.h"
 #include "ggml.h"
 
 namespace sd {
@@ -48,7 +50,8 @@ private:
 
 class GraphRunner {
 public:
-    // `backend` is not owned and must outlive the runner.
+    // `backend` is not owned and must outlive the runner. Off the CPU, the runner adds a CPU
+    // backend of its own for the ops `backend` does not support.
     GraphRunner(ggml_backend_t backend, int threads = 1);
     ~GraphRunner();
     GraphRunner(const GraphRunner &) = delete;
@@ -68,16 +71,19 @@ public:
     // callback returned. Throws Aborted, OutOfMemory, Internal (compute failure).
     HostTensor run(const std::string & shape_key, const BuildFn & build);
 
-    // Bytes of the compute buffer (activations) reserved so far.
+    // Bytes of the compute buffers (activations) reserved so far, on every backend.
     size_t compute_buffer_bytes() const;
 
 private:
     void apply_threads();
+    void set_abort_callbacks(bool on);
 
     ggml_backend_t backend_;
+    ggml_backend_ptr cpu_fallback_;       // off the CPU only
+    std::vector<ggml_backend_t> backends_;  // backend_, then the CPU fallback if any
     int threads_ = 1;
     const std::atomic<bool> * abort_ = nullptr;
-    ggml_gallocr_t allocr_ = nullptr;
+    ggml_backend_sched_ptr sched_;
     std::set<std::string> reserved_;
     std::vector<uint8_t> meta_;  // graph context metadata, reused by every run (no page faults per step)
     std::vector<std::string> debug_names_;
