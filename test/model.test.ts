@@ -105,7 +105,7 @@ describe('loadModel', () => {
 
   test('a file with only a VAE cannot generate: UnsupportedModelError says what is missing', async () => {
     const vae = await generateCheckpoint({ arch: 'sd1', format: 'vae', out: path.join(work, 'only-vae.safetensors') });
-    await assert.rejects(loadModel(vae.path), (e: unknown) => e instanceof UnsupportedModelError && /no a UNet|has no/.test(e.message));
+    await assert.rejects(loadModel(vae.path), (e: unknown) => e instanceof UnsupportedModelError && /the model has no UNet and text encoder$/.test(e.message));
   });
 });
 

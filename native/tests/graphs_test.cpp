@@ -15,6 +15,7 @@
 #include "components/text-encoder.h"
 #include "components/unet.h"
 #include "components/vae.h"
+#include "model/options.h"
 
 using sdtest::MemoryWeights;
 using sdtest::random_vector;
@@ -361,7 +362,7 @@ void test_unet(ggml_backend_t backend) {
     auto x = host(random_vector(W * H * 4 * N, 12), W, H, 4, N);
     auto ctx = host(random_vector(p.context_dim * T * N, 13), p.context_dim, T, N);
     std::vector<float> t = {999.0f, 321.0f};
-    auto out = unet.forward(runner, x, t, ctx);
+    auto out = unet.forward(runner, {x, t, ctx});
     CHECK(out.ne[0] == W && out.ne[1] == H && out.ne[2] == 4 && out.ne[3] == N);
     CHECK(all_finite(out.data));
     double norm = 0;
@@ -369,14 +370,14 @@ void test_unet(ggml_backend_t backend) {
     CHECK(norm > 0);
     const size_t reserved = runner.compute_buffer_bytes();
 
-    auto again = unet.forward(runner, x, t, ctx);
+    auto again = unet.forward(runner, {x, t, ctx});
     CHECK(again.data == out.data);                          // deterministic
     CHECK(runner.compute_buffer_bytes() == reserved);       // same shape: nothing new reserved
 
     // Item 1 alone gives what it gave inside the batch.
     auto x1 = host(std::vector<float>(x.data.begin() + W * H * 4, x.data.end()), W, H, 4, 1);
     auto c1 = host(std::vector<float>(ctx.data.begin() + p.context_dim * T, ctx.data.end()), p.context_dim, T, 1);
-    auto one = unet.forward(runner, x1, {t[1]}, c1);
+    auto one = unet.forward(runner, {x1, {t[1]}, c1});
     std::vector<float> batch_item(out.data.begin() + W * H * 4, out.data.end());
     // Batched and single evaluations may take different matmul kernels (tinyBLAS for larger
     // shapes, ggml's f16 dot products otherwise), so they agree up to f16 rounding, which this
@@ -384,21 +385,21 @@ void test_unet(ggml_backend_t backend) {
     CHECK(relative_l2(one.data, batch_item) < 5e-3);
 
     // The timestep matters.
-    auto other_t = unet.forward(runner, x, {10.0f, 321.0f}, ctx);
+    auto other_t = unet.forward(runner, {x, {10.0f, 321.0f}, ctx});
     CHECK(relative_l2(other_t.data, out.data) > 1e-4);
 
     // Validation before any graph is built.
-    CHECK_THROWS_CODE(unet.forward(runner, host(random_vector(5 * 4 * 4, 1), 5, 4, 4, 1), {1.0f}, c1),
+    CHECK_THROWS_CODE(unet.forward(runner, {host(random_vector(5 * 4 * 4, 1), 5, 4, 4, 1), {1.0f}, c1}),
                       sd::ErrorCode::InvalidArgument);  // width not a multiple of 2
-    CHECK_THROWS_CODE(unet.forward(runner, host(random_vector(4 * 4 * 3, 1), 4, 4, 3, 1), {1.0f}, c1),
+    CHECK_THROWS_CODE(unet.forward(runner, {host(random_vector(4 * 4 * 3, 1), 4, 4, 3, 1), {1.0f}, c1}),
                       sd::ErrorCode::InvalidArgument);  // channels
-    CHECK_THROWS_CODE(unet.forward(runner, x1, {1.0f, 2.0f}, c1), sd::ErrorCode::InvalidArgument);  // timesteps
-    CHECK_THROWS_CODE(unet.forward(runner, x1, {1.0f}, host(random_vector(8 * 77, 1), 8, 77, 1)),
+    CHECK_THROWS_CODE(unet.forward(runner, {x1, {1.0f, 2.0f}, c1}), sd::ErrorCode::InvalidArgument);  // timesteps
+    CHECK_THROWS_CODE(unet.forward(runner, {x1, {1.0f}, host(random_vector(8 * 77, 1), 8, 77, 1)}),
                       sd::ErrorCode::InvalidArgument);  // context width
-    CHECK_THROWS_CODE(unet.forward(runner, x1, {1.0f}, host(random_vector(16 * 70, 1), 16, 70, 1)),
+    CHECK_THROWS_CODE(unet.forward(runner, {x1, {1.0f}, host(random_vector(16 * 70, 1), 16, 70, 1)}),
                       sd::ErrorCode::InvalidArgument);  // tokens not a multiple of 77
-    CHECK_THROWS_CODE(unet.forward(runner, x, t, c1), sd::ErrorCode::InvalidArgument);  // context batch
-    CHECK_THROWS_CODE(unet.forward(runner, host({}, 4, 4, 4, 0), {}, host({}, 16, 77, 0)),
+    CHECK_THROWS_CODE(unet.forward(runner, {x, t, c1}), sd::ErrorCode::InvalidArgument);  // context batch
+    CHECK_THROWS_CODE(unet.forward(runner, {host({}, 4, 4, 4, 0), {}, host({}, 16, 77, 0)}),
                       sd::ErrorCode::InvalidArgument);  // empty batch
 
     // A weight of the wrong shape is reported, not asserted on.
@@ -408,13 +409,13 @@ void test_unet(ggml_backend_t backend) {
     sd::UnetParams wrong = p;
     wrong.in_channels = 9;  // the conv_in kernel takes 4
     sd::Unet bad_unet(bad, wrong);
-    CHECK_THROWS_CODE(bad_unet.forward(runner, host(random_vector(4 * 4 * 9, 1), 4, 4, 9, 1), {1.0f}, c1),
+    CHECK_THROWS_CODE(bad_unet.forward(runner, {host(random_vector(4 * 4 * 9, 1), 4, 4, 9, 1), {1.0f}, c1}),
                       sd::ErrorCode::ModelFormat);
 
     // Abort: raised before compute, and raised by a node in the middle of the graph.
     std::atomic<bool> abort{true};
     runner.set_abort_flag(&abort);
-    CHECK_THROWS_CODE(unet.forward(runner, x, t, ctx), sd::ErrorCode::Aborted);
+    CHECK_THROWS_CODE(unet.forward(runner, {x, t, ctx}), sd::ErrorCode::Aborted);
     abort = false;
     auto raise = [](ggml_tensor * dst, const ggml_tensor * a, int ith, int, void * data) {
         if (ith == 0) {
@@ -432,7 +433,7 @@ void test_unet(ggml_backend_t backend) {
     }), sd::ErrorCode::Aborted);
     CHECK(reached_end);
     abort = false;
-    auto after = unet.forward(runner, x, t, ctx);  // usable again once lowered
+    auto after = unet.forward(runner, {x, t, ctx});  // usable again once lowered
     CHECK(after.data == out.data);
     runner.set_abort_flag(nullptr);
 }
@@ -473,7 +474,7 @@ void test_vae(ggml_backend_t backend) {
     w.conv("decoder.conv_out", 3, block_in, 3);
     w.finish(backend, 21);
 
-    sd::VaeDecoder vae(w, p);
+    sd::Vae vae(w, p);
     sd::GraphRunner runner(backend, 2);
     auto z = host(random_vector(5 * 3 * 4, 22, 0.18f), 5, 3, 4, 1);
     runner.set_debug_outputs({"decoder.mid.attn_1", "decoder.up.1.upsample"});
@@ -544,7 +545,7 @@ void test_text_encoder(ggml_backend_t backend) {
     CHECK_THROWS_CODE(enc.encode(runner, std::vector<int32_t>(77, -1), 1), sd::ErrorCode::InvalidArgument);
     CHECK_THROWS_CODE(enc.encode(runner, tokens, 0), sd::ErrorCode::InvalidArgument);
     CHECK_THROWS_CODE(enc.encode(runner, tokens, 4), sd::ErrorCode::InvalidArgument);
-    CHECK(sd::default_clip_skip(sd::Arch::SD1) == 1 && sd::default_clip_skip(sd::Arch::SD2) == 2);
+    CHECK(sd::arch_defaults(sd::Arch::SD1).clip_skip == 1 && sd::arch_defaults(sd::Arch::SD2).clip_skip == 2);
 }
 
 void test_token_weights() {

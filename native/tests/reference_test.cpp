@@ -263,7 +263,7 @@ void run_case(const std::string & dir, const std::string & name, ggml_backend_t 
     sd::GraphRunner runner(backend, 2);
     sd::TextEncoder text(weights.text, clip_l());
     sd::Unet unet(weights.unet, sd15_unet());
-    sd::VaeDecoder vae(weights.vae, sd15_vae());
+    sd::Vae vae(weights.vae, sd15_vae());
 
     const sd::HostTensor cond = sd::encode_prompt(runner, text, tok.tokenize(prompt), 1);
     const sd::HostTensor uncond = sd::encode_prompt(runner, text, tok.tokenize(negative), 1);
@@ -272,8 +272,8 @@ void run_case(const std::string & dir, const std::string & name, ggml_backend_t 
 
     const sd::HostTensor x = read_tensor(dir + "/step0_unet_input");
     const std::vector<float> t = read_f32(dir + "/step0_timestep.f32");
-    const double e_unet_cond = sdtest::relative_l2(unet.forward(runner, x, t, cond).data, read_f32(dir + "/step0_unet_out_cond.f32"));
-    const double e_unet_uncond = sdtest::relative_l2(unet.forward(runner, x, t, uncond).data, read_f32(dir + "/step0_unet_out_uncond.f32"));
+    const double e_unet_cond = sdtest::relative_l2(unet.forward(runner, {x, t, cond}).data, read_f32(dir + "/step0_unet_out_cond.f32"));
+    const double e_unet_uncond = sdtest::relative_l2(unet.forward(runner, {x, t, uncond}).data, read_f32(dir + "/step0_unet_out_uncond.f32"));
 
     double image_psnr = -1;
     const std::string raw = "/tmp/sdnode-ref-" + name + ".rgb8";

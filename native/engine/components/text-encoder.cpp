@@ -6,10 +6,6 @@
 
 namespace sd {
 
-int default_clip_skip(Arch arch) {
-    return (arch == Arch::SD2 || arch == Arch::SDXL || arch == Arch::SDXLRefiner) ? 2 : 1;
-}
-
 TextEncoder::TextEncoder(const TensorSource & weights, TextEncoderParams params)
     : weights_(weights), params_(std::move(params)) {
     if (params_.width <= 0 || params_.layers <= 0 || params_.heads <= 0 || params_.width % params_.heads != 0 ||

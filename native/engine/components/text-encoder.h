@@ -17,9 +17,6 @@
 
 namespace sd {
 
-// stable-diffusion.cpp's default when the user gives none: 2 for SD2 and SDXL, else 1.
-int default_clip_skip(Arch arch);
-
 class TextEncoder {
 public:
     // `weights` must outlive the encoder. Throws InvalidArgument for unusable params.

@@ -45,10 +45,39 @@ int Unet::heads_at(int channels) const {
     return params_.num_heads > 0 && channels % params_.num_heads == 0 ? params_.num_heads : -1;
 }
 
-void Unet::check_inputs(const int64_t x_ne[4], size_t timesteps, const int64_t context_ne[4]) const {
-    const int64_t w = x_ne[0], h = x_ne[1], c = x_ne[2], n = x_ne[3];
+int Unet::control_count() const {
+    int blocks = 1;  // input_blocks.0
+    const int levels = static_cast<int>(params_.channel_mult.size());
+    for (int level = 0; level < levels; ++level) blocks += params_.num_res_blocks[level] + (level != levels - 1 ? 1 : 0);
+    return blocks + (params_.has_middle_block ? 1 : 0);
+}
+
+namespace {
+
+std::string dims(const HostTensor & t) {
+    return std::to_string(t.ne[0]) + "x" + std::to_string(t.ne[1]) + "x" + std::to_string(t.ne[2]) + "x" + std::to_string(t.ne[3]);
+}
+
+void check_buffer(const HostTensor & t, const char * what) {
+    if (static_cast<int64_t>(t.data.size()) != t.numel()) {
+        throw_invalid(std::string("UNet input ") + what + " does not hold as many floats as its shape says");
+    }
+}
+
+}  // namespace
+
+void Unet::check_inputs(const UnetInput & in) const {
+    const int64_t w = in.x.ne[0], h = in.x.ne[1], n = in.x.ne[3];
+    const int64_t c = in.x.ne[2] + (in.concat.data.empty() ? 0 : in.concat.ne[2]);
     const int m = spatial_multiple();
-    if (n < 1) throw_invalid("UNet batch must be at least 1; received " + std::to_string(n));
+    if (n < 1 || in.x.data.empty()) throw_invalid("UNet batch must be at least 1; received " + std::to_string(in.x.data.empty() ? 0 : n));
+    check_buffer(in.x, "x");
+    if (!in.concat.data.empty()) {
+        check_buffer(in.concat, "concat");
+        if (in.concat.ne[0] != w || in.concat.ne[1] != h || in.concat.ne[3] != n) {
+            throw_invalid("UNet concat input " + dims(in.concat) + " does not match the latent " + dims(in.x));
+        }
+    }
     if (c != params_.in_channels) {
         throw_invalid("UNet input has " + std::to_string(c) + " channels; this model takes " +
                       std::to_string(params_.in_channels));
@@ -57,34 +86,70 @@ void Unet::check_inputs(const int64_t x_ne[4], size_t timesteps, const int64_t c
         throw_invalid("latent size " + std::to_string(w) + "x" + std::to_string(h) + " must be positive multiples of " +
                       std::to_string(m) + " (image size multiples of " + std::to_string(m * 8) + ")");
     }
-    if (timesteps != static_cast<size_t>(n)) {
+    if (in.timesteps.size() != static_cast<size_t>(n)) {
         throw_invalid("UNet needs one timestep per batch item (" + std::to_string(n) + "); received " +
-                      std::to_string(timesteps));
+                      std::to_string(in.timesteps.size()));
     }
-    if (context_ne[0] != params_.context_dim) {
-        throw_invalid("context width " + std::to_string(context_ne[0]) + " does not match the UNet's context_dim " +
+    const HostTensor & ctx = in.context;
+    check_buffer(ctx, "context");
+    if (ctx.ne[0] != params_.context_dim) {
+        throw_invalid("context width " + std::to_string(ctx.ne[0]) + " does not match the UNet's context_dim " +
                       std::to_string(params_.context_dim));
     }
-    if (context_ne[1] < 1 || context_ne[1] % kClipChunkLength != 0) {
-        throw_invalid("context token count " + std::to_string(context_ne[1]) + " must be a positive multiple of 77");
+    if (ctx.ne[1] < 1 || ctx.ne[1] % kClipChunkLength != 0) {
+        throw_invalid("context token count " + std::to_string(ctx.ne[1]) + " must be a positive multiple of 77");
     }
-    if (context_ne[2] != n || context_ne[3] != 1) {
-        throw_invalid("context batch " + std::to_string(context_ne[2]) + " does not match the latent batch " +
-                      std::to_string(n));
+    if (ctx.ne[2] != n || ctx.ne[3] != 1) {
+        throw_invalid("context batch " + std::to_string(ctx.ne[2]) + " does not match the latent batch " + std::to_string(n));
+    }
+    if (params_.adm_in_channels > 0) {
+        check_buffer(in.y, "y");
+        if (in.y.data.empty() || in.y.ne[0] != params_.adm_in_channels || in.y.ne[1] != n || in.y.ne[2] != 1) {
+            throw_invalid("this UNet takes a label vector y of " + std::to_string(params_.adm_in_channels) + " x " +
+                          std::to_string(n) + "; received " + (in.y.data.empty() ? std::string("none") : dims(in.y)));
+        }
+    } else if (!in.y.data.empty()) {
+        throw_invalid("this UNet has no label embedding; y must be empty");
+    }
+    if (!in.control.empty()) {
+        if (static_cast<int>(in.control.size()) != control_count()) {
+            throw_invalid("UNet control residuals: expected " + std::to_string(control_count()) + "; received " +
+                          std::to_string(in.control.size()));
+        }
+        for (const HostTensor & r : in.control) {
+            check_buffer(r, "control");
+            if (r.ne[3] != n) throw_invalid("UNet control residual " + dims(r) + " does not match the batch " + std::to_string(n));
+        }
     }
 }
 
-ggml_tensor * Unet::build(Graph & g, ggml_tensor * x, ggml_tensor * timesteps, ggml_tensor * context) const {
+ggml_tensor * Unet::build(Graph & g, const GraphInputs & in) const {
     const UnetParams & p = params_;
     const int levels = static_cast<int>(p.channel_mult.size());
 
-    ggml_tensor * emb = timestep_embedding(g.ctx, timesteps, p.model_channels);  // [N, model_channels]
+    ggml_tensor * emb = timestep_embedding(g.ctx, in.timesteps, p.model_channels);  // [N, model_channels]
     emb = linear(g, emb, "time_embed.0");
     emb = named(linear(g, ggml_silu(g.ctx, emb), "time_embed.2"), "time_embed");  // [N, time_embed_dim]
+    if (in.y) {
+        // SDXL: emb + label_emb(y), an MLP like the time embedding's.
+        ggml_tensor * l = linear(g, ggml_silu(g.ctx, linear(g, in.y, "label_emb.0.0")), "label_emb.0.2");
+        if (l->ne[0] != emb->ne[0]) throw Error(ErrorCode::ModelFormat, "label_emb.0.2 does not give time_embed_dim outputs");
+        emb = named(ggml_add(g.ctx, emb, l), "label_emb");
+    }
+    // A ControlNet residual, checked against the block output it is added to.
+    size_t next_control = 0;
+    auto control = [&](ggml_tensor * h, const std::string & where) {
+        if (in.control.empty()) return h;
+        ggml_tensor * r = in.control[next_control++];
+        for (int d = 0; d < 4; ++d) {
+            if (r->ne[d] != h->ne[d]) throw_invalid("ControlNet residual for " + where + " has the wrong shape");
+        }
+        return ggml_add(g.ctx, h, r);
+    };
 
     // Input side: every block's output is kept for the matching output block.
     std::vector<ggml_tensor *> skips;
-    ggml_tensor * h = named(conv2d(g, x, "input_blocks.0.0", 1, 1), "input_blocks.0");
+    ggml_tensor * h = named(conv2d(g, in.x, "input_blocks.0.0", 1, 1), "input_blocks.0");
     skips.push_back(h);
     int block = 1;
     for (int level = 0; level < levels; ++level) {
@@ -93,7 +158,7 @@ ggml_tensor * Unet::build(Graph & g, ggml_tensor * x, ggml_tensor * timesteps, g
             const std::string prefix = at("input_blocks", block);
             h = unet_resblock(g, h, emb, prefix + ".0");
             if (p.transformer_depth[level] > 0) {
-                h = spatial_transformer(g, h, context, prefix + ".1", heads_at(ch), p.transformer_depth[level]);
+                h = spatial_transformer(g, h, in.context, prefix + ".1", heads_at(ch), p.transformer_depth[level]);
             }
             skips.push_back(named(h, prefix));
         }
@@ -103,17 +168,19 @@ ggml_tensor * Unet::build(Graph & g, ggml_tensor * x, ggml_tensor * timesteps, g
             ++block;
         }
     }
+    // ControlNet adds to what the skip connections carry, in block order.
+    for (size_t i = 0; i < skips.size(); ++i) skips[i] = control(skips[i], at("input_blocks", static_cast<int>(i)));
 
     if (p.has_middle_block) {
         const int ch = p.model_channels * p.channel_mult.back();
         h = unet_resblock(g, h, emb, "middle_block.0");
         int next = 1;
         if (p.transformer_depth_middle > 0) {
-            h = spatial_transformer(g, h, context, "middle_block.1", heads_at(ch), p.transformer_depth_middle);
+            h = spatial_transformer(g, h, in.context, "middle_block.1", heads_at(ch), p.transformer_depth_middle);
             next = 2;
         }
         h = unet_resblock(g, h, emb, at("middle_block", next));
-        h = named(h, "middle_block");
+        h = named(control(h, "middle_block"), "middle_block");
     }
 
     // Output side: one more res block per level than the input side, each on [h, skip].
@@ -123,12 +190,16 @@ ggml_tensor * Unet::build(Graph & g, ggml_tensor * x, ggml_tensor * timesteps, g
         for (int r = 0; r <= p.num_res_blocks[level]; ++r, ++block) {
             const std::string prefix = at("output_blocks", block);
             if (skips.empty()) throw Error(ErrorCode::Internal, "UNet skip connections ran out at " + prefix);
-            h = ggml_concat(g.ctx, h, skips.back(), 2);
+            ggml_tensor * skip = skips.back();
+            if (skip->ne[0] != h->ne[0] || skip->ne[1] != h->ne[1] || skip->ne[3] != h->ne[3]) {
+                throw Error(ErrorCode::ModelFormat, "UNet " + prefix + ": the skip connection's size does not match");
+            }
+            h = ggml_concat(g.ctx, h, skip, 2);
             skips.pop_back();
             h = unet_resblock(g, h, emb, prefix + ".0");
             int next = 1;
             if (p.transformer_depth[level] > 0) {
-                h = spatial_transformer(g, h, context, prefix + ".1", heads_at(ch), p.transformer_depth[level]);
+                h = spatial_transformer(g, h, in.context, prefix + ".1", heads_at(ch), p.transformer_depth[level]);
                 next = 2;
             }
             if (level > 0 && r == p.num_res_blocks[level]) h = upsample(g, h, prefix + "." + std::to_string(next));
@@ -139,20 +210,33 @@ ggml_tensor * Unet::build(Graph & g, ggml_tensor * x, ggml_tensor * timesteps, g
     return named(conv2d(g, group_norm(g, h, "out.0", true), "out.2", 1, 1), "unet_out");
 }
 
-HostTensor Unet::forward(GraphRunner & runner, const HostTensor & x, const std::vector<float> & timesteps,
-                         const HostTensor & context) const {
-    check_inputs(x.ne, timesteps.size(), context.ne);
-    if (static_cast<int64_t>(x.data.size()) != x.numel() || static_cast<int64_t>(context.data.size()) != context.numel()) {
-        throw_invalid("UNet input buffers do not hold as many floats as their shapes say");
-    }
-    const std::string key = "unet:" + std::to_string(x.ne[0]) + "x" + std::to_string(x.ne[1]) + "x" +
-                            std::to_string(x.ne[3]) + ":" + std::to_string(context.ne[1]);
+HostTensor Unet::forward(GraphRunner & runner, const UnetInput & in) const {
+    check_inputs(in);
+    const HostTensor & x = in.x;
+    // One graph per shape; what is present is part of the shape.
+    std::string key = "unet:" + dims(x) + ":" + std::to_string(in.context.ne[1]);
+    if (!in.concat.data.empty()) key += ":c" + std::to_string(in.concat.ne[2]);
+    if (!in.y.data.empty()) key += ":y";
+    if (!in.control.empty()) key += ":control";
     return runner.run(key, [&](GraphBuilder & b) {
         Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
-        ggml_tensor * xt = b.input_f32("x", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]);
-        ggml_tensor * tt = b.input_f32("timesteps", timesteps.data(), static_cast<int64_t>(timesteps.size()));
-        ggml_tensor * ct = b.input_f32("context", context.data.data(), context.ne[0], context.ne[1], context.ne[2]);
-        return build(g, xt, ggml_reshape_1d(g.ctx, tt, ggml_nelements(tt)), ggml_reshape_3d(g.ctx, ct, ct->ne[0], ct->ne[1], ct->ne[2]));
+        GraphInputs gi;
+        gi.x = b.input_f32("x", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]);
+        if (!in.concat.data.empty()) {
+            const HostTensor & c = in.concat;
+            gi.x = ggml_concat(g.ctx, gi.x, b.input_f32("concat", c.data.data(), c.ne[0], c.ne[1], c.ne[2], c.ne[3]), 2);
+        }
+        gi.timesteps = b.input_f32("timesteps", in.timesteps.data(), static_cast<int64_t>(in.timesteps.size()));
+        gi.timesteps = ggml_reshape_1d(g.ctx, gi.timesteps, ggml_nelements(gi.timesteps));
+        const HostTensor & ctx = in.context;
+        gi.context = b.input_f32("context", ctx.data.data(), ctx.ne[0], ctx.ne[1], ctx.ne[2]);
+        gi.context = ggml_reshape_3d(g.ctx, gi.context, ctx.ne[0], ctx.ne[1], ctx.ne[2]);
+        if (!in.y.data.empty()) gi.y = ggml_reshape_2d(g.ctx, b.input_f32("y", in.y.data.data(), in.y.ne[0], in.y.ne[1]), in.y.ne[0], in.y.ne[1]);
+        for (size_t i = 0; i < in.control.size(); ++i) {
+            const HostTensor & r = in.control[i];
+            gi.control.push_back(b.input_f32(("control." + std::to_string(i)).c_str(), r.data.data(), r.ne[0], r.ne[1], r.ne[2], r.ne[3]));
+        }
+        return build(g, gi);
     });
 }
 

@@ -3,8 +3,9 @@
 // middle block with or without attention, cross-attention on `context`, heads as a fixed count
 // or a fixed head width.
 //
-// The graph computes the model's raw output (eps or v); what it means is the sampler's business.
-// A batch of N latents runs in one evaluation (cond + uncond for classifier-free guidance).
+// The graph computes the model's raw output (eps or v); what it means is the denoiser's business
+// (diffusion/denoiser.h). A batch of N latents runs in one evaluation (cond + uncond for
+// classifier-free guidance).
 #pragma once
 #include <vector>
 
@@ -13,6 +14,19 @@
 #include "runtime/graph-runner.h"
 
 namespace sd {
+
+// Everything one UNet evaluation takes. Only x, timesteps and context are always there; the rest
+// is what other modes and models add, each empty when unused.
+struct UnetInput {
+    HostTensor x;                   // ne {W, H, C, N}: the latent, already scaled by c_in
+    std::vector<float> timesteps;   // N
+    HostTensor context;             // ne {context_dim, tokens, N}: cross-attention conditioning
+    HostTensor y;                   // ne {adm_in_channels, N}: SDXL's label vector (pooled text + sizes)
+    HostTensor concat;              // ne {W, H, C', N}: channels after x (inpainting: mask + masked
+                                    // image latent; instruct-pix2pix: the image latent)
+    std::vector<HostTensor> control;  // ControlNet residuals: one per input block, then the middle
+                                      // block's, each of that block's output shape
+};
 
 class Unet {
 public:
@@ -24,19 +38,30 @@ public:
     int spatial_multiple() const;
     int heads_at(int channels) const;
 
-    // Throws InvalidArgument naming the value that does not fit: batch >= 1, channels ==
-    // in_channels, H and W multiples of spatial_multiple(), one timestep per batch item,
-    // context batch == N, tokens a multiple of 77, context width == context_dim.
-    void check_inputs(const int64_t x_ne[4], size_t timesteps, const int64_t context_ne[4]) const;
+    // Throws InvalidArgument naming the value that does not fit: batch >= 1, channels of x and
+    // concat == in_channels, H and W multiples of spatial_multiple(), one timestep per batch
+    // item, context batch == N, tokens a multiple of 77, context width == context_dim, y's width
+    // == adm_in_channels (and present exactly when the UNet has a label embedding), control
+    // residuals one per block with its shape.
+    void check_inputs(const UnetInput & in) const;
 
-    // x: ne {W, H, C, N}; timesteps: ne {N}; context: ne {context_dim, tokens, N}.
-    // Returns ne {W, H, out_channels, N}.
-    ggml_tensor * build(Graph & g, ggml_tensor * x, ggml_tensor * timesteps, ggml_tensor * context) const;
+    // The graph's tensors: x, concat: ne {W, H, C, N}; timesteps: ne {N}; context: ne
+    // {context_dim, tokens, N}; y: ne {adm_in_channels, N} or null; control: empty or one per
+    // block. Returns ne {W, H, out_channels, N}.
+    struct GraphInputs {
+        ggml_tensor * x;
+        ggml_tensor * timesteps;
+        ggml_tensor * context;
+        ggml_tensor * y = nullptr;
+        std::vector<ggml_tensor *> control;
+    };
+    ggml_tensor * build(Graph & g, const GraphInputs & in) const;
 
-    // Host-side evaluation: x [N, C, H, W], timesteps [N], context [N, tokens, context_dim]
-    // (HostTensor ne in ggml order). Returns [N, out_channels, H, W].
-    HostTensor forward(GraphRunner & runner, const HostTensor & x, const std::vector<float> & timesteps,
-                       const HostTensor & context) const;
+    // Host-side evaluation. Returns [N, out_channels, H, W] (ne {W, H, out_channels, N}).
+    HostTensor forward(GraphRunner & runner, const UnetInput & in) const;
+
+    // How many ControlNet residuals build() takes: the input blocks' outputs and the middle's.
+    int control_count() const;
 
 private:
     const TensorSource & weights_;

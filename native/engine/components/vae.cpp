@@ -1,13 +1,14 @@
 #include "components/vae.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "core/errors.h"
 
 namespace sd {
 
-VaeDecoder::VaeDecoder(const TensorSource & weights, VaeParams params) : weights_(weights), params_(std::move(params)) {
+Vae::Vae(const TensorSource & weights, VaeParams params) : weights_(weights), params_(std::move(params)) {
     if (params_.channel_mult.empty() || params_.channel_mult.size() > 8 || params_.num_res_blocks < 0 ||
         params_.z_channels <= 0 || params_.scale_factor == 0.0f) {
         throw_invalid("VAE parameters out of range (levels " + std::to_string(params_.channel_mult.size()) +
@@ -16,7 +17,7 @@ VaeDecoder::VaeDecoder(const TensorSource & weights, VaeParams params) : weights
     }
 }
 
-ggml_tensor * VaeDecoder::build_decoder(Graph & g, ggml_tensor * z) const {
+ggml_tensor * Vae::build_decoder(Graph & g, ggml_tensor * z) const {
     const int levels = static_cast<int>(params_.channel_mult.size());
     ggml_tensor * h = z;
     if (g.w.find("post_quant_conv.weight")) h = conv2d(g, h, "post_quant_conv", 1, 0);
@@ -38,7 +39,70 @@ ggml_tensor * VaeDecoder::build_decoder(Graph & g, ggml_tensor * z) const {
     return named(conv2d(g, group_norm(g, h, "decoder.norm_out", true), "decoder.conv_out", 1, 1), "vae_image");
 }
 
-HostTensor VaeDecoder::decode(GraphRunner & runner, const HostTensor & latent) const {
+ggml_tensor * Vae::build_encoder(Graph & g, ggml_tensor * image) const {
+    const int levels = static_cast<int>(params_.channel_mult.size());
+    ggml_tensor * h = conv2d(g, image, "encoder.conv_in", 1, 1);
+    for (int level = 0; level < levels; ++level) {
+        const std::string prefix = "encoder.down." + std::to_string(level);
+        for (int b = 0; b < params_.num_res_blocks; ++b) h = vae_resblock(g, h, prefix + ".block." + std::to_string(b));
+        if (level != levels - 1) {
+            // LDM's Downsample: pad right and bottom by one, then a 3x3 convolution, stride 2.
+            h = ggml_pad(g.ctx, h, 1, 1, 0, 0);
+            h = named(conv2d(g, h, prefix + ".downsample.conv", 2, 0), prefix + ".downsample");
+        }
+    }
+    h = vae_resblock(g, h, "encoder.mid.block_1");
+    h = vae_attention(g, h, "encoder.mid.attn_1");
+    h = vae_resblock(g, h, "encoder.mid.block_2");
+    h = conv2d(g, group_norm(g, h, "encoder.norm_out", true), "encoder.conv_out", 1, 1);
+    if (g.w.find("quant_conv.weight")) h = conv2d(g, h, "quant_conv", 1, 0);
+    if (h->ne[2] != 2 * params_.z_channels) {
+        throw Error(ErrorCode::ModelFormat, "the VAE encoder gives " + std::to_string(h->ne[2]) + " channels; expected " +
+                                                std::to_string(2 * params_.z_channels) + " (mean and log-variance)");
+    }
+    return named(h, "vae_moments");
+}
+
+HostTensor Vae::encode(GraphRunner & runner, const HostTensor & image, Rng * noise) const {
+    if (!can_encode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no encoder");
+    const int64_t w = image.ne[0], h = image.ne[1], c = image.ne[2], n = image.ne[3];
+    const int f = upscale();
+    if (c != 3 || n < 1 || w < f || h < f || w % f != 0 || h % f != 0 ||
+        static_cast<int64_t>(image.data.size()) != image.numel()) {
+        throw_invalid("an image to encode must be [N, 3, H, W] with H and W positive multiples of " + std::to_string(f) +
+                      "; received " + std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" +
+                      std::to_string(w));
+    }
+    const std::string key = "vae-encode:" + std::to_string(w) + "x" + std::to_string(h) + "x" + std::to_string(n);
+    HostTensor moments = runner.run(key, [&](GraphBuilder & b) {
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
+        return build_encoder(g, b.input_f32("image", image.data.data(), w, h, c, n));
+    });
+    // moments per image: z_channels planes of mean, then z_channels of log-variance.
+    const int64_t zc = params_.z_channels, plane = moments.ne[0] * moments.ne[1];
+    HostTensor latent;
+    latent.ne[0] = moments.ne[0];
+    latent.ne[1] = moments.ne[1];
+    latent.ne[2] = zc;
+    latent.ne[3] = n;
+    latent.data.resize(static_cast<size_t>(latent.numel()));
+    std::vector<float> eps(static_cast<size_t>(zc * plane));
+    for (int64_t i = 0; i < n; ++i) {
+        if (noise) noise->randn(eps.data(), eps.size());
+        const float * mean = moments.data.data() + i * 2 * zc * plane;
+        const float * logvar = mean + zc * plane;
+        float * out = latent.data.data() + i * zc * plane;
+        for (int64_t k = 0; k < zc * plane; ++k) {
+            const float lv = std::min(std::max(logvar[k], -30.0f), 20.0f);
+            const float z = noise ? mean[k] + std::exp(0.5f * lv) * eps[static_cast<size_t>(k)] : mean[k];
+            out[k] = z * params_.scale_factor;
+        }
+    }
+    return latent;
+}
+
+HostTensor Vae::decode(GraphRunner & runner, const HostTensor & latent) const {
+    if (!can_decode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no decoder");
     const int64_t w = latent.ne[0], h = latent.ne[1], c = latent.ne[2], n = latent.ne[3];
     if (w < 1 || h < 1 || n < 1 || latent.ne[3] < 1) {
         throw_invalid("latent to decode is empty (" + std::to_string(w) + "x" + std::to_string(h) + ", batch " +
@@ -61,6 +125,25 @@ HostTensor VaeDecoder::decode(GraphRunner & runner, const HostTensor & latent) c
         Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
         return build_decoder(g, b.input_f32("z", z.data(), w, h, c, n));
     });
+}
+
+HostTensor rgb8_to_image(const std::vector<uint8_t> & rgb, int64_t width, int64_t height, int64_t count) {
+    if (width < 1 || height < 1 || count < 1 || static_cast<int64_t>(rgb.size()) != width * height * 3 * count) {
+        throw_invalid("rgb8_to_image: " + std::to_string(rgb.size()) + " bytes are not " + std::to_string(count) + " RGB images of " +
+                      std::to_string(width) + "x" + std::to_string(height));
+    }
+    HostTensor image;
+    image.ne[0] = width;
+    image.ne[1] = height;
+    image.ne[2] = 3;
+    image.ne[3] = count;
+    image.data.resize(static_cast<size_t>(image.numel()));
+    for (int64_t i = 0; i < count; ++i)
+        for (int64_t p = 0; p < width * height; ++p)
+            for (int64_t ch = 0; ch < 3; ++ch)
+                image.data[static_cast<size_t>(((i * 3 + ch) * height) * width + p)] =
+                    rgb[static_cast<size_t>((i * width * height + p) * 3 + ch)] / 255.0f * 2.0f - 1.0f;
+    return image;
 }
 
 std::vector<uint8_t> image_to_rgb8(const HostTensor & image) {

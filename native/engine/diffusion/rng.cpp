@@ -237,3 +237,7 @@ std::unique_ptr<Rng> make_rng(RngKind kind, uint64_t seed) {
 }
 
 }  // namespace sd
+
+namespace sd {
+std::vector<RngKind> all_rng_kinds() { return enum_values(kRngNames); }
+}  // namespace sd

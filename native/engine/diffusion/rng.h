@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace sd {
 
@@ -33,6 +34,7 @@ enum class RngKind { Cuda, Cpu, StdDefault };
 
 const char * rng_kind_name(RngKind kind);              // "cuda", "cpu", "std_default"
 RngKind parse_rng_kind(const std::string & name);      // throws InvalidArgument on an unknown name
+std::vector<RngKind> all_rng_kinds();
 
 class Rng {
 public:

@@ -12,6 +12,7 @@
 
 #include "core/errors.h"
 #include "core/json.h"
+#include "model/options.h"
 
 namespace sd {
 
@@ -411,13 +412,13 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
         if (distilled && p.variant.empty()) p.variant = p.has_middle_block ? "small" : "tiny";
 
         if (!metadata_prediction(file, p.prediction)) {
-            p.prediction = Prediction::Eps;
+            p.prediction = arch_defaults(info.arch).prediction;
             if (info.arch == Arch::SD2)
                 info.warnings.push_back("prediction type not in metadata; assumed eps (SD2.x 768-v models need v)");
         }
-        if (info.arch == Arch::SDXL || info.arch == Arch::SDXLRefiner) info.vae.scale_factor = 0.13025f;
+        info.vae.scale_factor = arch_defaults(info.arch).vae_scale_factor;
     } else if (!te2.empty()) {
-        info.vae.scale_factor = 0.13025f;  // a bigG encoder only ships with SDXL
+        info.vae.scale_factor = arch_defaults(Arch::SDXL).vae_scale_factor;  // a bigG encoder only ships with SDXL
     }
 
     // OpenCLIP encoders (SD2's, SDXL's second) use gelu; a non-standard width cannot say which

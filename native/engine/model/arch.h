@@ -49,7 +49,7 @@ struct VaeParams {
     int num_res_blocks = 2;
     int z_channels = 4;
     int in_channels = 3;
-    float scale_factor = 0.18215f;  // 0.13025 for SDXL
+    float scale_factor = 0.18215f;  // the architecture's (model/options.h) unless metadata says
 };
 
 struct TextEncoderParams {

@@ -5,6 +5,7 @@
 #include "runtime/backend.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "model/options.h"
 
 namespace sd {
 
@@ -35,12 +36,13 @@ ggml_backend_ptr init_backend(const std::string & device) {
 Model::~Model() = default;
 
 std::string Model::device_name() const {
-    ggml_backend_dev_t dev = ggml_backend_get_device(backend_.get());
-    return dev ? ggml_backend_dev_name(dev) : ggml_backend_name(backend_.get());
+    return device_ ? ggml_backend_dev_name(device_) : ggml_backend_name(load_backend_.get());
 }
 
 uint64_t Model::weight_bytes() const {
-    return text_encoder_weights_.bytes() + unet_weights_.bytes() + vae_weights_.bytes();
+    uint64_t n = 0;
+    for (const auto & [c, w] : weights_) n += w.bytes();
+    return n;
 }
 
 namespace {
@@ -55,12 +57,17 @@ bool mmap_disabled() {
 }  // namespace
 
 uint64_t Model::mapped_weight_bytes() const {
-    return text_encoder_weights_.mapped_bytes() + unet_weights_.mapped_bytes() + vae_weights_.mapped_bytes();
+    uint64_t n = 0;
+    for (const auto & [c, w] : weights_) n += w.mapped_bytes();
+    return n;
 }
 
-std::unique_ptr<Model> Model::load(const std::string & path, const ModelLoadOptions & options) {
-    if (options.threads < 1) throw_invalid("threads must be at least 1; received " + std::to_string(options.threads));
-    std::unique_ptr<Model> m(new Model());
+std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLoadOptions & options) {
+    if (options.threads < limits::kThreadsMin || options.threads > limits::kThreadsMax) {
+        throw_invalid("threads must be an integer from " + std::to_string(limits::kThreadsMin) + " to " +
+                      std::to_string(limits::kThreadsMax) + "; received " + std::to_string(options.threads));
+    }
+    std::shared_ptr<Model> m(new Model());
     m->threads_ = options.threads;
     m->file_ = open_model_file(path);
     m->canonical_ = canonicalize(m->file_);
@@ -68,51 +75,70 @@ std::unique_ptr<Model> Model::load(const std::string & path, const ModelLoadOpti
     const ModelInfo & info = m->info_;
 
     // txt2img needs all three parts; say which is missing.
-    std::string missing;
-    if (!info.unet.present) missing += " a UNet";
-    if (!info.vae.present || !info.vae.has_decoder) missing += missing.empty() ? " a VAE decoder" : ", a VAE decoder";
-    if (!info.text_encoder.present) missing += missing.empty() ? " a text encoder" : ", a text encoder";
-    if (!missing.empty()) throw_unsupported(m->file_.path, "cannot generate images: the model has no" + missing);
+    std::vector<std::string> missing;
+    if (!info.unet.present) missing.push_back("UNet");
+    if (!info.vae.present || !info.vae.has_decoder) missing.push_back("VAE decoder");
+    if (!info.text_encoder.present) missing.push_back("text encoder");
+    if (!missing.empty()) {
+        std::string list;
+        for (size_t i = 0; i < missing.size(); ++i) list += (i ? (i + 1 == missing.size() ? " and " : ", ") : "") + missing[i];
+        throw_unsupported(m->file_.path, "cannot generate images: the model has no " + list);
+    }
     if (info.arch != Arch::SD1 && info.arch != Arch::SD2) {
         throw_unsupported(m->file_.path, std::string("text-to-image runs SD1.x and SD2.x models; this one is ") + arch_name(info.arch));
     }
 
-    m->backend_ = init_backend(options.device);
+    // The components a run uses, in the order they are loaded and reported.
+    const Component parts[] = {Component::TextEncoder, Component::Unet, Component::Vae};
+    // Every tensor each component will use, checked for shape before any weight is read.
+    for (Component c : parts) {
+        const ShapeSource shapes(m->canonical_, c, options.weight_type);
+        std::set<std::string> used;
+        try {
+            used = trace_component(shapes, c, info);
+        } catch (const Error & e) {
+            if (e.code() == ErrorCode::ModelFormat) throw_format(m->file_.path, e.what());
+            throw;
+        }
+        for (std::string & name : sd::unused_tensors(m->canonical_, c, used)) m->unused_.push_back(std::move(name));
+    }
+    if (!m->unused_.empty()) {
+        std::string sample;
+        for (size_t i = 0; i < m->unused_.size() && i < 5; ++i) sample += (i ? ", " : "") + m->unused_[i];
+        m->info_.warnings.push_back(std::to_string(m->unused_.size()) + " tensor(s) that no component uses were ignored: " + sample +
+                                    (m->unused_.size() > 5 ? ", ..." : ""));
+    }
+
+    m->load_backend_ = init_backend(options.device);
+    m->device_ = ggml_backend_get_device(m->load_backend_.get());
     log(LogLevel::Info, "loading " + m->file_.path + " on " + m->device_name());
 
-    // Progress by bytes across the three components.
+    // Progress by bytes across the components.
     uint64_t total = 0;
     for (const auto & t : m->canonical_.tensors) total += t.nbytes;
     uint64_t base = 0;
-    auto load = [&](Component c) {
+    for (Component c : parts) {
         WeightLoadOptions wo;
         wo.weight_type = options.weight_type;
         wo.threads = options.threads;
         wo.abort = options.abort;
         // On the CPU, weights stored as they run are used from the mapped file (no copy, and
         // the graphs drop their pages after each use: see blocks.h release_after_use).
-        ggml_backend_dev_t dev = ggml_backend_get_device(m->backend_.get());
-        wo.map_from_file = dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU && !mmap_disabled();
+        wo.map_from_file = m->device_ && ggml_backend_dev_type(m->device_) == GGML_BACKEND_DEVICE_TYPE_CPU && !mmap_disabled();
         if (options.progress && total > 0) {
             wo.progress = [&, base](uint64_t done, uint64_t) { options.progress(double(base + done) / double(total)); };
         }
-        ComponentWeights w = load_component(m->canonical_, c, m->backend_.get(), wo);
+        m->weights_[c] = load_component(m->canonical_, c, m->load_backend_.get(), wo);
+        m->tensors_[c] = std::make_unique<ComponentTensors>(m->weights_[c]);
         for (const auto & t : m->canonical_.tensors) base += t.component == c ? t.nbytes : 0;
-        return w;
-    };
-    m->text_encoder_weights_ = load(Component::TextEncoder);
-    m->unet_weights_ = load(Component::Unet);
-    m->vae_weights_ = load(Component::Vae);
+    }
 
-    m->text_encoder_tensors_ = std::make_unique<ComponentTensors>(m->text_encoder_weights_);
-    m->unet_tensors_ = std::make_unique<ComponentTensors>(m->unet_weights_);
-    m->vae_tensors_ = std::make_unique<ComponentTensors>(m->vae_weights_);
     // SD2's OpenCLIP pads prompts with 0, CLIP-L with the end token.
     m->tokenizer_ = &clip_tokenizer(info.arch == Arch::SD2 ? 0 : kClipEosToken);
-    m->text_encoder_ = std::make_unique<TextEncoder>(*m->text_encoder_tensors_, info.text_encoder);
-    m->unet_ = std::make_unique<Unet>(*m->unet_tensors_, info.unet);
-    m->vae_ = std::make_unique<VaeDecoder>(*m->vae_tensors_, info.vae);
-    // Every weight now lives on the backend or in the mapped ranges the weights keep: drop the
+    m->components_.text_encoders.push_back(std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder], info.text_encoder));
+    m->components_.unet = std::make_unique<Unet>(*m->tensors_[Component::Unet], info.unet);
+    m->components_.vae = std::make_unique<Vae>(*m->tensors_[Component::Vae], info.vae);
+    // Every weight now lives on the device or in the mapped ranges the weights keep: drop the
     // model file's own references (metadata and names stay).
     for (auto & t : m->file_.tensors) t.file.reset();
     m->file_.files.clear();

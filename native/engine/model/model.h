@@ -1,24 +1,24 @@
-// A loaded model: the immutable part shared by every run — mapped file, canonical names,
-// hyperparameters, weights on the compute backend, tokenizer, and the component graphs' params.
-// Per-run state (compute buffers, RNG, sampler) lives in a Session (pipeline.h), so one Model
-// can serve runs one after another without reloading.
+// A loaded model: the immutable part shared by every session — canonical names,
+// hyperparameters, weights on the device, the tokenizer and the component table. Per-run state
+// (compute backends and buffers, reserved graphs, the run's thread) lives in a Session
+// (runtime/session.h), so one Model can serve several sessions.
 #pragma once
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
-#include "model/arch.h"
+#include "components/components.h"
 #include "ggml-backend.h"
 #include "ggml-cpp.h"
 #include "io/model-file.h"
+#include "model/arch.h"
 #include "model/names.h"
-#include "components/text-encoder.h"
-#include "text/tokenizer.h"
-#include "components/unet.h"
-#include "components/vae.h"
 #include "model/weights.h"
+#include "text/tokenizer.h"
 
 namespace sd {
 
@@ -35,25 +35,33 @@ struct ModelLoadOptions {
 class Model {
 public:
     // Opens, checks and loads everything a txt2img run needs (UNet, VAE decoder, text encoder).
-    // Throws ModelFormat / UnsupportedModel (what is missing or wrong), Io, OutOfMemory,
-    // Aborted, InvalidArgument (an unknown device).
-    static std::unique_ptr<Model> load(const std::string & path, const ModelLoadOptions & options);
+    // Every tensor a component uses is checked for shape before any weight is read. Throws
+    // ModelFormat / UnsupportedModel (what is missing or wrong), Io, OutOfMemory, Aborted,
+    // InvalidArgument (an unknown device, threads out of range).
+    static std::shared_ptr<const Model> load(const std::string & path, const ModelLoadOptions & options);
     ~Model();
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
 
-    const ModelFile & file() const { return file_; }
     const ModelInfo & info() const { return info_; }
     Arch arch() const { return info_.arch; }
-    ggml_backend_t backend() const { return backend_.get(); }
+    // The device the weights live on; each session starts its own backend on it.
+    ggml_backend_dev_t device() const { return device_; }
     std::string device_name() const;
     int default_threads() const { return threads_; }
 
     const ClipTokenizer & tokenizer() const { return *tokenizer_; }
-    const TextEncoder & text_encoder() const { return *text_encoder_; }
-    const Unet & unet() const { return *unet_; }
-    const VaeDecoder & vae() const { return *vae_; }
+    const Components & components() const { return components_; }
+    const TextEncoder & text_encoder() const { return *components_.text_encoders.front(); }
+    const Unet & unet() const { return *components_.unet; }
+    const Vae & vae() const { return *components_.vae; }
 
-    // Bytes of weights held on the backend (for memory accounting).
-    uint64_t weight_bytes() const;         // copied into backend buffers
+    // Canonical tensors no component uses ("<component>.<name>"), and load warnings.
+    const std::vector<std::string> & unused_tensors() const { return unused_; }
+    const std::vector<std::string> & warnings() const { return info_.warnings; }
+
+    // Bytes of weights held on the device (for memory accounting).
+    uint64_t weight_bytes() const;         // copied into device buffers
     uint64_t mapped_weight_bytes() const;  // used in place from the mapped model file
 
 private:
@@ -62,14 +70,14 @@ private:
     ModelFile file_;
     CanonicalModel canonical_;
     ModelInfo info_;
-    ggml_backend_ptr backend_;
+    ggml_backend_ptr load_backend_;  // allocates and fills the weight buffers
+    ggml_backend_dev_t device_ = nullptr;
     int threads_ = 1;
-    ComponentWeights text_encoder_weights_, unet_weights_, vae_weights_;
-    std::unique_ptr<ComponentTensors> text_encoder_tensors_, unet_tensors_, vae_tensors_;
+    std::map<Component, ComponentWeights> weights_;
+    std::map<Component, std::unique_ptr<ComponentTensors>> tensors_;
     const ClipTokenizer * tokenizer_ = nullptr;  // shared, built in (text/tokenizer.h)
-    std::unique_ptr<TextEncoder> text_encoder_;
-    std::unique_ptr<Unet> unet_;
-    std::unique_ptr<VaeDecoder> vae_;
+    Components components_;
+    std::vector<std::string> unused_;
 };
 
 // Picks and initializes a backend: "auto" → first GPU/iGPU device, else CPU; "cpu"; or an

@@ -25,8 +25,8 @@ constexpr EnumName<ggml_type> kWeightTypes[] = {
 
 bool contains(const std::string & s, const char * part) { return s.find(part) != std::string::npos; }
 
-// The ggml type the stored bytes are in, or GGML_TYPE_COUNT when they need a host conversion
-// (f64, integers, bool) before ggml can use them.
+}  // namespace
+
 ggml_type stored_ggml_type(const TensorRecord & r) {
     switch (r.dtype) {
         case DType::F32: return GGML_TYPE_F32;
@@ -36,6 +36,8 @@ ggml_type stored_ggml_type(const TensorRecord & r) {
         default: return GGML_TYPE_COUNT;
     }
 }
+
+namespace {
 
 // Converts `n` stored elements to f32.
 void to_f32(const TensorRecord & r, const uint8_t * src, float * dst, int64_t n) {
@@ -138,15 +140,6 @@ uint64_t ComponentWeights::mapped_bytes() const {
 const MappedRange * ComponentWeights::mapped_range(const ggml_tensor * t) const {
     auto it = mapped_.find(t);
     return it == mapped_.end() ? nullptr : &it->second;
-}
-
-std::vector<float> read_as_f32(const CanonicalTensor & t) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    std::vector<float> out(static_cast<size_t>(n));
-    to_f32(*t.source, t.source->file->data() + t.source->offset + t.offset, out.data(), n);
-    if (t.transpose) transpose_2d(out, t.shape);
-    return out;
 }
 
 ComponentWeights load_component(const CanonicalModel & model, Component component, ggml_backend_t backend,
@@ -290,4 +283,12 @@ ComponentWeights load_component(const CanonicalModel & model, Component componen
     return out;
 }
 
+}  // namespace sd
+
+namespace sd {
+std::vector<std::string> weight_type_names() {
+    std::vector<std::string> names;
+    for (const auto & e : kWeightTypes) names.push_back(e.name);
+    return names;
+}
 }  // namespace sd

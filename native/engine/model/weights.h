@@ -43,6 +43,11 @@ struct WeightLoadOptions {
 // Parses "f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q2_K".."q6_K".
 // Throws InvalidArgument naming the accepted names.
 ggml_type parse_weight_type(const std::string & name);
+std::vector<std::string> weight_type_names();  // the names parse_weight_type accepts, in order
+
+// The ggml type the stored bytes are in, or GGML_TYPE_COUNT when they need a host conversion
+// (f64, integers, bool) before ggml can use them.
+ggml_type stored_ggml_type(const TensorRecord & r);
 
 // The type a canonical tensor gets under `options` (the rules above).
 ggml_type placed_type(Component component, const std::string & name, const std::vector<int64_t> & shape,
@@ -100,8 +105,5 @@ private:
 // that cannot be converted.
 ComponentWeights load_component(const CanonicalModel & model, Component component, ggml_backend_t backend,
                                 const WeightLoadOptions & options);
-
-// Reads a canonical tensor as f32 (host), whatever its stored type. For small tensors and tests.
-std::vector<float> read_as_f32(const CanonicalTensor & t);
 
 }  // namespace sd

@@ -1,0 +1,69 @@
+#include "model/options.h"
+
+#include "diffusion/rng.h"
+#include "diffusion/samplers.h"
+#include "diffusion/schedule.h"
+#include "model/weights.h"
+
+namespace sd {
+
+namespace {
+
+// stable-diffusion.cpp's values: 768 pixels for SD2.x (768-v), 1024 for SDXL; clip skip 2 for
+// the OpenCLIP encoders (SD2.x, SDXL); the SDXL VAE's scale 0.13025.
+constexpr ArchDefaults kArchDefaults[] = {
+    {Arch::SD1, 512, 1, Prediction::Eps, 0.18215f},
+    {Arch::SD2, 768, 2, Prediction::Eps, 0.18215f},
+    {Arch::SDXL, 1024, 2, Prediction::Eps, 0.13025f},
+    {Arch::SDXLRefiner, 512, 2, Prediction::Eps, 0.13025f},
+    {Arch::Unknown, 512, 1, Prediction::Eps, 0.18215f},
+};
+
+}  // namespace
+
+const ArchDefaults & arch_defaults(Arch arch) {
+    for (const auto & d : kArchDefaults)
+        if (d.arch == arch) return d;
+    return kArchDefaults[sizeof(kArchDefaults) / sizeof(kArchDefaults[0]) - 1];
+}
+
+size_t utf16_length(const std::string & utf8) {
+    size_t n = 0;
+    for (size_t i = 0; i < utf8.size(); ++i) {
+        const unsigned char c = static_cast<unsigned char>(utf8[i]);
+        if ((c & 0xC0) == 0x80) continue;  // continuation byte
+        n += c >= 0xF0 ? 2 : 1;            // 4-byte sequences are surrogate pairs
+    }
+    return n;
+}
+
+OptionTables option_tables() {
+    using namespace limits;
+    OptionTables t;
+    for (Sampler s : all_samplers()) {
+        t.samplers.push_back(sampler_name(s));
+        t.sampler_default_schedulers.push_back(scheduler_name(default_scheduler(s)));
+        t.sampler_default_etas.push_back(default_eta(s));
+    }
+    for (Scheduler s : all_schedulers()) t.schedulers.push_back(scheduler_name(s));
+    for (RngKind r : all_rng_kinds()) t.rngs.push_back(rng_kind_name(r));
+    t.weight_types = weight_type_names();
+    for (Arch a : {Arch::SD1, Arch::SD2, Arch::SDXL, Arch::SDXLRefiner, Arch::Unknown}) t.architectures.push_back(arch_name(a));
+    t.limits = {
+        {"width", kImageSideMin, kImageSideMax, true},   {"height", kImageSideMin, kImageSideMax, true},
+        {"steps", kStepsMin, kStepsMax, true},           {"batchSize", kBatchMin, kBatchMax, true},
+        {"cfgScale", kCfgScaleMin, kCfgScaleMax, false}, {"eta", kEtaMin, kEtaMax, false},
+        {"clipSkip", kClipSkipMin, kClipSkipMax, true},  {"threads", kThreadsMin, kThreadsMax, true},
+        {"seed", 0, kSeedMax, true},                     {"count", 0, kRandnCountMax, true},
+    };
+    t.image_side_multiple = kImageSideMultiple;
+    t.prompt_max_length = kPromptMaxLength;
+    t.default_steps = kDefaultSteps;
+    t.default_cfg_scale = kDefaultCfgScale;
+    t.default_sampler = sampler_name(kDefaultSampler);
+    t.default_rng = kDefaultRng;
+    for (Arch a : {Arch::SD1, Arch::SD2, Arch::SDXL, Arch::SDXLRefiner}) t.arch_defaults.push_back(arch_defaults(a));
+    return t;
+}
+
+}  // namespace sd

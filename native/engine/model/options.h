@@ -1,0 +1,70 @@
+// The one owner of every generation option's limits and defaults. The engine checks requests
+// against these values; lib/engine-tables.ts is generated from option_tables() (npm run
+// gen:tables) and a test checks that it is current, so TypeScript validates against the same
+// numbers and names and the two sides cannot disagree.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "diffusion/prediction.h"
+#include "model/arch.h"
+
+namespace sd {
+
+// Limits of the options, inclusive.
+namespace limits {
+constexpr int kImageSideMin = 64;
+constexpr int kImageSideMax = 4096;
+constexpr int kImageSideMultiple = 8;  // the VAE's factor; a model may need more (spatial multiple)
+constexpr int kStepsMin = 1, kStepsMax = 1000;
+constexpr int kBatchMin = 1, kBatchMax = 64;
+constexpr double kCfgScaleMin = 0, kCfgScaleMax = 100;
+constexpr double kEtaMin = 0, kEtaMax = 100;
+constexpr int kClipSkipMin = 1, kClipSkipMax = 48;
+constexpr int kThreadsMin = 1, kThreadsMax = 1024;
+constexpr int kPromptMaxLength = 100000;              // UTF-16 code units, as JavaScript counts
+constexpr double kSeedMax = 9007199254740991.0;        // Number.MAX_SAFE_INTEGER
+constexpr double kRandnCountMax = 100000000;
+}  // namespace limits
+
+// Defaults that do not depend on the model (stable-diffusion.cpp's).
+constexpr int kDefaultSteps = 20;
+constexpr float kDefaultCfgScale = 7.0f;
+constexpr const char * kDefaultRng = "cuda";
+// The sampler's own defaults (scheduler, eta) live with the samplers: diffusion/samplers.h.
+
+// Defaults per architecture (stable-diffusion.cpp's), used where a request or the file is silent.
+struct ArchDefaults {
+    Arch arch;
+    int image_side;          // width and height
+    int clip_skip;           // text-encoder layers skipped from the end
+    Prediction prediction;   // when the file's metadata does not say
+    float vae_scale_factor;  // latent scale, when the file's metadata does not say
+};
+const ArchDefaults & arch_defaults(Arch arch);
+
+// UTF-16 code units of a UTF-8 string (what JavaScript's String.length counts).
+size_t utf16_length(const std::string & utf8);
+
+// Every table above as data, for the addon (lib/engine-tables.ts is generated from it).
+struct NumericLimit {
+    std::string option;  // the option's API name, e.g. "width"
+    double min, max;
+    bool integer;
+};
+struct OptionTables {
+    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures;
+    std::vector<NumericLimit> limits;
+    int image_side_multiple;
+    int prompt_max_length;
+    int default_steps;
+    float default_cfg_scale;
+    std::string default_sampler, default_rng;
+    std::vector<ArchDefaults> arch_defaults;       // one per runnable architecture
+    std::vector<std::string> sampler_default_schedulers;  // per sampler, in `samplers` order
+    std::vector<float> sampler_default_etas;               // per sampler, in `samplers` order
+};
+OptionTables option_tables();
+
+}  // namespace sd

@@ -1,0 +1,121 @@
+// sdnode's engine: the public API, the one header the addon includes. Pure C++17, no N-API.
+//
+//   inspect_model(path)                  what a file holds, without loading it
+//   Model::load(path, options)           the immutable, shareable model (weights, components)
+//   Session(model)                       per-run state and the thread a run's jobs use
+//   generate(session, params, control)   text-to-image, on the session's thread
+//   encode_prompt(session, text, ...)    the conditioning of a prompt
+//   option_tables()                      every option's limits, defaults and names
+//   system_info(), make_rng()            backends and devices; the noise a seed gives
+//
+// Everything throws sd::Error with an ErrorCode and a message for the user.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/errors.h"
+#include "diffusion/rng.h"
+#include "kernels/cpu-kernels.h"
+#include "model/arch.h"
+#include "model/model.h"
+#include "model/options.h"
+#include "runtime/backend.h"
+#include "runtime/session.h"
+
+namespace sd {
+
+// ------------------------------------------------------------------ inspection
+
+struct ModelReport {
+    std::string format;  // "safetensors", "gguf", "torch", "diffusers"
+    ModelInfo info;
+    size_t tensor_count = 0;
+    std::vector<std::pair<std::string, std::string>> metadata;
+    std::vector<std::string> unknown_tensors;  // stored names the name table does not know
+    std::vector<std::string> unused_tensors;   // known names no component uses ("<component>.<name>")
+    size_t ignored_tensors = 0;                // deliberately skipped (EMA copies, optimizer state, ...)
+};
+
+// Reads headers only. A component whose tensors do not fit together is reported in
+// info.warnings. Throws Io, ModelFormat, UnsupportedModel.
+ModelReport inspect_model(const std::string & path);
+
+// ------------------------------------------------------------------ generation
+
+// What generate() is asked; every field but the prompts may be left out for its default
+// (model/options.h, the sampler's own defaults in diffusion/samplers.h). Names are the API's
+// ("euler_a", "karras", "cuda"); the engine parses and checks them.
+struct GenerateParams {
+    std::string prompt;
+    std::string negative_prompt;
+    std::optional<int> width, height, steps, clip_skip, batch;
+    std::optional<double> cfg_scale, eta;
+    std::optional<std::string> sampler, scheduler, rng;
+    // The generator of ancestral samplers' noise: unset continues the initial-noise generator
+    // (stable-diffusion.cpp's default); another kind gets its own generator seeded with the seed.
+    std::optional<std::string> sampler_rng;
+    std::optional<uint64_t> seed;  // unset: a random seed, reported in the output
+    bool return_latents = false;
+};
+
+// What a generation used, every default filled in.
+struct ResolvedParams {
+    std::string prompt, negative_prompt;
+    int width = 0, height = 0, steps = 0, clip_skip = 0, batch = 1;
+    float cfg_scale = 0, eta = 0;
+    std::string sampler, scheduler, rng, sampler_rng;  // sampler_rng "" = continues rng
+    uint64_t seed = 0;
+    bool return_latents = false;
+};
+
+struct GeneratedImage {
+    std::vector<uint8_t> rgb;   // height * width * 3
+    uint64_t seed = 0;
+    std::vector<float> latent;  // [C][h][w], only with return_latents
+};
+
+struct GenerateTimings {
+    double text_encode_ms = 0, sampling_ms = 0, vae_decode_ms = 0, total_ms = 0;
+};
+
+struct GenerateOutput {
+    std::vector<GeneratedImage> images;
+    GenerateTimings timings;
+    ResolvedParams params;
+    int latent_channels = 4, latent_width = 0, latent_height = 0;
+};
+
+struct StepProgress {
+    int step;    // 1-based, across the whole batch
+    int steps;   // steps * batch
+    double elapsed_ms;
+};
+
+// How a caller steers a run: `abort` is checked between steps and inside graph computation
+// (the run then throws Aborted); `progress` is called once per sampling step, in order, on the
+// session's thread.
+struct RunControl {
+    const std::atomic<bool> * abort = nullptr;
+    std::function<void(const StepProgress &)> progress;
+};
+
+// Checks every option against the limits and this model and fills in the defaults. Throws
+// InvalidArgument naming the option, the value and what is allowed. Cheap: call it before
+// queuing a job so that bad options fail at once.
+ResolvedParams resolve_generate_params(const Model & model, const GenerateParams & params);
+
+// Text-to-image. Run it on the session's thread (inside Session::submit).
+GenerateOutput generate(Session & session, const GenerateParams & params, const RunControl & control);
+
+// The conditioning of one prompt as the UNet sees it: [1, chunks * 77, dim] (ne {dim, tokens, 1}).
+// clip_skip unset: the architecture's default. On the session's thread.
+HostTensor encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                         const std::atomic<bool> * abort);
+
+}  // namespace sd
