@@ -111,6 +111,8 @@ export interface NativeModelInfo {
   textEncoder2: NativeTextEncoderParams | null;
   tensorCount: number;
   unknownTensors: string[];
+  /** Known tensors that no component uses, as `<component>.<name>`. */
+  unusedTensors: string[];
   ignoredTensors: number;
   metadata: Record<string, string>;
   warnings: string[];
@@ -134,13 +136,16 @@ export interface NativeLoadedInfo {
   weightBytes: number;
   /** Weights used in place from the memory-mapped model file (not in weightBytes). */
   mappedBytes: number;
-  computeBytes: number;
   threads: number;
   contextDim: number;
   latentChannels: number;
   prediction: 'eps' | 'v';
   /** Image width/height must be multiples of this. */
   spatialMultiple: number;
+  /** Tensors that no component uses (`<component>.<name>`): ignored. */
+  unusedTensors: string[];
+  /** What loading assumed or ignored. */
+  warnings: string[];
 }
 
 export interface NativeEncoded {
@@ -155,22 +160,46 @@ export interface NativeGenerated {
   /** Per image (with returnLatents): [C][H][W]. */
   latents: Array<Float32Array | undefined>;
   timings: { textEncode: number; sampling: number; vaeDecode: number; total: number };
-  scheduler: string;
-  eta: number;
+  /** Every option as used, defaults filled in. */
+  options: import('./generate.ts').ResolvedGenerateOptions;
   /** [C, H, W] of each latent. */
   latentShape: [number, number, number];
 }
 
+/** A loaded model: immutable, shared by its sessions. */
 export interface NativeModel {
   info(): NativeLoadedInfo;
+  tokenize(text: string): { tokens: number[]; weights: number[] };
+  /** A session: its own thread and compute buffers; its jobs run one at a time, in call order. */
+  createSession(): NativeSession;
+  dispose(): void;
+}
+
+export interface NativeSession {
+  info(): { computeBytes: number };
   generate(
-    options: import('./generate.ts').ResolvedGenerateOptions,
+    options: import('./generate.ts').NativeGenerateRequest,
     onProgress?: (p: { step: number; steps: number; elapsedMs: number }) => void,
     abort?: NativeAbortFlag,
   ): Promise<NativeGenerated>;
-  tokenize(text: string): { tokens: number[]; weights: number[] };
-  encodePrompt(text: string, clipSkip: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
-  dispose(): void;
+  encodePrompt(text: string, clipSkip?: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
+  /** Settles once every job queued before it has; later calls throw Disposed. */
+  dispose(): Promise<void>;
+}
+
+/** The engine's option tables (lib/engine-tables.ts is generated from them). */
+export interface NativeOptionTables {
+  samplers: string[];
+  schedulers: string[];
+  rngs: string[];
+  weightTypes: string[];
+  architectures: string[];
+  limits: Record<string, { min: number; max: number; integer: boolean }>;
+  imageSideMultiple: number;
+  promptMaxLength: number;
+  defaults: { steps: number; cfgScale: number; sampler: string; rng: string };
+  archDefaults: Record<string, { width: number; height: number; clipSkip: number; prediction: string; vaeScaleFactor: number }>;
+  samplerDefaults: Record<string, { scheduler: string; eta: number }>;
 }
 
 export interface NativeModelClass {
@@ -189,6 +218,7 @@ export interface NativeAddon {
   inspectModel(path: string): Promise<NativeModelInfo>;
   /** The noise stream `seed` gives with `rng` (count floats). */
   randn(seed: number, rng: string, count: number): Float32Array;
+  optionTables(): NativeOptionTables;
   AbortFlag: new () => NativeAbortFlag;
   NativeModel: NativeModelClass;
 }

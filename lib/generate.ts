@@ -3,18 +3,15 @@
  * stable-diffusion.cpp for the model's architecture.
  * @module
  */
-import { randomInt } from 'node:crypto';
 import { encodePNG } from './image.ts';
 import {
-  MAX_BATCH,
-  MAX_IMAGE_SIDE,
-  MAX_STEPS,
   RNGS,
   SAMPLERS,
   SCHEDULERS,
   checkCallback,
-  checkFinite,
   checkImageSide,
+  checkLimitedInteger,
+  checkLimitedNumber,
   checkPrompt,
   checkSeed,
   checkSignal,
@@ -23,7 +20,7 @@ import {
   type Sampler,
   type Scheduler,
 } from './options.ts';
-import { expectIntegerInRange, expectOneOf, invalid, isObject } from './validate.ts';
+import { expectOneOf, invalid, isObject } from './validate.ts';
 
 /** One progress report of `generate()`: sent once per sampling step, in order. */
 export interface GenerateProgress {
@@ -102,9 +99,11 @@ export interface GenerateResult {
   timings: GenerateTimings;
   /** With `returnLatents: true`: per image, the final latent before VAE scaling, [C][H][W]. */
   latents?: Float32Array[];
+  /** What was used: every option with its default filled in (the engine's, for this model). */
+  options: ResolvedGenerateOptions;
 }
 
-/** Options after defaults, as the native side receives them. */
+/** Every generation option with its default filled in, as the engine reports what it used. */
 export interface ResolvedGenerateOptions {
   prompt: string;
   negativePrompt: string;
@@ -113,16 +112,19 @@ export interface ResolvedGenerateOptions {
   steps: number;
   cfgScale: number;
   sampler: Sampler;
-  scheduler: Scheduler | '';
+  scheduler: Scheduler;
+  eta: number;
   seed: number;
   rng: Rng;
-  /** '' = continue `rng`. */
-  samplerRng: Rng | '';
+  /** Absent: ancestral noise continues `rng`. */
+  samplerRng?: Rng;
   clipSkip: number;
   batchSize: number;
-  eta: number;
   returnLatents: boolean;
 }
+
+/** What the native side receives: only the options the caller gave (the engine fills in the rest). */
+export type NativeGenerateRequest = Partial<Omit<ResolvedGenerateOptions, 'prompt'>> & { prompt: string };
 
 const KNOWN_KEYS = new Set([
   'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
@@ -130,57 +132,49 @@ const KNOWN_KEYS = new Set([
 ]);
 
 /**
- * Checks every option and fills in defaults for an architecture. Throws InvalidArgumentError
- * naming the option, the value and what is allowed; unknown option names are errors too (a typo
- * must not be silently ignored).
+ * Checks every option against the engine's limits and names (lib/engine-tables.ts) and the
+ * model's size multiple. Throws InvalidArgumentError naming the option, the value and what is
+ * allowed; unknown option names are errors too (a typo must not be silently ignored). Defaults
+ * are the engine's to fill in: only given options are passed on.
  */
-export function resolveGenerateOptions(
+export function checkGenerateOptions(
   options: unknown,
-  arch: { architecture: string; spatialMultiple: number },
-): { resolved: ResolvedGenerateOptions; signal?: AbortSignal; onProgress?: (p: GenerateProgress) => void } {
+  model: { spatialMultiple: number },
+): { request: NativeGenerateRequest; signal?: AbortSignal; onProgress?: (p: GenerateProgress) => void } {
   if (!isObject(options)) invalid('options', 'an object with at least a prompt', options);
   const o = expectOptionsObject('options', options);
   for (const k of Object.keys(o)) if (!KNOWN_KEYS.has(k)) invalid('options', `known option names (${[...KNOWN_KEYS].join(', ')})`, k);
   const prompt = checkPrompt('prompt', o.prompt);
   if (prompt === undefined) invalid('prompt', 'a string', o.prompt);
-  const side = arch.architecture === 'sd2' ? 768 : 512;
-  const width = checkImageSide('width', o.width) ?? side;
-  const height = checkImageSide('height', o.height) ?? side;
-  for (const [name, v] of [['width', width], ['height', height]] as const) {
-    if (v % arch.spatialMultiple !== 0) invalid(name, `a multiple of ${arch.spatialMultiple} for this model`, v);
+  const request: NativeGenerateRequest = { prompt };
+  const set = <K extends keyof NativeGenerateRequest>(key: K, v: NativeGenerateRequest[K] | undefined) => {
+    if (v !== undefined) request[key] = v;
+  };
+  for (const name of ['width', 'height'] as const) {
+    const v = checkImageSide(name, o[name]);
+    if (v !== undefined && v % model.spatialMultiple !== 0) invalid(name, `a multiple of ${model.spatialMultiple} for this model`, v);
+    set(name, v);
   }
-  const steps = o.steps === undefined ? 20 : expectIntegerInRange('steps', o.steps, 1, MAX_STEPS);
-  const cfgScale = checkFinite('cfgScale', o.cfgScale, 0, 100) ?? 7;
-  const sampler = o.sampler === undefined ? 'euler_a' : expectOneOf('sampler', o.sampler, SAMPLERS);
-  const scheduler = o.scheduler === undefined ? '' : expectOneOf('scheduler', o.scheduler, SCHEDULERS);
-  const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
-  const samplerRng = o.samplerRng === undefined ? '' : expectOneOf('samplerRng', o.samplerRng, RNGS);
-  const clipSkip = o.clipSkip === undefined ? 0 : expectIntegerInRange('clipSkip', o.clipSkip, 1, 48);
-  const batchSize = o.batchSize === undefined ? 1 : expectIntegerInRange('batchSize', o.batchSize, 1, MAX_BATCH);
-  // NaN means "the sampler's default" on the native side.
-  const eta = checkFinite('eta', o.eta, 0, 100) ?? Number.NaN;
+  set('steps', checkLimitedInteger('steps', o.steps));
+  set('cfgScale', checkLimitedNumber('cfgScale', o.cfgScale));
+  set('sampler', o.sampler === undefined ? undefined : expectOneOf('sampler', o.sampler, SAMPLERS));
+  set('scheduler', o.scheduler === undefined ? undefined : expectOneOf('scheduler', o.scheduler, SCHEDULERS));
+  set('rng', o.rng === undefined ? undefined : expectOneOf('rng', o.rng, RNGS));
+  set('samplerRng', o.samplerRng === undefined ? undefined : expectOneOf('samplerRng', o.samplerRng, RNGS));
+  set('clipSkip', checkLimitedInteger('clipSkip', o.clipSkip));
+  const batchSize = checkLimitedInteger('batchSize', o.batchSize);
+  set('batchSize', batchSize);
+  set('eta', checkLimitedNumber('eta', o.eta));
   if (o.returnLatents !== undefined && typeof o.returnLatents !== 'boolean') invalid('returnLatents', 'a boolean', o.returnLatents);
-  const seed = checkSeed('seed', o.seed) ?? randomInt(0, 2 ** 31);
-  if (seed + batchSize - 1 > Number.MAX_SAFE_INTEGER) invalid('seed', 'small enough that seed + batchSize - 1 is a safe integer', seed);
-  const negativePrompt = checkPrompt('negativePrompt', o.negativePrompt) ?? '';
+  set('returnLatents', o.returnLatents as boolean | undefined);
+  const seed = checkSeed('seed', o.seed);
+  if (seed !== undefined && seed + (batchSize ?? 1) - 1 > Number.MAX_SAFE_INTEGER) {
+    invalid('seed', 'small enough that seed + batchSize - 1 is a safe integer', seed);
+  }
+  set('seed', seed);
+  set('negativePrompt', checkPrompt('negativePrompt', o.negativePrompt));
   return {
-    resolved: {
-      prompt,
-      negativePrompt,
-      width,
-      height,
-      steps,
-      cfgScale,
-      sampler,
-      scheduler,
-      seed,
-      rng,
-      samplerRng,
-      clipSkip,
-      batchSize,
-      eta,
-      returnLatents: o.returnLatents === true,
-    },
+    request,
     signal: checkSignal('signal', o.signal),
     onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
   };
@@ -197,10 +191,10 @@ export function parametersText(
   o: ResolvedGenerateOptions,
   seed: number,
   modelName: string,
-  scheduler: string,
-  eta: number,
+  clipSkipGiven: boolean,
   version: string,
 ): string {
+  const { scheduler, eta } = o;
   const lines = [o.prompt];
   if (o.negativePrompt) lines.push(`Negative prompt: ${o.negativePrompt}`);
   const fields = [
@@ -212,7 +206,7 @@ export function parametersText(
     `Model: ${modelName}`,
     `RNG: ${o.rng}`,
     `Sampler: ${o.sampler} ${scheduler}`,
-    ...(o.clipSkip > 0 ? [`Clip skip: ${o.clipSkip}`] : []),
+    ...(clipSkipGiven ? [`Clip skip: ${o.clipSkip}`] : []),
     `Version: sdnode ${version}`,
   ];
   lines.push(fields.join(', '));
@@ -231,4 +225,4 @@ export function makeImage(data: Uint8Array, width: number, height: number, seed:
   };
 }
 
-export { MAX_IMAGE_SIDE };
+

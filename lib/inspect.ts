@@ -42,6 +42,8 @@ export interface ModelInspection {
   tensorCount: number;
   /** Stored tensor names sdnode does not know (ignored when loading). */
   unknownTensors: string[];
+  /** Known tensors that no component uses (`<component>.<name>`), ignored when loading. */
+  unusedTensors: string[];
   /** Text metadata: safetensors `__metadata__`, GGUF key/values, diffusers config files. */
   metadata: Record<string, string>;
   /** Assumptions made where the file was silent, e.g. the prediction type. */
@@ -86,6 +88,7 @@ export async function inspectModel(modelPath: string): Promise<ModelInspection> 
     hyperparameters,
     tensorCount: n.tensorCount,
     unknownTensors: n.unknownTensors,
+    unusedTensors: n.unusedTensors,
     metadata: n.metadata,
     warnings: n.warnings,
   };

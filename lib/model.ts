@@ -4,13 +4,22 @@
  * @module
  */
 import path from 'node:path';
-import { callNative, callNativeSync, native, type NativeAbortFlag, type NativeLoadedInfo, type NativeModel } from './binding.ts';
+import {
+  callNative,
+  callNativeSync,
+  native,
+  type NativeAbortFlag,
+  type NativeLoadedInfo,
+  type NativeModel,
+  type NativeSession,
+} from './binding.ts';
 import { AbortError, DisposedError, fromNative } from './errors.ts';
 import {
   RNGS,
   checkCallback,
   checkSeed,
   checkSignal,
+  checkLimitedInteger,
   checkThreads,
   checkWeightType,
   expectOptionsObject,
@@ -19,7 +28,7 @@ import {
   type WeightType,
 } from './options.ts';
 import { expectIntegerInRange, expectNonEmptyString, expectOneOf, invalid, isString } from './validate.ts';
-import { makeImage, parametersText, resolveGenerateOptions, type GenerateOptions, type GenerateResult } from './generate.ts';
+import { checkGenerateOptions, makeImage, parametersText, type GenerateOptions, type GenerateResult } from './generate.ts';
 import { version } from './version.ts';
 
 /** Options of {@link loadModel}. */
@@ -132,17 +141,25 @@ export class Model {
   readonly architecture: NativeLoadedInfo['architecture'];
   /** The device the model runs on, e.g. `'CPU'` or `'CUDA0'`. */
   readonly device: string;
+  /** Known tensors in the file that no component uses (`<component>.<name>`), ignored when loading. */
+  readonly unusedTensors: readonly string[];
+  /** What loading assumed or ignored (e.g. the prediction type, unused tensors). */
+  readonly warnings: readonly string[];
   #native: NativeModel | undefined;
-  #queue: Promise<unknown> = Promise.resolve();
+  // The session runs every call: its queue on the engine side keeps them in call order.
+  #session: NativeSession | undefined;
   #disposing: Promise<void> | undefined;
 
   /** @internal Use {@link loadModel}. */
   constructor(nativeModel: NativeModel, modelPath: string) {
     this.#native = nativeModel;
+    this.#session = callNativeSync(() => nativeModel.createSession());
     this.path = modelPath;
     const info = nativeModel.info();
     this.architecture = info.architecture;
     this.device = info.device;
+    this.unusedTensors = Object.freeze([...info.unusedTensors]);
+    this.warnings = Object.freeze([...info.warnings]);
   }
 
   /** True after `dispose()` was called. */
@@ -154,6 +171,12 @@ export class Model {
   protected nativeModel(what: string): NativeModel {
     if (this.#disposing || !this.#native) throw new DisposedError(`${what}: the model was disposed`);
     return this.#native;
+  }
+
+  /** @internal The native session, or a DisposedError. */
+  protected nativeSession(what: string): NativeSession {
+    if (this.#disposing || !this.#session) throw new DisposedError(`${what}: the model was disposed`);
+    return this.#session;
   }
 
   /**
@@ -169,26 +192,13 @@ export class Model {
    */
   memory(): { weights: number; compute: number; mapped: number } {
     const info = this.nativeModel('memory()').info();
-    return { weights: info.weightBytes, compute: info.computeBytes, mapped: info.mappedBytes };
+    const { computeBytes } = this.nativeSession('memory()').info();
+    return { weights: info.weightBytes, compute: computeBytes, mapped: info.mappedBytes };
   }
 
   /** @internal Hyperparameters the generation options are checked against. */
   protected loadedInfo(): NativeLoadedInfo {
     return this.nativeModel('model').info();
-  }
-
-  /**
-   * Runs `job` after every earlier call on this model has settled (calls queue in order).
-   * @internal
-   */
-  protected enqueue<T>(what: string, job: (nativeModel: NativeModel) => Promise<T>): Promise<T> {
-    const nativeModel = this.nativeModel(what);
-    const run = this.#queue.then(
-      () => job(nativeModel),
-      () => job(nativeModel),
-    );
-    this.#queue = run.catch(() => undefined);
-    return run;
   }
 
   /**
@@ -214,19 +224,16 @@ export class Model {
     try {
       if (!isString(text)) invalid('text', 'a string', text);
       const o = expectOptionsObject('options', options);
-      const clipSkip = o.clipSkip === undefined ? 0 : expectIntegerInRange('clipSkip', o.clipSkip, 1, 48);
+      const clipSkip = checkLimitedInteger('clipSkip', o.clipSkip);
       const signal = checkSignal('signal', o.signal);
       throwIfAborted(signal, 'encodePrompt');
-      return this.enqueue('encodePrompt()', async (m) => {
-        const { flag, cleanup } = abortFlagFor(signal);
-        try {
-          return await callNative(() => m.encodePrompt(text, clipSkip, flag));
-        } catch (e) {
+      const session = this.nativeSession('encodePrompt()');
+      const { flag, cleanup } = abortFlagFor(signal);
+      return callNative(() => session.encodePrompt(text, clipSkip, flag))
+        .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'encodePrompt');
-        } finally {
-          cleanup();
-        }
-      });
+        })
+        .finally(cleanup);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -246,34 +253,31 @@ export class Model {
   generate(options: GenerateOptions): Promise<GenerateResult> {
     try {
       const info = this.loadedInfo();
-      const { resolved, signal, onProgress } = resolveGenerateOptions(options, info);
+      const { request, signal, onProgress } = checkGenerateOptions(options, info);
       throwIfAborted(signal, 'generate');
-      return this.enqueue('generate()', async (m) => {
-        const { flag, cleanup } = abortFlagFor(signal);
-        const guard = new CallbackGuard(onProgress, flag);
-        try {
-          const r = await callNative(() => m.generate(resolved, guard.callback, flag));
-          guard.rethrow();
-          const modelName = path.basename(this.path);
-          const images = r.images.map((img) =>
-            makeImage(
-              img.data,
-              resolved.width,
-              resolved.height,
-              img.seed,
-              parametersText(resolved, img.seed, modelName, r.scheduler, r.eta, version),
-            ),
-          );
-          const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings };
-          if (resolved.returnLatents) result.latents = r.latents.map((l) => l ?? new Float32Array(0));
-          return result;
-        } catch (e) {
-          guard.rethrow();
-          throw withAbortReason(e, signal, 'generate');
-        } finally {
-          cleanup();
-        }
-      });
+      const session = this.nativeSession('generate()');
+      const { flag, cleanup } = abortFlagFor(signal);
+      const guard = new CallbackGuard(onProgress, flag);
+      const modelName = path.basename(this.path);
+      return callNative(() => session.generate(request, guard.callback, flag))
+        .then(
+          (r) => {
+            guard.rethrow();
+            const used = r.options;
+            const images = r.images.map((img) =>
+              makeImage(img.data, used.width, used.height, img.seed,
+                parametersText(used, img.seed, modelName, request.clipSkip !== undefined, version)),
+            );
+            const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings, options: used };
+            if (used.returnLatents) result.latents = r.latents.map((l) => l ?? new Float32Array(0));
+            return result;
+          },
+          (e: unknown) => {
+            guard.rethrow();
+            throw withAbortReason(e, signal, 'generate');
+          },
+        )
+        .finally(cleanup);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -285,7 +289,10 @@ export class Model {
    */
   dispose(): Promise<void> {
     if (!this.#disposing) {
-      this.#disposing = this.#queue.then(() => {
+      // The session settles its dispose after every call queued before it.
+      const session = this.#session;
+      this.#session = undefined;
+      this.#disposing = (session ? session.dispose() : Promise.resolve()).then(() => {
         this.#native?.dispose();
         this.#native = undefined;
       });
@@ -367,6 +374,7 @@ export function randn(options: RandnOptions): Float32Array {
   const seed = checkSeed('seed', o.seed);
   if (seed === undefined) invalid('seed', 'a non-negative safe integer', o.seed);
   const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
-  const count = expectIntegerInRange('count', o.count, 0, 100_000_000);
+  const count = checkLimitedInteger('count', o.count);
+  if (count === undefined) invalid('count', 'an integer', o.count);
   return callNativeSync((a) => a.randn(seed, rng, count));
 }

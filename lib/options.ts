@@ -15,57 +15,38 @@ import {
   isString,
 } from './validate.ts';
 
-/** Sampling methods, named as stable-diffusion.cpp names them. */
-export const SAMPLERS = [
-  'euler',
-  'euler_a',
-  'heun',
-  'dpm2',
-  'dpm++2s_a',
-  'dpm++2m',
-  'dpm++2mv2',
-  'ipndm',
-  'ipndm_v',
-  'lcm',
-  'ddim_trailing',
-  'tcd',
-] as const;
+import { IMAGE_SIDE_MULTIPLE, LIMITS, PROMPT_MAX_LENGTH, RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES } from './engine-tables.ts';
+
+// Names and limits are the engine's (lib/engine-tables.ts is generated from its tables).
+export { RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES };
 export type Sampler = (typeof SAMPLERS)[number];
-
-/** Sigma schedules, named as stable-diffusion.cpp names them. */
-export const SCHEDULERS = [
-  'discrete',
-  'karras',
-  'exponential',
-  'ays',
-  'gits',
-  'sgm_uniform',
-  'simple',
-  'smoothstep',
-  'kl_optimal',
-  'lcm',
-  'bong_tangent',
-] as const;
 export type Scheduler = (typeof SCHEDULERS)[number];
-
 /**
  * Noise generators. `cuda`: Philox, the same numbers as A1111's "GPU" seeds (default).
  * `cpu`: torch's CPU mt19937 generator (ComfyUI seeds). `std_default`: C++'s
  * std::default_random_engine as libstdc++ implements it.
  */
-export const RNGS = ['cuda', 'cpu', 'std_default'] as const;
 export type Rng = (typeof RNGS)[number];
-
 /** Weight types for on-load conversion of linear weights (see README: which tensors stay unquantized). */
-export const WEIGHT_TYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q5_0', 'q5_1', 'q4_0', 'q4_1', 'q2_K', 'q3_K', 'q4_K', 'q5_K', 'q6_K'] as const;
 export type WeightType = (typeof WEIGHT_TYPES)[number];
 
 /** Largest width/height accepted (pixels). */
-export const MAX_IMAGE_SIDE = 4096;
+export const MAX_IMAGE_SIDE = LIMITS.width.max;
 /** Largest step count accepted. */
-export const MAX_STEPS = 1000;
+export const MAX_STEPS = LIMITS.steps.max;
 /** Largest batch accepted. */
-export const MAX_BATCH = 64;
+export const MAX_BATCH = LIMITS.batchSize.max;
+
+/** Checks an integer option against the engine's limit for it. */
+export function checkLimitedInteger(name: keyof typeof LIMITS, v: unknown, label: string = name): number | undefined {
+  if (v === undefined) return undefined;
+  return expectIntegerInRange(label, v, LIMITS[name].min, LIMITS[name].max);
+}
+
+/** Checks a number option against the engine's limit for it. */
+export function checkLimitedNumber(name: keyof typeof LIMITS, v: unknown): number | undefined {
+  return checkFinite(name, v, LIMITS[name].min, LIMITS[name].max);
+}
 
 export function checkSignal(name: string, v: unknown): AbortSignal | undefined {
   if (v === undefined) return undefined;
@@ -85,8 +66,7 @@ export function checkCallback<T extends (...args: never[]) => unknown>(name: str
 }
 
 export function checkThreads(name: string, v: unknown): number | undefined {
-  if (v === undefined) return undefined;
-  return expectIntegerInRange(name, v, 1, 1024);
+  return checkLimitedInteger('threads', v, name);
 }
 
 export function checkWeightType(name: string, v: unknown): WeightType | undefined {
@@ -94,17 +74,18 @@ export function checkWeightType(name: string, v: unknown): WeightType | undefine
   return expectOneOf(name, v, WEIGHT_TYPES);
 }
 
-export function checkImageSide(name: string, v: unknown): number | undefined {
+export function checkImageSide(name: 'width' | 'height', v: unknown): number | undefined {
   if (v === undefined) return undefined;
-  if (!isInteger(v) || v < 64 || v > MAX_IMAGE_SIDE || v % 8 !== 0) {
-    invalid(name, `a multiple of 8 from 64 to ${MAX_IMAGE_SIDE}`, v);
+  const { min, max } = LIMITS[name];
+  if (!isInteger(v) || v < min || v > max || v % IMAGE_SIDE_MULTIPLE !== 0) {
+    invalid(name, `a multiple of ${IMAGE_SIDE_MULTIPLE} from ${min} to ${max}`, v);
   }
   return v;
 }
 
 export function checkSeed(name: string, v: unknown): number | undefined {
   if (v === undefined || (isInteger(v) && v < 0)) return undefined; // negative: pick a random seed
-  if (!isInteger(v) || v > Number.MAX_SAFE_INTEGER) invalid(name, 'a safe integer (negative for a random seed)', v);
+  if (!isInteger(v) || v > LIMITS.seed.max) invalid(name, 'a safe integer (negative for a random seed)', v);
   return v;
 }
 
@@ -118,7 +99,7 @@ export function checkPrompt(name: string, v: unknown): string | undefined {
   if (v === undefined) return undefined;
   if (!isString(v)) invalid(name, 'a string', v);
   if (v.includes('\0')) invalid(name, 'a string without NUL characters', v);
-  if (v.length > 100_000) invalid(name, 'a string of at most 100000 characters', v);
+  if (v.length > PROMPT_MAX_LENGTH) invalid(name, `a string of at most ${PROMPT_MAX_LENGTH} characters`, v);
   return v;
 }
 

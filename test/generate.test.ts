@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { decodePNG } from '../lib/image.ts';
-import { resolveGenerateOptions } from '../lib/generate.ts';
+import { ARCH_DEFAULTS, DEFAULTS } from '../lib/engine-tables.ts';
 import {
   AbortError,
   InvalidArgumentError,
@@ -18,7 +18,7 @@ import {
   type Model,
 } from '../lib/index.ts';
 import { generateCheckpoint } from './fixtures/generate.ts';
-import { readTensor, referenceCasesDir } from './helpers/reference.ts';
+import { readTensor, referenceCasesDir, referenceEnabled } from './helpers/reference.ts';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-generate-'));
 let model: Model;
@@ -204,19 +204,37 @@ describe('generate option validation', () => {
       assert.equal(r.images.length, 1);
     }
   });
-  test("defaults follow stable-diffusion.cpp for the architecture", () => {
-    const sd1 = resolveGenerateOptions({ prompt: 'x' }, { architecture: 'sd1', spatialMultiple: 8 }).resolved;
+  test("defaults follow stable-diffusion.cpp for the architecture, and the result says what was used", async () => {
+    assert.deepEqual({ ...ARCH_DEFAULTS.sd1 }, { ...ARCH_DEFAULTS.sd1, width: 512, height: 512, clipSkip: 1 });
+    assert.equal(ARCH_DEFAULTS.sd2.width, 768);
+    assert.equal(ARCH_DEFAULTS.sd2.clipSkip, 2);
+    assert.deepEqual({ ...DEFAULTS }, { steps: 20, cfgScale: 7, sampler: 'euler_a', rng: 'cuda' });
+    const r = await model.generate({ prompt: 'x', width: 64, height: 64, steps: 1, seed: 3 });
     assert.deepEqual(
-      { w: sd1.width, h: sd1.height, steps: sd1.steps, cfg: sd1.cfgScale, sampler: sd1.sampler, scheduler: sd1.scheduler, rng: sd1.rng, batch: sd1.batchSize },
-      { w: 512, h: 512, steps: 20, cfg: 7, sampler: 'euler_a', scheduler: '', rng: 'cuda', batch: 1 },
+      { steps: r.options.steps, cfg: r.options.cfgScale, sampler: r.options.sampler, scheduler: r.options.scheduler, eta: r.options.eta, rng: r.options.rng, clipSkip: r.options.clipSkip, batch: r.options.batchSize },
+      { steps: 1, cfg: 7, sampler: 'euler_a', scheduler: 'discrete', eta: 1, rng: 'cuda', clipSkip: 1, batch: 1 },
     );
-    const sd2 = resolveGenerateOptions({ prompt: 'x' }, { architecture: 'sd2', spatialMultiple: 8 }).resolved;
-    assert.equal(sd2.width, 768);
+    const defaults = await model.generate({ prompt: 'x', steps: 1, seed: 3, sampler: 'ddim_trailing' });
+    assert.equal(defaults.options.width, 512);
+    assert.equal(defaults.options.scheduler, 'simple');
+    assert.equal(defaults.options.eta, 0);
   });
 });
 
+const KNOWN_NOISE: Array<[number, 'cuda' | 'std_default', number[]]> = [
+  [42, 'cuda', [0.1940189, 2.161374, -0.1720506, 0.8490601, -1.924399, 0.6529855]],
+  [7, 'std_default', [-0.9342901, -0.6803045, 0.2476718, 1.736507, 1.166562, -0.7899834]],
+];
+
 describe('randn', () => {
-  test('matches stable-diffusion.cpp noise for the reference seeds (cuda and std_default)', () => {
+  test('gives stable-diffusion.cpp\'s noise: the first values of two reference seeds', () => {
+    // From ../shared/reference/sd15-random/{cat-euler,fox-eulera-karras}/noise.f32 (stable-diffusion.cpp 97d29908).
+    for (const [seed, rng, want] of KNOWN_NOISE) {
+      const ours = randn({ seed, rng, count: 4 * 64 * 64 });
+      for (let i = 0; i < want.length; i++) assert.ok(Math.abs(ours[i]! - want[i]!) < 1e-5, `${rng} seed ${seed} [${i}]: ${ours[i]} vs ${want[i]}`);
+    }
+  });
+  test('matches stable-diffusion.cpp noise for the reference seeds (cuda and std_default)', { skip: !referenceEnabled && 'opt-in: SDNODE_REFERENCE=1' }, () => {
     for (const name of ['cat-euler', 'fox-eulera-karras']) {
       const dir = path.join(referenceCasesDir, name);
       const c = JSON.parse(fs.readFileSync(path.join(dir, 'case.json'), 'utf8'));

@@ -8,6 +8,7 @@ namespace sdnode {
 struct AddonState {
     Napi::FunctionReference abort_flag_ctor;
     Napi::FunctionReference model_ctor;
+    Napi::FunctionReference session_ctor;
 
     static AddonState & Get(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
 };

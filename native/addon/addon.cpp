@@ -4,12 +4,13 @@
 
 #include "abort-flag.h"
 #include "addon-state.h"
-#include "runtime/backend.h"
-#include "kernels/cpu-kernels.h"
+#include "convert.h"
 #include "inspect.h"
 #include "js-error.h"
 #include "model-wrap.h"
 #include "randn.h"
+#include "sd.h"
+#include "session-wrap.h"
 
 namespace sdnode {
 
@@ -55,6 +56,55 @@ Napi::Value SystemInfo(const Napi::CallbackInfo & info) {
     });
 }
 
+// The engine's option tables (model/options.h): lib/engine-tables.ts is generated from these.
+Napi::Value OptionTables(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    const sd::OptionTables t = sd::option_tables();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("samplers", to_js_array(env, t.samplers));
+    o.Set("schedulers", to_js_array(env, t.schedulers));
+    o.Set("rngs", to_js_array(env, t.rngs));
+    o.Set("weightTypes", to_js_array(env, t.weight_types));
+    o.Set("architectures", to_js_array(env, t.architectures));
+    Napi::Object limits = Napi::Object::New(env);
+    for (const auto & l : t.limits) {
+        Napi::Object x = Napi::Object::New(env);
+        x.Set("min", l.min);
+        x.Set("max", l.max);
+        x.Set("integer", l.integer);
+        limits.Set(l.option, x);
+    }
+    o.Set("limits", limits);
+    o.Set("imageSideMultiple", t.image_side_multiple);
+    o.Set("promptMaxLength", t.prompt_max_length);
+    Napi::Object defaults = Napi::Object::New(env);
+    defaults.Set("steps", t.default_steps);
+    defaults.Set("cfgScale", t.default_cfg_scale);
+    defaults.Set("sampler", t.default_sampler);
+    defaults.Set("rng", t.default_rng);
+    o.Set("defaults", defaults);
+    Napi::Object arch = Napi::Object::New(env);
+    for (const auto & d : t.arch_defaults) {
+        Napi::Object x = Napi::Object::New(env);
+        x.Set("width", d.image_side);
+        x.Set("height", d.image_side);
+        x.Set("clipSkip", d.clip_skip);
+        x.Set("prediction", d.prediction == sd::Prediction::V ? "v" : "eps");
+        x.Set("vaeScaleFactor", d.vae_scale_factor);
+        arch.Set(sd::arch_name(d.arch), x);
+    }
+    o.Set("archDefaults", arch);
+    Napi::Object samplers = Napi::Object::New(env);
+    for (size_t i = 0; i < t.samplers.size(); ++i) {
+        Napi::Object x = Napi::Object::New(env);
+        x.Set("scheduler", t.sampler_default_schedulers[i]);
+        x.Set("eta", t.sampler_default_etas[i]);
+        samplers.Set(t.samplers[i], x);
+    }
+    o.Set("samplerDefaults", samplers);
+    return o;
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -62,14 +112,18 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("systemInfo", Napi::Function::New(env, SystemInfo, "systemInfo"));
     exports.Set("inspectModel", Napi::Function::New(env, InspectModel, "inspectModel"));
     exports.Set("randn", Napi::Function::New(env, Randn, "randn"));
+    exports.Set("optionTables", Napi::Function::New(env, OptionTables, "optionTables"));
     auto * state = new AddonState();
     Napi::Function abort_flag = AbortFlag::Define(env);
     Napi::Function model = ModelWrap::Define(env);
+    Napi::Function session = SessionWrap::Define(env);
     state->abort_flag_ctor = Napi::Persistent(abort_flag);
     state->model_ctor = Napi::Persistent(model);
+    state->session_ctor = Napi::Persistent(session);
     env.SetInstanceData(state);
     exports.Set("AbortFlag", abort_flag);
     exports.Set("NativeModel", model);
+    exports.Set("NativeSession", session);
     return exports;
 }
 

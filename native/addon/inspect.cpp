@@ -1,21 +1,14 @@
 // inspectModel(path): open, canonicalize and detect on a worker thread; report what was found.
 #include "inspect.h"
 
-#include "model/arch.h"
 #include "convert.h"
-#include "io/model-file.h"
-#include "model/names.h"
-#include "promise-worker.h"
+#include "job.h"
+#include "sd.h"
 
 namespace sdnode {
 
 namespace {
 
-struct Inspection {
-    sd::ModelFile file;
-    sd::CanonicalModel canonical;
-    sd::ModelInfo info;
-};
 
 Napi::Value unet_to_js(Napi::Env env, const sd::UnetParams & u) {
     if (!u.present) return env.Null();
@@ -68,10 +61,10 @@ Napi::Value te_to_js(Napi::Env env, const sd::TextEncoderParams & t) {
     return o;
 }
 
-Napi::Value inspection_to_js(Napi::Env env, Inspection & r) {
+Napi::Value inspection_to_js(Napi::Env env, sd::ModelReport & r) {
     const sd::ModelInfo & info = r.info;
     Napi::Object o = Napi::Object::New(env);
-    o.Set("format", r.file.format);
+    o.Set("format", r.format);
     o.Set("architecture", sd::arch_name(info.arch));
     std::vector<std::string> components;
     if (info.unet.present) components.push_back("unet");
@@ -92,11 +85,12 @@ Napi::Value inspection_to_js(Napi::Env env, Inspection & r) {
     o.Set("vae", vae_to_js(env, info.vae));
     o.Set("textEncoder", te_to_js(env, info.text_encoder));
     o.Set("textEncoder2", te_to_js(env, info.text_encoder_2));
-    o.Set("tensorCount", static_cast<double>(r.file.tensors.size()));
-    o.Set("unknownTensors", to_js_array(env, r.canonical.unknown));
-    o.Set("ignoredTensors", static_cast<double>(r.canonical.ignored.size()));
+    o.Set("tensorCount", static_cast<double>(r.tensor_count));
+    o.Set("unknownTensors", to_js_array(env, r.unknown_tensors));
+    o.Set("unusedTensors", to_js_array(env, r.unused_tensors));
+    o.Set("ignoredTensors", static_cast<double>(r.ignored_tensors));
     Napi::Object meta = Napi::Object::New(env);
-    for (const auto & [k, v] : r.file.metadata) meta.Set(k, v);
+    for (const auto & [k, v] : r.metadata) meta.Set(k, v);
     o.Set("metadata", meta);
     o.Set("warnings", to_js_array(env, info.warnings));
     return o;
@@ -110,16 +104,8 @@ Napi::Value InspectModel(const Napi::CallbackInfo & info) {
         throw CapturedError{"InvalidArgument", "inspectModel: path must be a string", ""}.to_js(env);
     }
     std::string path = info[0].As<Napi::String>().Utf8Value();
-    return PromiseWorker<Inspection>::Start(
-        env, "sdnode.inspectModel",
-        [path]() {
-            Inspection r;
-            r.file = sd::open_model_file(path);
-            r.canonical = sd::canonicalize(r.file);
-            r.info = sd::detect_architecture(r.file, r.canonical);
-            return r;
-        },
-        inspection_to_js);
+    return Job<sd::ModelReport>::Start(env, "sdnode.inspectModel", run_on_own_thread, [path]() { return sd::inspect_model(path); },
+                                       inspection_to_js);
 }
 
 }  // namespace sdnode

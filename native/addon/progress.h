@@ -2,9 +2,9 @@
 // reports while the work runs, then the promise's settlement. Settling through the same queue
 // guarantees every progress callback runs before the promise resolves or rejects.
 //
-// The TSFN is unref'd while the work runs (a progress report never keeps the process alive by
-// itself; the worker does), and ref'd once the settlement is queued, so the process cannot exit
-// with the promise unsettled.
+// The TSFN stays ref'd from the start of a job until its settlement has run, so the process
+// cannot exit with the promise unsettled; no libuv pool thread is held meanwhile (the work runs
+// on the engine's threads, native/addon/job.h).
 #pragma once
 #include <napi.h>
 
@@ -24,7 +24,6 @@ public:
         Napi::Function fn = callback.IsFunction() ? callback.As<Napi::Function>() : Napi::Function::New(env, [](const Napi::CallbackInfo &) {});
         has_callback_ = callback.IsFunction();
         tsfn_ = Napi::ThreadSafeFunction::New(env, fn, name, 0, 1);
-        tsfn_->Unref(env);
     }
     ~JsTaskQueue() { release(); }
     JsTaskQueue(const JsTaskQueue &) = delete;
@@ -45,13 +44,8 @@ public:
         if (s != napi_ok) delete heap;
     }
 
-    // Main thread: queue the last task (the settlement) and keep the loop alive until it ran.
-    void post_final(Napi::Env env, Task task) {
-        if (!tsfn_) {
-            task(env, Napi::Function());
-            return;
-        }
-        tsfn_->Ref(env);
+    // Any thread, once: queue the last task (the settlement) and let go of the function.
+    void finish(Task task) {
         post(std::move(task));
         release();
     }

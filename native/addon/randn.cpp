@@ -2,7 +2,7 @@
 #include "randn.h"
 
 #include "js-error.h"
-#include "diffusion/rng.h"
+#include "sd.h"
 
 namespace sdnode {
 
@@ -14,7 +14,7 @@ Napi::Value Randn(const Napi::CallbackInfo & info) {
         }
         const double seed = info[0].As<Napi::Number>().DoubleValue();
         const double count = info[2].As<Napi::Number>().DoubleValue();
-        if (!(seed >= 0 && seed <= 9007199254740991.0) || !(count >= 0 && count <= 1e8)) {
+        if (!(seed >= 0 && seed <= sd::limits::kSeedMax) || !(count >= 0 && count <= sd::limits::kRandnCountMax)) {
             throw CapturedError{"InvalidArgument", "randn: seed must be a safe non-negative integer and count at most 1e8", ""}.to_js(env);
         }
         auto rng = sd::make_rng(sd::parse_rng_kind(info[1].As<Napi::String>().Utf8Value()), static_cast<uint64_t>(seed));

@@ -102,6 +102,10 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
         }
         for (std::string & name : sd::unused_tensors(m->canonical_, c, used)) m->unused_.push_back(std::move(name));
     }
+    if (!m->canonical_.unknown.empty()) {
+        m->info_.warnings.push_back(std::to_string(m->canonical_.unknown.size()) +
+                                    " tensor(s) the name table does not know were ignored, e.g. '" + m->canonical_.unknown.front() + "'");
+    }
     if (!m->unused_.empty()) {
         std::string sample;
         for (size_t i = 0; i < m->unused_.size() && i < 5; ++i) sample += (i ? ", " : "") + m->unused_[i];

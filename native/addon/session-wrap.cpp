@@ -1,0 +1,198 @@
+#include "session-wrap.h"
+
+#include "abort-flag.h"
+#include "convert.h"
+#include "job.h"
+
+namespace sdnode {
+
+namespace {
+
+// Runs a job on the session's thread.
+Executor on(std::shared_ptr<sd::Session> session) {
+    return [session](std::function<void()> body) { session->submit(std::move(body)); };
+}
+
+Napi::Value step_to_js(Napi::Env env, const sd::StepProgress & p) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("step", p.step);
+    o.Set("steps", p.steps);
+    o.Set("elapsedMs", p.elapsed_ms);
+    return o;
+}
+
+// generate()'s options as lib/ passes them: only what the caller gave; the engine fills in and
+// checks the rest (model/options.h).
+sd::GenerateParams generate_params(Napi::Object o) {
+    Napi::Env env = o.Env();
+    sd::GenerateParams p;
+    p.prompt = optional_string(o, "prompt").value_or("");
+    p.negative_prompt = optional_string(o, "negativePrompt").value_or("");
+    p.width = optional_int(o, "width");
+    p.height = optional_int(o, "height");
+    p.steps = optional_int(o, "steps");
+    p.clip_skip = optional_int(o, "clipSkip");
+    p.batch = optional_int(o, "batchSize");
+    p.cfg_scale = optional_number(o, "cfgScale");
+    p.eta = optional_number(o, "eta");
+    p.sampler = optional_string(o, "sampler");
+    p.scheduler = optional_string(o, "scheduler");
+    p.rng = optional_string(o, "rng");
+    p.sampler_rng = optional_string(o, "samplerRng");
+    if (const auto seed = optional_number(o, "seed")) {
+        if (!(*seed >= 0 && *seed <= sd::limits::kSeedMax) || *seed != static_cast<double>(static_cast<uint64_t>(*seed))) {
+            throw_invalid_js(env, "seed must be a safe non-negative integer");
+        }
+        p.seed = static_cast<uint64_t>(*seed);
+    }
+    p.return_latents = o.Get("returnLatents").ToBoolean().Value();
+    return p;
+}
+
+Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("prompt", r.prompt);
+    o.Set("negativePrompt", r.negative_prompt);
+    o.Set("width", r.width);
+    o.Set("height", r.height);
+    o.Set("steps", r.steps);
+    o.Set("cfgScale", r.cfg_scale);
+    o.Set("sampler", r.sampler);
+    o.Set("scheduler", r.scheduler);
+    o.Set("eta", r.eta);
+    o.Set("seed", static_cast<double>(r.seed));
+    o.Set("rng", r.rng);
+    if (!r.sampler_rng.empty()) o.Set("samplerRng", r.sampler_rng);
+    o.Set("clipSkip", r.clip_skip);
+    o.Set("batchSize", r.batch);
+    o.Set("returnLatents", r.return_latents);
+    return o;
+}
+
+Napi::Value generated_to_js(Napi::Env env, sd::GenerateOutput & r) {
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Array images = Napi::Array::New(env, r.images.size());
+    Napi::Array latents = Napi::Array::New(env, r.images.size());
+    for (size_t i = 0; i < r.images.size(); ++i) {
+        auto & img = r.images[i];
+        Napi::Object o = Napi::Object::New(env);
+        Napi::Uint8Array data = Napi::Uint8Array::New(env, img.rgb.size());
+        std::copy(img.rgb.begin(), img.rgb.end(), data.Data());
+        o.Set("data", data);
+        o.Set("seed", static_cast<double>(img.seed));
+        images.Set(static_cast<uint32_t>(i), o);
+        if (!img.latent.empty()) {
+            Napi::Float32Array lat = Napi::Float32Array::New(env, img.latent.size());
+            std::copy(img.latent.begin(), img.latent.end(), lat.Data());
+            latents.Set(static_cast<uint32_t>(i), lat);
+        }
+    }
+    out.Set("images", images);
+    out.Set("latents", latents);
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("textEncode", r.timings.text_encode_ms);
+    t.Set("sampling", r.timings.sampling_ms);
+    t.Set("vaeDecode", r.timings.vae_decode_ms);
+    t.Set("total", r.timings.total_ms);
+    out.Set("timings", t);
+    out.Set("options", resolved_to_js(env, r.params));
+    out.Set("latentShape", to_js_array(env, std::vector<int>{r.latent_channels, r.latent_height, r.latent_width}));
+    return out;
+}
+
+struct Encoded {
+    sd::HostTensor hidden;  // ne {dim, tokens, 1}
+};
+
+struct Closed {};
+
+}  // namespace
+
+Napi::Function SessionWrap::Define(Napi::Env env) {
+    return DefineClass(env, "NativeSession",
+                       {
+                           InstanceMethod<&SessionWrap::Info>("info"),
+                           InstanceMethod<&SessionWrap::EncodePrompt>("encodePrompt"),
+                           InstanceMethod<&SessionWrap::Generate>("generate"),
+                           InstanceMethod<&SessionWrap::Dispose>("dispose"),
+                       });
+}
+
+SessionWrap::SessionWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<SessionWrap>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal()) {
+        throw_invalid_js(info.Env(), "NativeSession cannot be constructed directly; use NativeModel.createSession()");
+    }
+    session_ = *info[0].As<Napi::External<std::shared_ptr<sd::Session>>>().Data();
+}
+
+std::shared_ptr<sd::Session> SessionWrap::session(Napi::Env env) const {
+    if (!session_) throw CapturedError{"Disposed", "the model was disposed", ""}.to_js(env);
+    return session_;
+}
+
+Napi::Value SessionWrap::Info(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("computeBytes", static_cast<double>(session(env)->compute_bytes()));
+    return o;
+}
+
+Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto s = session(env);
+    if (info.Length() < 1 || !info[0].IsString()) throw_invalid_js(env, "encodePrompt(text: string, clipSkip?: number)");
+    const std::string text = info[0].As<Napi::String>().Utf8Value();
+    std::optional<int> clip_skip;
+    if (info.Length() > 1 && info[1].IsNumber()) clip_skip = info[1].As<Napi::Number>().Int32Value();
+    auto abort = AbortFlag::From(info.Length() > 2 ? info[2] : env.Undefined());
+    return Job<Encoded>::Start(
+        env, "sdnode.encodePrompt", on(s),
+        [s, text, clip_skip, abort]() { return Encoded{sd::encode_prompt(*s, text, clip_skip, abort.get())}; },
+        [](Napi::Env e, Encoded & r) -> Napi::Value {
+            Napi::Object out = Napi::Object::New(e);
+            Napi::Float32Array data = Napi::Float32Array::New(e, r.hidden.data.size());
+            std::copy(r.hidden.data.begin(), r.hidden.data.end(), data.Data());
+            out.Set("data", data);
+            out.Set("dim", static_cast<double>(r.hidden.ne[0]));
+            out.Set("tokens", static_cast<double>(r.hidden.ne[1]));
+            return out;
+        },
+        {info.This().As<Napi::Object>()});
+}
+
+Napi::Value SessionWrap::Generate(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto s = session(env);
+    Napi::Object opts = options_arg(info, 0);
+    return guard(env, [&]() -> Napi::Value {
+        const sd::GenerateParams params = generate_params(opts);
+        sd::resolve_generate_params(s->model(), params);  // before queuing: bad options fail at once
+        auto abort = AbortFlag::From(info.Length() > 2 ? info[2] : env.Undefined());
+        auto queue = std::make_shared<JsTaskQueue>(env, info.Length() > 1 ? info[1] : env.Undefined(), "sdnode.generate");
+        return Job<sd::GenerateOutput>::Start(
+            env, "sdnode.generate", on(s),
+            [s, params, abort, queue]() {
+                sd::RunControl control;
+                control.abort = abort.get();
+                control.progress = [&queue](const sd::StepProgress & p) { post_progress(*queue, p, step_to_js); };
+                return sd::generate(*s, params, control);
+            },
+            generated_to_js, {info.This().As<Napi::Object>()}, queue);
+    });
+}
+
+Napi::Value SessionWrap::Dispose(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (!session_) {
+        auto done = Napi::Promise::Deferred::New(env);
+        done.Resolve(env.Undefined());
+        return done.Promise();
+    }
+    // A last job in the queue: it settles once every job before it has, and the session is then
+    // released on the main thread (its thread idle, so joining it does not wait).
+    std::shared_ptr<sd::Session> s = std::move(session_);
+    return Job<Closed>::Start(env, "sdnode.closeSession", on(s), [s]() { return Closed{}; },
+                              [](Napi::Env e, Closed &) -> Napi::Value { return e.Undefined(); });
+}
+
+}  // namespace sdnode
