@@ -16,9 +16,11 @@ import {
 } from './fixtures/generate.js';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, initTensor, numel } from './fixtures/random.js';
 import { ggmlNe, quantizeQ4_0, quantizeQ8_0, safetensorsHeader, writeCkpt, ValueSource } from './fixtures/writers.js';
+import { referenceEnabled, sharedDir } from './helpers/reference.ts';
 
 const HAVE_PYTHON = spawnSync('python3', ['-c', 'import numpy'], { stdio: 'ignore' }).status === 0;
-const SD15_SCRIPT = '/work/shared/tools/make-sd15-random.py';
+// The reference checkpoint script beside the project (../shared), read only under SDNODE_REFERENCE=1.
+const SD15_SCRIPT = referenceEnabled ? join(sharedDir, 'tools', 'make-sd15-random.py') : '';
 
 let tmp = '';
 before(() => { tmp = mkdtempSync(join(tmpdir(), 'sdnode-fixtures-test-')); });
@@ -321,7 +323,7 @@ describe('full-size tensor lists', () => {
     assert.deepEqual(counts('sd1'), { text_encoder: 123_060_480, unet: 859_520_964, vae: 83_653_863 });
   });
 
-  test('sd1 names and shapes equal make-sd15-random.py', { skip: !(HAVE_PYTHON && statSafe(SD15_SCRIPT)) && 'python3 or the script is missing' }, () => {
+  test('sd1 names and shapes equal make-sd15-random.py', { skip: !(HAVE_PYTHON && SD15_SCRIPT && statSafe(SD15_SCRIPT)) && 'opt-in (SDNODE_REFERENCE=1), needs python3 and ../shared/tools' }, () => {
     const script = `import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location('m', sys.argv[1]); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 print(json.dumps([[n, list(s)] for n, s in m.clip_tensors() + m.unet_tensors() + m.vae_tensors()]))`;
@@ -329,7 +331,7 @@ print(json.dumps([[n, list(s)] for n, s in m.clip_tensors() + m.unet_tensors() +
     assert.deepEqual(tensorList('sd1', 'full', 'ldm').map((e) => [e.name, e.shape]), py);
   });
 
-  test('sd1 full f16 safetensors header is byte-identical to the script\'s (without writing 2 GB)', { skip: !(HAVE_PYTHON && statSafe(SD15_SCRIPT)) && 'python3 or the script is missing' }, () => {
+  test('sd1 full f16 safetensors header is byte-identical to the script\'s (without writing 2 GB)', { skip: !(HAVE_PYTHON && SD15_SCRIPT && statSafe(SD15_SCRIPT)) && 'opt-in (SDNODE_REFERENCE=1), needs python3 and ../shared/tools' }, () => {
     // the script's own header code, run on its own tensor list
     const script = `import importlib.util, json, struct, sys
 spec = importlib.util.spec_from_file_location('m', sys.argv[1]); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
