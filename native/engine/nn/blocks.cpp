@@ -1,14 +1,9 @@
 #include "nn/blocks.h"
 
-#include <algorithm>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-
 #include "core/errors.h"
-#include "nn/ops.h"
 #include "io/model-file.h"
 #include "model/weights.h"
+#include "nn/ops.h"
 
 namespace sd {
 
@@ -76,7 +71,6 @@ ggml_tensor * named(ggml_tensor * t, const std::string & name) {
     return t;
 }
 
-
 namespace {
 
 // "<prefix>.weight" as a convolution kernel over x's channels (a 2-D [out, in] as 1x1).
@@ -115,7 +109,6 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix, ggm
     y = release_after_use(g, y, w);
     return named(y, prefix);
 }
-
 
 ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride, int padding,
                      ggml_tensor * residual) {

@@ -6,6 +6,7 @@
 //     image = vae.decode(x)                                                [1, 3, 8h, 8w]
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <mutex>
 #include <random>
 
@@ -34,10 +35,17 @@ int int_in(const char * name, std::optional<int> v, int fallback, int min, int m
     return x;
 }
 
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
 float number_in(const char * name, std::optional<double> v, double fallback, double min, double max) {
     const double x = v.value_or(fallback);
     if (!std::isfinite(x) || x < min || x > max) {
-        throw_invalid(std::string(name) + " must be a finite number from " + std::to_string(min) + " to " + std::to_string(max));
+        throw_invalid(std::string(name) + " must be a finite number from " + number_text(min) + " to " + number_text(max) +
+                      "; received " + number_text(x));
     }
     return static_cast<float>(x);
 }
