@@ -28,7 +28,8 @@ export {
   type SdErrorCode,
 } from './errors.ts';
 export { loadModel, randn, Model, type LoadModelOptions, type EncodedPrompt, type EncodePromptOptions, type RandnOptions } from './model.ts';
-export type { GenerateOptions, GenerateResult, GeneratedImage, GenerateProgress, GenerateTimings } from './generate.ts';
+export type { GenerateOptions, GenerateResult, GeneratedImage, GenerateProgress, GenerateTimings, ResolvedGenerateOptions } from './generate.ts';
+export { ARCH_DEFAULTS, DEFAULTS, LIMITS, SAMPLER_DEFAULTS } from './engine-tables.ts';
 export {
   SAMPLERS,
   SCHEDULERS,

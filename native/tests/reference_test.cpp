@@ -1,5 +1,5 @@
 // Opt-in: the graphs against stable-diffusion.cpp's numbers on the full-size random SD1.5
-// checkpoint (/work/shared/reference/README.md). Runs only when SDNODE_SD15_CHECKPOINT points at
+// checkpoint (../shared/reference/README.md). Runs only when SDNODE_SD15_CHECKPOINT points at
 // the file written by make-sd15-random.py; SDNODE_REFERENCE_DIR overrides the cases folder.
 //
 // Per case: cond/uncond conditioning (relative L2 < 0.5%), the step-0 UNet output for both
