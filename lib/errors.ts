@@ -19,6 +19,7 @@
 export type SdErrorCode =
   | 'InvalidArgument'
   | 'ModelFormat'
+  | 'ImageFormat'
   | 'UnsupportedModel'
   | 'Aborted'
   | 'Io'
@@ -55,6 +56,13 @@ export class InvalidArgumentError extends SdError {
 export class ModelFormatError extends SdError {
   constructor(message: string, options?: { file?: string; cause?: unknown }) {
     super('ModelFormat', message, options);
+  }
+}
+
+/** An image (e.g. a PNG given to `decodePNG`) is corrupt, truncated, too large, or of a kind sdnode does not read. */
+export class ImageFormatError extends SdError {
+  constructor(message: string, options?: { file?: string; cause?: unknown }) {
+    super('ImageFormat', message, options);
   }
 }
 

@@ -20,7 +20,7 @@ import {
   type Sampler,
   type Scheduler,
 } from './options.ts';
-import { expectOneOf, invalid, isObject } from './validate.ts';
+import { expectKnownKeys, expectOneOf, invalid, isObject } from './validate.ts';
 
 /** One progress report of `generate()`: sent once per sampling step, in order. */
 export interface GenerateProgress {
@@ -143,7 +143,7 @@ export function checkGenerateOptions(
 ): { request: NativeGenerateRequest; signal?: AbortSignal; onProgress?: (p: GenerateProgress) => void } {
   if (!isObject(options)) invalid('options', 'an object with at least a prompt', options);
   const o = expectOptionsObject('options', options);
-  for (const k of Object.keys(o)) if (!KNOWN_KEYS.has(k)) invalid('options', `known option names (${[...KNOWN_KEYS].join(', ')})`, k);
+  expectKnownKeys('options', o, KNOWN_KEYS);
   const prompt = checkPrompt('prompt', o.prompt);
   if (prompt === undefined) invalid('prompt', 'a string', o.prompt);
   const request: NativeGenerateRequest = { prompt };
@@ -168,7 +168,8 @@ export function checkGenerateOptions(
   if (o.returnLatents !== undefined && typeof o.returnLatents !== 'boolean') invalid('returnLatents', 'a boolean', o.returnLatents);
   set('returnLatents', o.returnLatents as boolean | undefined);
   const seed = checkSeed('seed', o.seed);
-  if (seed !== undefined && seed + (batchSize ?? 1) - 1 > Number.MAX_SAFE_INTEGER) {
+  // Not `seed + batchSize - 1 > MAX_SAFE_INTEGER`: that sum rounds (2^53 - 1 + 2 - 1 is 2^53 - 1 in doubles).
+  if (seed !== undefined && seed > Number.MAX_SAFE_INTEGER - ((batchSize ?? 1) - 1)) {
     invalid('seed', 'small enough that seed + batchSize - 1 is a safe integer', seed);
   }
   set('seed', seed);

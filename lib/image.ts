@@ -9,7 +9,7 @@ import { deflateSync, inflateSync } from 'node:zlib';
 
 // Node >= 20.15 has a native crc32.
 const zlibCrc32 = (zlib as { crc32?: unknown }).crc32;
-import { InvalidArgumentError } from './errors.ts';
+import { ImageFormatError, InvalidArgumentError } from './errors.ts';
 
 const SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
@@ -113,11 +113,31 @@ function paeth(a: number, b: number, c: number): number {
   return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
 }
 
-/** Decodes an 8-bit, non-interlaced gray/RGB/RGBA PNG and its text chunks. */
+/**
+ * Largest image {@link decodePNG} accepts, in pixels (width x height): 64 Mpx, e.g. 8192 x 8192,
+ * four times the engine's largest image (4096 x 4096). A header claiming more is rejected before
+ * anything is inflated, so a small file cannot make the decoder allocate more than about
+ * 256 MB (64 Mpx of RGBA).
+ */
+export const MAX_PNG_PIXELS = 8192 * 8192;
+
+/**
+ * Decodes an 8-bit, non-interlaced gray/RGB/RGBA PNG and its text chunks.
+ *
+ * Image data is inflated only up to what the header's size needs, so a compression bomb (a small
+ * file whose data inflates to gigabytes) costs no more memory than an honest image of that size.
+ * @throws {ImageFormatError} the data is not a PNG, is truncated or corrupt (bad CRC, bad zlib
+ *   data, unknown filter), larger than {@link MAX_PNG_PIXELS}, or of a kind this reader does not
+ *   read (palette, 16-bit, interlaced).
+ * @throws {InvalidArgumentError} `png` is not a Uint8Array.
+ */
 export function decodePNG(png: Uint8Array): DecodedPNG {
+  if (!(png instanceof Uint8Array)) {
+    throw new InvalidArgumentError(`png must be a Uint8Array or Buffer; received ${png === null ? 'null' : typeof png}`);
+  }
   const buf = Buffer.from(png.buffer, png.byteOffset, png.byteLength);
-  const bad = (why: string): never => {
-    throw new InvalidArgumentError(`not a PNG sdnode can read: ${why}`);
+  const bad = (why: string, cause?: unknown): never => {
+    throw new ImageFormatError(`not a PNG sdnode can read: ${why}`, cause === undefined ? undefined : { cause });
   };
   if (buf.length < 8 || !buf.subarray(0, 8).equals(SIGNATURE)) bad('missing PNG signature');
   let pos = 8;
@@ -126,19 +146,29 @@ export function decodePNG(png: Uint8Array): DecodedPNG {
   let channels: 1 | 3 | 4 = 3;
   const idat: Buffer[] = [];
   const text: Record<string, string> = {};
-  while (pos + 12 <= buf.length) {
+  let ended = false;
+  while (pos < buf.length) {
+    if (pos + 12 > buf.length) bad(`truncated chunk header at byte ${pos}`);
     const len = buf.readUInt32BE(pos);
     const type = buf.toString('latin1', pos + 4, pos + 8);
-    if (pos + 12 + len > buf.length) bad(`chunk ${type} runs past the end`);
+    if (!/^[A-Za-z]{4}$/.test(type)) bad(`invalid chunk type at byte ${pos}`);
+    if (len > 0x7fffffff || pos + 12 + len > buf.length) bad(`chunk ${type} runs past the end`);
     const data = buf.subarray(pos + 8, pos + 8 + len);
     if (crc32(data, crc32(buf.subarray(pos + 4, pos + 8))) !== buf.readUInt32BE(pos + 8 + len)) bad(`chunk ${type} CRC mismatch`);
+    if (pos === 8 && type !== 'IHDR') bad(`the first chunk is ${type}, not IHDR`);
     if (type === 'IHDR') {
+      if (pos !== 8) bad('more than one IHDR');
+      if (len !== 13) bad(`IHDR is ${len} bytes, not 13`);
       width = data.readUInt32BE(0);
       height = data.readUInt32BE(4);
+      if (width === 0 || height === 0 || width > 0x7fffffff || height > 0x7fffffff) bad(`invalid size ${width}x${height}`);
+      if (width * height > MAX_PNG_PIXELS) bad(`${width}x${height} is more than ${MAX_PNG_PIXELS} pixels`);
       if (data[8] !== 8) bad(`bit depth ${data[8]}`);
       const ct = data[9];
       channels = ct === 0 ? 1 : ct === 2 ? 3 : ct === 6 ? 4 : bad(`color type ${ct}`);
-      if (data[12] !== 0) bad('interlaced');
+      if (data[10] !== 0) bad(`compression method ${data[10]}`);
+      if (data[11] !== 0) bad(`filter method ${data[11]}`);
+      if (data[12] !== 0) bad(data[12] === 1 ? 'interlaced' : `interlace method ${data[12]}`);
     } else if (type === 'IDAT') {
       idat.push(data);
     } else if (type === 'tEXt') {
@@ -152,17 +182,31 @@ export function decodePNG(png: Uint8Array): DecodedPNG {
         if (trans >= 0) text[data.toString('latin1', 0, z)] = data.toString('utf8', trans + 1);
       }
     } else if (type === 'IEND') {
+      ended = true;
       break;
     }
     pos += 12 + len;
   }
   if (width === 0 || height === 0) bad('no IHDR');
-  const raw = inflateSync(Buffer.concat(idat));
+  if (idat.length === 0) bad('no IDAT');
+  if (!ended) bad('truncated: no IEND chunk');
   const stride = width * channels;
-  if (raw.length < (stride + 1) * height) bad('image data too short');
+  const expected = (stride + 1) * height;
+  let raw: Buffer;
+  try {
+    // Inflate no more than the header's size needs: a compression bomb stops here.
+    raw = inflateSync(Buffer.concat(idat), { maxOutputLength: expected });
+  } catch (e) {
+    if ((e as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') {
+      return bad(`image data inflates to more than the ${expected} bytes a ${width}x${height} image needs`, e);
+    }
+    return bad(`corrupt image data (${e instanceof Error ? e.message : String(e)})`, e);
+  }
+  if (raw.length < expected) bad(`image data too short: ${raw.length} of ${expected} bytes`);
   const out = new Uint8Array(stride * height);
   for (let y = 0; y < height; y++) {
     const f = raw[y * (stride + 1)];
+    if (f > 4) bad(`filter type ${f} in row ${y}`);
     const src = y * (stride + 1) + 1;
     const dst = y * stride;
     for (let x = 0; x < stride; x++) {
@@ -170,9 +214,7 @@ export function decodePNG(png: Uint8Array): DecodedPNG {
       const b = y > 0 ? out[dst - stride + x] : 0;
       const c = x >= channels && y > 0 ? out[dst - stride + x - channels] : 0;
       const v = raw[src + x];
-      out[dst + x] =
-        (f === 0 ? v : f === 1 ? v + a : f === 2 ? v + b : f === 3 ? v + ((a + b) >> 1) : f === 4 ? v + paeth(a, b, c) : bad(`filter ${f}`)) &
-        0xff;
+      out[dst + x] = (f === 0 ? v : f === 1 ? v + a : f === 2 ? v + b : f === 3 ? v + ((a + b) >> 1) : v + paeth(a, b, c)) & 0xff;
     }
   }
   return { width, height, channels, data: out, text };

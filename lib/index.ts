@@ -18,6 +18,7 @@ export {
   SdError,
   InvalidArgumentError,
   ModelFormatError,
+  ImageFormatError,
   UnsupportedModelError,
   AbortError,
   IoError,

@@ -27,7 +27,7 @@ import {
   type Rng,
   type WeightType,
 } from './options.ts';
-import { expectIntegerInRange, expectNonEmptyString, expectOneOf, invalid, isString } from './validate.ts';
+import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isString } from './validate.ts';
 import { checkGenerateOptions, makeImage, parametersText, type GenerateOptions, type GenerateResult } from './generate.ts';
 import { version } from './version.ts';
 
@@ -224,6 +224,7 @@ export class Model {
     try {
       if (!isString(text)) invalid('text', 'a string', text);
       const o = expectOptionsObject('options', options);
+      expectKnownKeys('options', o, ['clipSkip', 'signal']);
       const clipSkip = checkLimitedInteger('clipSkip', o.clipSkip);
       const signal = checkSignal('signal', o.signal);
       throwIfAborted(signal, 'encodePrompt');
@@ -319,6 +320,7 @@ export class Model {
 export async function loadModel(modelPath: string, options?: LoadModelOptions): Promise<Model> {
   const abs = path.resolve(expectNonEmptyString('modelPath', modelPath));
   const o = expectOptionsObject('options', options);
+  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'signal', 'onProgress']);
   const weightType = checkWeightType('weightType', o.weightType);
   const threads = checkThreads('threads', o.threads);
   const backend = o.backend === undefined ? undefined : expectNonEmptyString('backend', o.backend);
@@ -371,6 +373,7 @@ export interface RandnOptions {
  */
 export function randn(options: RandnOptions): Float32Array {
   const o = expectOptionsObject('options', options);
+  expectKnownKeys('options', o, ['seed', 'rng', 'count']);
   const seed = checkSeed('seed', o.seed);
   if (seed === undefined) invalid('seed', 'a non-negative safe integer', o.seed);
   const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);

@@ -57,3 +57,14 @@ export function expectOneOf<T extends string>(name: string, v: unknown, allowed:
   }
   return v as T;
 }
+
+/**
+ * Unknown option names are errors at every entry point: a typo (`{ thread: 2 }`) must not be
+ * silently ignored. Throws InvalidArgumentError naming the first unknown key and the known ones.
+ */
+export function expectKnownKeys(name: string, obj: Record<string, unknown>, known: ReadonlySet<string> | readonly string[]): void {
+  const allowed: ReadonlySet<string> = known instanceof Set ? known : new Set(known as readonly string[]);
+  for (const k of Object.keys(obj)) {
+    if (!allowed.has(k)) invalid(name, `known option names (${[...allowed].join(', ')})`, k);
+  }
+}

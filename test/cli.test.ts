@@ -66,3 +66,107 @@ test('sdnode generate writes PNGs with metadata; a batch writes numbered files',
   assert.equal(missing.status, 2);
   assert.match(missing.stderr, /--model must be a model path/);
 });
+
+/** One line on stderr, no stack frames. */
+function assertOneLine(stderr: string, label: string): void {
+  const lines = stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `${label}: stderr is one line:\n${stderr}`);
+  assert.doesNotMatch(stderr, /\n\s+at |ERR_PARSE_ARGS/, `${label}: no stack, no raw parseArgs error`);
+}
+
+test('command-line mistakes are one line naming the flag, with a pointer to --help, exit code 2', () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['generate', '--stpes', '2', '-m', 'x.safetensors', '-p', 'a cat'], /unknown option --stpes for "sdnode generate" \(did you mean --steps\?\)/],
+    [['generate', '-p', 'a cat', '-m'], /option -m\/--model is missing its value/],
+    [['generate', '-m', 'x.safetensors', '-p', 'a cat', '--seed'], /option -s\/--seed is missing its value/],
+    [['generate', '-m', '--prompt', 'a cat'], /option -m is missing its value \(a value that starts with "-" is written --model=VALUE\)/],
+    [['generate', '-m', 'x.safetensors', '-p', 'a cat', 'stray'], /unexpected argument "stray" for "sdnode generate"/],
+    [['generate', '-m', 'x.safetensors', '-p', 'a cat', '--seed', '-x'], /option --seed is missing its value/],
+    [['inspect', '--jsno', 'x.safetensors'], /unknown option --jsno for "sdnode inspect" \(did you mean --json\?\)/],
+    [['inspect', '--json=yes', 'x.safetensors'], /option --json takes no value/],
+    [['inspect', 'a.safetensors', 'b.safetensors'], /"sdnode inspect" takes exactly one model path; received 2/],
+  ];
+  for (const [args, pattern] of cases) {
+    const r = cli(...args);
+    const label = args.join(' ');
+    assert.equal(r.status, 2, `${label}: ${r.stderr}`);
+    assertOneLine(r.stderr, label);
+    assert.match(r.stderr, /^sdnode: /, label);
+    assert.match(r.stderr, pattern, label);
+    assert.match(r.stderr, /run "sdnode --help" for usage$/m, label);
+  }
+});
+
+test('sdnode generate: negative numbers are values (--seed -1, -s -1, --seed=-1 pick a random seed)', { timeout: 300_000 }, async () => {
+  const made = await generateCheckpoint({
+    arch: 'sd1',
+    format: 'safetensors',
+    out: path.join(work, 'neg.safetensors'),
+    tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 },
+  });
+  const common = ['-m', made.path, '-p', 'a cat', '-W', '64', '-H', '64', '--steps', '1'];
+  for (const seedArgs of [['--seed', '-1'], ['-s', '-1'], ['--seed=-1']]) {
+    const out = path.join(work, `neg${seedArgs.length}${seedArgs[0]}.png`);
+    const r = cli('generate', ...common, ...seedArgs, '-o', out);
+    assert.equal(r.status, 0, `${seedArgs.join(' ')}: ${r.stderr}`);
+    const seed = Number(/\(seed (\d+)\)/.exec(r.stdout)?.[1]);
+    assert.ok(Number.isSafeInteger(seed) && seed >= 0, `${seedArgs.join(' ')}: a random seed was printed: ${r.stdout}`);
+    assert.match(decodePNG(fs.readFileSync(out)).text.parameters, new RegExp(`Seed: ${seed},`));
+  }
+  // A negative number reaches the API's check, which names the option.
+  const cfg = cli('generate', ...common, '--cfg-scale', '-1', '-o', path.join(work, 'neg-cfg.png'));
+  assert.equal(cfg.status, 2, cfg.stderr);
+  assertOneLine(cfg.stderr, '--cfg-scale -1');
+  assert.match(cfg.stderr, /cfgScale must be a finite number from 0 to 100; received -1/);
+});
+
+test('sdnode generate checks the output path before loading the model', { timeout: 300_000 }, async () => {
+  const made = await generateCheckpoint({
+    arch: 'sd1',
+    format: 'safetensors',
+    out: path.join(work, 'out-check.safetensors'),
+    tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 },
+  });
+  const dir = fs.mkdtempSync(path.join(work, 'outputs-'));
+  fs.mkdirSync(path.join(dir, 'taken.png'));
+  fs.mkdirSync(path.join(dir, 'batch_2.png'));
+  fs.writeFileSync(path.join(dir, 'a-file'), '');
+  const cases: Array<[string[], string, RegExp]> = [
+    [[], path.join(dir, 'no', 'such', 'folder', 'cat.png'), /--output must be a file in an existing folder \(.*folder is not one\); received ".*cat\.png"/],
+    [[], path.join(dir, 'a-file', 'cat.png'), /--output must be a file in an existing folder/],
+    [[], path.join(dir, 'taken.png'), /--output must be a file path, not a folder; received ".*taken\.png"/],
+    [['-b', '2'], path.join(dir, 'batch.png'), /--output must be a file path, not a folder; received ".*batch_2\.png"/],
+  ];
+  if (process.getuid?.() !== 0) {
+    // root may write anywhere: the permission check is only testable as another user.
+    const locked = path.join(dir, 'locked');
+    fs.mkdirSync(locked, { mode: 0o555 });
+    cases.push([[], path.join(locked, 'cat.png'), /--output must be a file in a writable folder/]);
+  }
+  const common = ['-p', 'a cat', '-W', '64', '-H', '64', '--steps', '1', '-s', '1'];
+  for (const [extra, out, pattern] of cases) {
+    const before = fs.readdirSync(dir, { recursive: true }).length;
+    const t0 = Date.now();
+    const r = cli('generate', '-m', made.path, ...common, ...extra, '-o', out);
+    const label = `${extra.join(' ')} -o ${out}`;
+    assert.equal(r.status, 2, `${label}: ${r.stderr}`);
+    assertOneLine(r.stderr, label);
+    assert.match(r.stderr, /^sdnode: InvalidArgumentError: /, label);
+    assert.match(r.stderr, pattern, label);
+    assert.equal(r.stdout, '', label);
+    assert.equal(fs.readdirSync(dir, { recursive: true }).length, before, `${label}: nothing was written`);
+    assert.ok(Date.now() - t0 < 30_000, label);
+    // Before the model is loaded: a missing model is not what is reported.
+    const noModel = cli('generate', '-m', path.join(work, 'missing.safetensors'), ...common, ...extra, '-o', out);
+    assert.equal(noModel.status, 2, `${label} (no model): ${noModel.stderr}`);
+    assert.match(noModel.stderr, pattern, `${label} (no model)`);
+  }
+  // A failure while writing is still one line (an IoError naming the file), exit code 1.
+  if (fs.existsSync('/dev/full')) {
+    const r = cli('generate', '-m', made.path, ...common, '-o', '/dev/full');
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^sdnode: IoError: cannot write \/dev\/full: ENOSPC/m);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+    assert.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('sdnode:')).length, 1);
+  }
+});

@@ -5,16 +5,16 @@
  *   sdnode info                 versions, backends, devices, CPU features
  *   sdnode inspect <model>      format, architecture, parameters, hyperparameters of a model
  */
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { inspectModel, type ModelInspection } from '../inspect.ts';
 import { loadModel } from '../model.ts';
-import { RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES, type Rng, type Sampler, type Scheduler, type WeightType } from '../options.ts';
+import { MAX_BATCH, RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES, type Rng, type Sampler, type Scheduler, type WeightType } from '../options.ts';
 import { invalid } from '../validate.ts';
 import { systemInfo } from '../system.ts';
-import { SdError } from '../errors.ts';
+import { IoError, SdError } from '../errors.ts';
 import { version } from '../version.ts';
 
 const USAGE = `Usage: sdnode <command> [options]
@@ -36,7 +36,7 @@ generate options:
       --cfg-scale X        classifier-free guidance scale (default 7)
       --sampler NAME       ${SAMPLERS.join(', ')}
       --scheduler NAME     ${SCHEDULERS.join(', ')}
-  -s, --seed N             seed (default: random, printed)
+  -s, --seed N             seed (default or negative: random, printed)
       --rng NAME           ${RNGS.join(', ')} (default cuda)
       --sampler-rng NAME   generator of ancestral noise (default: continue --rng)
   -b, --batch-count N      images to make (default 1)
@@ -84,6 +84,123 @@ function printInspection(info: ModelInspection): void {
   process.stdout.write(out.join('\n') + '\n');
 }
 
+/**
+ * A mistake on the command line (unknown flag, missing value, stray argument): reported as one
+ * line with a pointer to the help, exit code 2.
+ */
+class UsageError extends Error {}
+
+const HELP_HINT = 'run "sdnode --help" for usage';
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+/** Edit distance with transpositions (optimal string alignment), for "did you mean" on a mistyped flag. */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+const looksNegativeNumber = (v: string) => /^-[\d.]/.test(v) && Number.isFinite(Number(v));
+
+/**
+ * parseArgs takes `--seed -1` for two flags; joins a negative number to the string option before
+ * it (`--seed=-1`) so that it is read as the value. Stops at `--`.
+ */
+function joinNegativeValues(args: readonly string[], options: Options): string[] {
+  const byShort = new Map(Object.entries(options).filter(([, o]) => o.short).map(([name, o]) => [o.short!, name]));
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--') {
+      out.push(...args.slice(i));
+      break;
+    }
+    const name = a.startsWith('--') ? (a.includes('=') ? undefined : a.slice(2)) : /^-[^-]$/.test(a) ? byShort.get(a[1]) : undefined;
+    const next = args[i + 1];
+    if (name !== undefined && options[name]?.type === 'string' && next !== undefined && looksNegativeNumber(next)) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
+/** parseArgs, strict, with its failures turned into one-line UsageErrors naming the flag. */
+function parseCommandLine<T extends Omit<ParseArgsConfig, 'args' | 'strict'> & { options: Options }>(
+  command: string,
+  args: readonly string[],
+  config: T,
+): ReturnType<typeof parseArgs<T & { args: string[]; strict: true }>> {
+  try {
+    return parseArgs({ ...config, args: joinNegativeValues(args, config.options), strict: true });
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) throw e;
+    const message = (e as Error).message;
+    const quoted = /'([^']*)'/.exec(message)?.[1] ?? '';
+    // "-m, --model <value>" -> the flag as typed is not in the message for a missing value; name both spellings.
+    const flag = quoted.replace(/ <value>$/, '').replace(', ', '/');
+    let what: string;
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      const typed = quoted.replace(/^-+/, '').split('=')[0];
+      const near = Object.keys(config.options)
+        .map((name) => [name, distance(typed, name)] as const)
+        .filter(([name, d]) => d <= (name.length >= 4 ? 2 : 1))
+        .sort((x, y) => x[1] - y[1])[0];
+      what = `unknown option ${quoted} for "sdnode ${command}"${near ? ` (did you mean --${near[0]}?)` : ''}`;
+    } else if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      if (/does not take an argument/.test(message)) what = `option ${flag} takes no value`;
+      else if (/ambiguous/.test(message)) {
+        const long = /'--([^'=]+)=-XYZ'/.exec(message)?.[1] ?? flag.replace(/^-+/, '');
+        what = `option ${flag} is missing its value (a value that starts with "-" is written --${long}=VALUE)`;
+      } else what = `option ${flag} is missing its value`;
+    } else if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      what = `unexpected argument ${JSON.stringify(quoted)} for "sdnode ${command}"`;
+    } else {
+      what = message.split('\n')[0];
+    }
+    throw new UsageError(`${what}; ${HELP_HINT}`, { cause: e });
+  }
+}
+
+/**
+ * Checks, before anything is loaded, that every output file can be written: its folder exists
+ * and is writable, and the path is not a folder. Throws InvalidArgumentError naming the path.
+ */
+function checkOutputs(names: readonly string[]): void {
+  for (const name of names) {
+    const abs = path.resolve(name);
+    const dir = path.dirname(abs);
+    let dirStat: fs.Stats | undefined;
+    try {
+      dirStat = fs.statSync(dir);
+    } catch {
+      dirStat = undefined;
+    }
+    if (!dirStat?.isDirectory()) invalid('--output', `a file in an existing folder (${dir} is not one)`, name);
+    let stat: fs.Stats | undefined;
+    try {
+      stat = fs.statSync(abs);
+    } catch {
+      stat = undefined;
+    }
+    if (stat?.isDirectory()) invalid('--output', 'a file path, not a folder', name);
+    try {
+      fs.accessSync(stat ? abs : dir, fs.constants.W_OK);
+    } catch {
+      invalid('--output', stat ? 'a writable file' : `a file in a writable folder (${dir} is not writable)`, name);
+    }
+  }
+}
+
 /** A number option, or undefined; the API validates ranges and says what is allowed. */
 function num(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -101,8 +218,7 @@ export function outputNames(output: string, count: number): string[] {
 }
 
 async function generate(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
+  const { values } = parseCommandLine('generate', args, {
     options: {
       model: { type: 'string', short: 'm' },
       prompt: { type: 'string', short: 'p' },
@@ -127,6 +243,10 @@ async function generate(args: string[]): Promise<number> {
   });
   if (!values.model) invalid('--model', 'a model path', undefined);
   if (values.prompt === undefined) invalid('--prompt', 'a prompt', undefined);
+  // Fail before the (slow) load when the images could not be written. The API checks the count.
+  const count = num('batch-count', values['batch-count']) ?? 1;
+  const names = outputNames(values.output, Number.isSafeInteger(count) && count >= 1 && count <= MAX_BATCH ? count : 1);
+  checkOutputs(names);
   const bar = new cliProgress.SingleBar(
     { stream: process.stderr, format: '{stage} [{bar}] {value}/{total} {extra}', hideCursor: true, clearOnComplete: false },
     cliProgress.Presets.shades_classic,
@@ -167,10 +287,14 @@ async function generate(args: string[]): Promise<number> {
         },
       });
       bar.stop();
-      const names = outputNames(values.output, result.images.length);
+      const written = outputNames(values.output, result.images.length);
       result.images.forEach((img, i) => {
-        fs.writeFileSync(names[i], img.toPNG());
-        process.stdout.write(`${names[i]} (seed ${img.seed})\n`);
+        try {
+          fs.writeFileSync(written[i], img.toPNG());
+        } catch (e) {
+          throw new IoError(`cannot write ${written[i]}: ${e instanceof Error ? e.message : String(e)}`, { file: written[i], cause: e });
+        }
+        process.stdout.write(`${written[i]} (seed ${img.seed})\n`);
       });
       const t = result.timings;
       process.stderr.write(
@@ -203,10 +327,9 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'inspect': {
-      const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { json: { type: 'boolean' } } });
+      const { values, positionals } = parseCommandLine('inspect', rest, { allowPositionals: true, options: { json: { type: 'boolean' } } });
       if (positionals.length !== 1) {
-        process.stderr.write('sdnode inspect: expected exactly one model path\n' + USAGE);
-        return 2;
+        throw new UsageError(`"sdnode inspect" takes exactly one model path; received ${positionals.length}; ${HELP_HINT}`);
       }
       const info = await inspectModel(positionals[0]);
       if (values.json) process.stdout.write(JSON.stringify(info, null, 2) + '\n');
@@ -226,8 +349,9 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    if (err instanceof SdError) process.stderr.write(`sdnode: ${err.name}: ${err.message}\n`);
+    if (err instanceof UsageError) process.stderr.write(`sdnode: ${err.message}\n`);
+    else if (err instanceof SdError) process.stderr.write(`sdnode: ${err.name}: ${err.message}\n`);
     else process.stderr.write(`sdnode: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = err instanceof SdError && err.code === 'InvalidArgument' ? 2 : 1;
+    process.exitCode = err instanceof UsageError || (err instanceof SdError && err.code === 'InvalidArgument') ? 2 : 1;
   },
 );

@@ -3,12 +3,18 @@
 #pragma once
 #include <napi.h>
 
+#include <memory>
+
+#include "lifetime.h"
+
 namespace sdnode {
 
 struct AddonState {
     Napi::FunctionReference abort_flag_ctor;
     Napi::FunctionReference model_ctor;
     Napi::FunctionReference session_ctor;
+    // What this environment started natively, stopped at its teardown.
+    std::shared_ptr<Lifetime> lifetime = std::make_shared<Lifetime>();
 
     static AddonState & Get(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
 };

@@ -2,6 +2,14 @@
 // declared once, in lib/binding.ts.
 #include <napi.h>
 
+#if defined(_WIN32)
+#  define WIN32_LEAN_AND_MEAN
+#  define NOMINMAX
+#  include <windows.h>
+#else
+#  include <dlfcn.h>
+#endif
+
 #include "abort-flag.h"
 #include "addon-state.h"
 #include "convert.h"
@@ -105,6 +113,24 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     return o;
 }
 
+// Keeps the addon loaded for the life of the process. Node unloads an addon when the last
+// environment that loaded it ends (a worker that was its only user); its dependencies' threads
+// (OpenMP's pool, ggml's) and the engine's static state must not lose their code under them.
+void pin_addon() {
+#if !defined(_WIN32)
+    static bool pinned = [] {
+        Dl_info self{};
+        if (dladdr(reinterpret_cast<void *>(&pin_addon), &self) == 0 || !self.dli_fname) return false;
+        return dlopen(self.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD) != nullptr;
+    }();
+    (void)pinned;
+#else
+    HMODULE self = nullptr;
+    GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_PIN,
+                       reinterpret_cast<LPCWSTR>(&pin_addon), &self);
+#endif
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -121,6 +147,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     state->model_ctor = Napi::Persistent(model);
     state->session_ctor = Napi::Persistent(session);
     env.SetInstanceData(state);
+    // Runs before the environment's objects are finalized (and before Node may unload the addon):
+    // every job aborted, every engine thread joined.
+    env.AddCleanupHook([lifetime = state->lifetime]() { lifetime->shutdown(); });
+    pin_addon();
     exports.Set("AbortFlag", abort_flag);
     exports.Set("NativeModel", model);
     exports.Set("NativeSession", session);

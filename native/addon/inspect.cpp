@@ -104,7 +104,7 @@ Napi::Value InspectModel(const Napi::CallbackInfo & info) {
         throw CapturedError{"InvalidArgument", "inspectModel: path must be a string", ""}.to_js(env);
     }
     std::string path = info[0].As<Napi::String>().Utf8Value();
-    return Job<sd::ModelReport>::Start(env, "sdnode.inspectModel", run_on_own_thread, [path]() { return sd::inspect_model(path); },
+    return Job<sd::ModelReport>::Start(env, "sdnode.inspectModel", own_thread(env), [path]() { return sd::inspect_model(path); },
                                        inspection_to_js);
 }
 

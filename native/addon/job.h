@@ -5,7 +5,12 @@
 //
 // Everything a job holds that must be released on the main thread (the deferred, references,
 // the work's captures) is moved into the settlement task, so nothing of it is destroyed on the
-// worker thread.
+// worker thread. When the settlement cannot run (the environment is being torn down: a worker
+// terminated, the process exiting), the job's JS handles are left to the dying environment and
+// only its C++ results are freed, on whatever thread lets go of them.
+//
+// A job's abort flag is registered with the environment's Lifetime (lifetime.h) while the job is
+// pending, so that the environment's teardown aborts it.
 #pragma once
 #include <napi.h>
 
@@ -14,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "addon-state.h"
 #include "js-error.h"
 #include "progress.h"
 
@@ -22,8 +28,12 @@ namespace sdnode {
 // Hands a job's body to the thread that runs it.
 using Executor = std::function<void(std::function<void()>)>;
 
-// A thread of its own per job (loading, inspecting: long file reads that must not hold the pool).
-inline void run_on_own_thread(std::function<void()> body) { std::thread(std::move(body)).detach(); }
+// A thread of its own per job (loading, inspecting: long file reads that must not hold the pool),
+// joined at the environment's teardown.
+inline Executor own_thread(Napi::Env env) {
+    std::shared_ptr<Lifetime> life = AddonState::Get(env).lifetime;
+    return [life](std::function<void()> body) { life->spawn(std::move(body)); };
+}
 
 template <typename Result>
 class Job {
@@ -31,12 +41,16 @@ public:
     using Work = std::function<Result()>;
     using ToJs = std::function<Napi::Value(Napi::Env, Result &)>;
 
+    // `abort` (may be null): the job's flag, raised by the environment's teardown too.
     static Napi::Promise Start(Napi::Env env, const char * name, const Executor & executor, Work work, ToJs to_js,
-                               std::vector<Napi::Object> keep_alive = {}, std::shared_ptr<JsTaskQueue> queue = nullptr) {
+                               std::vector<Napi::Object> keep_alive = {}, std::shared_ptr<JsTaskQueue> queue = nullptr,
+                               std::shared_ptr<std::atomic<bool>> abort = nullptr) {
         auto state = std::make_shared<State>(env);
         state->to_js = std::move(to_js);
         state->work = std::move(work);
         for (auto & o : keep_alive) state->refs.push_back(Napi::Persistent(o));
+        state->life = AddonState::Get(env).lifetime;
+        state->life_key = state->life->add_job(std::move(abort));
         if (!queue) queue = std::make_shared<JsTaskQueue>(env, env.Undefined(), name);
         Napi::Promise promise = state->deferred.Promise();
         executor([state, queue]() mutable {
@@ -56,7 +70,15 @@ public:
 private:
     struct State {
         explicit State(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+        // Unsettled (the environment went away first): its references belong to the dead
+        // environment, so nothing here calls into it.
+        ~State() {
+            for (auto & r : refs) r.SuppressDestruct();
+            if (life) life->remove_job(life_key);
+        }
         Napi::Promise::Deferred deferred;
+        std::shared_ptr<Lifetime> life;
+        uint64_t life_key = 0;
         Work work;
         std::unique_ptr<Result> result;
         CapturedError error;
@@ -69,15 +91,16 @@ private:
             work = nullptr;  // its captures (models, sessions) go on this thread
             if (failed) {
                 deferred.Reject(error.to_js(env).Value());
-                return;
+            } else {
+                try {
+                    deferred.Resolve(to_js(env, *result));
+                } catch (const Napi::Error & e) {
+                    deferred.Reject(e.Value());
+                } catch (...) {
+                    deferred.Reject(CapturedError::from_current_exception().to_js(env).Value());
+                }
             }
-            try {
-                deferred.Resolve(to_js(env, *result));
-            } catch (const Napi::Error & e) {
-                deferred.Reject(e.Value());
-            } catch (...) {
-                deferred.Reject(CapturedError::from_current_exception().to_js(env).Value());
-            }
+            refs.clear();  // released here, on the JS thread
         }
     };
 };

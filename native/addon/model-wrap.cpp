@@ -60,13 +60,13 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo & info) {
             post_progress<double>(*queue, f, [](Napi::Env e, const double & v) -> Napi::Value { return Napi::Number::New(e, v); });
         };
         return Job<std::shared_ptr<const sd::Model>>::Start(
-            env, "sdnode.loadModel", run_on_own_thread,
+            env, "sdnode.loadModel", own_thread(env),
             [path, options, abort]() { return sd::Model::load(path, options); },
             [](Napi::Env e, std::shared_ptr<const sd::Model> & model) -> Napi::Value {
                 auto ext = Napi::External<std::shared_ptr<const sd::Model>>::New(e, &model);
                 return AddonState::Get(e).model_ctor.New({ext});
             },
-            {}, queue);
+            {}, queue, abort);
     });
 }
 
@@ -107,6 +107,7 @@ Napi::Value ModelWrap::CreateSession(const Napi::CallbackInfo & info) {
     const auto m = model(env);
     return guard(env, [&]() -> Napi::Value {
         auto session = std::make_shared<sd::Session>(m);
+        AddonState::Get(env).lifetime->add_session(session);
         auto ext = Napi::External<std::shared_ptr<sd::Session>>::New(env, &session);
         return AddonState::Get(env).session_ctor.New({ext});
     });

@@ -157,7 +157,7 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
             out.Set("tokens", static_cast<double>(r.hidden.ne[1]));
             return out;
         },
-        {info.This().As<Napi::Object>()});
+        {info.This().As<Napi::Object>()}, nullptr, abort);
 }
 
 Napi::Value SessionWrap::Generate(const Napi::CallbackInfo & info) {
@@ -177,7 +177,7 @@ Napi::Value SessionWrap::Generate(const Napi::CallbackInfo & info) {
                 control.progress = [&queue](const sd::StepProgress & p) { post_progress(*queue, p, step_to_js); };
                 return sd::generate(*s, params, control);
             },
-            generated_to_js, {info.This().As<Napi::Object>()}, queue);
+            generated_to_js, {info.This().As<Napi::Object>()}, queue, abort);
     });
 }
 

@@ -72,7 +72,7 @@ HostTensor TextEncoder::encode(GraphRunner & runner, const std::vector<int32_t> 
     const int64_t chunks = static_cast<int64_t>(tokens.size()) / kClipChunkLength;
     const std::string key = "text:" + std::to_string(chunks) + ":" + std::to_string(clip_skip);
     return runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
         return build(g, b.input_i32("tokens", tokens.data(), kClipChunkLength, chunks), clip_skip);
     });
 }

@@ -75,7 +75,7 @@ HostTensor Vae::encode(GraphRunner & runner, const HostTensor & image, Rng * noi
     }
     const std::string key = "vae-encode:" + std::to_string(w) + "x" + std::to_string(h) + "x" + std::to_string(n);
     HostTensor moments = runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
         return build_encoder(g, b.input_f32("image", image.data.data(), w, h, c, n));
     });
     // moments per image: z_channels planes of mean, then z_channels of log-variance.
@@ -122,7 +122,7 @@ HostTensor Vae::decode(GraphRunner & runner, const HostTensor & latent) const {
 
     const std::string key = "vae-decode:" + std::to_string(w) + "x" + std::to_string(h) + "x" + std::to_string(n);
     return runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_)};
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
         return build_decoder(g, b.input_f32("z", z.data(), w, h, c, n));
     });
 }

@@ -382,7 +382,7 @@ void gemm_amx(const Gemm & g, int ith, int nth, void * scratch) {
     const int64_t last = next_unit ? units : units * (ith + 1) / nth;
     if (u >= last) return;
     configure_tiles();
-    while (u < last) {
+    while (u < last && !stop_requested(g.abort)) {
         const int64_t m0 = (u / p.units_n) * p.um, n0 = (u % p.units_n) * p.un;
         compute_unit(g, p, s, m0, min64(g.M, m0 + p.um), n0, min64(g.N, n0 + p.un));
         u = next_unit ? __atomic_fetch_add(next_unit, 1, __ATOMIC_RELAXED) : u + 1;

@@ -976,6 +976,7 @@ void gemm_avx512(const Gemm & g, int ith, int nth, float * scratch) {
             pack_panel(g, bl, (pg + p) * kNR, offsets, tmp, vec, vec + kNR * bl.np);
         }
         for (int64_t mb = m0; mb < m1; mb += bl.row_block) {
+            if (stop_requested(g.abort)) return;
             const int64_t rows = min64(bl.row_block, m1 - mb);
             const int64_t tiles = (rows + kMR - 1) / kMR;
             const int64_t pass_stride = tiles * kMR * kNR * kLanes;  // floats between passes

@@ -3,6 +3,7 @@
 // inline functions are shared with the AVX-512 unit, so none of its code can be picked by the
 // linker for callers on CPUs without AVX-512.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -14,6 +15,9 @@ namespace sd::cpu {
 // - linear (kernel_w == 0): n = (i3*ne2 + i2)*ne1 + i1; column n is the row x[i3, i2, i1, :].
 // out is [b, m, p] (an image's layout: n = b*out_plane + p) when out_plane > 0, else [n, m] (rows of
 // tokens): a convolution can write tokens and a linear layer an image, without a copy after.
+// Whether an abort flag (may be null) is raised; read without ordering (a hint polled per block).
+inline bool stop_requested(const std::atomic<bool> * abort) { return abort && abort->load(std::memory_order_relaxed); }
+
 struct Gemm {
     // F16: ggml_vec_dot_f16's arithmetic (f16 weights `w`, activations rounded to f16).
     // F32: ggml_vec_dot_f32's (f32 rows `a`, activations as they are).
@@ -35,6 +39,8 @@ struct Gemm {
     // A counter, 0 before any thread starts, from which the threads take units of work one at a
     // time (the AMX kernel), or null: each thread then takes a fixed share.
     int32_t * next_unit = nullptr;
+    // Raised: the threads stop at their next block of work (the output is then incomplete).
+    const std::atomic<bool> * abort = nullptr;
 };
 
 // The same products on AMX tiles (cpu-kernels-amx.cpp; F16 kind only): exact products summed
@@ -54,6 +60,7 @@ struct QGemm {
     size_t nb1;
     const float * bias;
     float * out;
+    const std::atomic<bool> * abort = nullptr;  // as in Gemm
 };
 
 size_t qgemm_scratch_bytes(const QGemm & g);

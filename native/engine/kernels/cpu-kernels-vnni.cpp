@@ -194,6 +194,7 @@ void qgemm_avx512vnni(const QGemm & g, int ith, int nth, void * scratch) {
         for (int64_t c = 0; c < gc; ++c)
             quantize_column(reinterpret_cast<const float *>(g.x + (ng + c) * g.nb1), blocks, offset, pc, c);
         for (int64_t mb = m0; mb < m1; mb += kRowBlock) {
+            if (stop_requested(g.abort)) return;
             const int64_t rows = min64(kRowBlock, m1 - mb);
             pack_rows(g, mb, rows, pr);
             for (int64_t s = 0; s * kSlab < rows; ++s) {

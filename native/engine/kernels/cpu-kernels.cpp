@@ -5,6 +5,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -85,6 +86,23 @@ void * thread_scratch(size_t bytes) {
     return reinterpret_cast<void *>((addr + 63) & ~static_cast<uintptr_t>(63));
 }
 
+// The abort slots (KernelAbortSlot): slot i points at a flag or is null; 0 is never handed out.
+constexpr size_t kAbortSlots = 65536;
+std::atomic<const std::atomic<bool> *> g_abort_slots[kAbortSlots];
+std::mutex g_abort_slots_mutex;
+std::vector<uint16_t> g_free_abort_slots;  // released ones, reused first
+uint32_t g_next_abort_slot = 1;
+
+// An op's slot: the top 16 bits of its userdata, in every op that polls one.
+constexpr int kAbortSlotShift = 48;
+uintptr_t with_slot(uint64_t packed, uint16_t slot) {
+    return static_cast<uintptr_t>(packed | (uint64_t{slot} << kAbortSlotShift));
+}
+const std::atomic<bool> * abort_of(void * userdata) {
+    return kernel_abort_flag(static_cast<uint16_t>(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(userdata)) >> kAbortSlotShift));
+}
+constexpr uint64_t kParamsMask = (uint64_t{1} << kAbortSlotShift) - 1;
+
 #if defined(SDNODE_HAVE_AMX_KERNELS)
 // Products the AMX kernel takes: enough rows and k to fill tiles (a 4-channel output conv
 // would waste most of each), and im2col offsets that fit its 32-bit gathers.
@@ -146,8 +164,9 @@ cpu::Gemm gemm_common(const ggml_tensor * w, const ggml_tensor * x, ggml_tensor 
 void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
-    const auto packed = reinterpret_cast<uintptr_t>(userdata);
+    const auto packed = static_cast<uintptr_t>(reinterpret_cast<uintptr_t>(userdata) & kParamsMask);
     cpu::Gemm g = gemm_common(w, x, dst, packed);
+    g.abort = abort_of(userdata);
     g.kernel_w = static_cast<int>(w->ne[0]);
     g.kernel_h = static_cast<int>(w->ne[1]);
     g.stride = static_cast<int>(packed & 0xfff);
@@ -167,8 +186,9 @@ void conv2d_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 void linear_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
-    const auto flags = reinterpret_cast<uintptr_t>(userdata);
+    const auto flags = static_cast<uintptr_t>(reinterpret_cast<uintptr_t>(userdata) & kParamsMask);
     cpu::Gemm g = gemm_common(w, x, dst, flags);
+    g.abort = abort_of(userdata);
     if (flags & kOtherLayout) g.out_plane = dst->ne[0] * dst->ne[1];
     g.M = w->ne[1];
     g.K = w->ne[0];
@@ -178,7 +198,7 @@ void linear_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     run(g, ith, nth, (flags & kAmx) != 0);
 }
 
-void linear_q_op(ggml_tensor * dst, int ith, int nth, void *) {
+void linear_q_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #if defined(SDNODE_HAVE_AVX512_KERNELS)
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
@@ -193,9 +213,10 @@ void linear_q_op(ggml_tensor * dst, int ith, int nth, void *) {
     g.nb1 = x->nb[1];
     g.bias = dst->src[2] ? static_cast<const float *>(dst->src[2]->data) : nullptr;
     g.out = static_cast<float *>(dst->data);
+    g.abort = abort_of(userdata);
     cpu::qgemm_avx512vnni(g, ith, nth, thread_scratch(cpu::qgemm_scratch_bytes(g)));
 #else
-    (void)dst, (void)ith, (void)nth;
+    (void)dst, (void)ith, (void)nth, (void)userdata;
 #endif
 }
 
@@ -213,9 +234,10 @@ float bits_float(uintptr_t bits) {
 }
 
 // Per batch slice: a [K, M] rows against b [K, N] columns -> dst [M, N].
-void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
+void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * a = dst->src[0];
     const ggml_tensor * b = dst->src[1];
+    const std::atomic<bool> * abort = abort_of(userdata);
     for (int64_t i3 = 0; i3 < dst->ne[3]; ++i3) {
         for (int64_t i2 = 0; i2 < dst->ne[2]; ++i2) {
             cpu::Gemm g{};
@@ -232,6 +254,8 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
             g.N = b->ne[1];
             g.out = reinterpret_cast<float *>(static_cast<char *>(dst->data) + i2 * dst->nb[2] + i3 * dst->nb[3]);
             g.bias = nullptr;
+            g.abort = abort;
+            if (cpu::stop_requested(abort)) return;
             run(g, ith, nth);
         }
     }
@@ -242,7 +266,7 @@ void matmul_f32_op(ggml_tensor * dst, int ith, int nth, void *) {
 // probs), by the kernels above with nth = 1. The same floats as the separate ops, but a block's
 // scores stay in L2 instead of every slice's going through memory (64 MB for SD1's 32x32
 // latent, written once and read twice). Threads take whole slices.
-// userdata: heads (bits 0-15), the softmax scale's bits (32-63).
+// userdata: heads (bits 0-15), the softmax scale's bits (16-47), the abort slot (48-63).
 struct Attention {
     int64_t heads, d, lq, lk, slices, block;
     float scale;
@@ -252,7 +276,7 @@ Attention attention_of(const ggml_tensor * dst, void * userdata) {
     const auto packed = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(userdata));
     Attention a{};
     a.heads = static_cast<int64_t>(packed & 0xffff);
-    a.scale = bits_float(static_cast<uintptr_t>(packed >> 32));
+    a.scale = bits_float(static_cast<uintptr_t>((packed >> 16) & 0xffffffffu));
     a.d = dst->src[0]->ne[0] / a.heads;
     a.lq = dst->src[0]->ne[1];
     a.lk = dst->src[1]->ne[1];
@@ -299,6 +323,7 @@ void attention_f32_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const ggml_tensor * k = dst->src[1];
     const ggml_tensor * v = dst->src[2];
     const Attention a = attention_of(dst, userdata);
+    const std::atomic<bool> * abort = abort_of(userdata);
     // Scratch: a block's scores, V^T of a slice, a block's outputs, then the products' own.
     size_t gemm_floats = 0;
     for (int64_t n : {a.block, a.lq % a.block}) {
@@ -324,6 +349,7 @@ void attention_f32_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
             for (int64_t j = 0; j < a.d; ++j) vt[j * a.lk + key] = row[j];
         }
         for (int64_t q0 = 0; q0 < a.lq; q0 += a.block) {
+            if (cpu::stop_requested(abort)) return;  // a block: ~1 MB of scores, well under a millisecond
             const int64_t n = std::min(a.block, a.lq - q0);
             cpu::Gemm qk = attention_qk(a, q, k, n);
             qk.a = reinterpret_cast<const float *>(ks);
@@ -740,6 +766,29 @@ bool cpu_close(const float * ours, const float * theirs, size_t n) {
     return diff2 <= 1e-10 * ref2 && max_diff <= 1e-4 * max_ref;
 }
 
+KernelAbortSlot::KernelAbortSlot() {
+    std::lock_guard<std::mutex> lock(g_abort_slots_mutex);
+    if (!g_free_abort_slots.empty()) {
+        id_ = g_free_abort_slots.back();
+        g_free_abort_slots.pop_back();
+    } else if (g_next_abort_slot < kAbortSlots) {
+        id_ = static_cast<uint16_t>(g_next_abort_slot++);
+    } else {
+        throw Error(ErrorCode::Internal, "too many graph runners at once (65535 kernel abort slots)");
+    }
+    g_abort_slots[id_].store(nullptr);
+}
+
+KernelAbortSlot::~KernelAbortSlot() {
+    g_abort_slots[id_].store(nullptr);
+    std::lock_guard<std::mutex> lock(g_abort_slots_mutex);
+    g_free_abort_slots.push_back(id_);
+}
+
+void KernelAbortSlot::point_at(const std::atomic<bool> * flag) { g_abort_slots[id_].store(flag); }
+
+const std::atomic<bool> * kernel_abort_flag(uint16_t id) { return id ? g_abort_slots[id].load() : nullptr; }
+
 CpuKernels cpu_kernels_on_cpu() {
     if (!cpu_kernels_available()) return {};
     ggml_backend_t cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
@@ -750,7 +799,7 @@ CpuKernels cpu_kernels_on_cpu() {
 }
 
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
-                             ggml_tensor * bias, ggml_tensor * residual, bool tokens_out, bool amx) {
+                             ggml_tensor * bias, ggml_tensor * residual, bool tokens_out, bool amx, uint16_t abort_slot) {
     check_operands(w, x, bias, w->ne[3], "cpu_conv2d_f16");
     if (stride < 1 || padding < 0 || stride > 0xfff || padding > 0xfff || w->ne[2] != x->ne[2]) {
         throw Error(ErrorCode::Internal, "cpu_conv2d_f16: bad stride, padding or channel count");
@@ -764,12 +813,13 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     e.add(residual, kHasResidual);
     if (tokens_out) e.flags |= kOtherLayout;
     if (amx) e.add(work_counter(ctx), kAmx);
-    void * params = reinterpret_cast<void *>(static_cast<uintptr_t>(stride) | (static_cast<uintptr_t>(padding) << 12) | e.flags);
+    void * params = reinterpret_cast<void *>(
+        with_slot(static_cast<uint64_t>(stride) | (static_cast<uint64_t>(padding) << 12) | e.flags, abort_slot));
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, conv2d_op, GGML_N_TASKS_MAX,
                           params);
 }
 
-ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
+ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b, uint16_t abort_slot) {
     const auto rows_ok = [](const ggml_tensor * t) {
         return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float) && t->nb[1] % sizeof(float) == 0 &&
                t->nb[1] >= t->ne[0] * sizeof(float);
@@ -779,10 +829,11 @@ ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * 
     }
     ggml_tensor * args[] = {a, b};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, a->ne[1], b->ne[1], b->ne[2], b->ne[3], args, 2, matmul_f32_op,
-                          GGML_N_TASKS_MAX, nullptr);
+                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(with_slot(0, abort_slot)));
 }
 
-ggml_tensor * cpu_attention_f32(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, float scale) {
+ggml_tensor * cpu_attention_f32(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, float scale,
+                                uint16_t abort_slot) {
     const auto rows_ok = [](const ggml_tensor * t) {
         return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float) && t->ne[3] == 1;
     };
@@ -792,13 +843,13 @@ ggml_tensor * cpu_attention_f32(ggml_context * ctx, ggml_tensor * q, ggml_tensor
         throw Error(ErrorCode::Internal,
                     "cpu_attention_f32 needs f32 q [N, Lq, heads*d], k and v [N, Lk, heads*d] with unit element stride");
     }
-    const uint64_t packed = static_cast<uint64_t>(heads) | (uint64_t{float_bits(scale)} << 32);
+    const uint64_t packed = static_cast<uint64_t>(heads) | (uint64_t{float_bits(scale)} << 16);
     ggml_tensor * args[] = {q, k, v};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 3, attention_f32_op, GGML_N_TASKS_MAX,
-                          reinterpret_cast<void *>(static_cast<uintptr_t>(packed)));
+                          reinterpret_cast<void *>(with_slot(packed, abort_slot)));
 }
 
-ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias) {
+ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias, uint16_t abort_slot) {
     if ((w->type != GGML_TYPE_Q8_0 && w->type != GGML_TYPE_Q4_0) || ggml_n_dims(w) != 2 || !ggml_is_contiguous(w) ||
         x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || w->ne[0] != x->ne[0] || w->ne[0] % 32 != 0) {
         throw Error(ErrorCode::Internal, "cpu_linear_q needs contiguous q8_0/q4_0 weights and contiguous f32 rows of the same width");
@@ -806,11 +857,11 @@ ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x,
     check_bias(bias, w->ne[1], "cpu_linear_q");
     ggml_tensor * args[] = {w, x, bias};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, bias ? 3 : 2, linear_q_op,
-                          GGML_N_TASKS_MAX, nullptr);
+                          GGML_N_TASKS_MAX, reinterpret_cast<void *>(with_slot(0, abort_slot)));
 }
 
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias,
-                             ggml_tensor * residual, int64_t image_w, int64_t image_h, bool amx) {
+                             ggml_tensor * residual, int64_t image_w, int64_t image_h, bool amx, uint16_t abort_slot) {
     check_operands(w, x, bias, w->ne[1], "cpu_linear_f16");
     if (ggml_n_dims(w) != 2 || w->ne[0] != x->ne[0]) {
         throw Error(ErrorCode::Internal, "cpu_linear_f16: weight and input widths differ");
@@ -828,7 +879,7 @@ ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
     if (image_out) e.flags |= kOtherLayout;
     if (amx) e.add(work_counter(ctx), kAmx);
     return ggml_custom_4d(ctx, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3], e.args, e.count, linear_op, GGML_N_TASKS_MAX,
-                          reinterpret_cast<void *>(e.flags));
+                          reinterpret_cast<void *>(with_slot(e.flags, abort_slot)));
 }
 
 ggml_tensor * cpu_group_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, ggml_tensor * bias, int groups,

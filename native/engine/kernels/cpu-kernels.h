@@ -23,6 +23,9 @@
 // f32 in the tile unit's order, ~4x the AVX-512 kernels' arithmetic rate; equal to ggml's up to
 // float rounding.
 #pragma once
+#include <atomic>
+#include <cstdint>
+
 #include "ggml-backend.h"
 #include "ggml.h"
 
@@ -41,8 +44,34 @@ struct CpuKernels {
     // off): ggml's exact products summed in f32 in another order, so equal to ggml's up to float
     // rounding, not bit for bit. A graph chooses it per product (the `amx` arguments below).
     bool amx = false;
+    // The abort slot (KernelAbortSlot) the kernels of a graph poll; 0: none.
+    uint16_t abort_slot = 0;
 };
 CpuKernels cpu_kernels_for(ggml_backend_t backend);
+
+// Abort inside the kernels. A graph's long-running ops (products, convolutions, fused attention)
+// carry a slot number in their parameters; through it their threads read the flag the slot
+// points at and stop at their next block of work (a fraction of a millisecond to a few ms), so
+// that an abort does not wait for a whole node: one attention node alone can run for minutes at
+// large sizes. ggml then stops the graph before the next node (its abort callback), and the run
+// reports the abort; a stopped node's output is garbage nobody reads.
+//
+// A GraphRunner owns one slot for its life and points it at the flag of the run in progress.
+class KernelAbortSlot {
+public:
+    KernelAbortSlot();  // throws Internal when all 65535 slots are taken
+    ~KernelAbortSlot();
+    KernelAbortSlot(const KernelAbortSlot &) = delete;
+    KernelAbortSlot & operator=(const KernelAbortSlot &) = delete;
+    uint16_t id() const { return id_; }
+    // Any thread; the flag must outlive the pointing (null: never aborted).
+    void point_at(const std::atomic<bool> * flag);
+
+private:
+    uint16_t id_;
+};
+// The flag slot `id` points at (null for 0 or an empty slot).
+const std::atomic<bool> * kernel_abort_flag(uint16_t id);
 // The same for a CPU backend made for the purpose (what every CPU model will use).
 CpuKernels cpu_kernels_on_cpu();
 
@@ -65,7 +94,7 @@ bool cpu_kernels_available();
 // amx: on AMX tiles (only where cpu_kernels_for() reports amx): float rounding apart, not bit for bit.
 ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, int stride, int padding,
                              ggml_tensor * bias = nullptr, ggml_tensor * residual = nullptr, bool tokens_out = false,
-                             bool amx = false);
+                             bool amx = false, uint16_t abort_slot = 0);
 
 // Same result as ggml_mul_mat(ctx, w, x) for f16 w [M, K] (ne {K, M}), contiguous, and f32 x
 // with ne[0] == K (unit element stride, any row strides): result f32 ne {M, x->ne[1..3]}.
@@ -73,17 +102,19 @@ ggml_tensor * cpu_conv2d_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * 
 // image_w, image_h (optional): x holds rows of image_w*image_h pixels' tokens ([N, H*W, K]); the
 // result is then that image, f32 [N, M, H, W] (residual too), without a copy after.
 ggml_tensor * cpu_linear_f16(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr,
-                             ggml_tensor * residual = nullptr, int64_t image_w = 0, int64_t image_h = 0, bool amx = false);
+                             ggml_tensor * residual = nullptr, int64_t image_w = 0, int64_t image_h = 0, bool amx = false,
+                             uint16_t abort_slot = 0);
 
 // Same result as ggml_mul_mat(ctx, w, x) (+ bias as ggml_add) for q8_0 or q4_0 w [M, K] and
 // contiguous f32 x with ne[0] == K. Only where cpu_kernels_for() reports quant.
-ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr);
+ggml_tensor * cpu_linear_q(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, ggml_tensor * bias = nullptr,
+                           uint16_t abort_slot = 0);
 
 // Same result as ggml_mul_mat(ctx, a, b) for f32 a [.., M, K] and b [.., N, K] with contiguous
 // rows (any row and batch strides: permuted views need no copy) and the same batch dimensions
 // (attention's Q K^T and P V): result f32 ne {M, N, ne2, ne3}, contiguous.
 // Only where cpu_kernels_for() reports f32.
-ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
+ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b, uint16_t abort_slot = 0);
 
 // Non-causal multi-head attention, the same floats as attention's op chain with the two kernels
 // above: per image and head h (features [h*d, (h+1)*d)), probs = ggml_soft_max(ggml_scale(
@@ -92,7 +123,8 @@ ggml_tensor * cpu_matmul_f32(ggml_context * ctx, ggml_tensor * a, ggml_tensor * 
 // result: f32 [N, Lq, heads*d], contiguous (the heads side by side, as permute + cont gives).
 // One head and a block of queries at a time: only a block's scores exist at once (in L2).
 // Only where cpu_kernels_for() reports f32 and activations.
-ggml_tensor * cpu_attention_f32(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, float scale);
+ggml_tensor * cpu_attention_f32(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, float scale,
+                                uint16_t abort_slot = 0);
 
 // Same result as ggml_group_norm(x, groups, eps), then ggml_mul by weight and ggml_add of bias
 // (both reshaped to [1, C, 1, 1]), then, with `silu`, ggml_silu; one pass over memory instead of

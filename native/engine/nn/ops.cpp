@@ -47,8 +47,9 @@ ggml_tensor * add_residual(ggml_context * ctx, ggml_tensor * y, ggml_tensor * re
 
 }  // namespace
 
-CpuKernels graph_kernels(ggml_backend_t backend, const TensorSource & weights) {
+CpuKernels graph_kernels(ggml_backend_t backend, const TensorSource & weights, uint16_t abort_slot) {
     CpuKernels k = cpu_kernels_for(backend);
+    k.abort_slot = abort_slot;
     const char * env = std::getenv("SDNODE_CPU_AMX");
     const bool all = env && std::strcmp(env, "all") == 0;  // speed over agreement, for every model
     if (k.amx && !all && weights.quantized()) k.amx = false;
@@ -59,8 +60,8 @@ ggml_tensor * linear(ggml_context * ctx, const CpuKernels & cpu, ggml_tensor * w
                      ggml_tensor * residual) {
     const bool f16 = f16_product(cpu, w, x);
     ggml_tensor * fused = f16 && fusable(residual, w->ne[1], x->ne[1], x->ne[2], x->ne[3]) ? residual : nullptr;
-    ggml_tensor * y = f16                      ? cpu_linear_f16(ctx, w, x, bias, fused, 0, 0, cpu.amx)
-                      : quant_product(cpu, w, x) ? cpu_linear_q(ctx, w, x, bias)
+    ggml_tensor * y = f16                      ? cpu_linear_f16(ctx, w, x, bias, fused, 0, 0, cpu.amx, cpu.abort_slot)
+                      : quant_product(cpu, w, x) ? cpu_linear_q(ctx, w, x, bias, cpu.abort_slot)
                                                : add_bias(ctx, ggml_mul_mat(ctx, w, x), bias, 0);
     return add_residual(ctx, y, residual, fused);
 }
@@ -71,7 +72,7 @@ ggml_tensor * linear_to_image(ggml_context * ctx, const CpuKernels & cpu, ggml_t
     if (ggml_is_contiguous(w) && x->ne[3] == 1) {
         ggml_tensor * w2 = ggml_reshape_2d(ctx, w, w->ne[0] * w->ne[1] * w->ne[2], w->ne[3]);
         if (f16_product(cpu, w2, x) && fusable(residual, width, height, w->ne[3], x->ne[2])) {
-            return cpu_linear_f16(ctx, w2, x, bias, residual, width, height, cpu.amx);
+            return cpu_linear_f16(ctx, w2, x, bias, residual, width, height, cpu.amx, cpu.abort_slot);
         }
     }
     return conv2d(ctx, cpu, w, tokens_to_image(ctx, x, width, height), 1, 0, bias, residual);
@@ -84,7 +85,7 @@ ggml_tensor * conv2d(ggml_context * ctx, const CpuKernels & cpu, ggml_tensor * w
     const bool f16 = f16_product(cpu, w, x);
     ggml_tensor * fused = f16 && fusable(residual, out_w, out_h, w->ne[3], x->ne[3]) ? residual : nullptr;
     // cpu_conv2d_f16 computes ggml_conv_2d's numbers (bias included) without the im2col buffer.
-    ggml_tensor * y = f16 ? cpu_conv2d_f16(ctx, w, x, stride, padding, bias, fused, false, cpu.amx)
+    ggml_tensor * y = f16 ? cpu_conv2d_f16(ctx, w, x, stride, padding, bias, fused, false, cpu.amx, cpu.abort_slot)
                           : add_bias(ctx, ggml_conv_2d(ctx, w, x, stride, stride, padding, padding, 1, 1), bias, 2);
     return add_residual(ctx, y, residual, fused);
 }
@@ -92,7 +93,7 @@ ggml_tensor * conv2d(ggml_context * ctx, const CpuKernels & cpu, ggml_tensor * w
 ggml_tensor * conv1x1_to_tokens(ggml_context * ctx, const CpuKernels & cpu, ggml_tensor * w, ggml_tensor * x,
                                 ggml_tensor * bias) {
     // sdnode's kernel writes the tokens itself (no layout copy after).
-    if (f16_product(cpu, w, x) && ggml_is_contiguous(w)) return cpu_conv2d_f16(ctx, w, x, 1, 0, bias, nullptr, true, cpu.amx);
+    if (f16_product(cpu, w, x) && ggml_is_contiguous(w)) return cpu_conv2d_f16(ctx, w, x, 1, 0, bias, nullptr, true, cpu.amx, cpu.abort_slot);
     return image_to_tokens(ctx, conv2d(ctx, cpu, w, x, 1, 0, bias, nullptr));
 }
 
@@ -162,7 +163,7 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float) && t->ne[3] == 1;
     };
     if (cpu.f32 && cpu.activations && !causal && f32_rows(q) && f32_rows(k) && f32_rows(v)) {
-        return name_as(cpu_attention_f32(ctx, q, k, v, heads, scale), name);
+        return name_as(cpu_attention_f32(ctx, q, k, v, heads, scale, cpu.abort_slot), name);
     }
     const int64_t slices = heads * n;
     const int64_t per_slice = lq * lk * static_cast<int64_t>(sizeof(float));
@@ -189,7 +190,7 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
         ggml_tensor * qs = group == slices ? q : ggml_view_3d(ctx, q, d, lq, sn, q->nb[1], q->nb[2], s0 * q->nb[2]);
         ggml_tensor * ks = group == slices ? k : ggml_view_3d(ctx, k, d, lk, sn, k->nb[1], k->nb[2], s0 * k->nb[2]);
         ggml_tensor * vs = group == slices ? v : ggml_view_3d(ctx, v, lk, d, sn, v->nb[1], v->nb[2], s0 * v->nb[2]);
-        ggml_tensor * kq = cpu.f32 ? cpu_matmul_f32(ctx, ks, qs) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
+        ggml_tensor * kq = cpu.f32 ? cpu_matmul_f32(ctx, ks, qs, cpu.abort_slot) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
         if (!cpu.f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
         if (views) kq = ggml_reshape_3d(ctx, kq, lk, lq, slices);
         if (cpu.activations && !causal) {
@@ -200,7 +201,7 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
             kq = ggml_soft_max(ctx, kq);
         }
         kq = name_as(kq, group == slices ? name + ".probs" : name + ".probs." + std::to_string(s0 / group));
-        ggml_tensor * o = cpu.f32 ? cpu_matmul_f32(ctx, vs, kq) : ggml_mul_mat(ctx, vs, kq);  // [heads, Lq, d]
+        ggml_tensor * o = cpu.f32 ? cpu_matmul_f32(ctx, vs, kq, cpu.abort_slot) : ggml_mul_mat(ctx, vs, kq);  // [heads, Lq, d]
         out = out ? ggml_concat(ctx, out, o, 2) : o;
     }
     out = ggml_permute(ctx, ggml_reshape_4d(ctx, out, d, lq, heads, n), 0, 2, 1, 3);  // [N, Lq, heads, d]

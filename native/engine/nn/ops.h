@@ -26,7 +26,7 @@ namespace ops {
 // to 8 bits turns the last-bit differences of AMX's f32 sums into whole quantization steps here
 // and there, so quantized models keep ggml's f16 arithmetic bit for bit, as
 // stable-diffusion.cpp computes it; SDNODE_CPU_AMX=all gives them AMX too (faster, ~1% apart).
-CpuKernels graph_kernels(ggml_backend_t backend, const TensorSource & weights);
+CpuKernels graph_kernels(ggml_backend_t backend, const TensorSource & weights, uint16_t abort_slot = 0);
 
 // y = x W^T (+ bias) (+ residual, added as ggml_add(residual, y)). w: [out, in]; x: [..., in];
 // bias: f32 [out] or null; residual: [..., out] or null.

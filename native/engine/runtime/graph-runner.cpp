@@ -142,6 +142,7 @@ void GraphRunner::apply_threads() {
 
 // Raised mid-graph, the CPU backends stop at the next node (and sdnode's kernels inside theirs).
 void GraphRunner::set_abort_callbacks(bool on) {
+    kernel_abort_.point_at(on ? abort_ : nullptr);
     for (ggml_backend_t b : backends_) {
         auto set = reinterpret_cast<ggml_backend_set_abort_callback_t>(backend_proc(b, "ggml_backend_set_abort_callback"));
         if (!set) continue;

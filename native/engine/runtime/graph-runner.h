@@ -14,6 +14,7 @@
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpp.h"
+#include "kernels/cpu-kernels.h"
 #include "ggml.h"
 
 namespace sd {
@@ -61,6 +62,8 @@ public:
     void set_threads(int threads);
     // Raised mid-graph, compute stops at the next node and run() throws Aborted.
     void set_abort_flag(const std::atomic<bool> * flag) { abort_ = flag; }
+    // The kernel abort slot of this runner's graphs (CpuKernels::abort_slot).
+    uint16_t abort_slot() const { return kernel_abort_.id(); }
 
     // Tensor names (ggml_format_name) to keep and return from the next runs, for comparisons.
     void set_debug_outputs(std::vector<std::string> names) { debug_names_ = std::move(names); }
@@ -83,6 +86,7 @@ private:
     std::vector<ggml_backend_t> backends_;  // backend_, then the CPU fallback if any
     int threads_ = 1;
     const std::atomic<bool> * abort_ = nullptr;
+    KernelAbortSlot kernel_abort_;  // points at abort_ while a graph computes
     ggml_backend_sched_ptr sched_;
     std::set<std::string> reserved_;
     std::vector<uint8_t> meta_;  // graph context metadata, reused by every run (no page faults per step)

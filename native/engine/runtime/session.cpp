@@ -13,16 +13,20 @@ Session::Session(std::shared_ptr<const Model> model) : model_(std::move(model)) 
     thread_ = std::thread([this] { loop(); });
 }
 
-Session::~Session() {
+Session::~Session() { stop(); }
+
+void Session::stop() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stop_ = true;
     }
     cv_.notify_one();
+    std::lock_guard<std::mutex> lock(join_mutex_);
+    if (!thread_.joinable()) return;
     // The last owner may let go on this very thread (from inside a job): never join itself.
     if (std::this_thread::get_id() == thread_.get_id()) {
         thread_.detach();
-    } else if (thread_.joinable()) {
+    } else {
         thread_.join();
     }
 }
@@ -35,6 +39,7 @@ size_t Session::compute_bytes() const {
 void Session::submit(std::function<void()> job) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
+        if (stop_) return;  // stopped: nothing runs it (the addon stops sessions only at teardown)
         jobs_.push(std::move(job));
     }
     cv_.notify_one();

@@ -26,7 +26,7 @@ public:
     // Starts the session's backend and thread. Throws Internal when the device cannot start a
     // backend.
     explicit Session(std::shared_ptr<const Model> model);
-    // Runs the jobs already submitted, then stops the thread.
+    // stop().
     ~Session();
     Session(const Session &) = delete;
     Session & operator=(const Session &) = delete;
@@ -41,6 +41,10 @@ public:
     // must not throw (it reports its own outcome).
     void submit(std::function<void()> job);
 
+    // Runs the jobs already submitted, then ends the thread and waits for it (unless called on
+    // it: then it ends after the current job). Later submissions are dropped unrun. Idempotent.
+    void stop();
+
 private:
     void loop();
 
@@ -51,6 +55,7 @@ private:
     std::condition_variable cv_;
     std::queue<std::function<void()>> jobs_;
     bool stop_ = false;
+    std::mutex join_mutex_;
     size_t compute_bytes_ = 0;  // updated after each job, under mutex_
     std::thread thread_;        // last: starts once the members above exist
 };
