@@ -45,6 +45,10 @@ MappedFile::MappedFile(const std::string & path) : path_(path) {
                               FILE_ATTRIBUTE_NORMAL, nullptr);
     if (file == INVALID_HANDLE_VALUE)
         throw Error(ErrorCode::Io, path + ": cannot open: " + win_error_text(GetLastError()), path);
+    if (GetFileType(file) != FILE_TYPE_DISK) {
+        CloseHandle(file);
+        throw Error(ErrorCode::Io, path + ": is not a regular file", path);
+    }
     LARGE_INTEGER size;
     if (!GetFileSizeEx(file, &size)) {
         DWORD err = GetLastError();
@@ -74,6 +78,10 @@ MappedFile::MappedFile(const std::string & path) : path_(path) {
     data_ = static_cast<const uint8_t *>(view);
 }
 
+// Opened without FILE_SHARE_WRITE or FILE_SHARE_DELETE: nobody can write, truncate or replace
+// the file while it is mapped.
+std::string MappedFile::changed_since_open() const { return ""; }
+
 MappedFile::~MappedFile() {
     if (data_ && data_ != kEmpty) UnmapViewOfFile(data_);
     if (mapping_handle_) CloseHandle(mapping_handle_);
@@ -82,8 +90,36 @@ MappedFile::~MappedFile() {
 
 #else
 
+namespace {
+
+const char * file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return "not a regular file";
+}
+
+FileIdentity identity_of(const struct stat & st) {
+    FileIdentity id;
+    id.device = static_cast<uint64_t>(st.st_dev);
+    id.inode = static_cast<uint64_t>(st.st_ino);
+    id.size = static_cast<uint64_t>(st.st_size);
+#if defined(__APPLE__)
+    id.mtime_ns = static_cast<int64_t>(st.st_mtimespec.tv_sec) * 1000000000 + st.st_mtimespec.tv_nsec;
+#else
+    id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+#endif
+    return id;
+}
+
+}  // namespace
+
 MappedFile::MappedFile(const std::string & path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Never block in open(): a FIFO would wait for a writer forever. O_NONBLOCK changes nothing
+    // for the regular files that get past the check below.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw Error(ErrorCode::Io, path + ": cannot open: " + std::strerror(errno), path);
     struct stat st;
     if (::fstat(fd, &st) != 0) {
@@ -93,8 +129,9 @@ MappedFile::MappedFile(const std::string & path) : path_(path) {
     }
     if (!S_ISREG(st.st_mode)) {
         ::close(fd);
-        throw Error(ErrorCode::Io, path + ": cannot map: not a regular file", path);
+        throw Error(ErrorCode::Io, path + ": is " + file_kind(st.st_mode) + ", not a regular file", path);
     }
+    identity_ = identity_of(st);
     size_ = uint64_t(st.st_size);
     if (size_ > uint64_t(SIZE_MAX)) {
         ::close(fd);
@@ -110,6 +147,18 @@ MappedFile::MappedFile(const std::string & path) : path_(path) {
     ::close(fd);  // the mapping keeps the file alive
     if (addr == MAP_FAILED) throw Error(ErrorCode::Io, path + ": cannot map: " + std::strerror(err), path);
     data_ = static_cast<const uint8_t *>(addr);
+}
+
+std::string MappedFile::changed_since_open() const {
+    struct stat st;
+    if (::stat(path_.c_str(), &st) != 0) return std::string("it is gone (") + std::strerror(errno) + ")";
+    const FileIdentity now = identity_of(st);
+    if (now.device != identity_.device || now.inode != identity_.inode) return "it was replaced by another file";
+    if (now.size != identity_.size) {
+        return "its size changed from " + std::to_string(identity_.size) + " to " + std::to_string(now.size) + " bytes";
+    }
+    if (now.mtime_ns != identity_.mtime_ns) return "it was modified (its modification time changed)";
+    return "";
 }
 
 MappedFile::~MappedFile() {

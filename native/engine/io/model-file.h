@@ -16,7 +16,14 @@
 
 namespace sd {
 
-// Read-only memory map of a whole file (RAII).
+// What identifies a file's content cheaply: where it lives, its size and modification time.
+struct FileIdentity {
+    uint64_t device = 0, inode = 0, size = 0;
+    int64_t mtime_ns = 0;
+};
+
+// Read-only memory map of a whole file (RAII). Only regular files: anything else (a FIFO, a
+// device, a socket) is an Io error before anything reads it.
 class MappedFile {
 public:
     explicit MappedFile(const std::string & path);  // throws sd::Error (Io) on failure
@@ -31,11 +38,15 @@ public:
     // process's resident memory (they are read again from the file if touched). Whole pages
     // inside the range only; a no-op where unsupported.
     void drop_pages(uint64_t offset, uint64_t size) const;
+    // Empty while the file at path() is the one mapped, as it was (same file, size and
+    // modification time); else what changed. A stat() call.
+    std::string changed_since_open() const;
 
 private:
     std::string path_;
     const uint8_t * data_ = nullptr;
     uint64_t size_ = 0;
+    FileIdentity identity_;
 #if defined(_WIN32)
     void * file_handle_ = nullptr;
     void * mapping_handle_ = nullptr;

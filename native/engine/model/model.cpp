@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "runtime/backend.h"
@@ -62,16 +63,42 @@ uint64_t Model::mapped_weight_bytes() const {
     return n;
 }
 
+void Model::check_files_unchanged() const {
+    std::vector<const MappedFile *> files;
+    for (const auto & [c, w] : weights_) {
+        if (w.mapped_bytes() == 0) continue;
+        for (const auto & f : w.mapped_files()) {
+            if (std::find(files.begin(), files.end(), f.get()) == files.end()) files.push_back(f.get());
+        }
+    }
+    for (const MappedFile * f : files) {
+        const std::string what = f->changed_since_open();
+        if (!what.empty()) {
+            throw Error(ErrorCode::Io, f->path() + " changed since the model was loaded: " + what +
+                                           "; load the model again (or load it with SDNODE_MMAP=0 to copy every weight)",
+                        f->path());
+        }
+    }
+}
+
 std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLoadOptions & options) {
     if (options.threads < limits::kThreadsMin || options.threads > limits::kThreadsMax) {
         throw_invalid("threads must be an integer from " + std::to_string(limits::kThreadsMin) + " to " +
                       std::to_string(limits::kThreadsMax) + "; received " + std::to_string(options.threads));
     }
     std::shared_ptr<Model> m(new Model());
-    m->threads_ = options.threads;
+    // More compute threads than logical CPUs only make them wait for each other (measured on 2
+    // CPUs: a 2-step 64x64 run took 1.2 s at 2 threads, 28 s at 8, 84 s at 32).
+    const int cpus = logical_cpu_count();
+    m->threads_ = std::min(options.threads, cpus);
     m->file_ = open_model_file(path);
     m->canonical_ = canonicalize(m->file_);
     m->info_ = detect_architecture(m->file_, m->canonical_);
+    if (options.threads > cpus) {
+        m->info_.warnings.push_back("threads " + std::to_string(options.threads) + " is more than the " +
+                                    std::to_string(cpus) + " logical CPUs this process can use; using " +
+                                    std::to_string(cpus));
+    }
     const ModelInfo & info = m->info_;
 
     // txt2img needs all three parts; say which is missing.
@@ -124,7 +151,7 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     for (Component c : parts) {
         WeightLoadOptions wo;
         wo.weight_type = options.weight_type;
-        wo.threads = options.threads;
+        wo.threads = m->threads_;
         wo.abort = options.abort;
         // On the CPU, weights stored as they run are used from the mapped file (no copy, and
         // the graphs drop their pages after each use: see blocks.h release_after_use).

@@ -63,6 +63,10 @@ public:
     // Bytes of weights held on the device (for memory accounting).
     uint64_t weight_bytes() const;         // copied into device buffers
     uint64_t mapped_weight_bytes() const;  // used in place from the mapped model file
+    // Throws Io when a file whose mapped weights the model uses in place has changed since it was
+    // loaded (replaced, truncated, rewritten: reading it would fault or compute with other
+    // numbers). A stat() per file; nothing when every weight was copied (SDNODE_MMAP=0, GPU).
+    void check_files_unchanged() const;
 
 private:
     Model() = default;

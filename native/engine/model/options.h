@@ -24,6 +24,10 @@ constexpr double kEtaMin = 0, kEtaMax = 100;
 constexpr int kClipSkipMin = 1, kClipSkipMax = 48;
 constexpr int kThreadsMin = 1, kThreadsMax = 1024;
 constexpr int kPromptMaxLength = 100000;              // UTF-16 code units, as JavaScript counts
+// The largest emphasis weight a prompt's text may get, explicit ("(a:2)") or the product of its
+// brackets ("((a))" = 1.1^2): past it the hidden states overflow to infinity (a black image).
+// 1.1^144 is 9.1e5: 144 nested parentheses.
+constexpr double kPromptWeightMax = 1e6;
 constexpr double kSeedMax = 9007199254740991.0;        // Number.MAX_SAFE_INTEGER
 constexpr double kRandnCountMax = 100000000;
 }  // namespace limits

@@ -80,6 +80,8 @@ public:
     bool has(const std::string & name) const { return find(name) != nullptr; }
     uint64_t bytes() const;  // copied to the backend
     uint64_t mapped_bytes() const;  // used from the mapped file
+    // The files these weights use in place (empty when every weight was copied).
+    const std::vector<std::shared_ptr<const MappedFile>> & mapped_files() const { return files_; }
     // The file range of `t` when it is used from the mapped file, else nullptr. Stable for the
     // lifetime of these weights.
     const MappedRange * mapped_range(const ggml_tensor * t) const;

@@ -99,8 +99,11 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         std::lock_guard<std::mutex> lock(mutex);
         r.seed = device() & 0x7fffffffu;
     }
-    if (static_cast<double>(r.seed) + r.batch - 1 > kSeedMax) {
-        throw_invalid("seed must be small enough that seed + batchSize - 1 is a safe integer");
+    // In integers: as doubles, (2^53 - 1) + 2 - 1 rounds back to 2^53 - 1.
+    constexpr uint64_t kSeedMaxInt = static_cast<uint64_t>(kSeedMax);
+    if (r.seed > kSeedMaxInt - static_cast<uint64_t>(r.batch - 1)) {
+        throw_invalid("seed must be small enough that seed + batchSize - 1 is a safe integer; received seed " +
+                      std::to_string(r.seed) + " with batchSize " + std::to_string(r.batch));
     }
     r.return_latents = p.return_latents;
     const UnetParams & u = model.info().unet;
@@ -123,6 +126,7 @@ HostTensor encode_prompt(Session & session, const std::string & prompt, std::opt
         ~Reset() { r.set_abort_flag(nullptr); }
     } reset{runner};
     const Model & model = session.model();
+    model.check_files_unchanged();
     return encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip)).context;
 }
 
@@ -130,6 +134,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const Model & model = session.model();
     GenerateOutput out;
     out.params = resolve_generate_params(model, params);
+    model.check_files_unchanged();
     const ResolvedParams & p = out.params;
     const Clock::time_point t0 = Clock::now();
     GraphRunner & runner = session.runner();

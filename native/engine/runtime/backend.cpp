@@ -4,6 +4,10 @@
 #include <mutex>
 #include <thread>
 
+#if defined(__linux__)
+#  include <sched.h>
+#endif
+
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "core/log.h"
@@ -68,10 +72,20 @@ void init_backends() {
     });
 }
 
-int default_thread_count() {
-    unsigned n = std::thread::hardware_concurrency();
+int logical_cpu_count() {
+#if defined(__linux__)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        const int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    const unsigned n = std::thread::hardware_concurrency();
     return n == 0 ? 1 : static_cast<int>(n);
 }
+
+int default_thread_count() { return logical_cpu_count(); }
 
 SystemInfo system_info() {
     init_backends();

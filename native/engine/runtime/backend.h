@@ -34,7 +34,10 @@ void init_backends();
 
 SystemInfo system_info();
 
-// Physical cores when known, else logical processors; at least 1.
+// The default compute threads: logical_cpu_count().
 int default_thread_count();
+// The logical CPUs this process may run on (its affinity mask where the OS has one): the most
+// compute threads that help. Past it, threads wait on each other's spinning barriers.
+int logical_cpu_count();
 
 }  // namespace sd

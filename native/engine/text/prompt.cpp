@@ -1,9 +1,11 @@
 #include "text/prompt.h"
 
+#include <cmath>
 #include <locale>
 #include <sstream>
 
 #include "core/errors.h"
+#include "model/options.h"
 
 namespace sd {
 namespace {
@@ -23,6 +25,19 @@ bool is_special(char c) {
     return c == '\\' || c == '(' || c == ')' || c == '[' || c == ']' || c == ':' || c == 'B';
 }
 
+std::string excerpt(const std::string & prompt) { return prompt.size() > 80 ? prompt.substr(0, 77) + "..." : prompt; }
+
+// One rule for explicit weights and for the products of nested brackets.
+void check_weight(double w, const std::string & prompt) {
+    if (!(std::fabs(w) <= limits::kPromptWeightMax)) {
+        std::ostringstream msg;
+        msg << "prompt \"" << excerpt(prompt) << "\": an emphasis weight (explicit, or the product of nested brackets) of "
+            << w << " is out of range; expected a magnitude of at most " << limits::kPromptWeightMax
+            << " (at most 144 nested parentheses)";
+        throw_invalid(msg.str());
+    }
+}
+
 // `number` matched [+-]?[.0-9]+. Reads it as std::stof does: the longest prefix that is a
 // decimal number ("1.2.3" reads 1.2); none at all ("." or "+..") is an error.
 float parse_weight(const std::string & number, const std::string & prompt) {
@@ -34,7 +49,7 @@ float parse_weight(const std::string & number, const std::string & prompt) {
         ++i;
         while (i < number.size() && is_digit(number[i])) { ++i; ++digits; }
     }
-    float value = 0.0f;
+    double value = 0.0;
     bool ok = digits > 0;
     if (ok) {
         // Classic locale: the decimal point is '.', whatever the process locale says.
@@ -47,7 +62,8 @@ float parse_weight(const std::string & number, const std::string & prompt) {
         throw_invalid("prompt \"" + prompt + "\": emphasis weight \"" + number +
                       "\" is not a number; expected e.g. (word:1.2)");
     }
-    return value;
+    check_weight(value, prompt);
+    return static_cast<float>(value);
 }
 
 }  // namespace
@@ -58,7 +74,10 @@ std::vector<PromptSegment> parse_prompt_attention(const std::string & prompt) {
     std::vector<size_t> square_starts;  // same for "["
 
     auto multiply_from = [&](size_t start, float multiplier) {
-        for (size_t p = start; p < res.size(); ++p) res[p].weight *= multiplier;
+        for (size_t p = start; p < res.size(); ++p) {
+            res[p].weight *= multiplier;
+            check_weight(res[p].weight, prompt);
+        }
     };
     auto push_text = [&](std::string text) { res.push_back({std::move(text), 1.0f}); };
 
