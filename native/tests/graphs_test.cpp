@@ -150,15 +150,39 @@ void test_attention(ggml_backend_t backend, bool causal) {
     // the fused op, which ignores the limit): those give ggml's floats too.
     const sd::CpuKernels kernels = sd::cpu_kernels_for(backend);
     for (const sd::CpuKernels & cpu : {sd::CpuKernels{}, kernels}) {
-        for (int64_t group : {int64_t{6}, int64_t{1}, int64_t{2}, int64_t{4}}) {
-            const std::string key = "attn-" + std::to_string(cpu.f32) + std::to_string(cpu.activations) + "-" + std::to_string(group);
+        // Budgets in scores of one head: 6, 1, 2, 4 heads per group; then under one head (blocks
+        // of queries: 2 or 3 rows, then one row each).
+        const int64_t head_scores = Lq * Lk * static_cast<int64_t>(sizeof(float));
+        for (int64_t budget : {6 * head_scores, head_scores, 2 * head_scores, 4 * head_scores, head_scores / 2,
+                               head_scores / 3, int64_t{1}}) {
+            const std::string key = "attn-" + std::to_string(cpu.f32) + std::to_string(cpu.activations) + "-" + std::to_string(budget);
             auto grouped = runner.run(key, [&](sd::GraphBuilder & b) {
                 return sd::ops::attention(b.ctx(), b.input_f32("q", q.data(), width, Lq, N), b.input_f32("k", k.data(), width, Lk, N),
-                                     b.input_f32("v", v.data(), width, Lk, N), heads, causal, "attn", cpu,
-                                     group * Lq * Lk * static_cast<int64_t>(sizeof(float)));
+                                     b.input_f32("v", v.data(), width, Lk, N), heads, causal, "attn", cpu, budget);
             });
             CHECK(grouped.data == out.data);
         }
+    }
+}
+
+// Blocks of queries at a size where ggml's tiled f32 product runs: the same floats as one block.
+void test_attention_query_blocks(ggml_backend_t backend) {
+    const int64_t N = 1, Lq = 1024, Lk = 1024, d = 40;
+    const int heads = 2;
+    const int64_t width = heads * d;
+    auto q = random_vector(N * Lq * width, 15, 1.5f);
+    auto k = random_vector(N * Lk * width, 16, 1.5f);
+    auto v = random_vector(N * Lk * width, 17, 1.0f);
+    sd::GraphRunner runner(backend, 2);
+    const int64_t head_scores = Lq * Lk * static_cast<int64_t>(sizeof(float));
+    std::vector<float> whole;
+    for (int64_t budget : {2 * head_scores, head_scores / 4, head_scores / 7}) {
+        auto out = runner.run("attn-blocks-" + std::to_string(budget), [&](sd::GraphBuilder & b) {
+            return sd::ops::attention(b.ctx(), b.input_f32("q", q.data(), width, Lq, N), b.input_f32("k", k.data(), width, Lk, N),
+                                      b.input_f32("v", v.data(), width, Lk, N), heads, false, "attn", sd::CpuKernels{}, budget);
+        });
+        if (whole.empty()) whole = out.data;
+        else CHECK(out.data == whole);
     }
 }
 
@@ -582,6 +606,7 @@ int main() {
     test_layer_norm(backend);
     test_attention(backend, false);
     test_attention(backend, true);
+    test_attention_query_blocks(backend);
     test_conv2d(backend);
     test_graph_kernels(backend);
     test_timestep_embedding(backend);

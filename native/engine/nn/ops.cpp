@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/errors.h"
 #include "nn/blocks.h"
@@ -182,28 +183,56 @@ ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, gg
                         lk, d, heads * n);
 
     // The scores of all heads at once can be large (SD1 at 512x512: 16 x 4096 x 4096 floats,
-    // 1 GiB): past max_scores_bytes, heads run in groups whose scores the allocator reuses. Every
-    // op here works per head, so the numbers are the same either way.
-    ggml_tensor * out = nullptr;
+    // 1 GiB): past max_scores_bytes, heads run in groups whose scores the allocator reuses, and
+    // past it for one head (SD1 at 1024x1024: 1 GiB per head), blocks of queries. Every op here
+    // works per head and query row, so the numbers are the same either way.
+    const int64_t groups = (slices + group - 1) / group;
+    const int64_t wanted_blocks = (per_slice + max_scores_bytes - 1) / max_scores_bytes;  // > 1 only when group == 1
+    const int64_t blocks = std::max<int64_t>(1, std::min(wanted_blocks, kMaxAttentionBlocks / groups));
+    const int64_t rows = (lq + blocks - 1) / blocks;
+    // Blocks side by side, pairwise: each row is copied log2(blocks) times, not blocks/2.
+    const auto concat_all = [&](std::vector<ggml_tensor *> parts, int dim) {
+        while (parts.size() > 1) {
+            std::vector<ggml_tensor *> next;
+            for (size_t i = 0; i + 1 < parts.size(); i += 2) next.push_back(ggml_concat(ctx, parts[i], parts[i + 1], dim));
+            if (parts.size() % 2) next.push_back(parts.back());
+            parts.swap(next);
+        }
+        return parts.front();
+    };
+    std::vector<ggml_tensor *> head_groups;
     for (int64_t s0 = 0; s0 < slices; s0 += group) {
         const int64_t sn = std::min(group, slices - s0);
-        ggml_tensor * qs = group == slices ? q : ggml_view_3d(ctx, q, d, lq, sn, q->nb[1], q->nb[2], s0 * q->nb[2]);
         ggml_tensor * ks = group == slices ? k : ggml_view_3d(ctx, k, d, lk, sn, k->nb[1], k->nb[2], s0 * k->nb[2]);
         ggml_tensor * vs = group == slices ? v : ggml_view_3d(ctx, v, lk, d, sn, v->nb[1], v->nb[2], s0 * v->nb[2]);
-        ggml_tensor * kq = cpu.f32 ? cpu_matmul_f32(ctx, ks, qs, cpu.abort_slot) : ggml_mul_mat(ctx, ks, qs);  // [heads, Lq, Lk]
-        if (!cpu.f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
-        if (views) kq = ggml_reshape_3d(ctx, kq, lk, lq, slices);
-        if (cpu.activations && !causal) {
-            kq = cpu_soft_max(ctx, kq, scale);  // scale and softmax in one pass, same floats
-        } else {
-            kq = ggml_scale(ctx, kq, scale);
-            if (causal) kq = ggml_diag_mask_inf(ctx, kq, 0);
-            kq = ggml_soft_max(ctx, kq);
+        std::vector<ggml_tensor *> query_blocks;
+        for (int64_t r0 = 0; r0 < lq; r0 += rows) {
+            const int64_t rn = std::min(rows, lq - r0);
+            ggml_tensor * qs = group == slices && rn == lq
+                                   ? q
+                                   : ggml_view_3d(ctx, q, d, rn, sn, q->nb[1], q->nb[2], s0 * q->nb[2] + r0 * q->nb[1]);
+            // A block's queries contiguous, as a whole head's are: ggml's product then takes the
+            // same kernel (its tiled path needs contiguous rows), so the same floats.
+            if (rn != lq) qs = ggml_cont(ctx, qs);
+            ggml_tensor * kq = cpu.f32 ? cpu_matmul_f32(ctx, ks, qs, cpu.abort_slot) : ggml_mul_mat(ctx, ks, qs);  // [heads, rows, Lk]
+            if (!cpu.f32) ggml_prec_set_acc(kq, GGML_PREC_F32);
+            if (views) kq = ggml_reshape_3d(ctx, kq, lk, lq, slices);
+            if (cpu.activations && !causal) {
+                kq = cpu_soft_max(ctx, kq, scale);  // scale and softmax in one pass, same floats
+            } else {
+                kq = ggml_scale(ctx, kq, scale);
+                if (causal) kq = ggml_diag_mask_inf(ctx, kq, static_cast<int>(r0));  // row i is query r0 + i
+                kq = ggml_soft_max(ctx, kq);
+            }
+            std::string probs = name + ".probs";
+            if (group != slices) probs += "." + std::to_string(s0 / group);
+            if (blocks > 1) probs += ".q" + std::to_string(r0 / rows);
+            kq = name_as(kq, probs);
+            query_blocks.push_back(cpu.f32 ? cpu_matmul_f32(ctx, vs, kq, cpu.abort_slot) : ggml_mul_mat(ctx, vs, kq));  // [heads, rows, d]
         }
-        kq = name_as(kq, group == slices ? name + ".probs" : name + ".probs." + std::to_string(s0 / group));
-        ggml_tensor * o = cpu.f32 ? cpu_matmul_f32(ctx, vs, kq, cpu.abort_slot) : ggml_mul_mat(ctx, vs, kq);  // [heads, Lq, d]
-        out = out ? ggml_concat(ctx, out, o, 2) : o;
+        head_groups.push_back(concat_all(std::move(query_blocks), 1));
     }
+    ggml_tensor * out = concat_all(std::move(head_groups), 2);
     out = ggml_permute(ctx, ggml_reshape_4d(ctx, out, d, lq, heads, n), 0, 2, 1, 3);  // [N, Lq, heads, d]
     out = ggml_reshape_3d(ctx, ggml_cont(ctx, out), width, lq, n);
     return name_as(out, name);

@@ -66,9 +66,14 @@ ggml_tensor * tokens_to_image(ggml_context * ctx, ggml_tensor * x, int64_t w, in
 // softmax(Q K^T / sqrt(d)) V per head: q: [N, Lq, heads*d], k, v: [N, Lk, heads*d] ->
 // [N, Lq, heads*d]; causal: position i attends to positions <= i only (CLIP). With sdnode's f32
 // and activation kernels, non-causal attention is one fused op (a block of one head's scores
-// at a time). Otherwise past max_scores_bytes of score matrices, heads run in groups (same
-// numbers, less memory). Throws ModelFormat when the shapes do not split into `heads`.
+// at a time). Otherwise past max_scores_bytes of score matrices, heads run in groups, and a
+// head whose scores alone are larger runs a block of queries at a time (same numbers, bounded
+// memory, and graph nodes short enough that an abort, checked between nodes, lands soon).
+// Throws ModelFormat when the shapes do not split into `heads`.
 constexpr int64_t kMaxAttentionScoresBytes = int64_t{128} << 20;
+// At most this many query blocks per attention (graph nodes grow with them): past it blocks get
+// larger than max_scores_bytes.
+constexpr int64_t kMaxAttentionBlocks = 128;
 ggml_tensor * attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, int heads, bool causal,
                         const std::string & name, const CpuKernels & cpu = {},
                         int64_t max_scores_bytes = kMaxAttentionScoresBytes);
