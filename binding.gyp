@@ -32,6 +32,7 @@
       "defines": [
         "NAPI_VERSION=8",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
         "SDNODE_VERSION=\"<!(node -p \"require('./package.json').version\")\"",
       ],
       "cflags!": ["-fno-exceptions", "-fno-rtti"],

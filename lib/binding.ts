@@ -219,6 +219,8 @@ export interface NativeAddon {
   /** The noise stream `seed` gives with `rng` (count floats). */
   randn(seed: number, rng: string, count: number): Float32Array;
   optionTables(): NativeOptionTables;
+  /** Aborts every running job of this thread's environment and joins the engine's threads. */
+  shutdown(): void;
   AbortFlag: new () => NativeAbortFlag;
   NativeModel: NativeModelClass;
 }
@@ -239,7 +241,11 @@ export function native(): NativeAddon {
   if (loaded) return loaded;
   if (loadError === undefined) {
     try {
-      loaded = load();
+      const addon = load();
+      loaded = addon;
+      // process.exit() and an uncaught exception on the main thread end the process without
+      // tearing its environment down: stop native work while everything it uses still exists.
+      process.once('exit', () => addon.shutdown());
       return loaded;
     } catch (e) {
       loadError = e;

@@ -64,6 +64,12 @@ Napi::Value SystemInfo(const Napi::CallbackInfo & info) {
     });
 }
 
+// Aborts and joins everything this environment started (lib/ calls it on process 'exit').
+Napi::Value Shutdown(const Napi::CallbackInfo & info) {
+    AddonState::Get(info.Env()).lifetime->shutdown();
+    return info.Env().Undefined();
+}
+
 // The engine's option tables (model/options.h): lib/engine-tables.ts is generated from these.
 Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
@@ -139,6 +145,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("inspectModel", Napi::Function::New(env, InspectModel, "inspectModel"));
     exports.Set("randn", Napi::Function::New(env, Randn, "randn"));
     exports.Set("optionTables", Napi::Function::New(env, OptionTables, "optionTables"));
+    exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));
     auto * state = new AddonState();
     Napi::Function abort_flag = AbortFlag::Define(env);
     Napi::Function model = ModelWrap::Define(env);

@@ -1,42 +1,10 @@
 #include "lifetime.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <set>
 
 #include "sd.h"
 
 namespace sdnode {
-
-namespace {
-
-// Every environment's Lifetime, for the process's exit: process.exit() and an uncaught exception
-// on the main thread end the process without tearing its environment down (no cleanup hooks
-// run), while engine threads may still be computing.
-std::mutex g_all_mutex;
-std::set<Lifetime *> & all_lifetimes() {
-    static auto * all = new std::set<Lifetime *>();  // never destroyed: used from atexit
-    return *all;
-}
-
-void shutdown_all_at_exit() {
-    std::lock_guard<std::mutex> lock(g_all_mutex);
-    for (Lifetime * l : all_lifetimes()) l->shutdown();
-}
-
-}  // namespace
-
-Lifetime::Lifetime() {
-    static const bool registered = [] { return std::atexit(shutdown_all_at_exit) == 0; }();
-    (void)registered;
-    std::lock_guard<std::mutex> lock(g_all_mutex);
-    all_lifetimes().insert(this);
-}
-
-Lifetime::~Lifetime() {
-    std::lock_guard<std::mutex> lock(g_all_mutex);
-    all_lifetimes().erase(this);
-}
 
 uint64_t Lifetime::add_job(Flag abort) {
     std::lock_guard<std::mutex> lock(mutex_);

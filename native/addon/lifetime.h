@@ -5,8 +5,9 @@
 //
 // Jobs register their abort flags while they run; sessions and the threads of loads and
 // inspections are registered when they start. shutdown() (the environment's cleanup hook, on its
-// JS thread, or exit() for the main thread's process.exit) raises every flag, then joins every
-// thread.
+// JS thread; for the main thread's process.exit() and uncaught exceptions, which tear nothing
+// down, lib/ calls it from process's 'exit' event, before any static object is destroyed)
+// raises every flag, then joins every thread.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -28,9 +29,7 @@ class Lifetime {
 public:
     using Flag = std::shared_ptr<std::atomic<bool>>;
 
-    // Registers with the process's exit too: exit() aborts and joins whatever is still running.
-    Lifetime();
-    ~Lifetime();
+    Lifetime() = default;
     Lifetime(const Lifetime &) = delete;
     Lifetime & operator=(const Lifetime &) = delete;
 
