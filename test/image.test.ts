@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import * as zlib from 'node:zlib';
-import { MAX_PNG_PIXELS, crc32, decodePNG, encodePNG } from '../lib/image.ts';
+import { MAX_PNG_PIXELS, chunk, crc32, decodePNG, encodePNG } from '../lib/image.ts';
 import { ImageFormatError, InvalidArgumentError, SdError } from '../lib/errors.ts';
 
 test('crc32 matches the standard check value', () => {
@@ -66,15 +66,6 @@ test('encodePNG rejects mismatched sizes with a typed error', () => {
 
 // --- Malformed and hostile PNGs -------------------------------------------------------------
 
-/** One PNG chunk with a correct CRC. */
-function chunk(type: string, data: Uint8Array): Buffer {
-  const head = Buffer.alloc(8);
-  head.writeUInt32BE(data.length, 0);
-  head.write(type, 4, 'latin1');
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(crc32(data, crc32(head.subarray(4, 8))), 0);
-  return Buffer.concat([head, data, crc]);
-}
 const SIG = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 function ihdr(width: number, height: number, colorType = 2, bitDepth = 8, interlace = 0): Buffer {
   const d = Buffer.alloc(13);
