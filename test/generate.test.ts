@@ -18,7 +18,7 @@ import {
   type Model,
 } from '../lib/index.ts';
 import { generateCheckpoint } from './fixtures/generate.ts';
-import { readTensor, referenceCasesDir, referenceEnabled } from './helpers/reference.ts';
+import { readTensor, referenceCaseDirs, referenceEnabled } from './helpers/reference.ts';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-generate-'));
 let model: Model;
@@ -236,7 +236,7 @@ describe('randn', () => {
   });
   test('matches stable-diffusion.cpp noise for the reference seeds (cuda and std_default)', { skip: !referenceEnabled && 'opt-in: SDNODE_REFERENCE=1' }, () => {
     for (const name of ['cat-euler', 'fox-eulera-karras']) {
-      const dir = path.join(referenceCasesDir, name);
+      const dir = path.join(referenceCaseDirs[0], name);
       const c = JSON.parse(fs.readFileSync(path.join(dir, 'case.json'), 'utf8'));
       const ref = readTensor(dir, 'noise').data;
       const ours = randn({ seed: c.seed, rng: c.rng, count: ref.length });

@@ -9,7 +9,8 @@ import { packageRoot } from '../../lib/binding.ts';
 
 export const referenceEnabled = process.env.SDNODE_REFERENCE === '1';
 export const sharedDir = process.env.SDNODE_SHARED_DIR ?? path.resolve(packageRoot, '..', 'shared');
-export const referenceCasesDir = path.join(sharedDir, 'reference', 'sd15-random');
+/** The SD1.5 text-to-image case sets (README in ../shared/reference/). */
+export const referenceCaseDirs = ['sd15-random', 'sd15-random-2'].map((d) => path.join(sharedDir, 'reference', d));
 
 /** Makes the checkpoint once into the cache (2.1 GB, ~20 s; needs python3 with numpy). */
 export function sd15RandomCheckpoint(): string {
@@ -41,11 +42,13 @@ export interface ReferenceCase {
 }
 
 export function referenceCases(): ReferenceCase[] {
-  return fs
-    .readdirSync(referenceCasesDir)
-    .filter((d) => fs.existsSync(path.join(referenceCasesDir, d, 'case.json')))
-    .sort()
-    .map((d) => ({ ...JSON.parse(fs.readFileSync(path.join(referenceCasesDir, d, 'case.json'), 'utf8')), dir: path.join(referenceCasesDir, d) }));
+  return referenceCaseDirs.filter((dir) => fs.existsSync(dir)).flatMap((dir) =>
+    fs
+      .readdirSync(dir)
+      .filter((d) => fs.existsSync(path.join(dir, d, 'case.json')))
+      .sort()
+      .map((d) => ({ ...JSON.parse(fs.readFileSync(path.join(dir, d, 'case.json'), 'utf8')), dir: path.join(dir, d) })),
+  );
 }
 
 /** Reads `<name>.f32` with its `.shape` (dimensions fastest-first). */

@@ -64,7 +64,7 @@ void ancestral_step(float sigma, float sigma_next, float eta, float & down, floa
     down = down2 > 0.0f ? std::sqrt(down2) : 0.0f;
 }
 
-// The DDPM alphas_cumprod as sd.cpp's DDIM/TCD samplers rebuild it (double product of float
+// The DDPM alphas_cumprod as sd.cpp's TCD sampler rebuilds it (double product of float
 // betas) with the matching CompVis sigmas.
 struct DdpmTable {
     std::vector<double> alphas_cumprod, sigmas;
@@ -128,18 +128,24 @@ void euler(Run & r, const std::vector<float> & sg) {
     }
 }
 
-void euler_ancestral(Run & r, const std::vector<float> & sg, float eta) {
+// As sd.cpp 97d29908 writes it: x moves toward D by sigma_down / sigma (exactly D on the last
+// step), then takes sigma_up of fresh noise.
+void euler_ancestral(Run & r, const std::vector<float> & sg, float eta, const char * name = "euler_a") {
     float * x = r.x_;
     for (int i = 0; i < r.steps_; ++i) {
-        const float sigma = sg[i];
+        const float sigma = sg[i], sigma_to = sg[i + 1];
         const float * den = r.D(x, sigma);
-        float down, up;
-        ancestral_step(sigma, sg[i + 1], eta, down, up);
-        const float dt = down - sigma;
-        for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + ((x[j] - den[j]) / sigma) * dt;
-        if (sg[i + 1] > 0) {
-            const float * z = r.draw_noise("euler_a");
-            for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + z[j] * up;
+        if (sigma_to == 0.0f) {
+            std::copy(den, den + r.n_, x);
+        } else {
+            float down, up;
+            ancestral_step(sigma, sigma_to, eta, down, up);
+            const float ratio = down / sigma, rest = 1.0f - ratio;
+            for (size_t j = 0; j < r.n_; ++j) x[j] = ratio * x[j] + rest * den[j];
+            if (eta > 0.0f && up > 0.0f) {
+                const float * z = r.draw_noise(name);
+                for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + z[j] * up;
+            }
         }
         r.step_done(i);
     }
@@ -310,73 +316,35 @@ void lcm(Run & r, const std::vector<float> & sg) {
     }
 }
 
-// DDIM with "trailing" timesteps (Lin et al. 2023) through the k-diffusion denoiser: x is kept in
-// DDPM (variance-preserving) scale between steps and rescaled by sqrt(sigma^2 + 1) for D.
-void ddim_trailing(Run & r, float eta) {
+// TCD's strategic stochastic sampling (Zheng et al. 2024) on the schedule's sigmas, as sd.cpp
+// 97d29908 runs it: the timestep of the next sigma (nearest CompVis sigma) picks the intermediate
+// s = floor((1 - eta) * t_prev); the step goes to s, then (eta > 0) forward to the next sigma
+// with fresh noise.
+void tcd(Run & r, const std::vector<float> & sg, float eta) {
     float * x = r.x_;
     const auto & tab = ddpm();
-    const int steps = r.steps_;
-    std::vector<float> eps(r.n_), x0(r.n_);
-    for (int i = 0; i < steps; ++i) {
-        // (clamped: beyond 1000 steps the grid would run below 0)
-        const int t = std::max(0, int(std::round(float(kTimesteps) - float(i) * (float(kTimesteps) / float(steps)))) - 1);
-        const int t_prev = t - kTimesteps / steps;
-        const float sigma = float(tab.sigmas[t]);
-        const float rescale = std::sqrt(sigma * sigma + 1);
-        // the first x is noise * sigmas[0]; DDIM wants unit noise in VP scale
-        const float pre = i == 0 ? rescale / sigma : rescale;
-        for (size_t j = 0; j < r.n_; ++j) x[j] *= pre;
-        const float * den = r.D(x, sigma);
-        for (size_t j = 0; j < r.n_; ++j) eps[j] = (x[j] - den[j]) * (1 / sigma);
-
-        const float alpha_t = float(tab.alphas_cumprod[t]);
-        const float alpha_prev = float(t_prev >= 0 ? tab.alphas_cumprod[t_prev] : tab.alphas_cumprod[0]);
-        const float beta_t = 1 - alpha_t;
-        for (size_t j = 0; j < r.n_; ++j) x0[j] = (x[j] / rescale - std::sqrt(beta_t) * eps[j]) * (1 / std::sqrt(alpha_t));
-        const float beta_prev = 1 - alpha_prev;
-        const float variance = (beta_prev / beta_t) * (1 - alpha_t / alpha_prev);
-        const float std_dev = eta * std::sqrt(variance);
-        const float dir = std::sqrt(1 - alpha_prev - std::pow(std_dev, 2.0f));
-        for (size_t j = 0; j < r.n_; ++j) x[j] = std::sqrt(alpha_prev) * x0[j] + dir * eps[j];
-        if (eta > 0) {
-            const float * z = r.draw_noise("ddim_trailing");
-            for (size_t j = 0; j < r.n_; ++j) x[j] += std_dev * z[j];
-        }
-        r.step_done(i);
-    }
-}
-
-// TCD's strategic stochastic sampling (Zheng et al. 2024, Algorithm 4) on the LCM 50-step grid;
-// eta (their gamma) picks the intermediate timestep s = floor((1 - eta) * t_prev).
-void tcd(Run & r, float eta) {
-    float * x = r.x_;
-    const auto & tab = ddpm();
-    const int steps = r.steps_;
-    const int original_steps = 50, stride = kTimesteps / original_steps;
-    std::vector<float> eps(r.n_), x0(r.n_);
-    for (int i = 0; i < steps; ++i) {
-        const int t = kTimesteps - 1 - stride * int(std::floor(float(i) * (float(original_steps) / float(steps))));
-        const int t_prev = i >= steps - 1
-                               ? 0
-                               : kTimesteps - 1 - stride * int(std::floor(float(i + 1) * (float(original_steps) / float(steps))));
+    const auto timestep_of = [&](float s) {
+        const auto it = std::lower_bound(tab.sigmas.begin(), tab.sigmas.end(), double(s));
+        if (it == tab.sigmas.begin()) return 0;
+        if (it == tab.sigmas.end()) return kTimesteps - 1;
+        const int high = int(it - tab.sigmas.begin()), low = high - 1;
+        return std::abs(tab.sigmas[high] - s) < std::abs(tab.sigmas[low] - s) ? high : low;
+    };
+    std::vector<float> d(r.n_);
+    for (int i = 0; i < r.steps_; ++i) {
+        const float sigma = sg[i], sigma_to = sg[i + 1];
+        const int t_prev = timestep_of(sigma_to);
         const int t_s = int(std::floor((1 - eta) * float(t_prev)));
-        const float sigma = float(tab.sigmas[t]);
-        const float rescale = std::sqrt(sigma * sigma + 1);
-        const float pre = i == 0 ? rescale / sigma : rescale;
-        for (size_t j = 0; j < r.n_; ++j) x[j] *= pre;
         const float * den = r.D(x, sigma);
-        for (size_t j = 0; j < r.n_; ++j) eps[j] = (x[j] - den[j]) * (1 / sigma);
-
-        const float alpha_t = float(tab.alphas_cumprod[t]);
-        const float beta_t = 1 - alpha_t;
-        const float alpha_prev = float(t_prev >= 0 ? tab.alphas_cumprod[t_prev] : tab.alphas_cumprod[0]);
-        const float alpha_s = float(tab.alphas_cumprod[std::max(0, t_s)]);
-        const float beta_s = 1 - alpha_s;
-        for (size_t j = 0; j < r.n_; ++j) x0[j] = (x[j] / rescale - std::sqrt(beta_t) * eps[j]) * (1 / std::sqrt(alpha_t));
-        for (size_t j = 0; j < r.n_; ++j) x[j] = std::sqrt(alpha_s) * x0[j] + std::sqrt(beta_s) * eps[j];
-        if (eta > 0 && i != steps - 1) {
+        for (size_t j = 0; j < r.n_; ++j) d[j] = (x[j] - den[j]) / sigma;
+        const float alpha_prev = 1.0f / (sigma_to * sigma_to + 1.0f);
+        const float alpha_s = float(tab.alphas_cumprod[t_s]);
+        const float beta_s = 1.0f - alpha_s;
+        const float c_den = std::sqrt(alpha_s / alpha_prev), c_d = std::sqrt(beta_s / alpha_prev);
+        for (size_t j = 0; j < r.n_; ++j) x[j] = c_den * den[j] + c_d * d[j];
+        if (eta > 0 && sigma_to > 0.0f) {
             const float * z = r.draw_noise("tcd");
-            const float keep = std::sqrt(alpha_prev / alpha_s), add = std::sqrt(1 - alpha_prev / alpha_s);
+            const float keep = std::sqrt(alpha_prev / alpha_s), add = std::sqrt(1.0f / alpha_prev - 1.0f / alpha_s);
             for (size_t j = 0; j < r.n_; ++j) x[j] = keep * x[j] + add * z[j];
         }
         r.step_done(i);
@@ -413,8 +381,10 @@ void sample(Sampler s, const Denoise & denoise, float * x, size_t n, const std::
         case Sampler::Ipndm: ipndm(run, sigmas, false); break;
         case Sampler::IpndmV: ipndm(run, sigmas, true); break;
         case Sampler::Lcm: lcm(run, sigmas); break;
-        case Sampler::DdimTrailing: ddim_trailing(run, eta); break;
-        case Sampler::Tcd: tcd(run, eta); break;
+        // DDIM (trailing timesteps come from its default simple schedule) is Euler ancestral in
+        // sd.cpp 97d29908: deterministic at its default eta 0.
+        case Sampler::DdimTrailing: euler_ancestral(run, sigmas, eta, "ddim_trailing"); break;
+        case Sampler::Tcd: tcd(run, sigmas, eta); break;
     }
 }
 

@@ -78,8 +78,14 @@ void from_f32(ggml_type type, const float * src, uint8_t * dst, int64_t rows, in
     switch (type) {
         case GGML_TYPE_F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
         case GGML_TYPE_F16: ggml_fp32_to_fp16_row(src, reinterpret_cast<ggml_fp16_t *>(dst), n); return;
-        case GGML_TYPE_BF16: ggml_fp32_to_bf16_row(src, reinterpret_cast<ggml_bf16_t *>(dst), n); return;
-        default: ggml_quantize_chunk(type, src, dst, 0, rows, row_len, nullptr); return;
+        default: {
+            // stable-diffusion.cpp quantizes with an importance matrix of ones, not none: ggml then
+            // runs each type's weighted search (make_qx_quants...) instead of its plain rounding,
+            // which picks other scales for every type but q8_0 (bf16 takes its _ref rounding).
+            const std::vector<float> ones(static_cast<size_t>(row_len), 1.0f);
+            ggml_quantize_chunk(type, src, dst, 0, rows, row_len, ones.data());
+            return;
+        }
     }
 }
 
