@@ -2,10 +2,13 @@
 // change the engine and run `npm run gen:tables`.
 
 /** Sampling methods, named as stable-diffusion.cpp names them. */
-export const SAMPLERS = ["euler","euler_a","heun","dpm2","dpm++2s_a","dpm++2m","dpm++2mv2","ipndm","ipndm_v","lcm","ddim_trailing","tcd"] as const;
+export const SAMPLERS = ["euler","euler_a","heun","dpm2","dpm++2s_a","dpm++2m","dpm++2mv2","ipndm","ipndm_v","lcm","ddim_trailing","tcd","lms","res_multistep","res_2s","er_sde","euler_cfg_pp","euler_a_cfg_pp","euler_ge","dpm++2m_sde","dpm++2m_sde_bt"] as const;
 
 /** Sigma schedules, named as stable-diffusion.cpp names them. */
-export const SCHEDULERS = ["discrete","karras","exponential","ays","gits","sgm_uniform","simple","smoothstep","kl_optimal","lcm","bong_tangent"] as const;
+export const SCHEDULERS = ["discrete","karras","exponential","ays","gits","sgm_uniform","simple","smoothstep","kl_optimal","lcm","bong_tangent","beta"] as const;
+
+/** Other names the engine accepts for schedulers (stable-diffusion.cpp's), and what they mean. */
+export const SCHEDULER_ALIASES = {"normal":"discrete"} as const;
 
 /** Noise generators. */
 export const RNGS = ["cuda","cpu","std_default"] as const;
@@ -17,7 +20,7 @@ export const WEIGHT_TYPES = ["f32","f16","bf16","q8_0","q5_0","q5_1","q4_0","q4_
 export const ARCHITECTURES = ["sd1","sd2","sdxl","sdxl-refiner","unknown"] as const;
 
 /** Inclusive limits of numeric options. */
-export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true}} as const;
+export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true}} as const;
 
 /** Width and height are multiples of this (a model may need a larger multiple). */
 export const IMAGE_SIDE_MULTIPLE = 8;
@@ -32,4 +35,4 @@ export const DEFAULTS = {"steps":20,"cfgScale":7,"sampler":"euler_a","rng":"cuda
 export const ARCH_DEFAULTS = {"sd1":{"width":512,"height":512,"clipSkip":1,"prediction":"eps","vaeScaleFactor":0.1821500062942505},"sd2":{"width":768,"height":768,"clipSkip":2,"prediction":"eps","vaeScaleFactor":0.1821500062942505},"sdxl":{"width":1024,"height":1024,"clipSkip":2,"prediction":"eps","vaeScaleFactor":0.1302500069141388},"sdxl-refiner":{"width":512,"height":512,"clipSkip":2,"prediction":"eps","vaeScaleFactor":0.1302500069141388}} as const;
 
 /** Each sampler's default scheduler and eta. */
-export const SAMPLER_DEFAULTS = {"euler":{"scheduler":"discrete","eta":0},"euler_a":{"scheduler":"discrete","eta":1},"heun":{"scheduler":"discrete","eta":0},"dpm2":{"scheduler":"discrete","eta":0},"dpm++2s_a":{"scheduler":"discrete","eta":1},"dpm++2m":{"scheduler":"discrete","eta":0},"dpm++2mv2":{"scheduler":"discrete","eta":0},"ipndm":{"scheduler":"discrete","eta":0},"ipndm_v":{"scheduler":"discrete","eta":0},"lcm":{"scheduler":"lcm","eta":0},"ddim_trailing":{"scheduler":"simple","eta":0},"tcd":{"scheduler":"lcm","eta":0}} as const;
+export const SAMPLER_DEFAULTS = {"euler":{"scheduler":"discrete","eta":0},"euler_a":{"scheduler":"discrete","eta":1},"heun":{"scheduler":"discrete","eta":0},"dpm2":{"scheduler":"discrete","eta":0},"dpm++2s_a":{"scheduler":"discrete","eta":1},"dpm++2m":{"scheduler":"discrete","eta":0},"dpm++2mv2":{"scheduler":"discrete","eta":0},"ipndm":{"scheduler":"discrete","eta":0},"ipndm_v":{"scheduler":"discrete","eta":0},"lcm":{"scheduler":"lcm","eta":0},"ddim_trailing":{"scheduler":"simple","eta":0},"tcd":{"scheduler":"lcm","eta":0},"lms":{"scheduler":"discrete","eta":0},"res_multistep":{"scheduler":"discrete","eta":0},"res_2s":{"scheduler":"discrete","eta":0},"er_sde":{"scheduler":"discrete","eta":1},"euler_cfg_pp":{"scheduler":"discrete","eta":0},"euler_a_cfg_pp":{"scheduler":"discrete","eta":1},"euler_ge":{"scheduler":"discrete","eta":0},"dpm++2m_sde":{"scheduler":"discrete","eta":1},"dpm++2m_sde_bt":{"scheduler":"discrete","eta":1}} as const;

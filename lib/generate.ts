@@ -4,10 +4,12 @@
  * @module
  */
 import { encodePNG } from './image.ts';
+import { LIMITS } from './engine-tables.ts';
 import {
   RNGS,
   SAMPLERS,
   SCHEDULERS,
+  SCHEDULER_ALIASES,
   checkCallback,
   checkImageSide,
   checkLimitedInteger,
@@ -47,8 +49,24 @@ export interface GenerateOptions {
   cfgScale?: number;
   /** @default 'euler_a' */
   sampler?: Sampler;
-  /** @default the sampler's own default ('discrete' for most) */
+  /**
+   * The sigma schedule: discrete, karras, exponential, ays, gits, sgm_uniform, simple,
+   * smoothstep, kl_optimal, lcm, bong_tangent, beta (`normal` is `discrete`). Ignored when
+   * `sigmas` is given. The beta schedule drops repeated timesteps, so at many steps it can run
+   * fewer steps than asked (`result.options.steps` says how many).
+   * @default the sampler's own default ('discrete' for most; 'lcm' for lcm and tcd, 'simple' for ddim_trailing)
+   */
   scheduler?: Scheduler;
+  /**
+   * A custom schedule (stable-diffusion.cpp's `--sigmas`): `steps + 1` noise levels, descending,
+   * each above 0 but the last (usually 0), at most `LIMITS.sigma.max`. Sets the step count;
+   * `steps`, when also given, must equal `sigmas.length - 1`.
+   * @default the scheduler's sigmas
+   * @example sigmas: [14.61, 5.0, 1.5, 0.3, 0]
+   */
+  sigmas?: number[];
+  /** lms only: how many past derivatives the linear multistep uses, 1 (Euler) to 12. @default 4 */
+  lmsMaxOrder?: number;
   /** Noise seed; image i of a batch uses seed + i. Missing or negative: a random seed, reported in the result. */
   seed?: number;
   /** Noise generator. @default 'cuda' (A1111 "GPU" seeds) */
@@ -62,7 +80,11 @@ export interface GenerateOptions {
   clipSkip?: number;
   /** Images to make, 1 to 64, one after another. @default 1 */
   batchSize?: number;
-  /** Noise multiplier of ancestral samplers (euler_a, dpm++2s_a, ...) and DDIM/TCD. @default the sampler's default */
+  /**
+   * Noise multiplier of the stochastic samplers (euler_a, dpm++2s_a, euler_a_cfg_pp, er_sde,
+   * dpm++2m_sde(_bt); ddim_trailing, tcd, res_multistep, res_2s and euler_ge become stochastic
+   * above 0). @default the sampler's default: 1 for the first group, 0 for the rest
+   */
   eta?: number;
   /** Cancels generation within one step; the promise rejects with AbortError. */
   signal?: AbortSignal;
@@ -112,7 +134,11 @@ export interface ResolvedGenerateOptions {
   steps: number;
   cfgScale: number;
   sampler: Sampler;
-  scheduler: Scheduler;
+  /** The scheduler's name (an alias resolved); with custom `sigmas`, the default it replaced. */
+  scheduler: (typeof SCHEDULERS)[number];
+  /** The schedule the sampler ran: `steps + 1` noise levels. */
+  sigmas: number[];
+  lmsMaxOrder: number;
   eta: number;
   seed: number;
   rng: Rng;
@@ -124,12 +150,29 @@ export interface ResolvedGenerateOptions {
 }
 
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
-export type NativeGenerateRequest = Partial<Omit<ResolvedGenerateOptions, 'prompt'>> & { prompt: string };
+export type NativeGenerateRequest = Partial<Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler'>> & { prompt: string; scheduler?: Scheduler };
 
 const KNOWN_KEYS = new Set([
   'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
-  'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents',
+  'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
 ]);
+const SCHEDULER_NAMES: readonly Scheduler[] = [...SCHEDULERS, ...(Object.keys(SCHEDULER_ALIASES) as Array<keyof typeof SCHEDULER_ALIASES>)];
+
+/** A custom schedule: steps + 1 finite noise levels in the engine's range, only the last may be 0. */
+function checkSigmas(v: unknown, steps: number | undefined): number[] | undefined {
+  if (v === undefined) return undefined;
+  const { min, max } = LIMITS.steps;
+  const what = `an array of ${min + 1} to ${max + 1} numbers from 0 to ${LIMITS.sigma.max}, only the last 0`;
+  if (!Array.isArray(v) || v.length < min + 1 || v.length > max + 1) invalid('sigmas', what, v);
+  v.forEach((x, i) => {
+    const last = i === v.length - 1;
+    if (typeof x !== 'number' || !Number.isFinite(x) || x > LIMITS.sigma.max || (last ? x < 0 : x <= 0)) {
+      invalid(`sigmas[${i}]`, last ? `a number from 0 to ${LIMITS.sigma.max}` : `a number above 0, at most ${LIMITS.sigma.max}`, x);
+    }
+  });
+  if (steps !== undefined && steps !== v.length - 1) invalid('steps', `sigmas.length - 1 (${v.length - 1}) when sigmas are given`, steps);
+  return [...v] as number[];
+}
 
 /**
  * Checks every option against the engine's limits and names (lib/engine-tables.ts) and the
@@ -155,10 +198,13 @@ export function checkGenerateOptions(
     if (v !== undefined && v % model.spatialMultiple !== 0) invalid(name, `a multiple of ${model.spatialMultiple} for this model`, v);
     set(name, v);
   }
-  set('steps', checkLimitedInteger('steps', o.steps));
+  const steps = checkLimitedInteger('steps', o.steps);
+  set('steps', steps);
+  set('sigmas', checkSigmas(o.sigmas, steps));
+  set('lmsMaxOrder', checkLimitedInteger('lmsMaxOrder', o.lmsMaxOrder));
   set('cfgScale', checkLimitedNumber('cfgScale', o.cfgScale));
   set('sampler', o.sampler === undefined ? undefined : expectOneOf('sampler', o.sampler, SAMPLERS));
-  set('scheduler', o.scheduler === undefined ? undefined : expectOneOf('scheduler', o.scheduler, SCHEDULERS));
+  set('scheduler', o.scheduler === undefined ? undefined : expectOneOf('scheduler', o.scheduler, SCHEDULER_NAMES));
   set('rng', o.rng === undefined ? undefined : expectOneOf('rng', o.rng, RNGS));
   set('samplerRng', o.samplerRng === undefined ? undefined : expectOneOf('samplerRng', o.samplerRng, RNGS));
   set('clipSkip', checkLimitedInteger('clipSkip', o.clipSkip));
@@ -184,9 +230,20 @@ export function checkGenerateOptions(
 /** stable-diffusion.cpp's float formatting in the parameters text (`%f`). */
 const f6 = (v: number) => v.toFixed(6);
 
+/** A1111's display names of the samplers it has (the rest keep sdnode's name in the metadata). */
+export const A1111_SAMPLER_NAMES: Partial<Record<Sampler, string>> = {
+  euler: 'Euler', euler_a: 'Euler a', heun: 'Heun', dpm2: 'DPM2', 'dpm++2s_a': 'DPM++ 2S a', 'dpm++2m': 'DPM++ 2M',
+  'dpm++2m_sde': 'DPM++ 2M SDE', lms: 'LMS', lcm: 'LCM', ddim_trailing: 'DDIM',
+};
+/** A1111's "Schedule type" names of the schedules it has. */
+export const A1111_SCHEDULE_NAMES: Partial<Record<(typeof SCHEDULERS)[number], string>> = {
+  discrete: 'Normal', karras: 'Karras', exponential: 'Exponential', ays: 'Align Your Steps', sgm_uniform: 'SGM Uniform',
+  simple: 'Simple', kl_optimal: 'KL Optimal', beta: 'Beta',
+};
+
 /**
- * The A1111-style `parameters` text stable-diffusion.cpp writes into its PNGs (the line layout
- * and field names that A1111-compatible readers parse).
+ * The A1111 `parameters` text (the line layout and field names that A1111-compatible readers
+ * parse), with A1111's sampler and schedule names where A1111 has the method.
  */
 export function parametersText(
   o: ResolvedGenerateOptions,
@@ -206,7 +263,8 @@ export function parametersText(
     `Size: ${o.width}x${o.height}`,
     `Model: ${modelName}`,
     `RNG: ${o.rng}`,
-    `Sampler: ${o.sampler} ${scheduler}`,
+    `Sampler: ${A1111_SAMPLER_NAMES[o.sampler] ?? o.sampler}`,
+    `Schedule type: ${A1111_SCHEDULE_NAMES[scheduler] ?? scheduler}`,
     ...(clipSkipGiven ? [`Clip skip: ${o.clipSkip}`] : []),
     `Version: sdnode ${version}`,
   ];

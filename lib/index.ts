@@ -34,6 +34,7 @@ export { ARCH_DEFAULTS, DEFAULTS, LIMITS, SAMPLER_DEFAULTS } from './engine-tabl
 export {
   SAMPLERS,
   SCHEDULERS,
+  SCHEDULER_ALIASES,
   RNGS,
   WEIGHT_TYPES,
   type Sampler,

@@ -15,12 +15,13 @@ import {
   isString,
 } from './validate.ts';
 
-import { IMAGE_SIDE_MULTIPLE, LIMITS, PROMPT_MAX_LENGTH, RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES } from './engine-tables.ts';
+import { IMAGE_SIDE_MULTIPLE, LIMITS, PROMPT_MAX_LENGTH, RNGS, SAMPLERS, SCHEDULERS, SCHEDULER_ALIASES, WEIGHT_TYPES } from './engine-tables.ts';
 
 // Names and limits are the engine's (lib/engine-tables.ts is generated from its tables).
-export { RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES };
+export { RNGS, SAMPLERS, SCHEDULERS, SCHEDULER_ALIASES, WEIGHT_TYPES };
 export type Sampler = (typeof SAMPLERS)[number];
-export type Scheduler = (typeof SCHEDULERS)[number];
+/** A schedule name, or an alias the engine maps to one (`normal` = `discrete`, as in stable-diffusion.cpp). */
+export type Scheduler = (typeof SCHEDULERS)[number] | keyof typeof SCHEDULER_ALIASES;
 /**
  * Noise generators. `cuda`: Philox, the same numbers as A1111's "GPU" seeds (default).
  * `cpu`: torch's CPU mt19937 generator (ComfyUI seeds). `std_default`: C++'s

@@ -20,6 +20,7 @@ export function renderTables(tables) {
     '',
     list('SAMPLERS', tables.samplers, 'Sampling methods, named as stable-diffusion.cpp names them.'),
     list('SCHEDULERS', tables.schedulers, 'Sigma schedules, named as stable-diffusion.cpp names them.'),
+    `/** Other names the engine accepts for schedulers (stable-diffusion.cpp's), and what they mean. */\nexport const SCHEDULER_ALIASES = ${j(tables.schedulerAliases)} as const;\n`,
     list('RNGS', tables.rngs, 'Noise generators.'),
     list('WEIGHT_TYPES', tables.weightTypes, 'Weight types for on-load conversion of linear weights.'),
     list('ARCHITECTURES', tables.architectures, 'Model families sdnode recognizes.'),

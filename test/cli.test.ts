@@ -56,7 +56,7 @@ test('sdnode generate writes PNGs with metadata; a batch writes numbered files',
   for (const [i, seed] of [[1, 5], [2, 6]]) {
     const png = decodePNG(fs.readFileSync(path.join(work, `cat_${i}.png`)));
     assert.equal(png.width, 64);
-    assert.match(png.text.parameters, new RegExp(`^a cat\\nSteps: 2, .*Seed: ${seed}, Size: 64x64, .*Sampler: euler discrete`));
+    assert.match(png.text.parameters, new RegExp(`^a cat\\nSteps: 2, .*Seed: ${seed}, Size: 64x64, .*Sampler: Euler, Schedule type: Normal`));
   }
   assert.match(r.stdout, /cat_1\.png \(seed 5\)/);
   const bad = cli('generate', '-m', made.path, '-p', 'a cat', '-W', '65');

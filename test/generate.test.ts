@@ -165,7 +165,7 @@ describe('generate', () => {
     const lines = png.text.parameters.split('\n');
     assert.equal(lines[0], 'a (red:1.3) fox');
     assert.equal(lines[1], 'Negative prompt: blurry');
-    assert.match(lines[2], /^Steps: 4, CFG scale: 5\.000000, Seed: 99, Size: 64x64, Model: sd1\.safetensors, RNG: cuda, Sampler: dpm\+\+2m karras, Version: sdnode /);
+    assert.match(lines[2], /^Steps: 4, CFG scale: 5\.000000, Seed: 99, Size: 64x64, Model: sd1\.safetensors, RNG: cuda, Sampler: DPM\+\+ 2M, Schedule type: Karras, Version: sdnode /);
   });
 });
 

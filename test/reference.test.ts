@@ -1,5 +1,6 @@
 // Opt-in (SDNODE_REFERENCE=1): checks sdnode against stable-diffusion.cpp's outputs on the
-// full-size random SD1.5 checkpoint. See test/helpers/reference.ts.
+// full-size random SD1.5 checkpoint (../shared/reference/sd15-random and sd15-random-2). See
+// test/helpers/reference.ts.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -40,6 +41,7 @@ describe('reference: text-to-image against stable-diffusion.cpp', { skip }, () =
   for (const c of referenceEnabled ? referenceCases() : []) {
     test(c.name, { timeout: 1_200_000 }, async () => {
       const weightType = /--type\s+(\S+)/.exec(c.extraReferenceArgs)?.[1] as WeightType | undefined;
+      const sigmas = /--sigmas\s+(\S+)/.exec(c.extraReferenceArgs)?.[1]?.split(',').map(Number);
       await using model = await loadModel(sd15RandomCheckpoint(), { weightType });
       const noiseRef = readTensor(c.dir, 'noise');
       const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
@@ -61,6 +63,7 @@ describe('reference: text-to-image against stable-diffusion.cpp', { skip }, () =
         seed: c.seed,
         rng: c.rng as Rng,
         returnLatents: true,
+        ...(sigmas ? { sigmas } : {}),
       });
       const latentErr = relativeL2(r.latents![0], readTensor(c.dir, 'final_latent').data);
       const ref = decodePNG(fs.readFileSync(path.join(c.dir, 'image.png')));

@@ -35,13 +35,15 @@ generate options:
       --steps N            sampling steps (default 20)
       --cfg-scale X        classifier-free guidance scale (default 7)
       --sampler NAME       ${SAMPLERS.join(', ')}
-      --scheduler NAME     ${SCHEDULERS.join(', ')}
+      --scheduler NAME     ${SCHEDULERS.join(', ')} (normal = discrete)
+      --sigmas A,B,...     custom schedule: steps + 1 noise levels, descending, last usually 0
+      --lms-max-order N    lms history length, 1 to 12 (default 4)
   -s, --seed N             seed (default or negative: random, printed)
       --rng NAME           ${RNGS.join(', ')} (default cuda)
       --sampler-rng NAME   generator of ancestral noise (default: continue --rng)
   -b, --batch-count N      images to make (default 1)
       --clip-skip N        text-encoder layer from the end
-      --eta X              noise of ancestral/DDIM/TCD samplers
+      --eta X              noise of the stochastic samplers (euler_a, dpm++2m_sde, er_sde, ...; 0 for ODE ones)
       --type TYPE          convert weights on load: ${WEIGHT_TYPES.join(', ')}
   -t, --threads N          CPU threads
       --backend NAME       auto, cpu or a device name
@@ -230,6 +232,8 @@ async function generate(args: string[]): Promise<number> {
       'cfg-scale': { type: 'string' },
       sampler: { type: 'string' },
       scheduler: { type: 'string' },
+      sigmas: { type: 'string' },
+      'lms-max-order': { type: 'string' },
       seed: { type: 'string', short: 's' },
       rng: { type: 'string' },
       'sampler-rng': { type: 'string' },
@@ -274,6 +278,8 @@ async function generate(args: string[]): Promise<number> {
         cfgScale: num('cfg-scale', values['cfg-scale']),
         sampler: values.sampler as Sampler | undefined,
         scheduler: values.scheduler as Scheduler | undefined,
+        sigmas: values.sigmas === undefined ? undefined : values.sigmas.split(',').map((v) => num('sigmas', v) as number),
+        lmsMaxOrder: num('lms-max-order', values['lms-max-order']),
         seed: num('seed', values.seed),
         rng: values.rng as Rng | undefined,
         samplerRng: values['sampler-rng'] as Rng | undefined,

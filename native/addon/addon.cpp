@@ -77,6 +77,9 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     Napi::Object o = Napi::Object::New(env);
     o.Set("samplers", to_js_array(env, t.samplers));
     o.Set("schedulers", to_js_array(env, t.schedulers));
+    Napi::Object aliases = Napi::Object::New(env);
+    for (const auto & [alias, name] : t.scheduler_aliases) aliases.Set(alias, name);
+    o.Set("schedulerAliases", aliases);
     o.Set("rngs", to_js_array(env, t.rngs));
     o.Set("weightTypes", to_js_array(env, t.weight_types));
     o.Set("architectures", to_js_array(env, t.architectures));

@@ -45,6 +45,23 @@ sd::GenerateParams generate_params(Napi::Object o) {
         }
         p.seed = static_cast<uint64_t>(*seed);
     }
+    if (o.Has("sigmas") && !o.Get("sigmas").IsUndefined()) {
+        const Napi::Value v = o.Get("sigmas");
+        if (!v.IsArray()) throw_invalid_js(env, "sigmas must be an array of numbers");
+        const Napi::Array a = v.As<Napi::Array>();
+        // Bounded before reading: the engine checks the count against its limits again.
+        if (a.Length() > static_cast<uint32_t>(sd::limits::kStepsMax) + 1) {
+            throw_invalid_js(env, "sigmas must hold at most " + std::to_string(sd::limits::kStepsMax + 1) + " values");
+        }
+        std::vector<double> sigmas;
+        for (uint32_t i = 0; i < a.Length(); ++i) {
+            const Napi::Value e = a.Get(i);
+            if (!e.IsNumber()) throw_invalid_js(env, "sigmas[" + std::to_string(i) + "] must be a number");
+            sigmas.push_back(e.As<Napi::Number>().DoubleValue());
+        }
+        p.sigmas = std::move(sigmas);
+    }
+    p.lms_max_order = optional_int(o, "lmsMaxOrder");
     p.return_latents = o.Get("returnLatents").ToBoolean().Value();
     return p;
 }
@@ -65,6 +82,10 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
     if (!r.sampler_rng.empty()) o.Set("samplerRng", r.sampler_rng);
     o.Set("clipSkip", r.clip_skip);
     o.Set("batchSize", r.batch);
+    Napi::Array sigmas = Napi::Array::New(env, r.sigmas.size());
+    for (uint32_t i = 0; i < r.sigmas.size(); ++i) sigmas.Set(i, static_cast<double>(r.sigmas[i]));
+    o.Set("sigmas", sigmas);
+    o.Set("lmsMaxOrder", r.lms_max_order);
     o.Set("returnLatents", r.return_latents);
     return o;
 }

@@ -61,6 +61,9 @@ struct GenerateParams {
     // (stable-diffusion.cpp's default); another kind gets its own generator seeded with the seed.
     std::optional<std::string> sampler_rng;
     std::optional<uint64_t> seed;  // unset: a random seed, reported in the output
+    // A custom schedule (the reference's --sigmas): steps + 1 values, the scheduler is then unused.
+    std::optional<std::vector<double>> sigmas;
+    std::optional<int> lms_max_order;  // lms only
     bool return_latents = false;
 };
 
@@ -71,6 +74,8 @@ struct ResolvedParams {
     float cfg_scale = 0, eta = 0;
     std::string sampler, scheduler, rng, sampler_rng;  // sampler_rng "" = continues rng
     uint64_t seed = 0;
+    std::vector<float> sigmas;  // the schedule used (steps + 1 values, last 0 unless given otherwise)
+    int lms_max_order = 4;
     bool return_latents = false;
 };
 

@@ -57,10 +57,11 @@ std::vector<float> unit_noise(size_t n, uint64_t seed) {
 }
 
 sd::Denoise gaussian_denoiser(int & calls) {
-    return [&calls](const float * x, float sigma, float * out) {
+    return [&calls](const float * x, float sigma, float * out, float * uncond) {
         ++calls;
         const float s2 = kS * kS, g2 = sigma * sigma;
         for (size_t j = 0; j < kDims; ++j) out[j] = (s2 * x[j] + g2 * kMu) / (s2 + g2);
+        if (uncond) std::copy(out, out + kDims, uncond);  // no guidance: the same prediction
     };
 }
 
@@ -84,6 +85,17 @@ Tolerance tolerance_for(sd::Sampler s, sd::Scheduler sch, float eta) {
         case sd::Sampler::DdimTrailing: return eta > 0 ? Tolerance{0.04, 0.25} : Tolerance{0.03, 0.15};
         case sd::Sampler::Tcd: return {0.03, 0.15};            // eta 0: DDIM, first order like Euler
         case sd::Sampler::Lcm: return {0.03, 0.06};           // against the analytic variance below
+        // sd.cpp's LMS history shift (1) biases it: +7..19% variance at 50 steps; with shift 0
+        // (k-diffusion's LMS) within 0.2%, checked in lms_orders below.
+        case sd::Sampler::Lms: return {0.01, 0.25};
+        case sd::Sampler::ResMultistep: return {0.01, 0.06};  // -1.4..+4.0% seen
+        case sd::Sampler::Res2s: return {0.01, 0.03};         // -1.9..-0.1%
+        case sd::Sampler::ErSde: return {0.02, 0.04};         // stochastic (eta 1): |mean| 0.007, -1.9..+0.5%
+        case sd::Sampler::EulerCfgPp: return {0.03, 0.15};    // unguided here: Euler
+        case sd::Sampler::EulerACfgPp: return {0.04, 0.25};   // unguided here: Euler ancestral
+        case sd::Sampler::EulerGe: return {0.01, 0.1};        // +1.9..+7.3%
+        case sd::Sampler::Dpmpp2mSde:
+        case sd::Sampler::Dpmpp2mSdeBt: return {0.02, 0.17};  // eta 1: +0.1..+14% (discrete's last steps)
         case sd::Sampler::Dpmpp2mv2:
             // A1111's heuristic: equal to dpm++2m where log-sigma steps are equal (exponential),
             // biased elsewhere (up to ~45% low variance at 50 discrete steps) -- as in sd.cpp.
@@ -147,7 +159,9 @@ void call_counts() {
     const int steps = 10;
     for (sd::Sampler s : sd::all_samplers()) {
         int expected = steps;
-        if (s == sd::Sampler::Heun || s == sd::Sampler::Dpm2 || s == sd::Sampler::Dpmpp2sA) expected = 2 * steps - 1;
+        if (s == sd::Sampler::Heun || s == sd::Sampler::Dpm2 || s == sd::Sampler::Dpmpp2sA || s == sd::Sampler::Res2s) {
+            expected = 2 * steps - 1;
+        }
         CHECK(sd::denoise_calls(s, sigmas, sd::default_eta(s)) == expected);
     }
 }
@@ -176,6 +190,11 @@ void noise_draws() {
         {sd::Sampler::Euler, 0, 0},        {sd::Sampler::EulerA, 1, 5},       {sd::Sampler::Dpmpp2sA, 1, 5},
         {sd::Sampler::Lcm, 0, 5},          {sd::Sampler::DdimTrailing, 0, 0}, {sd::Sampler::DdimTrailing, 0.5f, 5},
         {sd::Sampler::Tcd, 0, 0},          {sd::Sampler::Tcd, 0.3f, 5},       {sd::Sampler::Dpmpp2m, 0, 0},
+        {sd::Sampler::Lms, 0, 0},          {sd::Sampler::ErSde, 1, 5},        {sd::Sampler::EulerACfgPp, 1, 5},
+        {sd::Sampler::EulerACfgPp, 0, 5},  // draws (zero-scaled) noise even at eta 0, as sd.cpp
+        {sd::Sampler::Dpmpp2mSde, 1, 5},   {sd::Sampler::Dpmpp2mSde, 0, 0},   {sd::Sampler::ResMultistep, 0, 0},
+        {sd::Sampler::ResMultistep, 1, 5}, {sd::Sampler::Res2s, 1, 5},        {sd::Sampler::EulerGe, 0, 0},
+        {sd::Sampler::EulerGe, 1, 5},
     };
     for (const Case & c : cases) {
         std::vector<float> x(kDims, 1.0f);
@@ -184,6 +203,48 @@ void noise_draws() {
         sd::sample(c.s, gaussian_denoiser(calls), x.data(), kDims, sigmas, &rng, c.eta);
         CHECK(rng.calls == c.draws);
         CHECK(rng.values == size_t(c.draws) * kDims);  // one full-size randn per noised step
+    }
+}
+
+// dpm++2m_sde_bt takes two floats of the sampler's generator (the tree's seed) and nothing more;
+// its noise is the tree's, so the same seed gives the same sample.
+void brownian_tree_draws() {
+    const std::vector<float> sigmas = sd::make_sigmas(sd::Scheduler::Karras, 6, table());
+    std::vector<float> x(kDims, 1.0f);
+    int calls = 0;
+    CountingRng rng;
+    sd::sample(sd::Sampler::Dpmpp2mSdeBt, gaussian_denoiser(calls), x.data(), kDims, sigmas, &rng, 1.0f);
+    CHECK(rng.calls == 1 && rng.values == 2);
+    std::vector<float> a(kDims, 1.0f), b(kDims, 1.0f);
+    auto ra = sd::make_rng(sd::RngKind::Cuda, 5), rb = sd::make_rng(sd::RngKind::Cuda, 5);
+    sd::sample(sd::Sampler::Dpmpp2mSdeBt, gaussian_denoiser(calls), a.data(), kDims, sigmas, ra.get(), 1.0f);
+    sd::sample(sd::Sampler::Dpmpp2mSdeBt, gaussian_denoiser(calls), b.data(), kDims, sigmas, rb.get(), 1.0f);
+    CHECK(a == b);
+    CHECK(a != x);  // the tree's noise is not the counting generator's zeros
+}
+
+// k-diffusion's LMS (history shift 0) is 4th order: N(mu, s^2) within 0.3% at 50 steps for every
+// scheduler; order 1 is exactly Euler.
+void lms_orders() {
+    const std::vector<float> z = unit_noise(kDims, 1234);
+    for (sd::Scheduler sch : sd::all_schedulers()) {
+        const std::vector<float> sigmas = sd::make_sigmas(sch, kSteps, table());
+        const float spread = std::sqrt(kS * kS + sigmas[0] * sigmas[0]);
+        std::vector<float> x(kDims), e(kDims);
+        for (size_t j = 0; j < kDims; ++j) e[j] = x[j] = kMu + spread * z[j];
+        int calls = 0;
+        sd::SamplerParams kd;
+        kd.lms_shift = 0;
+        sd::sample(sd::Sampler::Lms, gaussian_denoiser(calls), x.data(), kDims, sigmas, nullptr, 0, {}, kd);
+        const Moments m = moments(x);
+        CHECK_NEAR(m.mean, kMu, 0.003);
+        CHECK_NEAR(m.var / (double(kS) * kS) - 1.0, 0.0, 0.003);
+        std::vector<float> l1 = e;
+        sd::SamplerParams first;
+        first.lms_max_order = 1;
+        sd::sample(sd::Sampler::Lms, gaussian_denoiser(calls), l1.data(), kDims, sigmas, nullptr, 0, {}, first);
+        sd::sample(sd::Sampler::Euler, gaussian_denoiser(calls), e.data(), kDims, sigmas, nullptr, 0);
+        for (size_t j = 0; j < kDims; ++j) CHECK_NEAR(l1[j], e[j], 1e-4 * (1 + std::fabs(e[j])));
     }
 }
 
@@ -236,6 +297,15 @@ void names_and_defaults() {
     CHECK(sd::default_scheduler(sd::Sampler::DdimTrailing) == sd::Scheduler::Simple);
     CHECK(sd::default_eta(sd::Sampler::EulerA) == 1.0f && sd::default_eta(sd::Sampler::Dpmpp2sA) == 1.0f);
     CHECK(sd::default_eta(sd::Sampler::DdimTrailing) == 0.0f && sd::default_eta(sd::Sampler::Tcd) == 0.0f);
+    // sd.cpp 97d29908's resolve_eta
+    for (sd::Sampler s : {sd::Sampler::ErSde, sd::Sampler::EulerACfgPp, sd::Sampler::Dpmpp2mSde, sd::Sampler::Dpmpp2mSdeBt}) {
+        CHECK(sd::default_eta(s) == 1.0f);
+    }
+    for (sd::Sampler s : {sd::Sampler::ResMultistep, sd::Sampler::Res2s, sd::Sampler::EulerGe, sd::Sampler::Lms}) {
+        CHECK(sd::default_eta(s) == 0.0f);
+    }
+    CHECK(std::string(sd::sampler_name(sd::Sampler::Dpmpp2mSdeBt)) == "dpm++2m_sde_bt");
+    CHECK(sd::needs_uncond_denoised(sd::Sampler::EulerCfgPp) && !sd::needs_uncond_denoised(sd::Sampler::Euler));
 }
 
 }  // namespace
@@ -245,6 +315,8 @@ int main() {
     euler_one_step_is_denoised();
     call_counts();
     noise_draws();
+    brownian_tree_draws();
+    lms_orders();
     hooks_and_errors();
     gaussian_all();
     return sdtest::finish("samplers_test");

@@ -41,7 +41,7 @@ Denoiser::Denoiser(DenoiserInputs in, int latent_width, int latent_height, int l
     }
 }
 
-void Denoiser::operator()(const float * x, float sigma, float * denoised) {
+void Denoiser::operator()(const float * x, float sigma, float * denoised, float * uncond) {
     const Scalings s = denoiser_scalings(in_.prediction, sigma);
     const float t = in_.schedule->sigma_to_t(sigma);
     const int batch = batched_ ? 2 : 1;
@@ -51,20 +51,28 @@ void Denoiser::operator()(const float * x, float sigma, float * denoised) {
     }
     const float cfg = in_.cfg_scale;
     std::vector<float> eps;
+    std::vector<float> eps_uncond;  // the unconditional pass's output (guided runs)
     if (batched_) {
         const HostTensor o = in_.unet->forward(*in_.runner, input_);
         eps.resize(n_);
         for (size_t i = 0; i < n_; ++i) eps[i] = o.data[n_ + i] + cfg * (o.data[i] - o.data[n_ + i]);
+        if (uncond) eps_uncond.assign(o.data.begin() + n_, o.data.begin() + 2 * n_);
     } else {
         input_.context = in_.cond->context;
         eps = in_.unet->forward(*in_.runner, input_).data;
         if (guided_) {
             input_.context = in_.uncond->context;
             const HostTensor ou = in_.unet->forward(*in_.runner, input_);
+            if (uncond) eps_uncond = ou.data;
             for (size_t i = 0; i < n_; ++i) eps[i] = ou.data[i] + cfg * (eps[i] - ou.data[i]);
+        } else if (uncond) {
+            eps_uncond = eps;  // no unconditional pass: the conditional one, as sd.cpp
         }
     }
     for (size_t i = 0; i < n_; ++i) denoised[i] = eps[i] * s.c_out + x[i] * s.c_skip;
+    if (uncond) {
+        for (size_t i = 0; i < n_; ++i) uncond[i] = eps_uncond[i] * s.c_out + x[i] * s.c_skip;
+    }
 }
 
 }  // namespace sd

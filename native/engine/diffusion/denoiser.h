@@ -33,7 +33,7 @@ public:
     Denoiser(DenoiserInputs in, int latent_width, int latent_height, int latent_channels);
 
     // denoised[0..n) = D(x[0..n), sigma), n = width * height * channels.
-    void operator()(const float * x, float sigma, float * denoised);
+    void operator()(const float * x, float sigma, float * denoised, float * uncond = nullptr);
 
 private:
     DenoiserInputs in_;

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
 
 #include "core/enum-names.h"
 #include "core/errors.h"
@@ -15,6 +19,9 @@ constexpr EnumName<Sampler> kSamplerNames[] = {
     {Sampler::Dpm2, "dpm2"},           {Sampler::Dpmpp2sA, "dpm++2s_a"},   {Sampler::Dpmpp2m, "dpm++2m"},
     {Sampler::Dpmpp2mv2, "dpm++2mv2"}, {Sampler::Ipndm, "ipndm"},          {Sampler::IpndmV, "ipndm_v"},
     {Sampler::Lcm, "lcm"},             {Sampler::DdimTrailing, "ddim_trailing"}, {Sampler::Tcd, "tcd"},
+    {Sampler::Lms, "lms"},             {Sampler::ResMultistep, "res_multistep"}, {Sampler::Res2s, "res_2s"},
+    {Sampler::ErSde, "er_sde"},        {Sampler::EulerCfgPp, "euler_cfg_pp"},    {Sampler::EulerACfgPp, "euler_a_cfg_pp"},
+    {Sampler::EulerGe, "euler_ge"},    {Sampler::Dpmpp2mSde, "dpm++2m_sde"},     {Sampler::Dpmpp2mSdeBt, "dpm++2m_sde_bt"},
 };
 }  // namespace
 
@@ -30,7 +37,19 @@ Scheduler default_scheduler(Sampler s) {
     return Scheduler::Discrete;
 }
 
-float default_eta(Sampler s) { return (s == Sampler::EulerA || s == Sampler::Dpmpp2sA) ? 1.0f : 0.0f; }
+float default_eta(Sampler s) {
+    switch (s) {
+        case Sampler::EulerA:
+        case Sampler::Dpmpp2sA:
+        case Sampler::ErSde:
+        case Sampler::EulerACfgPp:
+        case Sampler::Dpmpp2mSde:
+        case Sampler::Dpmpp2mSdeBt: return 1.0f;
+        default: return 0.0f;
+    }
+}
+
+bool needs_uncond_denoised(Sampler s) { return s == Sampler::EulerCfgPp || s == Sampler::EulerACfgPp; }
 
 int denoise_calls(Sampler s, const std::vector<float> & sigmas, float eta) {
     const int steps = int(sigmas.size()) - 1;
@@ -40,7 +59,7 @@ int denoise_calls(Sampler s, const std::vector<float> & sigmas, float eta) {
         if ((s == Sampler::Heun || s == Sampler::Dpm2) && !last_is_zero) ++calls;
         // dpm++2s_a skips its second evaluation only where sigma_down is 0 (the last step, or eta
         // so large that the whole step is noise).
-        if (s == Sampler::Dpmpp2sA && !last_is_zero) {
+        if ((s == Sampler::Dpmpp2sA || s == Sampler::Res2s) && !last_is_zero) {
             const float s0 = sigmas[i], s1 = sigmas[i + 1];
             float up = 0.0f;
             if (eta > 0.0f) up = std::min(s1, eta * std::sqrt(std::max(s1 * s1 * (s0 * s0 - s1 * s1) / (s0 * s0), 0.0f)));
@@ -92,7 +111,14 @@ public:
 
     // denoised = D(src, sigma) into den_
     const float * D(const float * src, float sigma) {
-        denoise_(src, sigma, den_.data());
+        denoise_(src, sigma, den_.data(), nullptr);
+        return den_.data();
+    }
+
+    // D(src, sigma) into den_ and the unguided (unconditional) prediction into unc_ (CFG++).
+    const float * D_with_uncond(const float * src, float sigma) {
+        unc_.resize(n_);
+        denoise_(src, sigma, den_.data(), unc_.data());
         return den_.data();
     }
 
@@ -112,7 +138,7 @@ public:
     Rng * rng_;
     const StepHook & hook_;
     int steps_;
-    std::vector<float> den_, noise_;
+    std::vector<float> den_, noise_, unc_;
 };
 
 // ------------------------------------------------------------------ first-order and ancestral
@@ -351,10 +377,391 @@ void tcd(Run & r, const std::vector<float> & sg, float eta) {
     }
 }
 
+
+// ------------------------------------------------------------------ sd.cpp 97d29908's newer samplers
+
+// k-diffusion's linear multistep with sd.cpp's "history shift": Lagrange coefficients over the
+// last `max_order` sigmas integrated by a midpoint sum of `divisions` parts (float).
+void lms(Run & r, const std::vector<float> & sg, const SamplerParams & p) {
+    float * x = r.x_;
+    const int max_order = std::min(std::max(1, p.lms_max_order), r.steps_);
+    const int shift = std::max(0, p.lms_shift), divisions = p.lms_divisions;
+    const auto coeff = [&](int order, int m, int j) -> float {
+        if (!divisions) return sg[m + 1] - sg[m];
+        const float a = sg[m], dx = (sg[m + 1] - a) / float(divisions), s = sg[m - j];
+        const float b0 = a + 0.5f * dx;
+        float sum = 0.0f;
+        for (int h = 0; h < divisions; h++) {
+            const float b = float(h) * dx + b0;
+            float prod = 1.0f;
+            for (int k = 0; k < j; k++) prod *= (b - sg[m - k]) / (s - sg[m - k]);
+            for (int k = j + 1; k < order; k++) prod *= (b - sg[m - k]) / (s - sg[m - k]);
+            sum += prod;
+        }
+        return sum * dx;
+    };
+    std::vector<float> c(max_order);
+    std::vector<std::vector<float>> hist;  // past derivatives, oldest first (up to max_order - 1)
+    for (int i = 0; i < r.steps_; ++i) {
+        const float sigma = sg[i];
+        const float * den = r.D(x, sigma);
+        const int order = std::min(max_order, i + 1);
+        for (int k = 0; k < order; k++) c[k] = coeff(order, i, k);
+        std::vector<float> d(r.n_);
+        for (size_t j = 0; j < r.n_; ++j) d[j] = (x[j] - den[j]) / sigma;
+        for (size_t j = 0; j < r.n_; ++j) x[j] += d[j] * c[0];
+        if (max_order > 1) {
+            const int size_p1 = int(hist.size()) + 1;
+            if (i) {
+                const int last = int(hist.size()) - 1;
+                for (int k = 2; k <= order; k++) {
+                    const std::vector<float> & h = hist[std::min(last, size_p1 - k + shift)];
+                    for (size_t j = 0; j < r.n_; ++j) x[j] += h[j] * c[k - 1];
+                }
+            }
+            if (size_p1 == max_order) hist.erase(hist.begin());
+            hist.push_back(std::move(d));
+        }
+        r.step_done(i);
+    }
+}
+
+float phi1(float t) { return std::fabs(t) < 1e-6f ? 1.0f + t * 0.5f + (t * t) / 6.0f : (std::exp(t) - 1.0f) / t; }
+float phi2(float t) { return std::fabs(t) < 1e-6f ? 0.5f + t / 6.0f + (t * t) / 24.0f : (phi1(t) - 1.0f) / t; }
+
+// RES multistep (the exponential integrator of the RES4LYF / ComfyUI samplers), ancestral with eta.
+void res_multistep(Run & r, const std::vector<float> & sg, float eta) {
+    float * x = r.x_;
+    std::vector<float> old_den(r.n_);
+    bool have_old = false;
+    float old_sigma_down = 0.0f;
+    const auto t_of = [](float sigma) { return -std::log(sigma); };
+    for (int i = 0; i < r.steps_; ++i) {
+        const float * den = r.D(x, sg[i]);
+        const float sigma_from = sg[i], sigma_to = sg[i + 1];
+        float down, up;
+        ancestral_step(sigma_from, sigma_to, eta, down, up);
+        if (down == 0.0f || !have_old) {
+            const float dt = down - sigma_from;
+            for (size_t j = 0; j < r.n_; ++j) x[j] += ((x[j] - den[j]) / sigma_from) * dt;
+        } else {
+            const float t = t_of(sigma_from), t_old = t_of(old_sigma_down), t_next = t_of(down);
+            const float t_prev = t_of(sg[i - 1]);
+            const float h = t_next - t;
+            const float c2 = (t_prev - t_old) / h;
+            float b1 = phi1(-h) - phi2(-h) / c2, b2 = phi2(-h) / c2;
+            if (!std::isfinite(b1)) b1 = 0.0f;
+            if (!std::isfinite(b2)) b2 = 0.0f;
+            const float a = std::exp(-h);
+            for (size_t j = 0; j < r.n_; ++j) x[j] = a * x[j] + h * (b1 * den[j] + b2 * old_den[j]);
+        }
+        if (sigma_to > 0.0f && up > 0.0f) {
+            const float * z = r.draw_noise("res_multistep");
+            for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+        }
+        std::copy(den, den + r.n_, old_den.begin());
+        old_sigma_down = down;
+        have_old = true;
+        r.step_done(i);
+    }
+}
+
+// RES 2S: a two-stage exponential integrator (midpoint c2 = 1/2), ancestral with eta.
+void res_2s(Run & r, const std::vector<float> & sg, float eta) {
+    float * x = r.x_;
+    const float c2 = 0.5f;
+    std::vector<float> eps1(r.n_), x2(r.n_);
+    for (int i = 0; i < r.steps_; ++i) {
+        const float sigma_from = sg[i], sigma_to = sg[i + 1];
+        const float * den = r.D(x, sigma_from);
+        float down, up;
+        ancestral_step(sigma_from, sigma_to, eta, down, up);
+        if (down == 0.0f) {
+            std::copy(den, den + r.n_, x);
+        } else {
+            const float t = -std::log(sigma_from), t_next = -std::log(down);
+            const float h = t_next - t;
+            const float a21 = c2 * phi1(-h * c2);
+            const float b2 = phi2(-h) / c2, b1 = phi1(-h) - b2;
+            const float sigma_c2 = std::exp(-(t + h * c2));
+            for (size_t j = 0; j < r.n_; ++j) {
+                eps1[j] = den[j] - x[j];
+                x2[j] = x[j] + eps1[j] * (h * a21);
+            }
+            const float * den2 = r.D(x2.data(), sigma_c2);
+            for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + h * (b1 * eps1[j] + b2 * (den2[j] - x[j]));
+        }
+        if (sigma_to > 0.0f && up > 0.0f) {
+            const float * z = r.draw_noise("res_2s");
+            for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+        }
+        r.step_done(i);
+    }
+}
+
+// ER-SDE-Solver-3 (Cui et al. 2023) with its noise scaler lambda (e^(lambda^0.3) + 10) and a
+// 200-point integral; s_noise = eta.
+void er_sde(Run & r, const std::vector<float> & sg, float eta) {
+    float * x = r.x_;
+    constexpr int kMaxStage = 3, kPoints = 200;
+    const auto lambda_of = [](float sigma) { return std::max(sigma, 1e-6f); };
+    const auto scaler = [](float v) {
+        v = std::max(v, 0.0f);
+        return v * (std::exp(std::pow(v, 0.3f)) + 10.0f);
+    };
+    std::vector<float> lambdas(sg.size());
+    for (size_t i = 0; i < sg.size(); ++i) lambdas[i] = lambda_of(sg[i]);
+    std::vector<float> old_den(r.n_), old_den_d(r.n_), den_d(r.n_);
+    bool have_old = false, have_old_d = false;
+    for (int i = 0; i < r.steps_; ++i) {
+        const float * den = r.D(x, sg[i]);
+        const int stage = std::min(kMaxStage, i + 1);
+        if (sg[i + 1] == 0.0f) {
+            std::copy(den, den + r.n_, x);
+        } else {
+            const float ls = lambdas[i], lt = lambdas[i + 1];
+            const float scaled_s = scaler(ls), scaled_t = scaler(lt);
+            const float r_alpha = 1.0f;  // alpha_t / alpha_s: 1 for eps / v models
+            const float ratio = scaled_s > 0.0f ? scaled_t / scaled_s : 0.0f;
+            const float alpha_t = 1.0f;
+            for (size_t j = 0; j < r.n_; ++j) x[j] = r_alpha * ratio * x[j] + alpha_t * (1.0f - ratio) * den[j];
+            if (stage >= 2 && have_old) {
+                const float dt = lt - ls;
+                const float step = -dt / float(kPoints);
+                float sum = 0.0f, sum_u = 0.0f;
+                for (int k = 0; k < kPoints; ++k) {
+                    const float pos = lt + float(k) * step;
+                    const float sc = scaler(pos);
+                    if (sc <= 0.0f) continue;
+                    sum += 1.0f / sc;
+                    if (stage >= 3 && have_old_d) sum_u += (pos - ls) / sc;
+                }
+                sum *= step;
+                const float denom_d = ls - lambdas[i - 1];
+                if (std::fabs(denom_d) > 1e-12f) {
+                    const float coeff_d = alpha_t * (dt + sum * scaled_t);
+                    for (size_t j = 0; j < r.n_; ++j) {
+                        den_d[j] = (den[j] - old_den[j]) / denom_d;
+                        x[j] += coeff_d * den_d[j];
+                    }
+                    if (stage >= 3 && have_old_d) {
+                        const float denom_u = (ls - lambdas[i - 2]) * 0.5f;
+                        if (std::fabs(denom_u) > 1e-12f) {
+                            sum_u *= step;
+                            const float coeff_u = alpha_t * (0.5f * dt * dt + sum_u * scaled_t);
+                            for (size_t j = 0; j < r.n_; ++j) x[j] += coeff_u * ((den_d[j] - old_den_d[j]) / denom_u);
+                        }
+                    }
+                    old_den_d.swap(den_d);
+                    have_old_d = true;
+                }
+            }
+            const float noise_sq = lt * lt - ls * ls * ratio * ratio;
+            if (eta > 0.0f && noise_sq > 0.0f) {
+                const float scale = alpha_t * std::sqrt(std::max(noise_sq, 0.0f));
+                const float * z = r.draw_noise("er_sde");
+                for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * scale;
+            }
+        }
+        std::copy(den, den + r.n_, old_den.begin());
+        have_old = true;
+        r.step_done(i);
+    }
+}
+
+// CFG++ (Chung et al. 2024): the step direction comes from the unconditional prediction while x
+// lands on the guided one; euler_a_cfg_pp adds ancestral noise on every step but the last.
+void euler_cfg_pp(Run & r, const std::vector<float> & sg, bool ancestral, float eta) {
+    float * x = r.x_;
+    for (int i = 0; i < r.steps_; ++i) {
+        const float sigma = sg[i];
+        const float * den = r.D_with_uncond(x, sigma);
+        const float * unc = r.unc_.data();
+        float down = sg[i + 1], up = 0.0f;
+        if (ancestral) ancestral_step(sigma, sg[i + 1], eta, down, up);
+        for (size_t j = 0; j < r.n_; ++j) x[j] = den[j] + ((x[j] - unc[j]) / sigma) * down;
+        if (ancestral && sg[i + 1] > 0) {
+            const float * z = r.draw_noise("euler_a_cfg_pp");
+            for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+        }
+        r.step_done(i);
+    }
+}
+
+// Gradient estimation (Permenter & Yuan 2024): the Euler direction extrapolated from the last
+// one by gamma (default 2).
+void euler_ge(Run & r, const std::vector<float> & sg, float eta, float gamma) {
+    float * x = r.x_;
+    std::vector<float> d(r.n_), old_d(r.n_);
+    bool have_old = false;
+    for (int i = 0; i < r.steps_; ++i) {
+        const float sigma = sg[i], sigma_to = sg[i + 1];
+        const float * den = r.D(x, sigma);
+        if (sigma_to == 0.0f) {
+            std::copy(den, den + r.n_, x);
+        } else {
+            float down, up;
+            ancestral_step(sigma, sigma_to, eta, down, up);
+            const float dt = down - sigma;
+            for (size_t j = 0; j < r.n_; ++j) d[j] = (x[j] - den[j]) / sigma;
+            if (have_old) {
+                for (size_t j = 0; j < r.n_; ++j) x[j] += (d[j] * gamma + old_d[j] * (1.0f - gamma)) * dt;
+            } else {
+                for (size_t j = 0; j < r.n_; ++j) x[j] += d[j] * dt;
+            }
+            old_d.swap(d);
+            have_old = true;
+            if (up > 0.0f) {
+                const float * z = r.draw_noise("euler_ge");
+                for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+            }
+        }
+        r.step_done(i);
+    }
+}
+
+// Brownian tree noise for dpm++2m_sde_bt, as sd.cpp 97d29908 builds it: W on [sigma_min,
+// sigma_max] from a seeded std_default draw at the top, refined by bisection (24 levels, a fresh
+// std_default generator per node seeded by a splitmix-style hash), values cached per t. Each
+// call returns the unit-variance increment over [a, b].
+class BrownianTree {
+public:
+    BrownianTree(size_t n, double sigma_min, double sigma_max, uint64_t seed)
+        : n_(n), t_min_(sigma_min), t_max_(sigma_max), root_seed_(mix64(seed, 0x9E3779B97F4A7C15ULL)) {
+        w_max_ = draw(mix64(seed, 0xBF58476D1CE4E5B9ULL));
+        const float scale = std::sqrt(static_cast<float>(t_max_ - t_min_));
+        for (float & v : w_max_) v = v * scale;
+    }
+
+    void increment(double sigma_a, double sigma_b, float * out) {
+        const double a = clamp(std::min(sigma_a, sigma_b)), b = clamp(std::max(sigma_a, sigma_b));
+        const std::vector<float> & wb = w(b);
+        const std::vector<float> & wa = w(a);
+        const float span = static_cast<float>(std::max(std::abs(sigma_b - sigma_a), 1e-12));
+        const float inv = 1.0f / std::sqrt(span);
+        for (size_t j = 0; j < n_; ++j) out[j] = (wb[j] - wa[j]) * inv;
+    }
+
+private:
+    static constexpr int kMaxDepth = 24;
+
+    static uint64_t mix64(uint64_t v, uint64_t salt) {
+        uint64_t z = v + salt;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        return z ^ (z >> 31);
+    }
+    double clamp(double t) const { return std::min(std::max(t, t_min_), t_max_); }
+    std::vector<float> draw(uint64_t seed) const {
+        std::vector<float> z(n_);
+        make_rng(RngKind::StdDefault, seed)->randn(z.data(), n_);
+        return z;
+    }
+
+    const std::vector<float> & w(double t) {
+        auto it = cache_.find(t);
+        if (it != cache_.end()) return it->second;
+        std::vector<float> lo(n_, 0.0f), hi = w_max_;
+        double a = t_min_, c = t_max_;
+        uint64_t node = root_seed_;
+        for (int depth = kMaxDepth;; --depth) {
+            if (depth <= 0 || c - a < 1e-9) {
+                const float alpha = c > a ? static_cast<float>((t - a) / (c - a)) : 0.5f;
+                for (size_t j = 0; j < n_; ++j) lo[j] = (1.0f - alpha) * lo[j] + alpha * hi[j];
+                break;
+            }
+            const double m = 0.5 * (a + c);
+            const float sd = static_cast<float>(std::sqrt((c - m) * (m - a) / (c - a)));
+            std::vector<float> mid = draw(node);
+            for (size_t j = 0; j < n_; ++j) mid[j] = 0.5f * (lo[j] + hi[j]) + sd * mid[j];
+            if (t == m) {
+                lo.swap(mid);
+                break;
+            }
+            if (t < m) {
+                hi.swap(mid);
+                c = m;
+                node = mix64(node, 1);
+            } else {
+                lo.swap(mid);
+                a = m;
+                node = mix64(node, 2);
+            }
+        }
+        return cache_.emplace(t, std::move(lo)).first->second;
+    }
+
+    size_t n_;
+    double t_min_, t_max_;
+    uint64_t root_seed_;
+    std::vector<float> w_max_;
+    std::map<double, std::vector<float>> cache_;
+};
+
+// DPM-Solver++(2M) SDE, midpoint variant (k-diffusion's sample_dpmpp_2m_sde); _bt draws its
+// noise from the Brownian tree above (seeded by two floats of the sampler's generator) so that
+// the path does not depend on the step count.
+void dpmpp_2m_sde(Run & r, const std::vector<float> & sg, float eta, bool tree) {
+    float * x = r.x_;
+    std::unique_ptr<BrownianTree> bt;
+    if (tree) {
+        double sigma_max = 0.0, sigma_min = std::numeric_limits<double>::infinity();
+        for (float v : sg) {
+            if (v > 0.0f) {
+                sigma_max = std::max(sigma_max, double(v));
+                sigma_min = std::min(sigma_min, double(v));
+            }
+        }
+        // sd.cpp returns x unsampled when there is a single positive sigma (one step); sdnode
+        // runs that step, which needs no noise (it lands on D).
+        if (sigma_max > sigma_min) {
+            if (!r.rng_) throw_invalid("sampler dpm++2m_sde_bt draws noise but no noise generator was given");
+            float seed_bits[2];
+            r.rng_->randn(seed_bits, 2);
+            uint64_t seed = 0;
+            std::memcpy(&seed, seed_bits, sizeof(seed));
+            bt = std::make_unique<BrownianTree>(r.n_, sigma_min, sigma_max, seed);
+        }
+    }
+    std::vector<float> old_den(r.n_), z(tree ? r.n_ : 0);
+    bool have_old = false;
+    float h_last = 0.0f;
+    for (int i = 0; i < r.steps_; ++i) {
+        const float * den = r.D(x, sg[i]);
+        if (sg[i + 1] == 0.0f) {
+            std::copy(den, den + r.n_, x);
+        } else {
+            const float t = -std::log(sg[i]), s = -std::log(sg[i + 1]);
+            const float h = s - t, eta_h = eta * h;
+            const float a = sg[i + 1] / sg[i] * std::exp(-eta_h);
+            const float b = -std::expm1(-h - eta_h);
+            for (size_t j = 0; j < r.n_; ++j) x[j] = a * x[j] + b * den[j];
+            if (have_old) {
+                const float c = 0.5f * b / (h_last / h);
+                for (size_t j = 0; j < r.n_; ++j) x[j] += c * (den[j] - old_den[j]);
+            }
+            if (eta > 0.0f) {
+                const float scale = sg[i + 1] * std::sqrt(-std::expm1(-2.0f * eta_h));
+                const float * noise = z.data();
+                if (bt) {
+                    bt->increment(sg[i], sg[i + 1], z.data());
+                } else {
+                    noise = r.draw_noise("dpm++2m_sde");
+                }
+                for (size_t j = 0; j < r.n_; ++j) x[j] += noise[j] * scale;
+            }
+            h_last = h;
+        }
+        std::copy(den, den + r.n_, old_den.begin());
+        have_old = true;
+        r.step_done(i);
+    }
+}
+
 }  // namespace
 
 void sample(Sampler s, const Denoise & denoise, float * x, size_t n, const std::vector<float> & sigmas, Rng * noise,
-            float eta, const StepHook & on_step) {
+            float eta, const StepHook & on_step, const SamplerParams & params) {
     if (sigmas.size() < 2) {
         throw_invalid("sampler " + std::string(sampler_name(s)) + ": needs at least 2 sigmas (1 step), got " +
                       std::to_string(sigmas.size()));
@@ -385,6 +792,15 @@ void sample(Sampler s, const Denoise & denoise, float * x, size_t n, const std::
         // sd.cpp 97d29908: deterministic at its default eta 0.
         case Sampler::DdimTrailing: euler_ancestral(run, sigmas, eta, "ddim_trailing"); break;
         case Sampler::Tcd: tcd(run, sigmas, eta); break;
+        case Sampler::Lms: lms(run, sigmas, params); break;
+        case Sampler::ResMultistep: res_multistep(run, sigmas, eta); break;
+        case Sampler::Res2s: res_2s(run, sigmas, eta); break;
+        case Sampler::ErSde: er_sde(run, sigmas, eta); break;
+        case Sampler::EulerCfgPp: euler_cfg_pp(run, sigmas, false, eta); break;
+        case Sampler::EulerACfgPp: euler_cfg_pp(run, sigmas, true, eta); break;
+        case Sampler::EulerGe: euler_ge(run, sigmas, eta, params.ge_gamma); break;
+        case Sampler::Dpmpp2mSde: dpmpp_2m_sde(run, sigmas, eta, false); break;
+        case Sampler::Dpmpp2mSdeBt: dpmpp_2m_sde(run, sigmas, eta, true); break;
     }
 }
 

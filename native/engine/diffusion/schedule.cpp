@@ -67,12 +67,16 @@ constexpr EnumName<Scheduler> kSchedulerNames[] = {
     {Scheduler::Ays, "ays"},                 {Scheduler::Gits, "gits"},         {Scheduler::SgmUniform, "sgm_uniform"},
     {Scheduler::Simple, "simple"},           {Scheduler::Smoothstep, "smoothstep"},
     {Scheduler::KlOptimal, "kl_optimal"},    {Scheduler::Lcm, "lcm"},           {Scheduler::BongTangent, "bong_tangent"},
+    {Scheduler::Beta, "beta"},
 };
 }  // namespace
 
 const char * scheduler_name(Scheduler s) { return enum_name(kSchedulerNames, s); }
 
-Scheduler parse_scheduler(const std::string & name) { return parse_enum(kSchedulerNames, name, "scheduler"); }
+Scheduler parse_scheduler(const std::string & name) {
+    if (name == kSchedulerAliasNormal) return Scheduler::Discrete;  // sd.cpp's alias
+    return parse_enum(kSchedulerNames, name, "scheduler");
+}
 
 std::vector<Scheduler> all_schedulers() { return enum_values(kSchedulerNames); }
 
@@ -188,6 +192,61 @@ std::vector<float> tangent_ramp(int steps, float slope, float pivot, float start
 
 }  // namespace
 
+// ------------------------------------------------------------------ the beta schedule
+
+namespace {
+
+// The Beta(a, b) distribution's quantile as sd.cpp computes it: the regularized incomplete beta
+// by Lentz's continued fraction (eps 3e-7, 200 terms), inverted by 30 Newton steps from 0.5.
+double log_beta(double a, double b) { return std::lgamma(a) + std::lgamma(b) - std::lgamma(a + b); }
+
+double incomplete_beta(double x, double a, double b) {
+    if (x <= 0.0) return 0.0;
+    if (x >= 1.0) return 1.0;
+    const double eps = 3.0e-7, tiny = 1e-30;
+    const double qab = a + b, qap = a + 1.0, qam = a - 1.0;
+    const auto guard = [&](double v) { return std::abs(v) < tiny ? tiny : v; };
+    double c = 1.0;
+    double d = 1.0 / guard(1.0 - qab * x / qap);
+    double h = d;
+    for (int m = 1; m <= 200; m++) {
+        const int m2 = 2 * m;
+        double aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 / guard(1.0 + aa * d);
+        c = guard(1.0 + aa / c);
+        h *= d * c;
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 / guard(1.0 + aa * d);
+        c = guard(1.0 + aa / c);
+        const double del = d * c;
+        h *= del;
+        if (std::abs(del - 1.0) < eps) break;
+    }
+    return std::exp(a * std::log(x) + b * std::log(1.0 - x) - log_beta(a, b)) / a * h;
+}
+
+double beta_cdf(double x, double a, double b) {
+    if (x == 0.0) return 0.0;
+    if (x == 1.0) return 1.0;
+    if (x < (a + 1.0) / (a + b + 2.0)) return incomplete_beta(x, a, b);
+    return 1.0 - incomplete_beta(1.0 - x, b, a);
+}
+
+double beta_quantile(double u, double a, double b) {
+    double x = 0.5;
+    for (int i = 0; i < 30; i++) {
+        const double f = beta_cdf(x, a, b) - u;
+        if (std::abs(f) < 1e-10) break;
+        const double df = std::exp((a - 1.0) * std::log(x) + (b - 1.0) * std::log(1.0 - x) - log_beta(a, b));
+        x -= f / df;
+        if (x <= 0.0) x = 1e-10;
+        if (x >= 1.0) x = 1.0 - 1e-10;
+    }
+    return x;
+}
+
+}  // namespace
+
 // ------------------------------------------------------------------ schedules
 
 std::vector<float> make_sigmas(Scheduler s, int n, const DiscreteSchedule & table, AysModel ays) {
@@ -199,6 +258,23 @@ std::vector<float> make_sigmas(Scheduler s, int n, const DiscreteSchedule & tabl
     out.reserve(size_t(n) + 1);
 
     switch (s) {
+        case Scheduler::Beta: {
+            // Timesteps at the Beta(0.6, 0.6) quantiles of 1 - i/n, rounded; repeats dropped (so
+            // many steps can give fewer sigmas, as in the reference).
+            const double alpha = 0.6, beta = 0.6;
+            if (n == 1) {
+                out.push_back(table.t_to_sigma(t_max));
+                break;
+            }
+            int last = -1;
+            for (int i = 0; i < n; ++i) {
+                const double u = 1.0 - double(i) / double(n);
+                const int t = int(std::lround(beta_quantile(u, alpha, beta) * double(kTimesteps - 1)));
+                if (t != last) out.push_back(table.t_to_sigma(float(t)));
+                last = t;
+            }
+            break;
+        }
         case Scheduler::Discrete: {
             if (n == 1) {
                 out.push_back(table.t_to_sigma(t_max));

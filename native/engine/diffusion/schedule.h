@@ -48,7 +48,11 @@ enum class Scheduler {
     KlOptimal,    // "kl_optimal": tan of a linear path between atan(sigma_max) and atan(sigma_min)
     Lcm,          // "lcm": LCM's 50-step training grid, timestep (50 - floor(50 i / n)) * 20 - 1
     BongTangent,  // "bong_tangent": two arctan ramps (RES4LYF), sigma_max -> mid -> sigma_min
+    Beta,         // "beta": timesteps at Beta(0.6, 0.6) quantiles (repeats dropped: <= n steps)
 };
+
+// "normal", accepted by parse_scheduler as "discrete" (as the reference does).
+constexpr const char * kSchedulerAliasNormal = "normal";
 
 const char * scheduler_name(Scheduler s);
 Scheduler parse_scheduler(const std::string & name);  // throws InvalidArgument on an unknown name

@@ -46,6 +46,7 @@ OptionTables option_tables() {
         t.sampler_default_etas.push_back(default_eta(s));
     }
     for (Scheduler s : all_schedulers()) t.schedulers.push_back(scheduler_name(s));
+    t.scheduler_aliases.emplace_back(kSchedulerAliasNormal, scheduler_name(parse_scheduler(kSchedulerAliasNormal)));
     for (RngKind r : all_rng_kinds()) t.rngs.push_back(rng_kind_name(r));
     t.weight_types = weight_type_names();
     for (Arch a : {Arch::SD1, Arch::SD2, Arch::SDXL, Arch::SDXLRefiner, Arch::Unknown}) t.architectures.push_back(arch_name(a));
@@ -55,6 +56,7 @@ OptionTables option_tables() {
         {"cfgScale", kCfgScaleMin, kCfgScaleMax, false}, {"eta", kEtaMin, kEtaMax, false},
         {"clipSkip", kClipSkipMin, kClipSkipMax, true},  {"threads", kThreadsMin, kThreadsMax, true},
         {"seed", 0, kSeedMax, true},                     {"count", 0, kRandnCountMax, true},
+        {"sigma", kSigmaMin, kSigmaMax, false},          {"lmsMaxOrder", kLmsMaxOrderMin, kLmsMaxOrderMax, true},
     };
     t.image_side_multiple = kImageSideMultiple;
     t.prompt_max_length = kPromptMaxLength;

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "diffusion/prediction.h"
@@ -21,6 +22,10 @@ constexpr int kStepsMin = 1, kStepsMax = 1000;
 constexpr int kBatchMin = 1, kBatchMax = 64;
 constexpr double kCfgScaleMin = 0, kCfgScaleMax = 100;
 constexpr double kEtaMin = 0, kEtaMax = 100;
+// A custom schedule's sigmas (SD's own run from 14.6 down to 0.029).
+constexpr double kSigmaMin = 0, kSigmaMax = 1000;
+// lms's history length; the reference warns that orders above 12 can give NaNs.
+constexpr int kLmsMaxOrderMin = 1, kLmsMaxOrderMax = 12;
 constexpr int kClipSkipMin = 1, kClipSkipMax = 48;
 constexpr int kThreadsMin = 1, kThreadsMax = 1024;
 constexpr int kPromptMaxLength = 100000;              // UTF-16 code units, as JavaScript counts
@@ -59,6 +64,7 @@ struct NumericLimit {
 };
 struct OptionTables {
     std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures;
+    std::vector<std::pair<std::string, std::string>> scheduler_aliases;  // alias -> scheduler
     std::vector<NumericLimit> limits;
     int image_side_multiple;
     int prompt_max_length;

@@ -19,7 +19,7 @@ std::vector<float> sample_latent(const SamplingPlan & plan, const Denoise & deno
     } else {
         for (size_t i = 0; i < n; ++i) x[i] = init_latent[i] + x[i] * sigma0;
     }
-    sample(plan.sampler, denoise, x.data(), n, plan.sigmas, ancestral ? ancestral : &noise, plan.eta, on_step);
+    sample(plan.sampler, denoise, x.data(), n, plan.sigmas, ancestral ? ancestral : &noise, plan.eta, on_step, plan.params);
     return x;
 }
 

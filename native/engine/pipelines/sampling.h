@@ -16,6 +16,7 @@ struct SamplingPlan {
     Sampler sampler = kDefaultSampler;
     std::vector<float> sigmas;  // descending, last 0
     float eta = 0;
+    SamplerParams params;
 };
 
 // Returns the sample. `noise` draws the initial noise (one randn of n values), then, unless

@@ -85,6 +85,31 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
     r.sampler = sampler_name(sampler);
     r.scheduler = scheduler_name(p.scheduler ? parse_scheduler(*p.scheduler) : default_scheduler(sampler));
     r.eta = number_in("eta", p.eta, default_eta(sampler), kEtaMin, kEtaMax);
+    r.lms_max_order = int_in("lmsMaxOrder", p.lms_max_order, SamplerParams{}.lms_max_order, kLmsMaxOrderMin, kLmsMaxOrderMax);
+    if (p.sigmas) {
+        const std::vector<double> & s = *p.sigmas;
+        const int n = static_cast<int>(s.size()) - 1;
+        if (n < kStepsMin || n > kStepsMax) {
+            throw_invalid("sigmas must hold from " + std::to_string(kStepsMin + 1) + " to " + std::to_string(kStepsMax + 1) +
+                          " values (steps + 1); received " + std::to_string(s.size()));
+        }
+        if (p.steps && *p.steps != n) {
+            throw_invalid("steps must be sigmas.length - 1 (" + std::to_string(n) + ") when sigmas are given; received " +
+                          std::to_string(*p.steps));
+        }
+        for (size_t i = 0; i < s.size(); ++i) {
+            const bool last = i + 1 == s.size();
+            if (!std::isfinite(s[i]) || s[i] < (last ? kSigmaMin : 1e-6) || s[i] > kSigmaMax) {
+                throw_invalid("sigmas[" + std::to_string(i) + "] must be a finite number " + (last ? "from 0" : "above 0") +
+                              " to " + number_text(kSigmaMax) + " (only the last may be 0); received " + number_text(s[i]));
+            }
+            r.sigmas.push_back(static_cast<float>(s[i]));
+        }
+        r.steps = n;
+    } else {
+        r.sigmas = make_sigmas(parse_scheduler(r.scheduler), r.steps, DiscreteSchedule());
+        r.steps = static_cast<int>(r.sigmas.size()) - 1;  // beta drops repeated timesteps
+    }
     r.rng = rng_kind_name(parse_rng_kind(p.rng.value_or(kDefaultRng)));
     r.sampler_rng = p.sampler_rng ? rng_kind_name(parse_rng_kind(*p.sampler_rng)) : "";
     if (p.clip_skip) int_in("clipSkip", p.clip_skip, 0, kClipSkipMin, kClipSkipMax);
@@ -156,8 +181,9 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const DiscreteSchedule schedule;
     SamplingPlan plan;
     plan.sampler = parse_sampler(p.sampler);
-    plan.sigmas = make_sigmas(parse_scheduler(p.scheduler), p.steps, schedule);
+    plan.sigmas = p.sigmas;
     plan.eta = p.eta;
+    plan.params.lms_max_order = p.lms_max_order;
     const int C = model.info().vae.z_channels;
     const int w = p.width / model.vae().upscale(), h = p.height / model.vae().upscale();
     out.latent_channels = C;
@@ -174,7 +200,9 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     di.uncond = guided ? &uncond : nullptr;
     di.cfg_scale = p.cfg_scale;
     Denoiser denoiser(di, w, h, C);
-    const Denoise denoise = [&](const float * x, float sigma, float * denoised) { denoiser(x, sigma, denoised); };
+    const Denoise denoise = [&](const float * x, float sigma, float * denoised, float * uncond) {
+        denoiser(x, sigma, denoised, uncond);
+    };
 
     const RngKind rng_kind = parse_rng_kind(p.rng);
     const int total_steps = p.steps * p.batch;
