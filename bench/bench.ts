@@ -1,6 +1,6 @@
 // `npm run bench`: txt2img speed and memory on the full-size random SD1.5 checkpoint.
 //
-//   npm run bench                          # f16, q8_0, q4_0 at 256x256, 4 steps, cfg 7, 2 threads
+//   npm run bench                          # f16, q8_0, q4_0, q4_K, q5_0 at 256x256, 4 steps, cfg 7, 2 threads
 //   npm run bench -- --size 512 --threads 4 --runs 5 --types f16,q8_0
 //   npm run bench -- --baseline            # also each type on ggml's own ops, side by side
 //
@@ -120,7 +120,7 @@ async function main(): Promise<void> {
       threads: { type: 'string', default: '2' },
       runs: { type: 'string', default: '3' },
       steps: { type: 'string', default: '4' },
-      types: { type: 'string', default: 'f16,q8_0,q4_0' },
+      types: { type: 'string', default: 'f16,q8_0,q4_0,q4_K,q5_0' },
       baseline: { type: 'boolean', default: false },
     },
   });

@@ -87,6 +87,41 @@ describe('generate', () => {
     }
   });
 
+  test('custom sigmas, the normal alias, lmsMaxOrder: what was used is reported', async () => {
+    const sigmas = [14.6, 5, 1.5, 0.3, 0];
+    const custom = await model.generate({ ...base, steps: undefined, sigmas, sampler: 'euler', seed: 8, returnLatents: true });
+    assert.equal(custom.options.steps, 4);
+    assert.deepEqual(custom.options.sigmas, sigmas.map((v) => Math.fround(v)));
+    // A custom list equal to the discrete schedule's gives the discrete schedule's image.
+    const discrete = await model.generate({ ...base, sampler: 'euler', scheduler: 'discrete', seed: 8, returnLatents: true });
+    assert.equal(discrete.options.sigmas.length, base.steps + 1);
+    const same = await model.generate({ ...base, steps: undefined, sigmas: discrete.options.sigmas, sampler: 'euler', seed: 8 });
+    assert.deepEqual(same.images[0].data, discrete.images[0].data);
+    const normal = await model.generate({ ...base, sampler: 'euler', scheduler: 'normal', seed: 8 });
+    assert.equal(normal.options.scheduler, 'discrete');
+    assert.deepEqual(normal.images[0].data, discrete.images[0].data);
+    // lms of order 1 is Euler (to the float rounding of its integrated coefficients).
+    const lms1 = await model.generate({ ...base, sampler: 'lms', lmsMaxOrder: 1, seed: 8, returnLatents: true });
+    assert.equal(lms1.options.lmsMaxOrder, 1);
+    const a = lms1.latents![0], b = discrete.latents![0];
+    for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) < 1e-3 * (1 + Math.abs(b[i])), `lms order 1 [${i}]: ${a[i]} vs ${b[i]}`);
+    const lms4 = await model.generate({ ...base, sampler: 'lms', seed: 8, returnLatents: true });
+    assert.equal(lms4.options.lmsMaxOrder, 4);
+    assert.notDeepEqual(lms4.latents![0], a);
+  });
+
+  test('the stochastic samplers draw noise: another samplerRng changes them, eta 0 makes the SDE ones deterministic', async () => {
+    for (const sampler of ['er_sde', 'euler_a_cfg_pp', 'dpm++2m_sde', 'dpm++2m_sde_bt'] as const) {
+      const one = await model.generate({ ...base, sampler, seed: 4, returnLatents: true });
+      assert.equal(one.options.eta, 1, `${sampler}'s default eta`);
+      const other = await model.generate({ ...base, sampler, seed: 4, samplerRng: 'cpu', returnLatents: true });
+      assert.notDeepEqual(one.latents![0], other.latents![0], `${sampler}: samplerRng changed nothing`);
+      const still = await model.generate({ ...base, sampler, seed: 4, eta: 0, returnLatents: true });
+      const still2 = await model.generate({ ...base, sampler, seed: 4, eta: 0, samplerRng: 'cpu', returnLatents: true });
+      assert.deepEqual(still.latents![0], still2.latents![0], `${sampler} at eta 0 used noise`);
+    }
+  });
+
   test('rng kinds give different noise; each is reproducible', async () => {
     const outs = [];
     for (const rng of RNGS) outs.push((await model.generate({ ...base, seed: 5, rng })).images[0].data);
@@ -188,6 +223,13 @@ describe('generate option validation', () => {
     ['a huge prompt', { prompt: 'x'.repeat(100_001) }, /prompt must be a string of at most 100000/],
     ['a non-boolean returnLatents', { returnLatents: 'yes' }, /returnLatents must be a boolean/],
     ['a bad signal', { signal: {} }, /signal must be an AbortSignal/],
+    ['sigmas not an array', { sigmas: 3 }, /sigmas must be an array of 2 to 1001 numbers/],
+    ['one sigma', { sigmas: [1] }, /sigmas must be an array of 2 to 1001 numbers/],
+    ['a zero sigma before the last', { sigmas: [3, 0, 0] }, /sigmas\[1\] must be a number above 0/],
+    ['a negative last sigma', { sigmas: [3, 1, -1] }, /sigmas\[2\] must be a number from 0/],
+    ['a huge sigma', { sigmas: [1e9, 0] }, /sigmas\[0\] must be a number above 0, at most 1000/],
+    ['steps disagreeing with sigmas', { sigmas: [3, 1, 0], steps: 3 }, /steps must be sigmas.length - 1 \(2\)/],
+    ['lmsMaxOrder 0', { lmsMaxOrder: 0 }, /lmsMaxOrder must be an integer from 1 to 12/],
   ];
   for (const [name, extra, pattern] of cases) {
     test(name, async () => {

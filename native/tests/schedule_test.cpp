@@ -46,7 +46,7 @@ void shapes_for_every_scheduler() {
         for (int n : {1, 2, 3, 4, 6, 10, 11, 20, 21, 30, 50}) {
             if (s == sd::Scheduler::Gits && n < 2) continue;
             const auto v = sig(s, n);
-            CHECK(v.size() == size_t(n) + 1);
+            CHECK(v.size() == size_t(n) + 1);  // beta drops repeated timesteps, none up to 50 steps
             CHECK(v.back() == 0.0f);
             bool ok = true;
             for (int i = 0; i < n; ++i) ok = ok && std::isfinite(v[i]) && v[i] > 0.0f && v[i] <= 14.62f;
@@ -57,7 +57,21 @@ void shapes_for_every_scheduler() {
     }
     CHECK_THROWS_CODE(sig(sd::Scheduler::Gits, 1), sd::ErrorCode::InvalidArgument);
     CHECK_THROWS_CODE(sig(sd::Scheduler::Karras, 0), sd::ErrorCode::InvalidArgument);
-    CHECK_THROWS_CODE(sd::parse_scheduler("beta"), sd::ErrorCode::InvalidArgument);
+    CHECK_THROWS_CODE(sd::parse_scheduler("betta"), sd::ErrorCode::InvalidArgument);
+    CHECK(sd::parse_scheduler("normal") == sd::Scheduler::Discrete);  // sd.cpp's alias
+}
+
+void beta_schedule() {
+    // Timesteps round(999 * ppf(1 - i/n)) of Beta(0.6, 0.6) (numerical quantiles in double,
+    // python): 999, 876, 637, 362, 123 for 5 steps.
+    const auto v = sig(sd::Scheduler::Beta, 5);
+    const int want[] = {999, 876, 637, 362, 123};
+    for (int i = 0; i < 5; ++i) CHECK_NEAR(v[i], table().t_to_sigma(float(want[i])), 1e-6);
+    CHECK(v[5] == 0.0f);
+    // At many steps rounding repeats timesteps near the ends; repeats are dropped.
+    const auto many = sig(sd::Scheduler::Beta, 1000);
+    CHECK(many.size() < 1001);
+    for (size_t i = 0; i + 2 < many.size(); ++i) CHECK(many[i] > many[i + 1]);
 }
 
 void discrete_and_friends() {
@@ -164,6 +178,7 @@ void scalings() {
 int main() {
     discrete_table();
     shapes_for_every_scheduler();
+    beta_schedule();
     discrete_and_friends();
     karras_exponential_klopt();
     ays_and_gits();
