@@ -13,6 +13,7 @@ import {
   RNGS,
   SAMPLERS,
   SCHEDULERS,
+  WEIGHT_TYPES,
   loadModel,
   randn,
   type Model,
@@ -330,6 +331,37 @@ describe('generate across architectures, formats and weight types', () => {
       }
       assert.ok(Math.sqrt(num / den) < 0.5, `${label}: relative L2 to f16 ${Math.sqrt(num / den)}`);
     }
+  });
+
+  test('every weight type loads and generates, within a bound of f16 that loosens with fewer bits', async () => {
+    const f16 = await generateCheckpoint({ arch: 'sd1', format: 'safetensors', seed: 4, tiny, out: path.join(work, 'wt-f16.safetensors') });
+    const ref = (await run(f16.path)).latent;
+    const errors: string[] = [];
+    for (const weightType of WEIGHT_TYPES) {
+      await using m = await loadModel(f16.path, { weightType });
+      const out = (await m.generate({ ...base, seed: 1, returnLatents: true })).latents![0];
+      assert.ok(out.every(Number.isFinite), weightType);
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < ref.length; i++) {
+        num += (out[i] - ref[i]) ** 2;
+        den += ref[i] ** 2;
+      }
+      const rel = Math.sqrt(num / den);
+      errors.push(`${weightType} ${(rel * 100).toFixed(2)}%`);
+      // f32/bf16 differ from f16 by rounding only, q8_0 by little, 4-5 bit types more (random tiny
+      // weights amplify it). K-quants convert only rows of whole 256-blocks: few in this model.
+      const bound = ['f32', 'f16'].includes(weightType) ? 0.02 : weightType === 'bf16' || weightType === 'q8_0' ? 0.15 : 0.9;
+      if (!(rel < bound)) errors.push(`  ^ over its bound ${bound}`);
+    }
+    console.log(`weight types, final latent vs f16: ${errors.join(', ')}`);
+    assert.ok(!errors.some((e) => e.includes('over its bound')), errors.join(', '));
+  });
+
+  test('weight types sdnode does not convert to are refused with the accepted list', async () => {
+    const f16 = path.join(work, 'wt-f16.safetensors');
+    await assert.rejects(loadModel(f16, { weightType: 'iq4_nl' as never }), (e: unknown) =>
+      e instanceof InvalidArgumentError && /weightType must be one of "f32", "f16", "bf16", "q8_0"/.test(e.message));
   });
 
   test('weights used from the mapped file give the same numbers as copied ones (safetensors, GGUF, diffusers)', async () => {
