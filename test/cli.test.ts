@@ -65,6 +65,15 @@ test('sdnode generate writes PNGs with metadata; a batch writes numbered files',
   const missing = cli('generate', '-p', 'a cat');
   assert.equal(missing.status, 2);
   assert.match(missing.stderr, /--model must be a model path/);
+  // A custom schedule sets the step count; the new samplers are there by name.
+  const custom = path.join(work, 'custom.png');
+  const c = cli('generate', '-m', made.path, '-p', 'a cat', '-W', '64', '-H', '64', '--sigmas', '14.6,2,0', '--sampler', 'dpm++2m_sde', '-s', '5', '-o', custom);
+  assert.equal(c.status, 0, c.stderr);
+  assert.match(decodePNG(fs.readFileSync(custom)).text.parameters, /Steps: 2, .*Sampler: DPM\+\+ 2M SDE, /);
+  const badSigmas = cli('generate', '-m', made.path, '-p', 'a cat', '--sigmas', '3,x,0');
+  assert.equal(badSigmas.status, 2);
+  assertOneLine(badSigmas.stderr, '--sigmas 3,x,0');
+  assert.match(badSigmas.stderr, /--sigmas must be a number; received "x"/);
 });
 
 /** One line on stderr, no stack frames. */
