@@ -183,6 +183,12 @@ export interface NativeSession {
     abort?: NativeAbortFlag,
   ): Promise<NativeGenerated>;
   encodePrompt(text: string, clipSkip?: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
+  encodeImage(
+    pixels: Uint8Array, width: number, height: number, channels: number, seed: number | undefined, rng: string,
+    abort?: NativeAbortFlag,
+  ): Promise<{ data: Float32Array; width: number; height: number; channels: number }>;
+  /** RGB bytes (height*8 x width*8 x 3) per latent. */
+  decodeLatents(data: Float32Array, width: number, height: number, channels: number, count: number, abort?: NativeAbortFlag): Promise<Uint8Array[]>;
   /** Settles once every job queued before it has; later calls throw Disposed. */
   dispose(): Promise<void>;
 }

@@ -28,7 +28,18 @@ export {
   InternalError,
   type SdErrorCode,
 } from './errors.ts';
-export { loadModel, randn, Model, type LoadModelOptions, type EncodedPrompt, type EncodePromptOptions, type RandnOptions } from './model.ts';
+export {
+  loadModel,
+  randn,
+  Model,
+  type LoadModelOptions,
+  type EncodedPrompt,
+  type EncodePromptOptions,
+  type EncodeImageOptions,
+  type RawImage,
+  type Latent,
+  type RandnOptions,
+} from './model.ts';
 export type { GenerateOptions, GenerateResult, GeneratedImage, GenerateProgress, GenerateTimings, ResolvedGenerateOptions } from './generate.ts';
 export { ARCH_DEFAULTS, DEFAULTS, LIMITS, SAMPLER_DEFAULTS } from './engine-tables.ts';
 export {

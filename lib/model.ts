@@ -17,6 +17,7 @@ import { AbortError, DisposedError, fromNative } from './errors.ts';
 import {
   RNGS,
   checkCallback,
+  checkImageSide,
   checkSeed,
   checkSignal,
   checkLimitedInteger,
@@ -27,7 +28,8 @@ import {
   type Rng,
   type WeightType,
 } from './options.ts';
-import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isString } from './validate.ts';
+import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
+import { LIMITS } from './engine-tables.ts';
 import { checkGenerateOptions, makeImage, parametersText, type GenerateOptions, type GenerateResult } from './generate.ts';
 import { version } from './version.ts';
 
@@ -114,6 +116,35 @@ export interface EncodedPrompt {
   tokens: number;
   /** Text-encoder width (768 for SD1.x, 1024 for SD2.x). */
   dim: number;
+}
+
+/** An 8-bit image in memory: interleaved rows, 1 (gray), 3 (RGB) or 4 (RGBA; alpha ignored) channels. */
+export interface RawImage {
+  data: Uint8Array;
+  width: number;
+  height: number;
+  channels: 1 | 3 | 4;
+}
+
+/** A latent as the VAE and the sampler see it: `channels` planes of `height` x `width` floats. */
+export interface Latent {
+  data: Float32Array;
+  width: number;
+  height: number;
+  channels: number;
+}
+
+/** Options of {@link Model.encodeImage}. */
+export interface EncodeImageOptions {
+  /**
+   * Draw the posterior sample (mean + std x noise) with noise from this seed's generator, first
+   * thing, as stable-diffusion.cpp's img2img does for its init image. Without it: the mean.
+   * @default undefined (the mean)
+   */
+  seed?: number;
+  /** The generator for `seed`. @default 'cuda' */
+  rng?: Rng;
+  signal?: AbortSignal;
 }
 
 /** Options of {@link Model.encodePrompt}. */
@@ -233,6 +264,67 @@ export class Model {
       return callNative(() => session.encodePrompt(text, clipSkip, flag))
         .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'encodePrompt');
+        })
+        .finally(cleanup);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * The VAE encoder: an image (width and height multiples of 8, 64 to 4096) to its latent, scaled
+   * by the model's VAE scale factor — what image-to-image starts from.
+   * @example const latent = await model.encodeImage({ data, width: 512, height: 512, channels: 3 }, { seed: 42 });
+   */
+  encodeImage(image: RawImage, options?: EncodeImageOptions): Promise<Latent> {
+    try {
+      const img = checkRawImage('image', image);
+      const o = expectOptionsObject('options', options);
+      expectKnownKeys('options', o, ['seed', 'rng', 'signal']);
+      const seed = checkSeed('seed', o.seed);
+      const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
+      const signal = checkSignal('signal', o.signal);
+      throwIfAborted(signal, 'encodeImage');
+      const session = this.nativeSession('encodeImage()');
+      const { flag, cleanup } = abortFlagFor(signal);
+      return callNative(() => session.encodeImage(img.data, img.width, img.height, img.channels, seed, rng, flag))
+        .catch((e: unknown) => {
+          throw withAbortReason(e, signal, 'encodeImage');
+        })
+        .finally(cleanup);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * The VAE decoder: latents as `generate({ returnLatents: true })` returns them (or as
+   * {@link Model.encodeImage} gives them) to RGB images — the same bytes generate() makes.
+   */
+  decodeLatents(latents: Latent | Latent[], options?: { signal?: AbortSignal }): Promise<Array<{ data: Uint8Array; width: number; height: number; channels: 3 }>> {
+    try {
+      const list = Array.isArray(latents) ? latents : [latents];
+      if (list.length < 1 || list.length > LIMITS.batchSize.max) invalid('latents', `1 to ${LIMITS.batchSize.max} latents`, list.length);
+      const first = checkLatent('latents[0]', list[0]);
+      const data = new Float32Array(first.data.length * list.length);
+      list.forEach((l, i) => {
+        const x = checkLatent(`latents[${i}]`, l);
+        if (x.width !== first.width || x.height !== first.height || x.channels !== first.channels) {
+          invalid(`latents[${i}]`, `the shape of latents[0] (${first.width}x${first.height}x${first.channels})`, `${x.width}x${x.height}x${x.channels}`);
+        }
+        data.set(x.data, i * first.data.length);
+      });
+      const o = expectOptionsObject('options', options);
+      expectKnownKeys('options', o, ['signal']);
+      const signal = checkSignal('signal', o.signal);
+      throwIfAborted(signal, 'decodeLatents');
+      const session = this.nativeSession('decodeLatents()');
+      const { flag, cleanup } = abortFlagFor(signal);
+      const up = 8;
+      return callNative(() => session.decodeLatents(data, first.width, first.height, first.channels, list.length, flag))
+        .then((images) => images.map((px) => ({ data: px, width: first.width * up, height: first.height * up, channels: 3 as const })))
+        .catch((e: unknown) => {
+          throw withAbortReason(e, signal, 'decodeLatents');
         })
         .finally(cleanup);
     } catch (e) {
@@ -380,4 +472,34 @@ export function randn(options: RandnOptions): Float32Array {
   const count = checkLimitedInteger('count', o.count);
   if (count === undefined) invalid('count', 'an integer', o.count);
   return callNativeSync((a) => a.randn(seed, rng, count));
+}
+
+/** An 8-bit interleaved image: the shape must match its bytes; sides as generate() allows them. */
+function checkRawImage(name: string, v: unknown): RawImage {
+  if (!isObject(v)) invalid(name, 'an object { data, width, height, channels }', v);
+  const o = v as Record<string, unknown>;
+  if (!(o.data instanceof Uint8Array)) invalid(`${name}.data`, 'a Uint8Array (or Buffer) of 8-bit pixels', o.data);
+  const width = checkImageSide('width', o.width, `${name}.width`);
+  const height = checkImageSide('height', o.height, `${name}.height`);
+  const channels = o.channels;
+  if (channels !== 1 && channels !== 3 && channels !== 4) invalid(`${name}.channels`, '1, 3 or 4', channels);
+  if (width === undefined) invalid(`${name}.width`, 'a width', o.width);
+  if (height === undefined) invalid(`${name}.height`, 'a height', o.height);
+  const want = width * height * channels;
+  if (o.data.length !== want) invalid(`${name}.data`, `width * height * channels = ${want} bytes`, `${o.data.length} bytes`);
+  return { data: o.data, width, height, channels };
+}
+
+/** A latent: Float32Array of width * height * channels values, sides up to 4096 / 8. */
+function checkLatent(name: string, v: unknown): Latent {
+  if (!isObject(v)) invalid(name, 'an object { data, width, height, channels }', v);
+  const o = v as Record<string, unknown>;
+  if (!(o.data instanceof Float32Array)) invalid(`${name}.data`, 'a Float32Array', o.data);
+  const side = LIMITS.width.max / 8;
+  const width = expectIntegerInRange(`${name}.width`, o.width, 1, side);
+  const height = expectIntegerInRange(`${name}.height`, o.height, 1, side);
+  const channels = expectIntegerInRange(`${name}.channels`, o.channels, 1, 64);
+  const want = width * height * channels;
+  if (o.data.length !== want) invalid(`${name}.data`, `width * height * channels = ${want} values`, `${o.data.length} values`);
+  return { data: o.data, width, height, channels };
 }

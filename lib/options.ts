@@ -75,11 +75,11 @@ export function checkWeightType(name: string, v: unknown): WeightType | undefine
   return expectOneOf(name, v, WEIGHT_TYPES);
 }
 
-export function checkImageSide(name: 'width' | 'height', v: unknown): number | undefined {
+export function checkImageSide(name: 'width' | 'height', v: unknown, label: string = name): number | undefined {
   if (v === undefined) return undefined;
   const { min, max } = LIMITS[name];
   if (!isInteger(v) || v < min || v > max || v % IMAGE_SIDE_MULTIPLE !== 0) {
-    invalid(name, `a multiple of ${IMAGE_SIDE_MULTIPLE} from ${min} to ${max}`, v);
+    invalid(label, `a multiple of ${IMAGE_SIDE_MULTIPLE} from ${min} to ${max}`, v);
   }
   return v;
 }

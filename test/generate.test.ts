@@ -408,3 +408,61 @@ describe('generate across architectures, formats and weight types', () => {
     assert.ok(grown < 64 * 1024 * 1024, `RSS grew by ${(grown / 1048576).toFixed(1)} MiB over 30 generations`);
   });
 });
+
+describe('encodeImage / decodeLatents', () => {
+  test('decodeLatents gives generate()\'s bytes; a batch decodes image by image', async () => {
+    const r = await model.generate({ ...base, seed: 12, batchSize: 2, returnLatents: true });
+    const latents = r.latents!.map((data) => ({ data, width: 8, height: 8, channels: 4 }));
+    const images = await model.decodeLatents(latents);
+    assert.equal(images.length, 2);
+    for (let i = 0; i < 2; i++) {
+      assert.equal(images[i].width, 64);
+      assert.deepEqual(images[i].data, r.images[i].data);
+    }
+  });
+
+  test('encodeImage: the mean without a seed, a seeded posterior sample with one, reproducibly', async () => {
+    const data = new Uint8Array(64 * 64 * 3).map((_, i) => (i * 37) % 256);
+    const image = { data, width: 64, height: 64, channels: 3 as const };
+    const mean = await model.encodeImage(image);
+    assert.deepEqual([mean.width, mean.height, mean.channels], [8, 8, 4]);
+    assert.ok(mean.data.every(Number.isFinite));
+    assert.deepEqual((await model.encodeImage(image)).data, mean.data);
+    const a = await model.encodeImage(image, { seed: 5 });
+    const b = await model.encodeImage(image, { seed: 5 });
+    const c = await model.encodeImage(image, { seed: 5, rng: 'cpu' });
+    assert.deepEqual(a.data, b.data);
+    assert.notDeepEqual(a.data, mean.data);
+    assert.notDeepEqual(a.data, c.data);
+    // Gray equals the same values in three channels; RGBA ignores alpha.
+    const gray = new Uint8Array(64 * 64).map((_, i) => i % 256);
+    const gray3 = new Uint8Array(64 * 64 * 3).map((_, i) => gray[Math.floor(i / 3)]);
+    const rgba = new Uint8Array(64 * 64 * 4).map((_, i) => (i % 4 === 3 ? 7 : gray[Math.floor(i / 4)]));
+    const g1 = await model.encodeImage({ data: gray, width: 64, height: 64, channels: 1 });
+    assert.deepEqual(g1.data, (await model.encodeImage({ data: gray3, width: 64, height: 64, channels: 3 })).data);
+    assert.deepEqual(g1.data, (await model.encodeImage({ data: rgba, width: 64, height: 64, channels: 4 })).data);
+    // The latent decodes to an image of the input's size.
+    const [back] = await model.decodeLatents(mean);
+    assert.deepEqual([back.width, back.height, back.data.length], [64, 64, 64 * 64 * 3]);
+  });
+
+  test('bad images and latents are InvalidArgumentErrors naming the field', async () => {
+    const ok = { data: new Uint8Array(64 * 64 * 3), width: 64, height: 64, channels: 3 };
+    const bad: Array<[unknown, RegExp]> = [
+      [null, /image must be an object/],
+      [{ ...ok, data: [1, 2] }, /image.data must be a Uint8Array/],
+      [{ ...ok, width: 60 }, /image.width must be a multiple of 8/],
+      [{ ...ok, channels: 2 }, /image.channels must be 1, 3 or 4/],
+      [{ ...ok, data: new Uint8Array(10) }, /image.data must be width \* height \* channels = 12288 bytes/],
+    ];
+    for (const [image, pattern] of bad) {
+      await assert.rejects(model.encodeImage(image as never), (e: unknown) => e instanceof InvalidArgumentError && pattern.test(e.message), String(pattern));
+    }
+    await assert.rejects(model.encodeImage(ok as never, { seed: 1.5 }), InvalidArgumentError);
+    await assert.rejects(model.decodeLatents({ data: new Float32Array(3 * 8 * 8), width: 8, height: 8, channels: 3 }),
+      (e: unknown) => e instanceof InvalidArgumentError && /latents must have 4 channels; received 3/.test(e.message));
+    await assert.rejects(model.decodeLatents({ data: new Float32Array(5), width: 8, height: 8, channels: 4 }),
+      (e: unknown) => e instanceof InvalidArgumentError && /latents\[0\].data must be width \* height \* channels = 256 values/.test(e.message));
+    await assert.rejects(model.decodeLatents([]), InvalidArgumentError);
+  });
+});

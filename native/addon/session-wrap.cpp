@@ -134,6 +134,8 @@ Napi::Function SessionWrap::Define(Napi::Env env) {
                        {
                            InstanceMethod<&SessionWrap::Info>("info"),
                            InstanceMethod<&SessionWrap::EncodePrompt>("encodePrompt"),
+                           InstanceMethod<&SessionWrap::EncodeImage>("encodeImage"),
+                           InstanceMethod<&SessionWrap::DecodeLatents>("decodeLatents"),
                            InstanceMethod<&SessionWrap::Generate>("generate"),
                            InstanceMethod<&SessionWrap::Dispose>("dispose"),
                        });
@@ -176,6 +178,84 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
             out.Set("data", data);
             out.Set("dim", static_cast<double>(r.hidden.ne[0]));
             out.Set("tokens", static_cast<double>(r.hidden.ne[1]));
+            return out;
+        },
+        {info.This().As<Napi::Object>()}, nullptr, abort);
+}
+
+// encodeImage(pixels: Uint8Array, width, height, channels, seed: number | undefined, rng: string, abort?)
+Napi::Value SessionWrap::EncodeImage(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto s = session(env);
+    if (info.Length() < 6 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber() ||
+        !info[5].IsString()) {
+        throw_invalid_js(env, "encodeImage(pixels: Uint8Array, width, height, channels, seed?, rng)");
+    }
+    const Napi::Uint8Array a = info[0].As<Napi::Uint8Array>();
+    std::vector<uint8_t> pixels(a.Data(), a.Data() + a.ElementLength());
+    const int width = info[1].As<Napi::Number>().Int32Value(), height = info[2].As<Napi::Number>().Int32Value();
+    const int channels = info[3].As<Napi::Number>().Int32Value();
+    std::optional<uint64_t> seed;
+    if (info[4].IsNumber()) {
+        const double v = info[4].As<Napi::Number>().DoubleValue();
+        if (!(v >= 0 && v <= sd::limits::kSeedMax) || v != static_cast<double>(static_cast<uint64_t>(v))) {
+            throw_invalid_js(env, "seed must be a safe non-negative integer");
+        }
+        seed = static_cast<uint64_t>(v);
+    }
+    const std::string rng = info[5].As<Napi::String>().Utf8Value();
+    auto abort = AbortFlag::From(info.Length() > 6 ? info[6] : env.Undefined());
+    struct Latent {
+        sd::HostTensor t;
+    };
+    return Job<Latent>::Start(
+        env, "sdnode.encodeImage", on(s),
+        [s, pixels = std::move(pixels), width, height, channels, seed, rng, abort]() {
+            return Latent{sd::encode_image(*s, pixels, width, height, channels, seed, rng, abort.get())};
+        },
+        [](Napi::Env e, Latent & r) -> Napi::Value {
+            Napi::Object out = Napi::Object::New(e);
+            Napi::Float32Array data = Napi::Float32Array::New(e, r.t.data.size());
+            std::copy(r.t.data.begin(), r.t.data.end(), data.Data());
+            out.Set("data", data);
+            out.Set("width", static_cast<double>(r.t.ne[0]));
+            out.Set("height", static_cast<double>(r.t.ne[1]));
+            out.Set("channels", static_cast<double>(r.t.ne[2]));
+            return out;
+        },
+        {info.This().As<Napi::Object>()}, nullptr, abort);
+}
+
+// decodeLatents(data: Float32Array, width, height, channels, count, abort?) -> Uint8Array[] (RGB)
+Napi::Value SessionWrap::DecodeLatents(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto s = session(env);
+    if (info.Length() < 5 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber() ||
+        !info[4].IsNumber()) {
+        throw_invalid_js(env, "decodeLatents(data: Float32Array, width, height, channels, count)");
+    }
+    const Napi::Float32Array a = info[0].As<Napi::Float32Array>();
+    sd::HostTensor latents;
+    for (int d = 0; d < 4; ++d) latents.ne[d] = info[d + 1].As<Napi::Number>().Int64Value();
+    if (latents.ne[0] * latents.ne[1] * latents.ne[2] * latents.ne[3] != static_cast<int64_t>(a.ElementLength()) ||
+        latents.ne[0] < 1 || latents.ne[1] < 1 || latents.ne[2] < 1 || latents.ne[3] < 1) {
+        throw_invalid_js(env, "latents data must hold width * height * channels * count values");
+    }
+    latents.data.assign(a.Data(), a.Data() + a.ElementLength());
+    auto abort = AbortFlag::From(info.Length() > 5 ? info[5] : env.Undefined());
+    struct Images {
+        std::vector<std::vector<uint8_t>> rgb;
+    };
+    return Job<Images>::Start(
+        env, "sdnode.decodeLatents", on(s),
+        [s, latents = std::move(latents), abort]() { return Images{sd::decode_latents(*s, latents, abort.get())}; },
+        [](Napi::Env e, Images & r) -> Napi::Value {
+            Napi::Array out = Napi::Array::New(e, r.rgb.size());
+            for (uint32_t i = 0; i < r.rgb.size(); ++i) {
+                Napi::Uint8Array px = Napi::Uint8Array::New(e, r.rgb[i].size());
+                std::copy(r.rgb[i].begin(), r.rgb[i].end(), px.Data());
+                out.Set(i, px);
+            }
             return out;
         },
         {info.This().As<Napi::Object>()}, nullptr, abort);

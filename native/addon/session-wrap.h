@@ -20,6 +20,8 @@ private:
     std::shared_ptr<sd::Session> session(Napi::Env env) const;  // throws Disposed
     Napi::Value Info(const Napi::CallbackInfo & info);
     Napi::Value EncodePrompt(const Napi::CallbackInfo & info);
+    Napi::Value EncodeImage(const Napi::CallbackInfo & info);
+    Napi::Value DecodeLatents(const Napi::CallbackInfo & info);
     Napi::Value Generate(const Napi::CallbackInfo & info);
     Napi::Value Dispose(const Napi::CallbackInfo & info);
 

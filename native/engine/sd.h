@@ -123,4 +123,17 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
 HostTensor encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
                          const std::atomic<bool> * abort);
 
+// An 8-bit image (interleaved, 1, 3 or 4 channels: gray, RGB, RGBA with alpha ignored) through the
+// VAE encoder: the latent [1, z_channels, H/8, W/8] as img2img starts from, the posterior sample
+// (mean + std * noise) times the scale factor, with the noise drawn first from the generator
+// `rng` seeded with `seed` (as stable-diffusion.cpp's img2img does), or the mean without a seed.
+// Throws InvalidArgument for sizes the VAE cannot take, Unsupported without an encoder.
+HostTensor encode_image(Session & session, const std::vector<uint8_t> & pixels, int width, int height, int channels,
+                        std::optional<uint64_t> seed, const std::string & rng, const std::atomic<bool> * abort);
+
+// Latents [N, z_channels, h, w] as generate() returns them through the VAE decoder: N RGB images
+// (h*8 x w*8, interleaved bytes), the same bytes generate() gives.
+std::vector<std::vector<uint8_t>> decode_latents(Session & session, const HostTensor & latents,
+                                                 const std::atomic<bool> * abort);
+
 }  // namespace sd

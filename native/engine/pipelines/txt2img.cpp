@@ -145,11 +145,7 @@ HostTensor encode_prompt(Session & session, const std::string & prompt, std::opt
     check_prompt("text", prompt);
     if (clip_skip) int_in("clipSkip", clip_skip, 0, limits::kClipSkipMin, limits::kClipSkipMax);
     GraphRunner & runner = session.runner();
-    runner.set_abort_flag(abort);
-    struct Reset {
-        GraphRunner & r;
-        ~Reset() { r.set_abort_flag(nullptr); }
-    } reset{runner};
+    const ScopedAbort scoped(runner, abort);
     const Model & model = session.model();
     model.check_files_unchanged();
     return encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip)).context;
@@ -163,11 +159,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const ResolvedParams & p = out.params;
     const Clock::time_point t0 = Clock::now();
     GraphRunner & runner = session.runner();
-    runner.set_abort_flag(control.abort);
-    struct Reset {
-        GraphRunner & r;
-        ~Reset() { r.set_abort_flag(nullptr); }
-    } reset{runner};
+    const ScopedAbort scoped(runner, control.abort);
 
     // Conditioning, once for the whole batch.
     const bool guided = p.cfg_scale != 1.0f;

@@ -94,6 +94,19 @@ private:
     std::map<std::string, HostTensor> debug_values_;
 };
 
+// Points a runner at a job's abort flag for one scope, and back at none when it ends (thrown
+// errors included).
+class ScopedAbort {
+public:
+    ScopedAbort(GraphRunner & runner, const std::atomic<bool> * flag) : runner_(runner) { runner_.set_abort_flag(flag); }
+    ~ScopedAbort() { runner_.set_abort_flag(nullptr); }
+    ScopedAbort(const ScopedAbort &) = delete;
+    ScopedAbort & operator=(const ScopedAbort &) = delete;
+
+private:
+    GraphRunner & runner_;
+};
+
 // Largest graph a component builds (nodes); SDXL's UNet is the biggest at ~10k.
 constexpr size_t kMaxGraphNodes = 32768;
 
