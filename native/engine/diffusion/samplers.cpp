@@ -122,6 +122,12 @@ public:
         return den_.data();
     }
 
+    // x += scale * z, z one fresh randn(n) from the noise generator.
+    void add_noise(const char * sampler, float scale) {
+        const float * z = draw_noise(sampler);
+        for (size_t j = 0; j < n_; ++j) x_[j] = x_[j] + z[j] * scale;
+    }
+
     const float * draw_noise(const char * sampler) {
         if (!rng_) throw_invalid(std::string("sampler ") + sampler + " draws noise but no noise generator was given");
         rng_->randn(noise_.data(), n_);
@@ -169,8 +175,7 @@ void euler_ancestral(Run & r, const std::vector<float> & sg, float eta, const ch
             const float ratio = down / sigma, rest = 1.0f - ratio;
             for (size_t j = 0; j < r.n_; ++j) x[j] = ratio * x[j] + rest * den[j];
             if (eta > 0.0f && up > 0.0f) {
-                const float * z = r.draw_noise(name);
-                for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + z[j] * up;
+                r.add_noise(name, up);
             }
         }
         r.step_done(i);
@@ -247,8 +252,7 @@ void dpmpp_2s_ancestral(Run & r, const std::vector<float> & sg, float eta) {
             for (size_t j = 0; j < r.n_; ++j) x[j] = a * x[j] - b * den2[j];
         }
         if (sg[i + 1] > 0) {
-            const float * z = r.draw_noise("dpm++2s_a");
-            for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + z[j] * up;
+            r.add_noise("dpm++2s_a", up);
         }
         r.step_done(i);
     }
@@ -335,8 +339,7 @@ void lcm(Run & r, const std::vector<float> & sg) {
         const float * den = r.D(x, sg[i]);
         std::copy(den, den + r.n_, x);
         if (sg[i + 1] > 0) {
-            const float * z = r.draw_noise("lcm");
-            for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + sg[i + 1] * z[j];
+            r.add_noise("lcm", sg[i + 1]);
         }
         r.step_done(i);
     }
@@ -456,8 +459,7 @@ void res_multistep(Run & r, const std::vector<float> & sg, float eta) {
             for (size_t j = 0; j < r.n_; ++j) x[j] = a * x[j] + h * (b1 * den[j] + b2 * old_den[j]);
         }
         if (sigma_to > 0.0f && up > 0.0f) {
-            const float * z = r.draw_noise("res_multistep");
-            for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+            r.add_noise("res_multistep", up);
         }
         std::copy(den, den + r.n_, old_den.begin());
         old_sigma_down = down;
@@ -492,8 +494,7 @@ void res_2s(Run & r, const std::vector<float> & sg, float eta) {
             for (size_t j = 0; j < r.n_; ++j) x[j] = x[j] + h * (b1 * eps1[j] + b2 * (den2[j] - x[j]));
         }
         if (sigma_to > 0.0f && up > 0.0f) {
-            const float * z = r.draw_noise("res_2s");
-            for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+            r.add_noise("res_2s", up);
         }
         r.step_done(i);
     }
@@ -559,8 +560,7 @@ void er_sde(Run & r, const std::vector<float> & sg, float eta) {
             const float noise_sq = lt * lt - ls * ls * ratio * ratio;
             if (eta > 0.0f && noise_sq > 0.0f) {
                 const float scale = alpha_t * std::sqrt(std::max(noise_sq, 0.0f));
-                const float * z = r.draw_noise("er_sde");
-                for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * scale;
+                r.add_noise("er_sde", scale);
             }
         }
         std::copy(den, den + r.n_, old_den.begin());
@@ -581,8 +581,7 @@ void euler_cfg_pp(Run & r, const std::vector<float> & sg, bool ancestral, float 
         if (ancestral) ancestral_step(sigma, sg[i + 1], eta, down, up);
         for (size_t j = 0; j < r.n_; ++j) x[j] = den[j] + ((x[j] - unc[j]) / sigma) * down;
         if (ancestral && sg[i + 1] > 0) {
-            const float * z = r.draw_noise("euler_a_cfg_pp");
-            for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+            r.add_noise("euler_a_cfg_pp", up);
         }
         r.step_done(i);
     }
@@ -612,8 +611,7 @@ void euler_ge(Run & r, const std::vector<float> & sg, float eta, float gamma) {
             old_d.swap(d);
             have_old = true;
             if (up > 0.0f) {
-                const float * z = r.draw_noise("euler_ge");
-                for (size_t j = 0; j < r.n_; ++j) x[j] += z[j] * up;
+                r.add_noise("euler_ge", up);
             }
         }
         r.step_done(i);
