@@ -99,7 +99,7 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         }
         for (size_t i = 0; i < s.size(); ++i) {
             const bool last = i + 1 == s.size();
-            if (!std::isfinite(s[i]) || s[i] < (last ? kSigmaMin : 1e-6) || s[i] > kSigmaMax) {
+            if (!std::isfinite(s[i]) || (last ? s[i] < kSigmaMin : s[i] <= kSigmaMin) || s[i] > kSigmaMax) {
                 throw_invalid("sigmas[" + std::to_string(i) + "] must be a finite number " + (last ? "from 0" : "above 0") +
                               " to " + number_text(kSigmaMax) + " (only the last may be 0); received " + number_text(s[i]));
             }
