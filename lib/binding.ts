@@ -159,11 +159,14 @@ export interface NativeGenerated {
   images: Array<{ data: Uint8Array; seed: number }>;
   /** Per image (with returnLatents): [C][H][W]. */
   latents: Array<Float32Array | undefined>;
-  timings: { textEncode: number; sampling: number; vaeDecode: number; total: number };
+  timings: { textEncode: number; vaeEncode: number; sampling: number; vaeDecode: number; total: number };
   /** Every option as used, defaults filled in. */
   options: import('./generate.ts').ResolvedGenerateOptions;
   /** [C, H, W] of each latent. */
   latentShape: [number, number, number];
+  /** The images' size (the hires target with hires). */
+  imageWidth: number;
+  imageHeight: number;
 }
 
 /** A loaded model: immutable, shared by its sessions. */
@@ -200,10 +203,14 @@ export interface NativeOptionTables {
   rngs: string[];
   weightTypes: string[];
   architectures: string[];
-  limits: Record<string, { min: number; max: number; integer: boolean }>;
+  limits: Record<string, { min: number; max: number; integer: boolean; minExclusive?: boolean }>;
   imageSideMultiple: number;
   promptMaxLength: number;
-  defaults: { steps: number; cfgScale: number; sampler: string; rng: string };
+  defaults: {
+    steps: number; cfgScale: number; sampler: string; rng: string; strength: number; imageCfgScale: number;
+    hiresScale: number; hiresStrength: number; hiresUpscaler: string;
+  };
+  hiresUpscalers: string[];
   archDefaults: Record<string, { width: number; height: number; clipSkip: number; prediction: string; vaeScaleFactor: number }>;
   samplerDefaults: Record<string, { scheduler: string; eta: number }>;
 }

@@ -45,8 +45,12 @@ export function checkLimitedInteger(name: keyof typeof LIMITS, v: unknown, label
 }
 
 /** Checks a number option against the engine's limit for it. */
-export function checkLimitedNumber(name: keyof typeof LIMITS, v: unknown): number | undefined {
-  return checkFinite(name, v, LIMITS[name].min, LIMITS[name].max);
+export function checkLimitedNumber(name: keyof typeof LIMITS, v: unknown, label: string = name): number | undefined {
+  const limit: { min: number; max: number; minExclusive?: boolean } = LIMITS[name];
+  if (!limit.minExclusive) return checkFinite(label, v, limit.min, limit.max);
+  if (v === undefined) return undefined;
+  if (!isFiniteNumber(v) || v <= limit.min || v > limit.max) invalid(label, `a finite number above ${limit.min}, at most ${limit.max}`, v);
+  return v;
 }
 
 export function checkSignal(name: string, v: unknown): AbortSignal | undefined {

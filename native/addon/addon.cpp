@@ -83,12 +83,14 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     o.Set("rngs", to_js_array(env, t.rngs));
     o.Set("weightTypes", to_js_array(env, t.weight_types));
     o.Set("architectures", to_js_array(env, t.architectures));
+    o.Set("hiresUpscalers", to_js_array(env, t.hires_upscalers));
     Napi::Object limits = Napi::Object::New(env);
     for (const auto & l : t.limits) {
         Napi::Object x = Napi::Object::New(env);
         x.Set("min", l.min);
         x.Set("max", l.max);
         x.Set("integer", l.integer);
+        if (l.min_exclusive) x.Set("minExclusive", true);
         limits.Set(l.option, x);
     }
     o.Set("limits", limits);
@@ -99,6 +101,11 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     defaults.Set("cfgScale", t.default_cfg_scale);
     defaults.Set("sampler", t.default_sampler);
     defaults.Set("rng", t.default_rng);
+    defaults.Set("strength", t.default_strength);
+    defaults.Set("imageCfgScale", t.default_image_cfg_scale);
+    defaults.Set("hiresScale", t.default_hires_scale);
+    defaults.Set("hiresStrength", t.default_hires_strength);
+    defaults.Set("hiresUpscaler", t.default_hires_upscaler);
     o.Set("defaults", defaults);
     Napi::Object arch = Napi::Object::New(env);
     for (const auto & d : t.arch_defaults) {

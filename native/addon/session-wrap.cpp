@@ -21,6 +21,30 @@ Napi::Value step_to_js(Napi::Env env, const sd::StepProgress & p) {
     return o;
 }
 
+// An image option as lib/ passes it: { data: Uint8Array, width, height, channels }, already
+// decoded and resized; the engine checks the size and channels.
+std::optional<sd::ImageBytes> optional_image(Napi::Object o, const char * key) {
+    const Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return std::nullopt;
+    const std::string what = std::string(key) + " must be an object { data: Uint8Array, width, height, channels }";
+    if (!v.IsObject()) throw_invalid_js(o.Env(), what);
+    const Napi::Object img = v.As<Napi::Object>();
+    const Napi::Value data = img.Get("data");
+    if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw_invalid_js(o.Env(), what);
+    sd::ImageBytes out;
+    const Napi::Uint8Array a = data.As<Napi::Uint8Array>();
+    out.pixels.assign(a.Data(), a.Data() + a.ElementLength());
+    const auto dim = [&](const char * name) {
+        const std::optional<int> d = optional_int(img, name);
+        if (!d) throw_invalid_js(o.Env(), what);
+        return *d;
+    };
+    out.width = dim("width");
+    out.height = dim("height");
+    out.channels = dim("channels");
+    return out;
+}
+
 // generate()'s options as lib/ passes them: only what the caller gave; the engine fills in and
 // checks the rest (model/options.h).
 sd::GenerateParams generate_params(Napi::Object o) {
@@ -62,6 +86,23 @@ sd::GenerateParams generate_params(Napi::Object o) {
         p.sigmas = std::move(sigmas);
     }
     p.lms_max_order = optional_int(o, "lmsMaxOrder");
+    p.init_image = optional_image(o, "initImage");
+    p.mask = optional_image(o, "mask");
+    p.strength = optional_number(o, "strength");
+    p.image_cfg_scale = optional_number(o, "imageCfgScale");
+    const Napi::Value hires = o.Get("hires");
+    if (!hires.IsUndefined()) {
+        if (!hires.IsObject()) throw_invalid_js(env, "hires must be an object");
+        const Napi::Object h = hires.As<Napi::Object>();
+        sd::HiresParams hp;
+        hp.scale = optional_number(h, "scale");
+        hp.width = optional_int(h, "width");
+        hp.height = optional_int(h, "height");
+        hp.steps = optional_int(h, "steps");
+        hp.strength = optional_number(h, "strength");
+        hp.upscaler = optional_string(h, "upscaler");
+        p.hires = hp;
+    }
     p.return_latents = o.Get("returnLatents").ToBoolean().Value();
     return p;
 }
@@ -86,6 +127,21 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
     for (uint32_t i = 0; i < r.sigmas.size(); ++i) sigmas.Set(i, static_cast<double>(r.sigmas[i]));
     o.Set("sigmas", sigmas);
     o.Set("lmsMaxOrder", r.lms_max_order);
+    o.Set("mode", sd::generate_mode_name(r.mode));
+    if (r.mode == sd::GenerateMode::Img2Img || r.mode == sd::GenerateMode::Inpaint) o.Set("strength", r.strength);
+    if (r.mode == sd::GenerateMode::Edit) o.Set("imageCfgScale", r.image_cfg_scale);
+    if (r.hires.enabled) {
+        Napi::Object h = Napi::Object::New(env);
+        h.Set("width", r.hires.width);
+        h.Set("height", r.hires.height);
+        h.Set("steps", r.hires.steps);
+        h.Set("strength", r.hires.strength);
+        h.Set("upscaler", r.hires.upscaler);
+        Napi::Array hs = Napi::Array::New(env, r.hires_sigmas.size());
+        for (uint32_t i = 0; i < r.hires_sigmas.size(); ++i) hs.Set(i, static_cast<double>(r.hires_sigmas[i]));
+        h.Set("sigmas", hs);
+        o.Set("hires", h);
+    }
     o.Set("returnLatents", r.return_latents);
     return o;
 }
@@ -112,12 +168,15 @@ Napi::Value generated_to_js(Napi::Env env, sd::GenerateOutput & r) {
     out.Set("latents", latents);
     Napi::Object t = Napi::Object::New(env);
     t.Set("textEncode", r.timings.text_encode_ms);
+    t.Set("vaeEncode", r.timings.vae_encode_ms);
     t.Set("sampling", r.timings.sampling_ms);
     t.Set("vaeDecode", r.timings.vae_decode_ms);
     t.Set("total", r.timings.total_ms);
     out.Set("timings", t);
     out.Set("options", resolved_to_js(env, r.params));
     out.Set("latentShape", to_js_array(env, std::vector<int>{r.latent_channels, r.latent_height, r.latent_width}));
+    out.Set("imageWidth", r.image_width);
+    out.Set("imageHeight", r.image_height);
     return out;
 }
 

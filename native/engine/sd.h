@@ -48,6 +48,22 @@ ModelReport inspect_model(const std::string & path);
 
 // ------------------------------------------------------------------ generation
 
+// An 8-bit image as the API hands it over: interleaved rows of `channels` bytes per pixel.
+struct ImageBytes {
+    std::vector<uint8_t> pixels;
+    int width = 0, height = 0, channels = 0;
+};
+
+// The hires fix: after the first pass, upscale its latent (in latent space, or decoded, resized
+// and encoded again) and run an img2img pass at the larger size, as stable-diffusion.cpp does.
+struct HiresParams {
+    std::optional<double> scale;          // target = round(size * scale), aligned up; default 2
+    std::optional<int> width, height;     // an explicit target (one alone keeps the aspect ratio)
+    std::optional<int> steps;             // 0 or unset: the first pass's step count
+    std::optional<double> strength;       // the second pass's denoising strength; default 0.7
+    std::optional<std::string> upscaler;  // hires_upscaler names (model/options.h); default "latent"
+};
+
 // What generate() is asked; every field but the prompts may be left out for its default
 // (model/options.h, the sampler's own defaults in diffusion/samplers.h). Names are the API's
 // ("euler_a", "karras", "cuda"); the engine parses and checks them.
@@ -64,7 +80,28 @@ struct GenerateParams {
     // A custom schedule (the reference's --sigmas): steps + 1 values, the scheduler is then unused.
     std::optional<std::vector<double>> sigmas;
     std::optional<int> lms_max_order;  // lms only
+    // Image to image: `init_image` (RGB or gray, width x height: the caller resizes) is encoded and
+    // noised to the schedule truncated by `strength` (default 0.75). With an instruct-pix2pix UNet
+    // it is instead the image to edit (its latent feeds the UNet; sampling starts from noise).
+    std::optional<ImageBytes> init_image;
+    std::optional<double> strength;
+    // Inpainting: one channel, width x height, white = repaint (rounded to 0 / 1).
+    std::optional<ImageBytes> mask;
+    // instruct-pix2pix's image guidance (the reference's --img-cfg-scale); default 1 = none.
+    std::optional<double> image_cfg_scale;
+    std::optional<HiresParams> hires;
     bool return_latents = false;
+};
+
+// What the UNet's extra input channels make of a run.
+enum class GenerateMode { Txt2Img, Img2Img, Inpaint, Edit };
+const char * generate_mode_name(GenerateMode mode);
+
+struct ResolvedHires {
+    bool enabled = false;
+    int width = 0, height = 0, steps = 0;  // steps: as asked (0 = the first pass's)
+    float strength = 0;
+    std::string upscaler;
 };
 
 // What a generation used, every default filled in.
@@ -76,6 +113,12 @@ struct ResolvedParams {
     uint64_t seed = 0;
     std::vector<float> sigmas;  // the schedule used (steps + 1 values, last 0 unless given otherwise)
     int lms_max_order = 4;
+    GenerateMode mode = GenerateMode::Txt2Img;
+    float strength = 1;         // 1 without an init image
+    float image_cfg_scale = 1;  // 1 but for instruct-pix2pix models
+    bool has_mask = false;
+    ResolvedHires hires;
+    std::vector<float> hires_sigmas;  // the second pass's schedule (hires only)
     bool return_latents = false;
 };
 
@@ -86,7 +129,7 @@ struct GeneratedImage {
 };
 
 struct GenerateTimings {
-    double text_encode_ms = 0, sampling_ms = 0, vae_decode_ms = 0, total_ms = 0;
+    double text_encode_ms = 0, vae_encode_ms = 0, sampling_ms = 0, vae_decode_ms = 0, total_ms = 0;
 };
 
 struct GenerateOutput {
@@ -94,6 +137,7 @@ struct GenerateOutput {
     GenerateTimings timings;
     ResolvedParams params;
     int latent_channels = 4, latent_width = 0, latent_height = 0;
+    int image_width = 0, image_height = 0;  // the images' size (the hires target with hires)
 };
 
 struct StepProgress {
@@ -115,7 +159,8 @@ struct RunControl {
 // queuing a job so that bad options fail at once.
 ResolvedParams resolve_generate_params(const Model & model, const GenerateParams & params);
 
-// Text-to-image. Run it on the session's thread (inside Session::submit).
+// Text-to-image, image-to-image, inpainting, edit and the hires fix: one sampling loop. Run it
+// on the session's thread (inside Session::submit).
 GenerateOutput generate(Session & session, const GenerateParams & params, const RunControl & control);
 
 // The conditioning of one prompt as the UNet sees it: [1, chunks * 77, dim] (ne {dim, tokens, 1}).

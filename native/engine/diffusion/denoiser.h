@@ -1,12 +1,18 @@
 // The denoiser the samplers see, D(x, sigma) -> denoised: the one place for classifier-free
-// guidance and the k-diffusion scalings of eps- and v-prediction, as stable-diffusion.cpp
-// computes them:
+// guidance (two- and three-way) and the k-diffusion scalings of eps- and v-prediction, as
+// stable-diffusion.cpp computes them:
 //
-//   out_c, out_u = unet(c_in x, t(sigma), cond), unet(c_in x, t(sigma), uncond)
-//   denoised     = c_skip x + c_out (out_u + cfg (out_c - out_u))
+//   out_c = unet(c_in x, t(sigma), cond,   concat)
+//   out_u = unet(c_in x, t(sigma), uncond, concat)            with an unconditional pass
+//   out_i = unet(c_in x, t(sigma), uncond, img_uncond_concat) with image guidance (instruct-pix2pix)
+//   out   = out_i + img_cfg (out_u - out_i) + cfg (out_c - out_u)   all three
+//         = out_u + cfg (out_c - out_u)                             cond + uncond
+//         = out_i + cfg (out_c - out_i)                             cond + image-uncond
+//   denoised = c_skip x + c_out out
 //
-// cond and uncond share one batched evaluation when their token counts agree; cfg_scale 1 runs
-// no unconditional pass at all.
+// The passes share one batched evaluation when their token counts agree. `concat` holds the
+// extra UNet input channels of inpainting and edit models (one image's worth, the same for
+// every step).
 #pragma once
 #include <vector>
 
@@ -22,23 +28,33 @@ struct DenoiserInputs {
     Prediction prediction = Prediction::Eps;
     const DiscreteSchedule * schedule = nullptr;
     const Conditioning * cond = nullptr;
-    const Conditioning * uncond = nullptr;  // null when cfg_scale == 1
+    const Conditioning * uncond = nullptr;  // the negative prompt; needed by either unconditional pass
+    bool use_uncond = false;                // run the (negative prompt, concat) pass
+    bool use_img_uncond = false;            // run the (negative prompt, img_uncond_concat) pass
     float cfg_scale = 1.0f;
-    const HostTensor * concat = nullptr;    // extra UNet input channels per image (inpainting, edit); null: none
+    float image_cfg_scale = 1.0f;
+    const HostTensor * concat = nullptr;             // ne {w, h, C', 1}; null: none
+    const HostTensor * img_uncond_concat = nullptr;  // with use_img_uncond
 };
 
 class Denoiser {
 public:
-    // Throws InvalidArgument when a guided denoiser has no unconditional conditioning.
+    // Throws Internal when a pass lacks its conditioning or concat.
     Denoiser(DenoiserInputs in, int latent_width, int latent_height, int latent_channels);
 
-    // denoised[0..n) = D(x[0..n), sigma), n = width * height * channels.
+    // denoised[0..n) = D(x[0..n), sigma), n = width * height * channels. `uncond` (CFG++): the
+    // denoised prediction of the most unconditional pass run (image-uncond, else uncond, else cond).
     void operator()(const float * x, float sigma, float * denoised, float * uncond = nullptr);
 
 private:
+    struct Pass {
+        const HostTensor * context;
+        const HostTensor * concat;
+    };
     DenoiserInputs in_;
     size_t n_;
-    bool guided_, batched_;
+    std::vector<Pass> passes_;  // cond, then uncond and img_uncond when used
+    bool batched_;
     UnetInput input_;  // reused every step: shapes fixed, buffers refilled
 };
 

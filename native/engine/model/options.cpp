@@ -1,4 +1,5 @@
 #include "model/options.h"
+#include "core/errors.h"
 
 #include "diffusion/rng.h"
 #include "diffusion/samplers.h"
@@ -37,6 +38,38 @@ size_t utf16_length(const std::string & utf8) {
     return n;
 }
 
+const std::vector<HiresUpscaler> & all_hires_upscalers() {
+    static const std::vector<HiresUpscaler> all = {
+        HiresUpscaler::Latent,        HiresUpscaler::LatentNearest,           HiresUpscaler::LatentNearestExact,
+        HiresUpscaler::LatentAntialiased, HiresUpscaler::LatentBicubic, HiresUpscaler::LatentBicubicAntialiased,
+        HiresUpscaler::Lanczos,       HiresUpscaler::Nearest,
+    };
+    return all;
+}
+
+const char * hires_upscaler_name(HiresUpscaler u) {
+    switch (u) {
+        case HiresUpscaler::Latent: return "latent";
+        case HiresUpscaler::LatentNearest: return "latent-nearest";
+        case HiresUpscaler::LatentNearestExact: return "latent-nearest-exact";
+        case HiresUpscaler::LatentAntialiased: return "latent-antialiased";
+        case HiresUpscaler::LatentBicubic: return "latent-bicubic";
+        case HiresUpscaler::LatentBicubicAntialiased: return "latent-bicubic-antialiased";
+        case HiresUpscaler::Lanczos: return "lanczos";
+        case HiresUpscaler::Nearest: return "nearest";
+    }
+    return "latent";
+}
+
+HiresUpscaler parse_hires_upscaler(const std::string & name) {
+    std::string list;
+    for (HiresUpscaler u : all_hires_upscalers()) {
+        if (name == hires_upscaler_name(u)) return u;
+        list += (list.empty() ? "" : ", ") + std::string(hires_upscaler_name(u));
+    }
+    throw_invalid("hires.upscaler must be one of " + list + "; received \"" + name + "\"");
+}
+
 OptionTables option_tables() {
     using namespace limits;
     OptionTables t;
@@ -57,7 +90,17 @@ OptionTables option_tables() {
         {"clipSkip", kClipSkipMin, kClipSkipMax, true},  {"threads", kThreadsMin, kThreadsMax, true},
         {"seed", 0, kSeedMax, true},                     {"count", 0, kRandnCountMax, true},
         {"sigma", kSigmaMin, kSigmaMax, false},          {"lmsMaxOrder", kLmsMaxOrderMin, kLmsMaxOrderMax, true},
+        {"strength", kStrengthMin, kStrengthMax, false, true},
+        {"imageCfgScale", kImageCfgScaleMin, kImageCfgScaleMax, false},
+        {"hiresScale", kHiresScaleMin, kHiresScaleMax, false, true},
+        {"hiresSteps", kHiresStepsMin, kHiresStepsMax, true},
     };
+    for (HiresUpscaler u : all_hires_upscalers()) t.hires_upscalers.push_back(hires_upscaler_name(u));
+    t.default_strength = kDefaultStrength;
+    t.default_image_cfg_scale = kDefaultImageCfgScale;
+    t.default_hires_scale = kDefaultHiresScale;
+    t.default_hires_strength = kDefaultHiresStrength;
+    t.default_hires_upscaler = hires_upscaler_name(kDefaultHiresUpscaler);
     t.image_side_multiple = kImageSideMultiple;
     t.prompt_max_length = kPromptMaxLength;
     t.default_steps = kDefaultSteps;

@@ -27,6 +27,13 @@ constexpr double kSigmaMin = 0, kSigmaMax = 1000;
 // lms's history length; the reference warns that orders above 12 can give NaNs.
 constexpr int kLmsMaxOrderMin = 1, kLmsMaxOrderMax = 12;
 constexpr int kClipSkipMin = 1, kClipSkipMax = 48;
+// Denoising strength of img2img and of the hires fix: above 0 (min exclusive), at most 1.
+constexpr double kStrengthMin = 0, kStrengthMax = 1;
+constexpr double kImageCfgScaleMin = 0, kImageCfgScaleMax = 100;
+// The hires fix's scale (targets past kImageSideMax are refused anyway) and step count (0 = the
+// first pass's).
+constexpr double kHiresScaleMin = 0, kHiresScaleMax = 8;  // min exclusive
+constexpr int kHiresStepsMin = 0, kHiresStepsMax = 1000;
 constexpr int kThreadsMin = 1, kThreadsMax = 1024;
 constexpr int kPromptMaxLength = 100000;              // UTF-16 code units, as JavaScript counts
 // The largest emphasis weight a prompt's text may get, explicit ("(a:2)") or the product of its
@@ -41,6 +48,18 @@ constexpr double kRandnCountMax = 100000000;
 constexpr int kDefaultSteps = 20;
 constexpr float kDefaultCfgScale = 7.0f;
 constexpr const char * kDefaultRng = "cuda";
+constexpr double kDefaultStrength = 0.75;
+constexpr double kDefaultImageCfgScale = 1.0;  // the reference's: no image guidance unless asked
+constexpr double kDefaultHiresScale = 2.0;
+constexpr double kDefaultHiresStrength = 0.7;
+
+// The hires fix's upscalers, stable-diffusion.cpp's set: latent-space interpolations, or the
+// decoded image resized and encoded again.
+enum class HiresUpscaler { Latent, LatentNearest, LatentNearestExact, LatentAntialiased, LatentBicubic, LatentBicubicAntialiased, Lanczos, Nearest };
+constexpr HiresUpscaler kDefaultHiresUpscaler = HiresUpscaler::Latent;
+const std::vector<HiresUpscaler> & all_hires_upscalers();
+const char * hires_upscaler_name(HiresUpscaler u);
+HiresUpscaler parse_hires_upscaler(const std::string & name);  // throws InvalidArgument listing the names
 // The sampler's own defaults (scheduler, eta) live with the samplers: diffusion/samplers.h.
 
 // Defaults per architecture (stable-diffusion.cpp's), used where a request or the file is silent.
@@ -61,9 +80,10 @@ struct NumericLimit {
     std::string option;  // the option's API name, e.g. "width"
     double min, max;
     bool integer;
+    bool min_exclusive = false;
 };
 struct OptionTables {
-    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures;
+    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers;
     std::vector<std::pair<std::string, std::string>> scheduler_aliases;  // alias -> scheduler
     std::vector<NumericLimit> limits;
     int image_side_multiple;
@@ -71,6 +91,8 @@ struct OptionTables {
     int default_steps;
     float default_cfg_scale;
     std::string default_sampler, default_rng;
+    double default_strength, default_image_cfg_scale, default_hires_scale, default_hires_strength;
+    std::string default_hires_upscaler;
     std::vector<ArchDefaults> arch_defaults;       // one per runnable architecture
     std::vector<std::string> sampler_default_schedulers;  // per sampler, in `samplers` order
     std::vector<float> sampler_default_etas;               // per sampler, in `samplers` order

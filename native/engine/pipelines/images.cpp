@@ -7,6 +7,7 @@
 #include "diffusion/rng.h"
 #include "model/model.h"
 #include "model/options.h"
+#include "pipelines/image-tensors.h"
 #include "runtime/session.h"
 #include "sd.h"
 
@@ -24,27 +25,13 @@ HostTensor encode_image(Session & session, const std::vector<uint8_t> & pixels, 
                           std::to_string(v));
         }
     }
-    if (channels != 1 && channels != 3 && channels != 4) {
-        throw_invalid("image channels must be 1, 3 or 4; received " + std::to_string(channels));
-    }
-    const size_t n = static_cast<size_t>(width) * height;
-    if (pixels.size() != n * channels) {
-        throw_invalid("image data must hold width * height * channels = " + std::to_string(n * channels) +
-                      " bytes; received " + std::to_string(pixels.size()));
-    }
     if (seed && static_cast<double>(*seed) > kSeedMax) throw_invalid("seed must be a safe integer");
     const RngKind kind = parse_rng_kind(rng);
+    ImageBytes bytes{pixels, width, height, channels};
+    check_image_bytes("image", bytes, width, height, false);
     // [1, 3, H, W] in [-1, 1], as stable-diffusion.cpp scales 8-bit pixels (gray fills all three).
-    HostTensor image;
-    image.ne[0] = width;
-    image.ne[1] = height;
-    image.ne[2] = 3;
-    image.ne[3] = 1;
-    image.data.resize(n * 3);
-    for (int c = 0; c < 3; ++c) {
-        const int src = channels == 1 ? 0 : c;
-        for (size_t i = 0; i < n; ++i) image.data[c * n + i] = float(pixels[i * channels + src]) / 255.0f * 2.0f - 1.0f;
-    }
+    HostTensor image = image_bytes_to_unit(bytes);
+    unit_to_signed(image);
     GraphRunner & runner = session.runner();
     const ScopedAbort scoped(runner, abort);
     model.check_files_unchanged();

@@ -1,0 +1,532 @@
+// Every mode's generation: encode -> sample -> decode, the whole loop native, as
+// stable-diffusion.cpp runs it.
+//
+//   cond, uncond = text_encoder(prompt), text_encoder(negative prompt)       [1, tokens, dim]
+//   with an init image (one generator seeded with the seed, draws in this order):
+//     init    = vae.encode(image)                                   img2img, inpainting
+//     concat  = [mask, vae.encode(image, masked to gray)]           inpainting UNets (9 channels)
+//             = mean of vae.encode(image) / scale_factor            instruct-pix2pix UNets (8 channels)
+//     sigmas  = sigmas[steps - t_enc - 1 ..], t_enc = int(steps * strength) (< steps)
+//   for image i (seed + i):
+//     x      = sample_latent(denoiser, init + randn(seed + i) * sigmas[0], sigmas)   [1, C, h, w]
+//              (with a mask, each step's denoised = denoised * mask + init * (1 - mask))
+//     hires: x = upscale(x); x = sample_latent(.., x + randn(seed + i) * hires_sigmas[0], hires_sigmas)
+//     image  = vae.decode(x)                                                        [1, 3, 8h, 8w]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <random>
+
+#include "diffusion/denoiser.h"
+#include "pipelines/conditioning.h"
+#include "pipelines/image-tensors.h"
+#include "pipelines/resample.h"
+#include "pipelines/sampling.h"
+#include "sd.h"
+
+namespace sd {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+void check_abort(const std::atomic<bool> * abort) {
+    if (abort && abort->load()) throw Error(ErrorCode::Aborted, "generation was aborted");
+}
+
+int int_in(const char * name, std::optional<int> v, int fallback, int min, int max) {
+    const int x = v.value_or(fallback);
+    if (x < min || x > max) {
+        throw_invalid(std::string(name) + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max) +
+                      "; received " + std::to_string(x));
+    }
+    return x;
+}
+
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+float number_in(const char * name, std::optional<double> v, double fallback, double min, double max) {
+    const double x = v.value_or(fallback);
+    if (!std::isfinite(x) || x < min || x > max) {
+        throw_invalid(std::string(name) + " must be a finite number from " + number_text(min) + " to " + number_text(max) +
+                      "; received " + number_text(x));
+    }
+    return static_cast<float>(x);
+}
+
+void check_prompt(const char * name, const std::string & s) {
+    if (s.find('\0') != std::string::npos) throw_invalid(std::string(name) + " must be a string without NUL characters");
+    if (utf16_length(s) > static_cast<size_t>(limits::kPromptMaxLength)) {
+        throw_invalid(std::string(name) + " must be a string of at most " + std::to_string(limits::kPromptMaxLength) + " characters");
+    }
+}
+
+}  // namespace
+
+namespace {
+
+// A number in (min, max]: strengths and scales, where 0 would mean "do nothing".
+float number_above(const char * name, std::optional<double> v, double fallback, double min, double max) {
+    const double x = v.value_or(fallback);
+    if (!std::isfinite(x) || x <= min || x > max) {
+        throw_invalid(std::string(name) + " must be a finite number above " + number_text(min) + ", at most " + number_text(max) +
+                      "; received " + number_text(x));
+    }
+    return static_cast<float>(x);
+}
+
+// stable-diffusion.cpp's img2img truncation: the last t_enc + 1 sigmas of the `asked`-step schedule,
+// t_enc = int(asked * strength), at most asked - 1 (and at least one step is kept).
+std::vector<float> truncate_schedule(const std::vector<float> & sigmas, int asked, float strength) {
+    size_t t_enc = static_cast<size_t>(static_cast<float>(asked) * strength);
+    if (t_enc >= static_cast<size_t>(asked)) t_enc = static_cast<size_t>(asked) - 1;
+    size_t start = static_cast<size_t>(asked) - t_enc - 1;
+    start = std::min(start, sigmas.size() - 2);
+    return std::vector<float>(sigmas.begin() + static_cast<std::ptrdiff_t>(start), sigmas.end());
+}
+
+// The largest schedule the hires fix may build to keep `steps` after truncation by its strength.
+constexpr int kHiresScheduleStepsMax = 100000;
+
+// Rounds up to a multiple (the reference aligns computed sizes up).
+int align_up(int v, int multiple) { return (v + multiple - 1) / multiple * multiple; }
+
+bool is_inpaint_unet(const Model & m) { return m.info().unet.in_channels == 2 * m.info().vae.z_channels + 1; }
+bool is_edit_unet(const Model & m) { return m.info().unet.in_channels == 2 * m.info().vae.z_channels; }
+
+}  // namespace
+
+const char * generate_mode_name(GenerateMode mode) {
+    switch (mode) {
+        case GenerateMode::Txt2Img: return "txt2img";
+        case GenerateMode::Img2Img: return "img2img";
+        case GenerateMode::Inpaint: return "inpaint";
+        case GenerateMode::Edit: return "edit";
+    }
+    return "txt2img";
+}
+
+ResolvedParams resolve_generate_params(const Model & model, const GenerateParams & p) {
+    using namespace limits;
+    ResolvedParams r;
+    check_prompt("prompt", p.prompt);
+    check_prompt("negativePrompt", p.negative_prompt);
+    r.prompt = p.prompt;
+    r.negative_prompt = p.negative_prompt;
+    const UnetParams & u = model.info().unet;
+    const int zc = model.info().vae.z_channels;
+    const bool inpaint_unet = is_inpaint_unet(model), edit_unet = is_edit_unet(model);
+    if (u.in_channels != zc && !inpaint_unet && !edit_unet) {
+        throw Error(ErrorCode::UnsupportedModel,
+                    "this UNet takes " + std::to_string(u.in_channels) + " input channels" + (u.variant.empty() ? "" : " (" + u.variant + ")") +
+                        "; sdnode runs " + std::to_string(zc) + " (text-to-image), " + std::to_string(2 * zc + 1) +
+                        " (inpainting) and " + std::to_string(2 * zc) + " (instruct-pix2pix)");
+    }
+    const int side = arch_defaults(model.arch()).image_side;
+    const int multiple = model.unet().spatial_multiple() * model.vae().upscale();
+    auto image_side = [&](const std::string & name, std::optional<int> v) {
+        const int x = v.value_or(side);
+        if (x < kImageSideMin || x > kImageSideMax || x % multiple != 0) {
+            throw_invalid(name + " must be a multiple of " + std::to_string(multiple) + " from " + std::to_string(kImageSideMin) +
+                          " to " + std::to_string(kImageSideMax) + "; received " + std::to_string(x));
+        }
+        return x;
+    };
+    r.width = image_side("width", p.width);
+    r.height = image_side("height", p.height);
+    r.steps = int_in("steps", p.steps, kDefaultSteps, kStepsMin, kStepsMax);
+    r.batch = int_in("batchSize", p.batch, 1, kBatchMin, kBatchMax);
+    r.cfg_scale = number_in("cfgScale", p.cfg_scale, kDefaultCfgScale, kCfgScaleMin, kCfgScaleMax);
+    const Sampler sampler = p.sampler ? parse_sampler(*p.sampler) : kDefaultSampler;
+    r.sampler = sampler_name(sampler);
+    r.scheduler = scheduler_name(p.scheduler ? parse_scheduler(*p.scheduler) : default_scheduler(sampler));
+    r.eta = number_in("eta", p.eta, default_eta(sampler), kEtaMin, kEtaMax);
+    r.lms_max_order = int_in("lmsMaxOrder", p.lms_max_order, SamplerParams{}.lms_max_order, kLmsMaxOrderMin, kLmsMaxOrderMax);
+    int asked_steps = r.steps;  // what the schedule was asked for (img2img truncates from it, as the reference)
+    if (p.sigmas) {
+        const std::vector<double> & s = *p.sigmas;
+        const int n = static_cast<int>(s.size()) - 1;
+        if (n < kStepsMin || n > kStepsMax) {
+            throw_invalid("sigmas must hold from " + std::to_string(kStepsMin + 1) + " to " + std::to_string(kStepsMax + 1) +
+                          " values (steps + 1); received " + std::to_string(s.size()));
+        }
+        if (p.steps && *p.steps != n) {
+            throw_invalid("steps must be sigmas.length - 1 (" + std::to_string(n) + ") when sigmas are given; received " +
+                          std::to_string(*p.steps));
+        }
+        for (size_t i = 0; i < s.size(); ++i) {
+            const bool last = i + 1 == s.size();
+            if (!std::isfinite(s[i]) || (last ? s[i] < kSigmaMin : s[i] <= kSigmaMin) || s[i] > kSigmaMax) {
+                throw_invalid("sigmas[" + std::to_string(i) + "] must be a finite number " + (last ? "from 0" : "above 0") +
+                              " to " + number_text(kSigmaMax) + " (only the last may be 0); received " + number_text(s[i]));
+            }
+            r.sigmas.push_back(static_cast<float>(s[i]));
+        }
+        r.steps = asked_steps = n;
+    } else {
+        r.sigmas = make_sigmas(parse_scheduler(r.scheduler), r.steps, DiscreteSchedule());
+        r.steps = static_cast<int>(r.sigmas.size()) - 1;  // beta drops repeated timesteps
+    }
+    r.rng = rng_kind_name(parse_rng_kind(p.rng.value_or(kDefaultRng)));
+    r.sampler_rng = p.sampler_rng ? rng_kind_name(parse_rng_kind(*p.sampler_rng)) : "";
+    if (p.clip_skip) int_in("clipSkip", p.clip_skip, 0, kClipSkipMin, kClipSkipMax);
+    effective_clip_skip(model, p.clip_skip);  // throws for more layers than the encoder has
+    r.clip_skip = p.clip_skip.value_or(arch_defaults(model.arch()).clip_skip);
+    if (p.seed) {
+        if (static_cast<double>(*p.seed) > kSeedMax) throw_invalid("seed must be a safe integer (negative for a random seed)");
+        r.seed = *p.seed;
+    } else {
+        static std::mutex mutex;  // one random_device for all threads
+        static std::random_device device;
+        std::lock_guard<std::mutex> lock(mutex);
+        r.seed = device() & 0x7fffffffu;
+    }
+    // In integers: as doubles, (2^53 - 1) + 2 - 1 rounds back to 2^53 - 1.
+    constexpr uint64_t kSeedMaxInt = static_cast<uint64_t>(kSeedMax);
+    if (r.seed > kSeedMaxInt - static_cast<uint64_t>(r.batch - 1)) {
+        throw_invalid("seed must be small enough that seed + batchSize - 1 is a safe integer; received seed " +
+                      std::to_string(r.seed) + " with batchSize " + std::to_string(r.batch));
+    }
+    r.return_latents = p.return_latents;
+
+    // Image inputs and what they mean for this UNet.
+    if (p.init_image) {
+        check_image_bytes("initImage", *p.init_image, r.width, r.height, false);
+        if (!model.vae().can_encode()) throw Error(ErrorCode::UnsupportedModel, "initImage needs a VAE encoder; this model's VAE has none");
+    }
+    if (p.mask) {
+        if (!p.init_image) throw_invalid("mask needs an initImage (the image to inpaint)");
+        if (edit_unet) throw_invalid("mask does not apply to instruct-pix2pix models");
+        check_image_bytes("mask", *p.mask, r.width, r.height, true);
+        r.has_mask = true;
+    }
+    if (p.strength) {
+        if (!p.init_image) throw_invalid("strength needs an initImage");
+        if (edit_unet) throw_invalid("strength does not apply to instruct-pix2pix models (sampling starts from noise; initImage is the image to edit)");
+    }
+    if (p.image_cfg_scale && !edit_unet) throw_invalid("imageCfgScale applies to instruct-pix2pix models only");
+    r.mode = edit_unet ? GenerateMode::Edit : r.has_mask ? GenerateMode::Inpaint : p.init_image ? GenerateMode::Img2Img : GenerateMode::Txt2Img;
+    if (edit_unet) {
+        r.image_cfg_scale = number_in("imageCfgScale", p.image_cfg_scale, kDefaultImageCfgScale, kImageCfgScaleMin, kImageCfgScaleMax);
+    }
+    if (p.init_image && !edit_unet) {
+        r.strength = number_above("strength", p.strength, kDefaultStrength, kStrengthMin, kStrengthMax);
+        if (r.strength < 1.0f) r.sigmas = truncate_schedule(r.sigmas, asked_steps, r.strength);
+    }
+
+    if (p.hires) {
+        const HiresParams & h = *p.hires;
+        if (inpaint_unet || edit_unet) throw_invalid("hires is not supported with inpainting or instruct-pix2pix models");
+        ResolvedHires & o = r.hires;
+        o.enabled = true;
+        o.upscaler = hires_upscaler_name(h.upscaler ? parse_hires_upscaler(*h.upscaler) : kDefaultHiresUpscaler);
+        o.strength = number_above("hires.strength", h.strength, kDefaultHiresStrength, kStrengthMin, kStrengthMax);
+        o.steps = int_in("hires.steps", h.steps, 0, kHiresStepsMin, kHiresStepsMax);
+        if (h.scale && (h.width || h.height)) throw_invalid("hires takes a scale or a width and height, not both");
+        if (h.width && h.height) {
+            o.width = image_side("hires.width", h.width);
+            o.height = image_side("hires.height", h.height);
+        } else if (h.width || h.height) {
+            // One side given: the other keeps the first pass's aspect ratio.
+            const bool by_width = h.width.has_value();
+            const int given = image_side(by_width ? "hires.width" : "hires.height", by_width ? h.width : h.height);
+            const double other = static_cast<double>(by_width ? r.height : r.width) * given / (by_width ? r.width : r.height);
+            const int derived = align_up(static_cast<int>(std::lround(other)), multiple);
+            o.width = by_width ? given : derived;
+            o.height = by_width ? derived : given;
+        } else {
+            const float scale = number_above("hires.scale", h.scale, kDefaultHiresScale, kHiresScaleMin, kHiresScaleMax);
+            o.width = align_up(static_cast<int>(std::lround(r.width * static_cast<double>(scale))), multiple);
+            o.height = align_up(static_cast<int>(std::lround(r.height * static_cast<double>(scale))), multiple);
+        }
+        for (const auto & [name, v] : {std::pair{"width", o.width}, std::pair{"height", o.height}}) {
+            if (v < kImageSideMin || v > kImageSideMax) {
+                throw_invalid(std::string("hires target ") + name + " must be from " + std::to_string(kImageSideMin) + " to " +
+                              std::to_string(kImageSideMax) + "; the hires options give " + std::to_string(v));
+            }
+        }
+        // sd-webui's schedule: enough steps that truncating by the strength leaves `steps`.
+        const int steps = o.steps > 0 ? o.steps : static_cast<int>(r.sigmas.size()) - 1;
+        // In float, as the reference divides (3 / 0.6f is 5.0f, not 4.99...).
+        const float total = static_cast<float>(steps) / o.strength;
+        if (!(total <= static_cast<float>(kHiresScheduleStepsMax))) {
+            throw_invalid("hires.steps / hires.strength must be at most " + std::to_string(kHiresScheduleStepsMax) + "; received " +
+                          std::to_string(steps) + " / " + number_text(o.strength));
+        }
+        const int scheduler_steps = std::max(1, static_cast<int>(total));
+        const std::vector<float> full = make_sigmas(parse_scheduler(r.scheduler), scheduler_steps, DiscreteSchedule());
+        r.hires_sigmas = truncate_schedule(full, scheduler_steps, o.strength);
+    }
+    return r;
+}
+
+HostTensor encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                         const std::atomic<bool> * abort) {
+    check_prompt("text", prompt);
+    if (clip_skip) int_in("clipSkip", clip_skip, 0, limits::kClipSkipMin, limits::kClipSkipMax);
+    GraphRunner & runner = session.runner();
+    const ScopedAbort scoped(runner, abort);
+    const Model & model = session.model();
+    model.check_files_unchanged();
+    return encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip)).context;
+}
+
+namespace {
+
+HostTensor planes(int64_t w, int64_t h, int64_t c, float fill = 0.0f) {
+    HostTensor t;
+    t.ne[0] = w;
+    t.ne[1] = h;
+    t.ne[2] = c;
+    t.ne[3] = 1;
+    t.data.assign(static_cast<size_t>(w * h * c), fill);
+    return t;
+}
+
+// Channels of a after those of b: [1, ca + cb, h, w].
+HostTensor concat_channels(const HostTensor & a, const HostTensor & b) {
+    HostTensor t = a;
+    t.ne[2] = a.ne[2] + b.ne[2];
+    t.data.insert(t.data.end(), b.data.begin(), b.data.end());
+    return t;
+}
+
+// What the init image, the mask and the model make of a run, before any sampling.
+struct ImageConditioning {
+    std::vector<float> init_latent;  // empty: txt2img (and edit models: sampling starts from noise)
+    HostTensor concat;               // the UNet's extra channels; empty for 4-channel UNets
+    HostTensor img_uncond_concat;    // edit models' unconditional image channels
+    HostTensor denoise_mask;         // [1, 1, h, w]; empty: no blending
+};
+
+ImageConditioning prepare_images(const Model & model, GraphRunner & runner, const GenerateParams & params, const ResolvedParams & p,
+                                 int w, int h) {
+    ImageConditioning out;
+    const Vae & vae = model.vae();
+    const int zc = model.info().vae.z_channels;
+    // One generator seeded with the seed for every posterior sample, in the reference's order.
+    std::unique_ptr<Rng> rng = make_rng(parse_rng_kind(p.rng), p.seed);
+    HostTensor unit;  // the init image in [0, 1]
+    if (params.init_image) unit = image_bytes_to_unit(*params.init_image);
+    auto encode_unit = [&](HostTensor image01) {
+        unit_to_signed(image01);
+        return vae.encode(runner, image01, rng.get());
+    };
+
+    // The latent-space mask: the rounded mask image, nearest-max downsampled to the latent.
+    HostTensor latent_mask;
+    HostTensor mask01;
+    if (p.has_mask) {
+        const ImageBytes & m = *params.mask;
+        mask01 = planes(p.width, p.height, 1);
+        for (size_t i = 0; i < mask01.data.size(); ++i) mask01.data[i] = std::round(float(m.pixels[i]) / 255.0f);
+        latent_mask = interpolate_nearest_max(mask01, w, h);
+    }
+
+    if (p.mode == GenerateMode::Edit) {
+        // The image to edit (black without one, as the reference's empty reference): the
+        // posterior's mean, unscaled (the reference's pix2pix latent: no noise drawn, no scale factor).
+        if (!params.init_image) unit = planes(p.width, p.height, 3);
+        unit_to_signed(unit);
+        HostTensor z = vae.encode(runner, unit, nullptr);
+        const float inv = 1.0f / model.info().vae.scale_factor;
+        for (float & v : z.data) v *= inv;
+        out.concat = std::move(z);
+        out.img_uncond_concat = planes(w, h, zc);
+        return out;
+    }
+    if (params.init_image) out.init_latent = encode_unit(unit).data;
+    if (is_inpaint_unet(model)) {
+        if (!p.has_mask) {
+            mask01 = planes(p.width, p.height, 1, 1.0f);
+            latent_mask = planes(w, h, 1, 1.0f);
+        }
+        HostTensor masked;
+        if (params.init_image) {
+            // Pixels under the mask set to gray: (1 - m) * (x - 0.5) + 0.5.
+            HostTensor image = unit;
+            const size_t n = mask01.data.size();
+            for (size_t c = 0; c < 3; ++c) {
+                for (size_t i = 0; i < n; ++i) {
+                    float & v = image.data[c * n + i];
+                    v = (1.0f - mask01.data[i]) * (v - 0.5f) + 0.5f;
+                }
+            }
+            masked = encode_unit(std::move(image));
+        } else {
+            masked = planes(w, h, zc);
+        }
+        out.concat = concat_channels(latent_mask, masked);
+        if (p.has_mask) out.denoise_mask = max_pool_3x3(latent_mask);  // dilated by a latent pixel
+    } else if (p.has_mask) {
+        out.denoise_mask = std::move(latent_mask);
+    }
+    return out;
+}
+
+// The decoded image's [-1, 1] tensor resized in [0, 1] and encoded again: the hires fix's
+// image-space upscalers.
+HostTensor upscale_in_pixels(const Model & model, GraphRunner & runner, const HostTensor & latent, int width, int height,
+                             Interpolation mode, Rng & rng) {
+    HostTensor image = model.vae().decode(runner, latent);
+    for (float & v : image.data) v = std::clamp((v + 1.0f) * 0.5f, 0.0f, 1.0f);
+    HostTensor resized = interpolate(image, width, height, mode);
+    for (float & v : resized.data) v = std::clamp(v, 0.0f, 1.0f);
+    unit_to_signed(resized);
+    return model.vae().encode(runner, resized, &rng);
+}
+
+HostTensor upscale_latent(const Model & model, GraphRunner & runner, const HostTensor & latent, const ResolvedHires & hires, Rng & rng) {
+    const int up = model.vae().upscale();
+    const int64_t w = hires.width / up, h = hires.height / up;
+    switch (parse_hires_upscaler(hires.upscaler)) {
+        case HiresUpscaler::Latent: return interpolate(latent, w, h, Interpolation::Bilinear);
+        case HiresUpscaler::LatentNearest: return interpolate(latent, w, h, Interpolation::Nearest);
+        case HiresUpscaler::LatentNearestExact: return interpolate(latent, w, h, Interpolation::NearestExact);
+        case HiresUpscaler::LatentAntialiased: return interpolate(latent, w, h, Interpolation::Bilinear, true);
+        case HiresUpscaler::LatentBicubic: return interpolate(latent, w, h, Interpolation::Bicubic);
+        case HiresUpscaler::LatentBicubicAntialiased: return interpolate(latent, w, h, Interpolation::Bicubic, true);
+        case HiresUpscaler::Lanczos: return upscale_in_pixels(model, runner, latent, hires.width, hires.height, Interpolation::Lanczos, rng);
+        case HiresUpscaler::Nearest: return upscale_in_pixels(model, runner, latent, hires.width, hires.height, Interpolation::Nearest, rng);
+    }
+    throw Error(ErrorCode::Internal, "unknown hires upscaler");
+}
+
+}  // namespace
+
+GenerateOutput generate(Session & session, const GenerateParams & params, const RunControl & control) {
+    const Model & model = session.model();
+    GenerateOutput out;
+    out.params = resolve_generate_params(model, params);
+    model.check_files_unchanged();
+    const ResolvedParams & p = out.params;
+    const Clock::time_point t0 = Clock::now();
+    GraphRunner & runner = session.runner();
+    const ScopedAbort scoped(runner, control.abort);
+
+    // Guidance as the reference resolves it: image guidance only for edit models; the
+    // unconditional pass when the text guidance differs from the image's.
+    const bool use_uncond = p.image_cfg_scale != p.cfg_scale;
+    const bool use_img_uncond = p.mode == GenerateMode::Edit && params.init_image && p.image_cfg_scale != 1.0f;
+
+    // Conditioning, once for the whole batch.
+    const int clip_skip = effective_clip_skip(model, params.clip_skip);
+    const Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip);
+    Conditioning uncond;
+    if (use_uncond || use_img_uncond) uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip);
+    out.timings.text_encode_ms = ms_since(t0);
+    check_abort(control.abort);
+
+    const int C = model.info().vae.z_channels;
+    const int up = model.vae().upscale();
+    const int w = p.width / up, h = p.height / up;
+    const Clock::time_point te = Clock::now();
+    const ImageConditioning images = prepare_images(model, runner, params, p, w, h);
+    out.timings.vae_encode_ms = ms_since(te);
+    check_abort(control.abort);
+
+    const DiscreteSchedule schedule;
+    auto make_denoise = [&](int lw, int lh, const HostTensor * mask, const std::vector<float> * init) {
+        DenoiserInputs di;
+        di.unet = &model.unet();
+        di.runner = &runner;
+        di.prediction = model.info().unet.prediction;
+        di.schedule = &schedule;
+        di.cond = &cond;
+        di.uncond = (use_uncond || use_img_uncond) ? &uncond : nullptr;
+        di.use_uncond = use_uncond;
+        di.use_img_uncond = use_img_uncond;
+        di.cfg_scale = p.cfg_scale;
+        di.image_cfg_scale = p.image_cfg_scale;
+        di.concat = images.concat.data.empty() ? nullptr : &images.concat;
+        di.img_uncond_concat = images.img_uncond_concat.data.empty() ? nullptr : &images.img_uncond_concat;
+        auto denoiser = std::make_shared<Denoiser>(di, lw, lh, C);
+        return Denoise([denoiser, mask, init](const float * x, float sigma, float * denoised, float * uncond_out) {
+            (*denoiser)(x, sigma, denoised, uncond_out);
+            if (!mask) return;
+            // Keep what the mask keeps: the init latent where the mask is 0.
+            const size_t plane = mask->data.size(), n = init->size();
+            for (size_t i = 0; i < n; ++i) {
+                const float m = mask->data[i % plane];
+                denoised[i] = denoised[i] * m + (*init)[i] * (1.0f - m);
+            }
+        });
+    };
+    const HostTensor * mask = images.denoise_mask.data.empty() ? nullptr : &images.denoise_mask;
+    const Denoise denoise = make_denoise(w, h, mask, &images.init_latent);
+
+    SamplingPlan plan;
+    plan.sampler = parse_sampler(p.sampler);
+    plan.sigmas = p.sigmas;
+    plan.eta = p.eta;
+    plan.params.lms_max_order = p.lms_max_order;
+    SamplingPlan hires_plan = plan;
+    hires_plan.sigmas = p.hires_sigmas;
+    const int hw = p.hires.enabled ? p.hires.width / up : w, hh = p.hires.enabled ? p.hires.height / up : h;
+    out.latent_channels = C;
+    out.latent_width = hw;
+    out.latent_height = hh;
+    out.image_width = hw * up;
+    out.image_height = hh * up;
+    const size_t n = static_cast<size_t>(C) * w * h;
+
+    const RngKind rng_kind = parse_rng_kind(p.rng);
+    const int steps1 = static_cast<int>(plan.sigmas.size()) - 1;
+    const int steps2 = p.hires.enabled ? static_cast<int>(hires_plan.sigmas.size()) - 1 : 0;
+    const int per_image = steps1 + steps2;
+    const int total_steps = per_image * p.batch;
+    for (int b = 0; b < p.batch; ++b) {
+        const Clock::time_point ts = Clock::now();
+        GeneratedImage img;
+        img.seed = p.seed + static_cast<uint64_t>(b);
+        std::unique_ptr<Rng> rng = make_rng(rng_kind, img.seed);
+        std::unique_ptr<Rng> sampler_rng;
+        if (!p.sampler_rng.empty() && p.sampler_rng != p.rng) sampler_rng = make_rng(parse_rng_kind(p.sampler_rng), img.seed);
+        auto hook_from = [&](int offset) {
+            return StepHook([&, offset](int step, int) {
+                if (control.progress) control.progress(StepProgress{b * per_image + offset + step, total_steps, ms_since(t0)});
+                return !(control.abort && control.abort->load());
+            });
+        };
+        std::vector<float> x = sample_latent(plan, denoise, n, images.init_latent, *rng, sampler_rng.get(), hook_from(0));
+        HostTensor latent = planes(w, h, C);
+        latent.data = std::move(x);
+
+        if (p.hires.enabled) {
+            check_abort(control.abort);
+            // A fresh generator per image, as the first pass: the image upscalers' posterior
+            // sample, then the second pass's noise.
+            std::unique_ptr<Rng> hires_rng = make_rng(rng_kind, img.seed);
+            std::unique_ptr<Rng> hires_sampler_rng;
+            if (sampler_rng) hires_sampler_rng = make_rng(parse_rng_kind(p.sampler_rng), img.seed);
+            const HostTensor upscaled = upscale_latent(model, runner, latent, p.hires, *hires_rng);
+            HostTensor hires_mask;
+            if (mask) hires_mask = interpolate_nearest_max(*mask, hw, hh);
+            const Denoise hires_denoise = make_denoise(hw, hh, mask ? &hires_mask : nullptr, &upscaled.data);
+            latent.ne[0] = hw;
+            latent.ne[1] = hh;
+            latent.data = sample_latent(hires_plan, hires_denoise, upscaled.data.size(), upscaled.data, *hires_rng,
+                                        hires_sampler_rng.get(), hook_from(steps1));
+        }
+        out.timings.sampling_ms += ms_since(ts);
+
+        const Clock::time_point tv = Clock::now();
+        img.rgb = image_to_rgb8(model.vae().decode(runner, latent));
+        if (p.return_latents) img.latent = std::move(latent.data);
+        out.timings.vae_decode_ms += ms_since(tv);
+        out.images.push_back(std::move(img));
+        check_abort(control.abort);
+    }
+    out.timings.total_ms = ms_since(t0);
+    return out;
+}
+
+}  // namespace sd
