@@ -141,11 +141,14 @@ async function readInputFile(option: string, file: string): Promise<Buffer> {
 async function decodeInput(option: string, input: ImageInput): Promise<Rgba> {
   let s: Sharp;
   let file: string | undefined;
+  let encoded: Uint8Array | undefined;
   if (typeof input === 'string') {
     file = input;
-    s = sharp(await readInputFile(option, input), { limitInputPixels: MAX_INPUT_PIXELS });
+    encoded = await readInputFile(option, input);
+    s = sharp(encoded, { limitInputPixels: MAX_INPUT_PIXELS });
   } else if (input instanceof Uint8Array) {
     if (input.length === 0) invalidIn(option, 'the image data', 'an encoded image (' + FORMATS + ')', 'an empty buffer');
+    encoded = input;
     s = sharp(input, { limitInputPixels: MAX_INPUT_PIXELS });
   } else if (isSharp(input)) {
     s = input.clone();
@@ -159,6 +162,11 @@ async function decodeInput(option: string, input: ImageInput): Promise<Rgba> {
   try {
     meta = await s.metadata();
   } catch (e) {
+    // Over sharp's pixel limit: read the header again without the limit to say the size (header only).
+    if (encoded && /pixel limit/i.test(e instanceof Error ? e.message : '')) {
+      const size = await sharp(encoded, { limitInputPixels: false }).metadata().catch(() => undefined);
+      if (size?.width !== undefined && size.height !== undefined) checkPixels(option, size.width, size.height, `the image${where}`);
+    }
     throw sharpError(option, e, `cannot decode the image${where}`);
   }
   if (meta.depth !== undefined && meta.depth !== 'uchar' && meta.depth !== 'char') {
