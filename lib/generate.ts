@@ -3,7 +3,9 @@
  * stable-diffusion.cpp for the model's architecture.
  * @module
  */
+import type { Sharp } from 'sharp';
 import { encodePNG } from './image.ts';
+import { encodeJPEG, encodeWebP, rgbToSharp } from './image-io.ts';
 import { LIMITS } from './engine-tables.ts';
 import {
   RNGS,
@@ -104,6 +106,20 @@ export interface GeneratedImage {
   seed: number;
   /** PNG bytes with a `parameters` text chunk in the A1111 format stable-diffusion.cpp writes. */
   toPNG(): Buffer;
+  /**
+   * JPEG bytes with the same `parameters` text in EXIF UserComment, as A1111 writes it (its PNG
+   * Info tab and `readParameters()` read it back).
+   * @param options.quality 1 to 100. @default 90 (`DEFAULT_JPEG_QUALITY`)
+   */
+  toJPEG(options?: { quality?: number }): Promise<Buffer>;
+  /**
+   * WebP bytes with the `parameters` text in EXIF UserComment (the RIFF `EXIF` chunk), as A1111 writes it.
+   * @param options.quality 1 to 100, lossy only. @default 90 (`DEFAULT_WEBP_QUALITY`)
+   * @param options.lossless @default false
+   */
+  toWebP(options?: { quality?: number; lossless?: boolean }): Promise<Buffer>;
+  /** A new sharp instance reading this image's raw RGB pixels, for any other format or processing (no metadata). */
+  toSharp(): Sharp;
 }
 
 /** Milliseconds spent per stage. */
@@ -281,6 +297,9 @@ export function makeImage(data: Uint8Array, width: number, height: number, seed:
     data,
     seed,
     toPNG: () => encodePNG(data, width, height, { parameters }),
+    toJPEG: (options) => encodeJPEG(data, width, height, { quality: options?.quality, parameters }),
+    toWebP: (options) => encodeWebP(data, width, height, { quality: options?.quality, lossless: options?.lossless, parameters }),
+    toSharp: () => rgbToSharp(data, width, height),
   };
 }
 

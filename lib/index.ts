@@ -54,4 +54,20 @@ export {
   type WeightType,
 } from './options.ts';
 export { encodePNG, decodePNG, type DecodedPNG } from './image.ts';
+export {
+  readImage,
+  readMask,
+  encodeJPEG,
+  encodeWebP,
+  RESIZE_MODES,
+  DEFAULT_RESIZE_MODE,
+  MAX_INPUT_PIXELS,
+  DEFAULT_JPEG_QUALITY,
+  DEFAULT_WEBP_QUALITY,
+  type ImageInput,
+  type ResizeMode,
+  type ImageTarget,
+  type MaskOptions,
+} from './image-io.ts';
+export { readParameters, parseParameters, type ImageParameters, type ParsedGenerateOptions } from './parameters.ts';
 export { version } from './version.ts';

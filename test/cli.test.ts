@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { packageRoot } from '../lib/binding.ts';
-import { decodePNG } from '../lib/image.ts';
+import { decodePNG, encodePNG } from '../lib/image.ts';
 import { generateCheckpoint } from './fixtures/generate.ts';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-cli-'));
@@ -178,4 +178,73 @@ test('sdnode generate checks the output path before loading the model', { timeou
     assert.doesNotMatch(r.stderr, /\n\s+at /);
     assert.equal(r.stderr.trim().split('\n').filter((l) => l.startsWith('sdnode:')).length, 1);
   }
+});
+
+test('sdnode generate picks the format from the extension (--quality for JPEG/WebP); sdnode info reads the parameters back', { timeout: 300_000 }, async () => {
+  const made = await generateCheckpoint({
+    arch: 'sd1',
+    format: 'safetensors',
+    out: path.join(work, 'formats.safetensors'),
+    tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 },
+  });
+  const common = ['-m', made.path, '-p', 'a cat, on a mat', '-n', 'dog', '-W', '64', '-H', '64', '--steps', '1', '-s', '7', '--sampler', 'euler'];
+  const outputs: Array<[string, string[], number[]]> = [
+    ['cat.jpg', ['--quality', '80'], [0xff, 0xd8, 0xff]],
+    ['cat.WEBP', [], [0x52, 0x49, 0x46, 0x46]],
+  ];
+  for (const [name, extra, magic] of outputs) {
+    const out = path.join(work, name);
+    const r = cli('generate', ...common, ...extra, '-o', out);
+    assert.equal(r.status, 0, `${name}: ${r.stderr}`);
+    assert.deepEqual([...fs.readFileSync(out).subarray(0, magic.length)], magic, `${name} is of its extension's format`);
+    const info = cli('info', out);
+    assert.equal(info.status, 0, info.stderr);
+    assert.match(info.stdout, /^a cat, on a mat\nNegative prompt: dog\nSteps: 1, .*Seed: 7, Size: 64x64, .*Sampler: Euler, /);
+    const json = cli('info-png', out, '--json');
+    assert.equal(json.status, 0, json.stderr);
+    const parsed = JSON.parse(json.stdout);
+    assert.equal(parsed.text, info.stdout.trimEnd());
+    assert.deepEqual(
+      { prompt: parsed.options.prompt, negativePrompt: parsed.options.negativePrompt, seed: parsed.options.seed, steps: parsed.options.steps, sampler: parsed.options.sampler },
+      { prompt: 'a cat, on a mat', negativePrompt: 'dog', seed: 7, steps: 1, sampler: 'euler' },
+    );
+    assert.equal(typeof parsed.extra.Version, 'string');
+  }
+  // A PNG's parameters too; an image without parameters exits 1; a missing file is an IoError.
+  const png = path.join(work, 'info.png');
+  assert.equal(cli('generate', ...common, '-o', png).status, 0);
+  assert.match(cli('info', png).stdout, /^a cat, on a mat\n/);
+  const bare = path.join(work, 'bare.png');
+  fs.writeFileSync(bare, encodePNG(new Uint8Array(12), 2, 2));
+  const none = cli('info', bare);
+  assert.equal(none.status, 1);
+  assertOneLine(none.stderr, 'info bare.png');
+  assert.match(none.stderr, /bare\.png has no parameters text/);
+  const missing = cli('info', path.join(work, 'missing.jpg'));
+  assert.equal(missing.status, 1);
+  assert.match(missing.stderr, /^sdnode: IoError: readParameters: cannot open .*missing\.jpg: no such file/);
+  const twoFiles = cli('info', bare, png);
+  assert.equal(twoFiles.status, 2);
+  assert.match(twoFiles.stderr, /"sdnode info" takes exactly one image path; received 2/);
+});
+
+test('sdnode generate: an unknown output extension or a bad --quality fails before the model loads', () => {
+  const noModel = ['-m', path.join(work, 'missing.safetensors'), '-p', 'a cat'];
+  const cases: Array<[string[], RegExp]> = [
+    [['-o', path.join(work, 'cat.bmp')], /--output must be a file name ending in \.png, \.jpg, \.jpeg or \.webp; received ".*cat\.bmp"/],
+    [['-o', path.join(work, 'cat.jpg'), '--quality', '0'], /--quality must be an integer from 1 to 100; received "0"/],
+    [['-o', path.join(work, 'cat.webp'), '--quality', 'high'], /--quality must be a number; received "high"/],
+    [['-o', path.join(work, 'cat.png'), '--quality', '90'], /--quality must be given only for a \.jpg, \.jpeg or \.webp output/],
+  ];
+  for (const [extra, pattern] of cases) {
+    const r = cli('generate', ...noModel, ...extra);
+    const label = extra.join(' ');
+    assert.equal(r.status, 2, `${label}: ${r.stderr}`);
+    assertOneLine(r.stderr, label);
+    assert.match(r.stderr, /^sdnode: InvalidArgumentError: /, label);
+    assert.match(r.stderr, pattern, label);
+  }
+  const usage = cli('--help');
+  assert.match(usage.stdout, /info IMAGE \[--json\]/);
+  assert.match(usage.stdout, /--quality N/);
 });

@@ -3,6 +3,7 @@
  * The `sdnode` command line.
  *
  *   sdnode info                 versions, backends, devices, CPU features
+ *   sdnode info <image>         the A1111 parameters text of an image (PNG, JPEG, WebP)
  *   sdnode inspect <model>      format, architecture, parameters, hyperparameters of a model
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -15,21 +16,27 @@ import { MAX_BATCH, RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES, type Rng, type Sam
 import { invalid } from '../validate.ts';
 import { systemInfo } from '../system.ts';
 import { IoError, SdError } from '../errors.ts';
+import { readParameters } from '../parameters.ts';
 import { version } from '../version.ts';
 
 const USAGE = `Usage: sdnode <command> [options]
 
 Commands:
   info                     show versions, backends, devices and CPU features
+  info IMAGE [--json]      show an image's A1111 parameters text (--json: parsed as generate options);
+                           also "info-png"; exit 1 when the image has none
   inspect <model> [--json] show a model's format, architecture, components and hyperparameters
   generate -m MODEL -p PROMPT [options] -o OUT.png
-                           text to image; a progress bar on stderr, PNGs with A1111 metadata
+                           text to image; a progress bar on stderr, images with A1111 metadata
 
 generate options:
   -m, --model PATH         model file or diffusers folder (required)
   -p, --prompt TEXT        prompt (required)
   -n, --negative-prompt T  negative prompt
-  -o, --output FILE        output PNG (default output.png); a batch writes FILE_1.png, FILE_2.png, ...
+  -o, --output FILE        output image (default output.png); the extension picks the format: .png,
+                           .jpg/.jpeg or .webp (parameters in EXIF UserComment), none: PNG;
+                           a batch writes FILE_1.png, FILE_2.png, ...
+      --quality N          JPEG/WebP quality, 1 to 100 (default 90)
   -W, --width N            width in pixels (default 512 for SD1.x, 768 for SD2.x)
   -H, --height N           height in pixels
       --steps N            sampling steps (default 20)
@@ -211,6 +218,12 @@ function num(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
+/** The output format of a file name, by its extension (none: PNG); undefined for an extension sdnode does not write. */
+export function outputFormat(file: string): 'png' | 'jpeg' | 'webp' | undefined {
+  const ext = path.extname(file).toLowerCase();
+  return ext === '' || ext === '.png' ? 'png' : ext === '.jpg' || ext === '.jpeg' ? 'jpeg' : ext === '.webp' ? 'webp' : undefined;
+}
+
 /** Output file names: OUT for one image; OUT_1, OUT_2, ... (before the extension) for a batch. */
 export function outputNames(output: string, count: number): string[] {
   if (count === 1) return [output];
@@ -243,6 +256,7 @@ async function generate(args: string[]): Promise<number> {
       type: { type: 'string' },
       threads: { type: 'string', short: 't' },
       backend: { type: 'string' },
+      quality: { type: 'string' },
     },
   });
   if (!values.model) invalid('--model', 'a model path', undefined);
@@ -250,6 +264,13 @@ async function generate(args: string[]): Promise<number> {
   // Fail before the (slow) load when the images could not be written. The API checks the count.
   const count = num('batch-count', values['batch-count']) ?? 1;
   const names = outputNames(values.output, Number.isSafeInteger(count) && count >= 1 && count <= MAX_BATCH ? count : 1);
+  const format = outputFormat(values.output);
+  if (format === undefined) invalid('--output', 'a file name ending in .png, .jpg, .jpeg or .webp', values.output);
+  const quality = num('quality', values.quality);
+  if (quality !== undefined) {
+    if (format === 'png') invalid('--quality', 'given only for a .jpg, .jpeg or .webp output', values.quality);
+    if (!Number.isSafeInteger(quality) || quality < 1 || quality > 100) invalid('--quality', 'an integer from 1 to 100', values.quality);
+  }
   checkOutputs(names);
   const bar = new cliProgress.SingleBar(
     { stream: process.stderr, format: '{stage} [{bar}] {value}/{total} {extra}', hideCursor: true, clearOnComplete: false },
@@ -294,14 +315,15 @@ async function generate(args: string[]): Promise<number> {
       });
       bar.stop();
       const written = outputNames(values.output, result.images.length);
-      result.images.forEach((img, i) => {
+      for (const [i, img] of result.images.entries()) {
+        const bytes = format === 'jpeg' ? await img.toJPEG({ quality }) : format === 'webp' ? await img.toWebP({ quality }) : img.toPNG();
         try {
-          fs.writeFileSync(written[i], img.toPNG());
+          fs.writeFileSync(written[i], bytes);
         } catch (e) {
           throw new IoError(`cannot write ${written[i]}: ${e instanceof Error ? e.message : String(e)}`, { file: written[i], cause: e });
         }
         process.stdout.write(`${written[i]} (seed ${img.seed})\n`);
-      });
+      }
       const t = result.timings;
       process.stderr.write(
         `text ${(t.textEncode / 1000).toFixed(2)} s, sampling ${(t.sampling / 1000).toFixed(2)} s, ` +
@@ -317,6 +339,21 @@ async function generate(args: string[]): Promise<number> {
   }
 }
 
+/** `sdnode info IMAGE [--json]`: the parameters text, or with --json `{ text, options, extra }`; exit 1 without parameters. */
+async function imageInfo(command: string, args: string[]): Promise<number> {
+  const { values, positionals } = parseCommandLine(command, args, { allowPositionals: true, options: { json: { type: 'boolean' } } });
+  if (positionals.length !== 1) {
+    throw new UsageError(`"sdnode ${command}" takes exactly one image path; received ${positionals.length}; ${HELP_HINT}`);
+  }
+  const found = await readParameters(positionals[0]);
+  if (found === null) {
+    process.stderr.write(`sdnode: ${positionals[0]} has no parameters text (no A1111 "parameters" PNG text chunk or EXIF UserComment)\n`);
+    return 1;
+  }
+  process.stdout.write(values.json ? JSON.stringify(found, null, 2) + '\n' : found.text.endsWith('\n') ? found.text : `${found.text}\n`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
@@ -328,9 +365,13 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   switch (command) {
-    case 'info': {
-      process.stdout.write(JSON.stringify(systemInfo(), null, 2) + '\n');
-      return 0;
+    case 'info':
+    case 'info-png': {
+      if (command === 'info' && rest.length === 0) {
+        process.stdout.write(JSON.stringify(systemInfo(), null, 2) + '\n');
+        return 0;
+      }
+      return imageInfo(command, rest);
     }
     case 'inspect': {
       const { values, positionals } = parseCommandLine('inspect', rest, { allowPositionals: true, options: { json: { type: 'boolean' } } });
