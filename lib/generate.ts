@@ -5,8 +5,8 @@
  */
 import type { Sharp } from 'sharp';
 import { encodePNG } from './image.ts';
-import { encodeJPEG, encodeWebP, rgbToSharp } from './image-io.ts';
-import { LIMITS } from './engine-tables.ts';
+import { DEFAULT_RESIZE_MODE, MAX_MASK_BLUR, MIN_MASK_BLUR, RESIZE_MODES, encodeJPEG, encodeWebP, readImage, readMask, rgbToSharp, type ImageInput, type ResizeMode } from './image-io.ts';
+import { HIRES_UPSCALERS, LIMITS } from './engine-tables.ts';
 import {
   RNGS,
   SAMPLERS,
@@ -33,6 +33,32 @@ export interface GenerateProgress {
   steps: number;
   /** Milliseconds since `generate()` started its native work. */
   elapsedMs: number;
+}
+
+/** The hires fix's upscalers (stable-diffusion.cpp's set): latent-space interpolations, or the decoded image resized and encoded again. */
+export type HiresUpscaler = (typeof HIRES_UPSCALERS)[number];
+
+/**
+ * The hires fix: a first pass at `width` x `height`, its latent upscaled, then an image-to-image
+ * pass at the larger size (stable-diffusion.cpp's `--hires`, A1111's "Hires. fix").
+ * @example hires: { scale: 2, steps: 10, strength: 0.5 }
+ */
+export interface HiresOptions {
+  /** Target = round(size x scale), rounded up to the model's multiple; above 0, at most 8. Not with width/height. @default 2 */
+  scale?: number;
+  /** Target width (one side alone keeps the aspect ratio). */
+  width?: number;
+  /** Target height (one side alone keeps the aspect ratio). */
+  height?: number;
+  /**
+   * Steps the second pass runs about (A1111's: the schedule has steps / strength steps and is cut
+   * by the strength); 0 = as many as the first pass ran. @default 0
+   */
+  steps?: number;
+  /** The second pass's denoising strength, above 0, at most 1. @default 0.7 */
+  strength?: number;
+  /** `latent` (bilinear), `latent-nearest`, `latent-nearest-exact`, `latent-antialiased`, `latent-bicubic`, `latent-bicubic-antialiased`, or in pixels: `lanczos`, `nearest`. @default 'latent' */
+  upscaler?: HiresUpscaler;
 }
 
 /** Options of `model.generate()`. Every field is optional but `prompt`. */
@@ -94,6 +120,46 @@ export interface GenerateOptions {
   onProgress?: (progress: GenerateProgress) => void;
   /** Also return the final latents (before VAE scaling), one Float32Array [C][H][W] per image. @default false */
   returnLatents?: boolean;
+  /**
+   * Image to image: the image to start from (a file path, encoded bytes, a raw image or a sharp
+   * instance; alpha flattened onto white, EXIF orientation applied). It is VAE-encoded and noised
+   * to the schedule cut by `strength`. With an instruct-pix2pix model it is the image to edit
+   * (sampling starts from noise). Resized to `width` x `height` by `resizeMode`; without them,
+   * width and height default to the image's size rounded to the model's multiple.
+   * @example initImage: 'photo.jpg', strength: 0.5
+   */
+  initImage?: ImageInput;
+  /**
+   * How much of the schedule image to image runs: above 0 (keeps the image nearly as it is), at
+   * most 1 (the whole schedule, from the noised init latent). The sampler runs
+   * `int(steps x strength) + 1` steps (at most `steps`), as stable-diffusion.cpp.
+   * @default 0.75
+   */
+  strength?: number;
+  /**
+   * Inpainting: white repaints, black keeps (gray rounds to either in latent space). Any image
+   * form; alpha multiplies the luminance (transparent = keep). Resized as `initImage`. Normal
+   * models blend the init latent back each step; inpainting models (9 input channels) also see
+   * the mask and the masked image. Needs `initImage`.
+   */
+  mask?: ImageInput;
+  /** Gaussian blur of the mask, in pixels (A1111's "Mask blur"; 0 = none, else at least 0.3). @default 0 */
+  maskBlur?: number;
+  /** Repaint the black part instead. @default false */
+  invertMask?: boolean;
+  /**
+   * When `initImage` or `mask` is not `width` x `height`: `'resize'` stretches, `'crop'` scales
+   * to cover and crops the center, `'fill'` scales to fit and fills the bands with the edge pixels
+   * (A1111's three modes). @default 'resize'
+   */
+  resizeMode?: ResizeMode;
+  /**
+   * instruct-pix2pix models: how strongly to follow the image (stable-diffusion.cpp's
+   * `--img-cfg-scale`), 0 to 100; 1 runs no image-unconditional pass. @default 1
+   */
+  imageCfgScale?: number;
+  /** The hires fix; see {@link HiresOptions}. */
+  hires?: HiresOptions;
 }
 
 /** A generated image: 8-bit RGB, row-major. */
@@ -163,15 +229,78 @@ export interface ResolvedGenerateOptions {
   clipSkip: number;
   batchSize: number;
   returnLatents: boolean;
+  /** What the run was: the UNet's extra inputs and the init image decide it. */
+  mode: 'txt2img' | 'img2img' | 'inpaint' | 'edit';
+  /** img2img and inpainting. */
+  strength?: number;
+  /** instruct-pix2pix. */
+  imageCfgScale?: number;
+  /** With the hires fix: its resolved target and the second pass's schedule. */
+  hires?: { width: number; height: number; steps: number; strength: number; upscaler: HiresUpscaler; sigmas: number[] };
+  /** With an image input: how it was fitted (lib's, not the engine's). */
+  resizeMode?: ResizeMode;
+  /** With a mask. */
+  maskBlur?: number;
+  invertMask?: boolean;
 }
 
+/** An image as the native side receives it: decoded, resized, 8-bit. */
+export interface NativeImage { data: Uint8Array; width: number; height: number; channels: number }
+
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
-export type NativeGenerateRequest = Partial<Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler'>> & { prompt: string; scheduler?: Scheduler };
+export type NativeGenerateRequest = Partial<
+  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask'>
+> & {
+  prompt: string;
+  scheduler?: Scheduler;
+  initImage?: NativeImage;
+  mask?: NativeImage;
+  hires?: HiresOptions;
+};
+
+/** The image options, read (decoded, resized) before the native call. */
+export interface ImageRequest {
+  initImage?: ImageInput;
+  mask?: ImageInput;
+  resizeMode: ResizeMode;
+  maskBlur: number;
+  invertMask: boolean;
+}
 
 const KNOWN_KEYS = new Set([
   'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
+  'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires',
 ]);
+const HIRES_KEYS = new Set(['scale', 'width', 'height', 'steps', 'strength', 'upscaler']);
+
+function checkHires(v: unknown): HiresOptions | undefined {
+  if (v === undefined) return undefined;
+  if (!isObject(v)) invalid('hires', 'an object { scale?, width?, height?, steps?, strength?, upscaler? }', v);
+  const h = v as Record<string, unknown>;
+  expectKnownKeys('hires', h, HIRES_KEYS);
+  const out: HiresOptions = {};
+  const put = <K extends keyof HiresOptions>(k: K, x: HiresOptions[K] | undefined) => {
+    if (x !== undefined) out[k] = x;
+  };
+  put('scale', checkLimitedNumber('hiresScale', h.scale, 'hires.scale'));
+  put('width', checkImageSide('width', h.width, 'hires.width'));
+  put('height', checkImageSide('height', h.height, 'hires.height'));
+  if (out.scale !== undefined && (out.width !== undefined || out.height !== undefined)) {
+    invalid('hires', 'a scale or a width and height, not both', v);
+  }
+  put('steps', checkLimitedInteger('hiresSteps', h.steps, 'hires.steps'));
+  put('strength', checkLimitedNumber('strength', h.strength, 'hires.strength'));
+  put('upscaler', h.upscaler === undefined ? undefined : expectOneOf('hires.upscaler', h.upscaler, HIRES_UPSCALERS));
+  return out;
+}
+
+/** An image option's presence; its content is read (and checked) by image-io. */
+function checkImageInput(name: string, v: unknown): ImageInput | undefined {
+  if (v === undefined) return undefined;
+  if (v === null || (typeof v !== 'string' && typeof v !== 'object')) invalid(name, 'a file path, an encoded image buffer, a raw image or a sharp instance', v);
+  return v as ImageInput;
+}
 const SCHEDULER_NAMES: readonly Scheduler[] = [...SCHEDULERS, ...(Object.keys(SCHEDULER_ALIASES) as Array<keyof typeof SCHEDULER_ALIASES>)];
 
 /** A custom schedule: steps + 1 finite noise levels in the engine's range, only the last may be 0. */
@@ -199,7 +328,7 @@ function checkSigmas(v: unknown, steps: number | undefined): number[] | undefine
 export function checkGenerateOptions(
   options: unknown,
   model: { spatialMultiple: number },
-): { request: NativeGenerateRequest; signal?: AbortSignal; onProgress?: (p: GenerateProgress) => void } {
+): { request: NativeGenerateRequest; images: ImageRequest; signal?: AbortSignal; onProgress?: (p: GenerateProgress) => void } {
   if (!isObject(options)) invalid('options', 'an object with at least a prompt', options);
   const o = expectOptionsObject('options', options);
   expectKnownKeys('options', o, KNOWN_KEYS);
@@ -236,11 +365,61 @@ export function checkGenerateOptions(
   }
   set('seed', seed);
   set('negativePrompt', checkPrompt('negativePrompt', o.negativePrompt));
+  const initImage = checkImageInput('initImage', o.initImage);
+  const mask = checkImageInput('mask', o.mask);
+  const strength = checkLimitedNumber('strength', o.strength);
+  if (strength !== undefined && initImage === undefined) invalid('strength', 'given with an initImage', strength);
+  if (mask !== undefined && initImage === undefined) invalid('mask', 'given with an initImage (the image to inpaint)', 'a mask alone');
+  set('strength', strength);
+  set('imageCfgScale', checkLimitedNumber('imageCfgScale', o.imageCfgScale));
+  set('hires', checkHires(o.hires));
+  const resizeMode = o.resizeMode === undefined ? DEFAULT_RESIZE_MODE : expectOneOf('resizeMode', o.resizeMode, RESIZE_MODES);
+  const maskBlur = o.maskBlur === undefined ? 0 : checkMaskBlur(o.maskBlur);
+  if (o.invertMask !== undefined && typeof o.invertMask !== 'boolean') invalid('invertMask', 'a boolean', o.invertMask);
   return {
     request,
+    images: { initImage, mask, resizeMode, maskBlur, invertMask: o.invertMask === true },
     signal: checkSignal('signal', o.signal),
     onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
   };
+}
+
+function checkMaskBlur(v: unknown): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (v > 0 && v < MIN_MASK_BLUR) || v > MAX_MASK_BLUR) {
+    invalid('maskBlur', `0 or a number of pixels from ${MIN_MASK_BLUR} to ${MAX_MASK_BLUR}`, v);
+  }
+  return v;
+}
+
+/**
+ * Reads the image options into the native request: decoded, fitted to width x height (which
+ * default to the init image's size, rounded to the model's multiple). Errors name the option.
+ */
+export async function readImageInputs(
+  images: ImageRequest,
+  request: NativeGenerateRequest,
+  model: { spatialMultiple: number },
+): Promise<void> {
+  if (images.initImage === undefined) return;
+  let width = request.width, height = request.height;
+  if (width === undefined || height === undefined) {
+    const own = await readImage(images.initImage, 'initImage');
+    const fit = (side: number) => {
+      const m = model.spatialMultiple;
+      return Math.min(Math.floor(LIMITS.width.max / m) * m, Math.max(Math.ceil(LIMITS.width.min / m) * m, Math.round(side / m) * m));
+    };
+    width ??= fit(own.width);
+    height ??= fit(own.height);
+    request.width = width;
+    request.height = height;
+  }
+  const target = { width, height, resizeMode: images.resizeMode };
+  const init = await readImage(images.initImage, 'initImage', target);
+  request.initImage = { data: init.data, width: init.width, height: init.height, channels: init.channels };
+  if (images.mask !== undefined) {
+    const m = await readMask(images.mask, 'mask', target, { blur: images.maskBlur, invert: images.invertMask });
+    request.mask = { data: m.data, width: m.width, height: m.height, channels: 1 };
+  }
 }
 
 /** stable-diffusion.cpp's float formatting in the parameters text (`%f`). */
@@ -250,6 +429,12 @@ const f6 = (v: number) => v.toFixed(6);
 export const A1111_SAMPLER_NAMES: Partial<Record<Sampler, string>> = {
   euler: 'Euler', euler_a: 'Euler a', heun: 'Heun', dpm2: 'DPM2', 'dpm++2s_a': 'DPM++ 2S a', 'dpm++2m': 'DPM++ 2M',
   'dpm++2m_sde': 'DPM++ 2M SDE', lms: 'LMS', lcm: 'LCM', ddim_trailing: 'DDIM',
+};
+/** A1111's (and stable-diffusion.cpp's) names of the hires upscalers, as the metadata writes them. */
+export const A1111_UPSCALER_NAMES: Record<HiresUpscaler, string> = {
+  latent: 'Latent', 'latent-nearest': 'Latent (nearest)', 'latent-nearest-exact': 'Latent (nearest-exact)',
+  'latent-antialiased': 'Latent (antialiased)', 'latent-bicubic': 'Latent (bicubic)',
+  'latent-bicubic-antialiased': 'Latent (bicubic antialiased)', lanczos: 'Lanczos', nearest: 'Nearest',
 };
 /** A1111's "Schedule type" names of the schedules it has. */
 export const A1111_SCHEDULE_NAMES: Partial<Record<(typeof SCHEDULERS)[number], string>> = {
@@ -282,6 +467,18 @@ export function parametersText(
     `Sampler: ${A1111_SAMPLER_NAMES[o.sampler] ?? o.sampler}`,
     `Schedule type: ${A1111_SCHEDULE_NAMES[scheduler] ?? scheduler}`,
     ...(clipSkipGiven ? [`Clip skip: ${o.clipSkip}`] : []),
+    ...(o.strength !== undefined ? [`Denoising strength: ${f6(o.strength)}`] : []),
+    ...(o.imageCfgScale !== undefined ? [`Image CFG scale: ${f6(o.imageCfgScale)}`] : []),
+    ...(o.maskBlur ? [`Mask blur: ${o.maskBlur}`] : []),
+    ...(o.hires
+      ? [
+          `Hires resize: ${o.hires.width}x${o.hires.height}`,
+          `Hires steps: ${o.hires.steps}`,
+          `Hires upscaler: ${A1111_UPSCALER_NAMES[o.hires.upscaler]}`,
+          // A1111 writes the hires pass's strength as "Denoising strength" (txt2img has no other).
+          `${o.strength === undefined ? 'Denoising strength' : 'Hires denoising strength'}: ${f6(o.hires.strength)}`,
+        ]
+      : []),
     `Version: sdnode ${version}`,
   ];
   lines.push(fields.join(', '));

@@ -30,7 +30,7 @@ import {
 } from './options.ts';
 import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
 import { LIMITS } from './engine-tables.ts';
-import { checkGenerateOptions, makeImage, parametersText, type GenerateOptions, type GenerateResult } from './generate.ts';
+import { checkGenerateOptions, makeImage, parametersText, readImageInputs, type GenerateOptions, type GenerateResult } from './generate.ts';
 import { version } from './version.ts';
 
 /** Options of {@link loadModel}. */
@@ -346,19 +346,26 @@ export class Model {
   generate(options: GenerateOptions): Promise<GenerateResult> {
     try {
       const info = this.loadedInfo();
-      const { request, signal, onProgress } = checkGenerateOptions(options, info);
+      const { request, images: imageRequest, signal, onProgress } = checkGenerateOptions(options, info);
       throwIfAborted(signal, 'generate');
       const session = this.nativeSession('generate()');
-      const { flag, cleanup } = abortFlagFor(signal);
-      const guard = new CallbackGuard(onProgress, flag);
       const modelName = path.basename(this.path);
-      return callNative(() => session.generate(request, guard.callback, flag))
+      return readImageInputs(imageRequest, request, info).then(() => {
+        throwIfAborted(signal, 'generate');
+        const { flag, cleanup } = abortFlagFor(signal);
+        const guard = new CallbackGuard(onProgress, flag);
+        return callNative(() => session.generate(request, guard.callback, flag))
         .then(
           (r) => {
             guard.rethrow();
             const used = r.options;
+            if (request.initImage) used.resizeMode = imageRequest.resizeMode;
+            if (request.mask) {
+              used.maskBlur = imageRequest.maskBlur;
+              used.invertMask = imageRequest.invertMask;
+            }
             const images = r.images.map((img) =>
-              makeImage(img.data, used.width, used.height, img.seed,
+              makeImage(img.data, r.imageWidth, r.imageHeight, img.seed,
                 parametersText(used, img.seed, modelName, request.clipSkip !== undefined, version)),
             );
             const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings, options: used };
@@ -371,6 +378,7 @@ export class Model {
           },
         )
         .finally(cleanup);
+      });
     } catch (e) {
       return Promise.reject(e);
     }

@@ -431,6 +431,7 @@ function resolved(over: Partial<ResolvedGenerateOptions> = {}): ResolvedGenerate
     clipSkip: 2,
     batchSize: 1,
     returnLatents: false,
+    mode: 'txt2img',
     ...over,
   };
 }

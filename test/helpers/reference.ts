@@ -11,18 +11,36 @@ export const referenceEnabled = process.env.SDNODE_REFERENCE === '1';
 export const sharedDir = process.env.SDNODE_SHARED_DIR ?? path.resolve(packageRoot, '..', 'shared');
 /** The SD1.5 text-to-image case sets (README in ../shared/reference/). */
 export const referenceCaseDirs = ['sd15-random', 'sd15-random-2'].map((d) => path.join(sharedDir, 'reference', d));
+/** The image-to-image case set. */
+export const img2imgCaseDir = path.join(sharedDir, 'reference', 'sd15-img2img');
+
+const modelCache = () => process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
+
+/** Runs a ../shared/tools generator once into the cache (python3 with numpy) and returns the file. */
+function cachedModel(file: string, script: string, args: string[]): string {
+  const out = path.join(modelCache(), file);
+  if (fs.existsSync(out)) return out;
+  fs.mkdirSync(modelCache(), { recursive: true });
+  const tmp = `${out}.partial-${process.pid}`;
+  execFileSync('python3', [path.join(sharedDir, 'tools', script), tmp, ...args], { stdio: 'inherit' });
+  fs.renameSync(tmp, out);
+  return out;
+}
 
 /** Makes the checkpoint once into the cache (2.1 GB, ~20 s; needs python3 with numpy). */
 export function sd15RandomCheckpoint(): string {
-  const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
-  const file = path.join(cache, 'sd15-random-f16-seed1234.safetensors');
-  if (fs.existsSync(file)) return file;
-  fs.mkdirSync(cache, { recursive: true });
-  const tmp = `${file}.partial-${process.pid}`;
-  const script = path.join(sharedDir, 'tools', 'make-sd15-random.py');
-  execFileSync('python3', [script, tmp, '--seed', '1234'], { stdio: 'inherit' });
-  fs.renameSync(tmp, file);
-  return file;
+  return cachedModel('sd15-random-f16-seed1234.safetensors', 'make-sd15-random.py', ['--seed', '1234']);
+}
+
+/** The reference's other models, by the file name its cases give (`models/<file>`). */
+export function referenceModel(file: string): string {
+  switch (file) {
+    case 'sd15-random-f16.safetensors': return sd15RandomCheckpoint();
+    case 'sd15-inpaint-random-f16.safetensors': return cachedModel(file, 'make-sd15-inpaint-random.py', []);
+    case 'sd15-ip2p-random-f16.safetensors': return cachedModel(file, 'make-sd15-inpaint-random.py', ['--in-channels', '8']);
+    case 'taesd-random-f16.safetensors': return cachedModel(file, 'make-taesd-random.py', []);
+    default: throw new Error(`no generator known for ${file}`);
+  }
 }
 
 export interface ReferenceCase {
@@ -39,10 +57,11 @@ export interface ReferenceCase {
   cfgScale: number;
   rng: string;
   extraReferenceArgs: string;
+  model?: string;
 }
 
-export function referenceCases(): ReferenceCase[] {
-  return referenceCaseDirs.filter((dir) => fs.existsSync(dir)).flatMap((dir) =>
+export function referenceCases(dirs: string[] = referenceCaseDirs): ReferenceCase[] {
+  return dirs.filter((dir) => fs.existsSync(dir)).flatMap((dir) =>
     fs
       .readdirSync(dir)
       .filter((d) => fs.existsSync(path.join(dir, d, 'case.json')))
