@@ -200,6 +200,7 @@ export interface NativeOptionTables {
   rngs: string[];
   weightTypes: string[];
   architectures: string[];
+  decoders: string[];
   limits: Record<string, { min: number; max: number; integer: boolean }>;
   imageSideMultiple: number;
   promptMaxLength: number;

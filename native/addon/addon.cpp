@@ -83,6 +83,7 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     o.Set("rngs", to_js_array(env, t.rngs));
     o.Set("weightTypes", to_js_array(env, t.weight_types));
     o.Set("architectures", to_js_array(env, t.architectures));
+    o.Set("decoders", to_js_array(env, t.decoders));
     Napi::Object limits = Napi::Object::New(env);
     for (const auto & l : t.limits) {
         Napi::Object x = Napi::Object::New(env);

@@ -57,7 +57,10 @@ OptionTables option_tables() {
         {"clipSkip", kClipSkipMin, kClipSkipMax, true},  {"threads", kThreadsMin, kThreadsMax, true},
         {"seed", 0, kSeedMax, true},                     {"count", 0, kRandnCountMax, true},
         {"sigma", kSigmaMin, kSigmaMax, false},          {"lmsMaxOrder", kLmsMaxOrderMin, kLmsMaxOrderMax, true},
+        {"vaeTiling.tileSize", kVaeTileSizeMin, kVaeTileSizeMax, true},
+        {"vaeTiling.overlap", kVaeTileOverlapMin, kVaeTileOverlapMax, false},
     };
+    for (const char * d : kDecoderNames) t.decoders.push_back(d);
     t.image_side_multiple = kImageSideMultiple;
     t.prompt_max_length = kPromptMaxLength;
     t.default_steps = kDefaultSteps;
