@@ -19,8 +19,11 @@ export const WEIGHT_TYPES = ["f32","f16","bf16","q8_0","q5_0","q5_1","q4_0","q4_
 /** Model families sdnode recognizes. */
 export const ARCHITECTURES = ["sd1","sd2","sdxl","sdxl-refiner","unknown"] as const;
 
+/** Decoders between latents and images: the model's VAE, or a TAESD loaded with it. */
+export const DECODERS = ["vae","taesd"] as const;
+
 /** Inclusive limits of numeric options. */
-export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true}} as const;
+export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true},"vaeTiling.tileSize":{"min":4,"max":512,"integer":true},"vaeTiling.overlap":{"min":0,"max":0.5,"integer":false}} as const;
 
 /** Width and height are multiples of this (a model may need a larger multiple). */
 export const IMAGE_SIDE_MULTIPLE = 8;
