@@ -164,9 +164,10 @@ HostTensor encode_rgb8(const Model & model, GraphRunner & runner, const std::vec
 
 // Automatic tiling: the compute-buffer bytes an untiled decode of a w x h latent (one image)
 // would need on the runner's backends with the codec's decoder, measured by ggml's allocator on
-// the real graph (nothing allocated or computed; a few ms to build the graph). The SD1.x VAE
-// needs about 2.3 KB per image pixel, plus a term quadratic in the latent pixels for its
-// mid-block attention (h*w)^2 * 4 bytes; TAESD about 0.8 KB per image pixel.
+// the real graph (ggml_backend_sched_reserve_size: nothing allocated or computed, only the
+// graph built), so it is exact for this backend and build. It grows with the image pixels
+// (full-resolution convolutions and their im2col buffers) and, for the VAE, quadratically with
+// the latent pixels (its mid-block attention holds an (h*w) x (h*w) f32 score matrix).
 size_t decode_compute_bytes(const Model & model, GraphRunner & runner, Decoder decoder, int64_t w, int64_t h);
 // True when that untiled decode would need more than `budget_bytes`: decode in tiles instead
 // (codec.tiling.enabled = true).
