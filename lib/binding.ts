@@ -128,6 +128,17 @@ export interface NativeLoadOptions {
   weightType?: string;
   threads?: number;
   device?: string;
+  /** A TAESD file loaded next to the model. */
+  taesd?: string;
+  /** A standalone VAE file used instead of the checkpoint's. */
+  vae?: string;
+}
+
+/** Which decoder turns latents into images and back, and its tiling (checked by the engine). */
+export interface NativeCodecOptions {
+  decoder?: string;
+  /** Present: tiled; fields left out take the reference's defaults. */
+  vaeTiling?: { tileSize?: number; overlap?: number };
 }
 
 export interface NativeLoadedInfo {
@@ -188,10 +199,13 @@ export interface NativeSession {
   encodePrompt(text: string, clipSkip?: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
   encodeImage(
     pixels: Uint8Array, width: number, height: number, channels: number, seed: number | undefined, rng: string,
-    abort?: NativeAbortFlag,
+    abort?: NativeAbortFlag, codec?: NativeCodecOptions,
   ): Promise<{ data: Float32Array; width: number; height: number; channels: number }>;
   /** RGB bytes (height*8 x width*8 x 3) per latent. */
-  decodeLatents(data: Float32Array, width: number, height: number, channels: number, count: number, abort?: NativeAbortFlag): Promise<Uint8Array[]>;
+  decodeLatents(
+    data: Float32Array, width: number, height: number, channels: number, count: number, abort?: NativeAbortFlag,
+    codec?: NativeCodecOptions,
+  ): Promise<Uint8Array[]>;
   /** Settles once every job queued before it has; later calls throw Disposed. */
   dispose(): Promise<void>;
 }
@@ -203,6 +217,7 @@ export interface NativeOptionTables {
   rngs: string[];
   weightTypes: string[];
   architectures: string[];
+  decoders: string[];
   limits: Record<string, { min: number; max: number; integer: boolean; minExclusive?: boolean }>;
   imageSideMultiple: number;
   promptMaxLength: number;

@@ -22,8 +22,11 @@ export const ARCHITECTURES = ["sd1","sd2","sdxl","sdxl-refiner","unknown"] as co
 /** The hires fix's upscalers: latent-space interpolations, or the decoded image resized (lanczos, nearest). */
 export const HIRES_UPSCALERS = ["latent","latent-nearest","latent-nearest-exact","latent-antialiased","latent-bicubic","latent-bicubic-antialiased","lanczos","nearest"] as const;
 
+/** Decoders between latents and images: the model's VAE, or a TAESD loaded with it. */
+export const DECODERS = ["vae","taesd"] as const;
+
 /** Limits of numeric options, inclusive (the minimum exclusive where minExclusive is set). */
-export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true},"strength":{"min":0,"max":1,"integer":false,"minExclusive":true},"imageCfgScale":{"min":0,"max":100,"integer":false},"hiresScale":{"min":0,"max":8,"integer":false,"minExclusive":true},"hiresSteps":{"min":0,"max":1000,"integer":true}} as const;
+export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true},"strength":{"min":0,"max":1,"integer":false,"minExclusive":true},"imageCfgScale":{"min":0,"max":100,"integer":false},"hiresScale":{"min":0,"max":8,"integer":false,"minExclusive":true},"hiresSteps":{"min":0,"max":1000,"integer":true},"vaeTiling.tileSize":{"min":4,"max":512,"integer":true},"vaeTiling.overlap":{"min":0,"max":0.5,"integer":false}} as const;
 
 /** Width and height are multiples of this (a model may need a larger multiple). */
 export const IMAGE_SIDE_MULTIPLE = 8;

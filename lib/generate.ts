@@ -160,6 +160,14 @@ export interface GenerateOptions {
   imageCfgScale?: number;
   /** The hires fix; see {@link HiresOptions}. */
   hires?: HiresOptions;
+  /**
+   * `'vae'`: the model's VAE (or loadModel's `vae` file). `'taesd'`: the TAESD given to loadModel
+   * (faster, lower quality; img2img then encodes with it too, as stable-diffusion.cpp).
+   * @default 'vae'
+   */
+  decoder?: import('./model.ts').Decoder;
+  /** Decode (and encode) in tiles: `true` for stable-diffusion.cpp's defaults, or `{ tileSize, overlap }`. @default false */
+  vaeTiling?: boolean | import('./model.ts').VaeTilingOptions;
 }
 
 /** A generated image: 8-bit RGB, row-major. */
@@ -253,6 +261,8 @@ export type NativeGenerateRequest = Partial<
 > & {
   prompt: string;
   scheduler?: Scheduler;
+  decoder?: string;
+  vaeTiling?: { tileSize?: number; overlap?: number };
   initImage?: NativeImage;
   mask?: NativeImage;
   hires?: HiresOptions;
@@ -270,7 +280,7 @@ export interface ImageRequest {
 const KNOWN_KEYS = new Set([
   'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
-  'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires',
+  'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
 ]);
 const HIRES_KEYS = new Set(['scale', 'width', 'height', 'steps', 'strength', 'upscaler']);
 

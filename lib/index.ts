@@ -36,12 +36,15 @@ export {
   type EncodedPrompt,
   type EncodePromptOptions,
   type EncodeImageOptions,
+  type DecodeLatentsOptions,
+  type Decoder,
+  type VaeTilingOptions,
   type RawImage,
   type Latent,
   type RandnOptions,
 } from './model.ts';
 export type { GenerateOptions, GenerateResult, GeneratedImage, GenerateProgress, GenerateTimings, ResolvedGenerateOptions } from './generate.ts';
-export { ARCH_DEFAULTS, DEFAULTS, LIMITS, SAMPLER_DEFAULTS } from './engine-tables.ts';
+export { ARCH_DEFAULTS, DECODERS, DEFAULTS, LIMITS, SAMPLER_DEFAULTS } from './engine-tables.ts';
 export {
   SAMPLERS,
   SCHEDULERS,

@@ -9,6 +9,7 @@ import {
   callNativeSync,
   native,
   type NativeAbortFlag,
+  type NativeCodecOptions,
   type NativeLoadedInfo,
   type NativeModel,
   type NativeSession,
@@ -21,6 +22,7 @@ import {
   checkSeed,
   checkSignal,
   checkLimitedInteger,
+  checkLimitedNumber,
   checkThreads,
   checkWeightType,
   expectOptionsObject,
@@ -29,7 +31,7 @@ import {
   type WeightType,
 } from './options.ts';
 import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
-import { LIMITS } from './engine-tables.ts';
+import { DECODERS, LIMITS } from './engine-tables.ts';
 import { checkGenerateOptions, makeImage, parametersText, readImageInputs, type GenerateOptions, type GenerateResult } from './generate.ts';
 import { version } from './version.ts';
 
@@ -53,10 +55,88 @@ export interface LoadModelOptions {
    * @default 'auto'
    */
   backend?: string;
+  /**
+   * A TAESD file (the tiny autoencoder: diffusers AutoencoderTiny names `encoder.layers.N.*` /
+   * `decoder.layers.N.*`, e.g. madebyollin/taesd's `diffusion_pytorch_model.safetensors`) loaded
+   * next to the model, for `decoder: 'taesd'` in {@link Model.decodeLatents} and
+   * {@link Model.encodeImage}: much faster, lower quality. Its latent channels must be the model's.
+   * @default none
+   * @example `{ taesd: 'models/taesd.safetensors' }`
+   */
+  taesd?: string;
+  /**
+   * A standalone VAE file (LDM `encoder.*` / `decoder.*` names, with or without
+   * `first_stage_model.`, or diffusers AutoencoderKL names) used instead of the checkpoint's VAE
+   * everywhere; its latent channels must be the model's.
+   * @default the checkpoint's VAE
+   * @example `{ vae: 'models/vae-ft-mse-840000-ema-pruned.safetensors' }`
+   */
+  vae?: string;
   /** Cancels loading; the promise rejects with {@link AbortError}. */
   signal?: AbortSignal;
   /** Loading progress, `fraction` from 0 to 1. */
   onProgress?: (progress: { fraction: number }) => void;
+}
+
+/** The networks between latents and images: the model's VAE, or the TAESD loaded with it. */
+export type Decoder = (typeof DECODERS)[number];
+
+/**
+ * Tiled decoding / encoding, as stable-diffusion.cpp's `--vae-tiling`: the image is processed in
+ * overlapping tiles blended with smootherstep weights, so the compute memory stays that of one
+ * tile. `true` takes the reference's defaults.
+ */
+export interface VaeTilingOptions {
+  /**
+   * Tile side in latent pixels (x8 image pixels) when decoding; encoding uses twice this (as the
+   * reference). Clipped to the latent's size.
+   * @default 32 (256 image pixels)
+   */
+  tileSize?: number;
+  /**
+   * The fraction of a tile shared with its neighbour, 0 to 0.5 (the reference then adjusts it so
+   * tiles fit the image exactly).
+   * @default 0.5
+   */
+  overlap?: number;
+}
+
+/** Options of {@link Model.decodeLatents}. */
+export interface DecodeLatentsOptions {
+  /**
+   * `'vae'`: the model's VAE (or the `vae` file given to loadModel). `'taesd'`: the TAESD given to
+   * loadModel as `taesd` (an InvalidArgumentError without one).
+   * @default 'vae'
+   */
+  decoder?: Decoder;
+  /**
+   * Decode in tiles: `true` for the defaults, or the tile size and overlap.
+   * @default false (one pass over the whole latent)
+   * @example `{ vaeTiling: { tileSize: 48, overlap: 0.25 } }`
+   */
+  vaeTiling?: boolean | VaeTilingOptions;
+  signal?: AbortSignal;
+}
+
+/** Checks `decoder` and `vaeTiling` and gives the native codec options. */
+export function checkCodecOptions(o: Record<string, unknown>): NativeCodecOptions {
+  const codec: NativeCodecOptions = {};
+  if (o.decoder !== undefined) codec.decoder = expectOneOf('decoder', o.decoder, DECODERS);
+  const t = o.vaeTiling;
+  if (t === undefined || t === false) return codec;
+  if (t === true) {
+    codec.vaeTiling = {};
+    return codec;
+  }
+  if (!isObject(t)) invalid('vaeTiling', 'a boolean or { tileSize?, overlap? }', t);
+  const to = t as Record<string, unknown>;
+  expectKnownKeys('vaeTiling', to, ['tileSize', 'overlap']);
+  const tileSize = checkLimitedInteger('vaeTiling.tileSize', to.tileSize);
+  const overlap = checkLimitedNumber('vaeTiling.overlap', to.overlap);
+  codec.vaeTiling = {};
+  if (tileSize !== undefined) codec.vaeTiling.tileSize = tileSize;
+  if (overlap !== undefined) codec.vaeTiling.overlap = overlap;
+  return codec;
 }
 
 /**
@@ -144,6 +224,18 @@ export interface EncodeImageOptions {
   seed?: number;
   /** The generator for `seed`. @default 'cuda' */
   rng?: Rng;
+  /**
+   * `'vae'`: the VAE encoder. `'taesd'`: the TAESD encoder given to loadModel as `taesd` — its
+   * output is the latent itself (no posterior sample: `seed` is not used, no scale factor).
+   * @default 'vae'
+   */
+  decoder?: Decoder;
+  /**
+   * Encode in tiles (twice the decode tile size): `true` for the defaults, or the tile size and
+   * overlap (see {@link VaeTilingOptions}).
+   * @default false
+   */
+  vaeTiling?: boolean | VaeTilingOptions;
   signal?: AbortSignal;
 }
 
@@ -280,14 +372,15 @@ export class Model {
     try {
       const img = checkRawImage('image', image);
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['seed', 'rng', 'signal']);
+      expectKnownKeys('options', o, ['seed', 'rng', 'decoder', 'vaeTiling', 'signal']);
       const seed = checkSeed('seed', o.seed);
       const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
+      const codec = checkCodecOptions(o);
       const signal = checkSignal('signal', o.signal);
       throwIfAborted(signal, 'encodeImage');
       const session = this.nativeSession('encodeImage()');
       const { flag, cleanup } = abortFlagFor(signal);
-      return callNative(() => session.encodeImage(img.data, img.width, img.height, img.channels, seed, rng, flag))
+      return callNative(() => session.encodeImage(img.data, img.width, img.height, img.channels, seed, rng, flag, codec))
         .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'encodeImage');
         })
@@ -299,9 +392,11 @@ export class Model {
 
   /**
    * The VAE decoder: latents as `generate({ returnLatents: true })` returns them (or as
-   * {@link Model.encodeImage} gives them) to RGB images — the same bytes generate() makes.
+   * {@link Model.encodeImage} gives them) to RGB images — the same bytes generate() makes with
+   * the same `decoder` and `vaeTiling`.
+   * @example const [image] = await model.decodeLatents(latent, { decoder: 'taesd', vaeTiling: true });
    */
-  decodeLatents(latents: Latent | Latent[], options?: { signal?: AbortSignal }): Promise<Array<{ data: Uint8Array; width: number; height: number; channels: 3 }>> {
+  decodeLatents(latents: Latent | Latent[], options?: DecodeLatentsOptions): Promise<Array<{ data: Uint8Array; width: number; height: number; channels: 3 }>> {
     try {
       const list = Array.isArray(latents) ? latents : [latents];
       if (list.length < 1 || list.length > LIMITS.batchSize.max) invalid('latents', `1 to ${LIMITS.batchSize.max} latents`, list.length);
@@ -315,13 +410,14 @@ export class Model {
         data.set(x.data, i * first.data.length);
       });
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['signal']);
+      expectKnownKeys('options', o, ['decoder', 'vaeTiling', 'signal']);
+      const codec = checkCodecOptions(o);
       const signal = checkSignal('signal', o.signal);
       throwIfAborted(signal, 'decodeLatents');
       const session = this.nativeSession('decodeLatents()');
       const { flag, cleanup } = abortFlagFor(signal);
       const up = 8;
-      return callNative(() => session.decodeLatents(data, first.width, first.height, first.channels, list.length, flag))
+      return callNative(() => session.decodeLatents(data, first.width, first.height, first.channels, list.length, flag, codec))
         .then((images) => images.map((px) => ({ data: px, width: first.width * up, height: first.height * up, channels: 3 as const })))
         .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'decodeLatents');
@@ -347,6 +443,7 @@ export class Model {
     try {
       const info = this.loadedInfo();
       const { request, images: imageRequest, signal, onProgress } = checkGenerateOptions(options, info);
+      Object.assign(request, checkCodecOptions(options as unknown as Record<string, unknown>));
       throwIfAborted(signal, 'generate');
       const session = this.nativeSession('generate()');
       const modelName = path.basename(this.path);
@@ -420,10 +517,12 @@ export class Model {
 export async function loadModel(modelPath: string, options?: LoadModelOptions): Promise<Model> {
   const abs = path.resolve(expectNonEmptyString('modelPath', modelPath));
   const o = expectOptionsObject('options', options);
-  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'signal', 'onProgress']);
+  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'signal', 'onProgress']);
   const weightType = checkWeightType('weightType', o.weightType);
   const threads = checkThreads('threads', o.threads);
   const backend = o.backend === undefined ? undefined : expectNonEmptyString('backend', o.backend);
+  const taesd = o.taesd === undefined ? undefined : path.resolve(expectNonEmptyString('taesd', o.taesd));
+  const vae = o.vae === undefined ? undefined : path.resolve(expectNonEmptyString('vae', o.vae));
   const signal = checkSignal('signal', o.signal);
   const onProgress = checkCallback<(p: { fraction: number }) => void>('onProgress', o.onProgress);
   throwIfAborted(signal, 'loadModel');
@@ -434,7 +533,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
     const nativeModel = await callNative((a) =>
       a.NativeModel.load(
         abs,
-        { weightType, threads, device: backend },
+        { weightType, threads, device: backend, taesd, vae },
         report ? (fraction: number) => report({ fraction }) : undefined,
         flag,
       ),

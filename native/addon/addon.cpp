@@ -84,6 +84,7 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     o.Set("weightTypes", to_js_array(env, t.weight_types));
     o.Set("architectures", to_js_array(env, t.architectures));
     o.Set("hiresUpscalers", to_js_array(env, t.hires_upscalers));
+    o.Set("decoders", to_js_array(env, t.decoders));
     Napi::Object limits = Napi::Object::New(env);
     for (const auto & l : t.limits) {
         Napi::Object x = Napi::Object::New(env);

@@ -53,6 +53,8 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo & info) {
         if (auto wtype = optional_string(opts, "weightType")) options.weight_type = sd::parse_weight_type(*wtype);
         options.threads = optional_int(opts, "threads").value_or(sd::default_thread_count());
         options.device = optional_string(opts, "device").value_or("auto");
+        options.taesd_path = optional_string(opts, "taesd").value_or("");
+        options.vae_path = optional_string(opts, "vae").value_or("");
         auto abort = AbortFlag::From(info.Length() > 3 ? info[3] : env.Undefined());
         auto queue = std::make_shared<JsTaskQueue>(env, info.Length() > 2 ? info[2] : env.Undefined(), "sdnode.loadModel");
         options.abort = abort.get();

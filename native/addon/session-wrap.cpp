@@ -1,5 +1,7 @@
 #include "session-wrap.h"
 
+#include <cmath>
+
 #include "abort-flag.h"
 #include "convert.h"
 #include "job.h"
@@ -43,6 +45,34 @@ std::optional<sd::ImageBytes> optional_image(Napi::Object o, const char * key) {
     out.height = dim("height");
     out.channels = dim("channels");
     return out;
+}
+
+// The codec options { decoder?: string, vaeTiling?: { tileSize?: number, overlap?: number } } at
+// an object's keys (generate()'s options or encodeImage/decodeLatents'). Types are checked here,
+// values by the engine.
+sd::CodecParams codec_from(Napi::Object o) {
+    Napi::Env env = o.Env();
+    sd::CodecParams codec;
+    codec.decoder = optional_string(o, "decoder");
+    Napi::Value t = o.Get("vaeTiling");
+    if (t.IsUndefined()) return codec;
+    if (!t.IsObject()) throw_invalid_js(env, "vaeTiling must be an object");
+    Napi::Object to = t.As<Napi::Object>();
+    sd::VaeTilingParams tiling;
+    Napi::Value size = to.Get("tileSize"), overlap = to.Get("overlap");
+    if (!size.IsUndefined()) {
+        const double v = size.IsNumber() ? size.As<Napi::Number>().DoubleValue() : NAN;
+        if (!(v >= -2147483648.0 && v <= 2147483647.0) || v != static_cast<double>(static_cast<int64_t>(v))) {
+            throw_invalid_js(env, "vaeTiling.tileSize must be an integer");
+        }
+        tiling.tile_size = static_cast<int>(v);
+    }
+    if (!overlap.IsUndefined()) {
+        if (!overlap.IsNumber()) throw_invalid_js(env, "vaeTiling.overlap must be a number");
+        tiling.overlap = overlap.As<Napi::Number>().DoubleValue();
+    }
+    codec.vae_tiling = tiling;
+    return codec;
 }
 
 // generate()'s options as lib/ passes them: only what the caller gave; the engine fills in and
@@ -103,6 +133,7 @@ sd::GenerateParams generate_params(Napi::Object o) {
         hp.upscaler = optional_string(h, "upscaler");
         p.hires = hp;
     }
+    p.codec = codec_from(o);
     p.return_latents = o.Get("returnLatents").ToBoolean().Value();
     return p;
 }
@@ -243,6 +274,17 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
 }
 
 // encodeImage(pixels: Uint8Array, width, height, channels, seed: number | undefined, rng: string, abort?)
+namespace {
+
+// The codec options at info[i] (undefined: the defaults).
+sd::CodecParams codec_arg(const Napi::CallbackInfo & info, size_t i) {
+    if (info.Length() <= i || info[i].IsUndefined()) return {};
+    if (!info[i].IsObject()) throw_invalid_js(info.Env(), "codec options must be an object");
+    return codec_from(info[i].As<Napi::Object>());
+}
+
+}  // namespace
+
 Napi::Value SessionWrap::EncodeImage(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     auto s = session(env);
@@ -264,13 +306,14 @@ Napi::Value SessionWrap::EncodeImage(const Napi::CallbackInfo & info) {
     }
     const std::string rng = info[5].As<Napi::String>().Utf8Value();
     auto abort = AbortFlag::From(info.Length() > 6 ? info[6] : env.Undefined());
+    const sd::CodecParams codec = codec_arg(info, 7);
     struct Latent {
         sd::HostTensor t;
     };
     return Job<Latent>::Start(
         env, "sdnode.encodeImage", on(s),
-        [s, pixels = std::move(pixels), width, height, channels, seed, rng, abort]() {
-            return Latent{sd::encode_image(*s, pixels, width, height, channels, seed, rng, abort.get())};
+        [s, pixels = std::move(pixels), width, height, channels, seed, rng, abort, codec]() {
+            return Latent{sd::encode_image(*s, pixels, width, height, channels, seed, rng, abort.get(), codec)};
         },
         [](Napi::Env e, Latent & r) -> Napi::Value {
             Napi::Object out = Napi::Object::New(e);
@@ -285,7 +328,7 @@ Napi::Value SessionWrap::EncodeImage(const Napi::CallbackInfo & info) {
         {info.This().As<Napi::Object>()}, nullptr, abort);
 }
 
-// decodeLatents(data: Float32Array, width, height, channels, count, abort?) -> Uint8Array[] (RGB)
+// decodeLatents(data: Float32Array, width, height, channels, count, abort?, codec?) -> Uint8Array[] (RGB)
 Napi::Value SessionWrap::DecodeLatents(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     auto s = session(env);
@@ -302,12 +345,13 @@ Napi::Value SessionWrap::DecodeLatents(const Napi::CallbackInfo & info) {
     }
     latents.data.assign(a.Data(), a.Data() + a.ElementLength());
     auto abort = AbortFlag::From(info.Length() > 5 ? info[5] : env.Undefined());
+    const sd::CodecParams codec = codec_arg(info, 6);
     struct Images {
         std::vector<std::vector<uint8_t>> rgb;
     };
     return Job<Images>::Start(
         env, "sdnode.decodeLatents", on(s),
-        [s, latents = std::move(latents), abort]() { return Images{sd::decode_latents(*s, latents, abort.get())}; },
+        [s, latents = std::move(latents), abort, codec]() { return Images{sd::decode_latents(*s, latents, abort.get(), codec)}; },
         [](Napi::Env e, Images & r) -> Napi::Value {
             Napi::Array out = Napi::Array::New(e, r.rgb.size());
             for (uint32_t i = 0; i < r.rgb.size(); ++i) {

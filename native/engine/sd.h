@@ -48,6 +48,22 @@ ModelReport inspect_model(const std::string & path);
 
 // ------------------------------------------------------------------ generation
 
+// Which network turns latents into images and back, and whether it works in tiles. What the
+// API's `decoder` / `vaeTiling` options say; resolve_codec() checks and fills it in.
+struct VaeTilingParams {
+    std::optional<int> tile_size;    // latent pixels per tile side when decoding (encoding: twice); unset = 32
+    std::optional<double> overlap;   // fraction of a tile shared with its neighbour; unset = 0.5
+};
+struct CodecParams {
+    std::optional<std::string> decoder;         // "vae" (default) or "taesd" (needs a TAESD loaded)
+    std::optional<VaeTilingParams> vae_tiling;  // set: tiled as stable-diffusion.cpp's --vae-tiling
+};
+enum class Decoder { Vae, Taesd };
+struct Codec {
+    Decoder decoder = Decoder::Vae;
+    VaeTiling tiling;  // components/tiling.h; enabled = false: one graph for the whole image
+};
+
 // An 8-bit image as the API hands it over: interleaved rows of `channels` bytes per pixel.
 struct ImageBytes {
     std::vector<uint8_t> pixels;
@@ -90,6 +106,7 @@ struct GenerateParams {
     // instruct-pix2pix's image guidance (the reference's --img-cfg-scale); default 1 = none.
     std::optional<double> image_cfg_scale;
     std::optional<HiresParams> hires;
+    CodecParams codec;  // the decoder (and img2img's encoder) and tiling
     bool return_latents = false;
 };
 
@@ -119,6 +136,7 @@ struct ResolvedParams {
     bool has_mask = false;
     ResolvedHires hires;
     std::vector<float> hires_sigmas;  // the second pass's schedule (hires only)
+    Codec codec;
     bool return_latents = false;
 };
 
@@ -168,17 +186,54 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
 HostTensor encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
                          const std::atomic<bool> * abort);
 
-// An 8-bit image (interleaved, 1, 3 or 4 channels: gray, RGB, RGBA with alpha ignored) through the
-// VAE encoder: the latent [1, z_channels, H/8, W/8] as img2img starts from, the posterior sample
-// (mean + std * noise) times the scale factor, with the noise drawn first from the generator
-// `rng` seeded with `seed` (as stable-diffusion.cpp's img2img does), or the mean without a seed.
-// Throws InvalidArgument for sizes the VAE cannot take, Unsupported without an encoder.
-HostTensor encode_image(Session & session, const std::vector<uint8_t> & pixels, int width, int height, int channels,
-                        std::optional<uint64_t> seed, const std::string & rng, const std::atomic<bool> * abort);
+// ------------------------------------------------------------------ latents <-> images
 
-// Latents [N, z_channels, h, w] as generate() returns them through the VAE decoder: N RGB images
-// (h*8 x w*8, interleaved bytes), the same bytes generate() gives.
+// Checks `params` against the limits (model/options.h) and this model. Throws InvalidArgument
+// naming the option: "decoder" (not "vae" / "taesd"; "taesd" without a TAESD loaded: pass
+// `taesd` to loadModel), "vaeTiling.tileSize" (an integer from 4 to 512), "vaeTiling.overlap"
+// (from 0 to 0.5).
+Codec resolve_codec(const Model & model, const CodecParams & params);
+
+// One latent [1, z, h, w] straight from the sampler to RGB bytes (8h x 8w x 3, interleaved), by
+// the codec's decoder: the VAE (latent / scale factor, output (x + 1) / 2) or TAESD (the latent
+// as is, output as is), tiled when asked, clamped to [0, 1] and made bytes as generate() does.
+// What generate() calls per image. On the session's thread; the runner's abort flag is honoured
+// between tiles and inside each graph (throws Aborted).
+std::vector<uint8_t> decode_latent_rgb8(const Model & model, GraphRunner & runner, const HostTensor & latent,
+                                        const Codec & codec);
+
+// One RGB image (width * height * 3 interleaved bytes) to the latent the sampler starts from,
+// [1, z, H/8, W/8]: the VAE's posterior sample times the scale factor (noise from `noise`, drawn
+// first, or the mean when null), or TAESD's encoder output as is (`noise` unused). Tiled when
+// asked (encode tiles are twice the decode tile, as the reference's).
+HostTensor encode_rgb8(const Model & model, GraphRunner & runner, const std::vector<uint8_t> & rgb, int width, int height,
+                       Rng * noise, const Codec & codec);
+
+// Automatic tiling: the compute-buffer bytes an untiled decode of a w x h latent (one image)
+// would need on the runner's backends with the codec's decoder, measured by ggml's allocator on
+// the real graph (ggml_backend_sched_reserve_size: nothing allocated or computed, only the
+// graph built), so it is exact for this backend and build. It grows with the image pixels
+// (full-resolution convolutions and their im2col buffers) and, for the VAE, quadratically with
+// the latent pixels (its mid-block attention holds an (h*w) x (h*w) f32 score matrix).
+size_t decode_compute_bytes(const Model & model, GraphRunner & runner, Decoder decoder, int64_t w, int64_t h);
+// True when that untiled decode would need more than `budget_bytes`: decode in tiles instead
+// (codec.tiling.enabled = true).
+bool decode_needs_tiling(const Model & model, GraphRunner & runner, Decoder decoder, int64_t w, int64_t h, size_t budget_bytes);
+
+// An 8-bit image (interleaved, 1, 3 or 4 channels: gray, RGB, RGBA with alpha ignored) through the
+// encoder of `codec` (resolve_codec): the latent [1, z_channels, H/8, W/8] as img2img starts from —
+// with the VAE the posterior sample (mean + std * noise) times the scale factor, with the noise
+// drawn first from the generator `rng` seeded with `seed` (as stable-diffusion.cpp's img2img does),
+// or the mean without a seed; with TAESD its output as is (no seed used).
+// Throws InvalidArgument for sizes the encoder cannot take or bad codec options, Unsupported
+// without an encoder.
+HostTensor encode_image(Session & session, const std::vector<uint8_t> & pixels, int width, int height, int channels,
+                        std::optional<uint64_t> seed, const std::string & rng, const std::atomic<bool> * abort,
+                        const CodecParams & codec = {});
+
+// Latents [N, z_channels, h, w] as generate() returns them through the decoder of `codec`: N RGB
+// images (h*8 x w*8, interleaved bytes), the same bytes generate() gives with the same options.
 std::vector<std::vector<uint8_t>> decode_latents(Session & session, const HostTensor & latents,
-                                                 const std::atomic<bool> * abort);
+                                                 const std::atomic<bool> * abort, const CodecParams & codec = {});
 
 }  // namespace sd

@@ -36,6 +36,7 @@
 #include "components/text-encoder.h"
 #include "text/tokenizer.h"
 #include "components/unet.h"
+#include "components/taesd.h"
 #include "components/vae.h"
 #include "model/weights.h"
 
@@ -154,14 +155,14 @@ struct Sd15 {
     FileWeights unet, vae, text;
 };
 
-// Reads the header of the SD1 checkpoint the script writes (F16 only) and places each component.
-void load_sd15(const std::string & path, ggml_backend_t backend, std::optional<ggml_type> requested, Sd15 & out) {
-    std::ifstream file(path, std::ios::binary);
+// The tensors of a safetensors file the make-*.py scripts write (F16 only), with full names;
+// data_start: where their bytes begin.
+std::vector<FileWeights::Record> read_records(std::ifstream & file, uint64_t & data_start) {
     uint64_t header_len = 0;
     file.read(reinterpret_cast<char *>(&header_len), 8);
     std::string header(header_len, '\0');
     file.read(&header[0], static_cast<std::streamsize>(header_len));
-    std::vector<FileWeights::Record> unet, vae, text;
+    std::vector<FileWeights::Record> records;
     // Entries: "name":{"dtype":"F16","shape":[...],"data_offsets":[a,b]}
     size_t pos = 0;
     while ((pos = header.find("\"dtype\"", pos)) != std::string::npos) {
@@ -176,15 +177,26 @@ void load_sd15(const std::string & path, ggml_backend_t backend, std::optional<g
         size_t off_at = header.find('[', header.find("\"data_offsets\"", pos)) + 1;
         uint64_t a = std::stoull(header.substr(off_at)), b = std::stoull(header.substr(header.find(',', off_at) + 1));
         pos = shape_end;
+        records.push_back({name, shape, a, b});
+    }
+    data_start = 8 + header_len;
+    return records;
+}
+
+// Reads the SD1 checkpoint the script writes and places each component.
+void load_sd15(const std::string & path, ggml_backend_t backend, std::optional<ggml_type> requested, Sd15 & out) {
+    std::ifstream file(path, std::ios::binary);
+    uint64_t data_start = 0;
+    std::vector<FileWeights::Record> unet, vae, text;
+    for (const auto & r : read_records(file, data_start)) {
         auto take = [&](const char * prefix, std::vector<FileWeights::Record> & into) {
-            if (name.rfind(prefix, 0) != 0) return false;
-            into.push_back({name.substr(std::strlen(prefix)), shape, a, b});
+            if (r.name.rfind(prefix, 0) != 0) return false;
+            into.push_back({r.name.substr(std::strlen(prefix)), r.shape, r.begin, r.end});
             return true;
         };
         take("model.diffusion_model.", unet) || take("first_stage_model.", vae) ||
             take("cond_stage_model.transformer.", text);
     }
-    const uint64_t data_start = 8 + header_len;
     out.unet.load(file, data_start, unet, sd::Component::Unet, backend, requested);
     out.vae.load(file, data_start, vae, sd::Component::Vae, backend, requested);
     out.text.load(file, data_start, text, sd::Component::TextEncoder, backend, requested);
@@ -328,6 +340,109 @@ void encoder_case(const std::string & reference, ggml_backend_t backend, Sd15 & 
     CHECK(std::min(e_seeded, e_mean) < 0.005);
 }
 
+// init.png as [1, 3, 128, 128] with values x / 255 * mul + add; empty without python3.
+sd::HostTensor init_image(const std::string & reference, float mul, float add) {
+    const std::string raw = "/tmp/sdnode-ref-init.rgb8";
+    const std::string cmd = "python3 native/tests/tools/png-to-rgb8.py '" + reference + "/images/init.png' '" + raw + "' > /dev/null 2>&1";
+    sd::HostTensor image;
+    if (std::system(cmd.c_str()) != 0) return image;
+    const std::string rgb = read_text(raw);
+    std::remove(raw.c_str());
+    const int w = 128, h = 128;
+    if (rgb.size() != size_t(w) * h * 3) return image;
+    image.ne[0] = w;
+    image.ne[1] = h;
+    image.ne[2] = 3;
+    image.ne[3] = 1;
+    image.data.resize(size_t(w) * h * 3);
+    for (int c = 0; c < 3; ++c)
+        for (int i = 0; i < w * h; ++i) image.data[size_t(c) * w * h + i] = float(uint8_t(rgb[size_t(i) * 3 + c])) / 255.0f * mul + add;
+    return image;
+}
+
+// An image.png's bytes (interleaved RGB); empty without python3.
+std::string reference_png(const std::string & dir, const std::string & name) {
+    const std::string raw = "/tmp/sdnode-ref-" + name + ".rgb8";
+    const std::string cmd = "python3 native/tests/tools/png-to-rgb8.py '" + dir + "/image.png' '" + raw + "' > /dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) return {};
+    std::string bytes = read_text(raw);
+    std::remove(raw.c_str());
+    return bytes;
+}
+
+// The same image made bytes with rounding instead of truncation, for comparison only.
+std::vector<uint8_t> rounded_rgb8(const sd::HostTensor & image, bool unit) {
+    const int64_t plane = image.ne[0] * image.ne[1];
+    std::vector<uint8_t> out(static_cast<size_t>(plane * 3));
+    for (int64_t c = 0; c < 3; ++c)
+        for (int64_t p = 0; p < plane; ++p) {
+            float v = image.data[static_cast<size_t>(c * plane + p)];
+            if (!unit) v = (v + 1.0f) * 0.5f;
+            v = std::min(std::max(v, 0.0f), 1.0f);
+            out[static_cast<size_t>(p * 3 + c)] = static_cast<uint8_t>(v * 255.0f + 0.5f);
+        }
+    return out;
+}
+
+// TAESD (make-taesd-random.py) against the reference's --taesd cases: the decode of
+// taesd-txt2img-eulera's final latent vs its image.png (PSNR > 40 dB), and the encoder's output
+// for img/init.png vs taesd-img2img-euler's init latent (relative L2 < 0.5%).
+void taesd_cases(const std::string & reference, const std::string & taesd_path, ggml_backend_t backend) {
+    std::ifstream file(taesd_path, std::ios::binary);
+    if (!file) {
+        std::printf("taesd cases: skipped: no %s (write it with make-taesd-random.py, or set SDNODE_TAESD_CHECKPOINT)\n",
+                    taesd_path.c_str());
+        return;
+    }
+    uint64_t data_start = 0;
+    const std::vector<FileWeights::Record> records = read_records(file, data_start);
+    FileWeights weights;
+    weights.load(file, data_start, records, sd::Component::Taesd, backend, std::nullopt);
+    sd::TaesdParams params;
+    params.present = params.has_encoder = params.has_decoder = true;
+    sd::Taesd taesd(weights, params);
+    sd::GraphRunner runner(backend, 2);
+
+    const std::string dec_dir = reference + "/sd15-img2img/taesd-txt2img-eulera";
+    const std::string png = reference_png(dec_dir, "taesd-txt2img");
+    if (!png.empty()) {
+        const sd::HostTensor image = taesd.decode(runner, read_tensor(dec_dir + "/final_latent"));
+        const double p = psnr(sd::image_to_rgb8(image, sd::PixelRange::ZeroToOne), png);
+        std::printf("%-18s taesd decode %.2f dB (rounded bytes: %.2f dB)\n", "taesd-txt2img", p, psnr(rounded_rgb8(image, true), png));
+        CHECK(p > 40.0);
+    }
+    const sd::HostTensor init = init_image(reference, 1.0f, 0.0f);
+    if (!init.data.empty()) {
+        const std::vector<float> want = read_f32(reference + "/sd15-img2img/taesd-img2img-euler/init_latent.f32");
+        const sd::HostTensor got = taesd.encode(runner, init);
+        const double e = sdtest::relative_l2(got.data, want);
+        std::printf("%-18s taesd init latent %.4f%%\n", "taesd-img2img", 100 * e);
+        CHECK(e < 0.005);
+    }
+    std::fflush(stdout);
+}
+
+// --vae-tiling: vae-tiling's 40x40 final latent decoded by the full VAE in the reference's default
+// tiles (32 latent pixels, overlap 0.5: 2 x 2 tiles, 24 latent pixels shared) vs its image.png.
+void tiled_vae_case(const std::string & reference, ggml_backend_t backend, Sd15 & weights) {
+    const std::string dir = reference + "/sd15-img2img/vae-tiling";
+    const std::string png = reference_png(dir, "vae-tiling");
+    if (png.empty()) return;
+    sd::GraphRunner runner(backend, 2);
+    sd::Vae vae(weights.vae, sd15_vae());
+    sd::VaeTiling tiling;
+    tiling.enabled = true;
+    const sd::HostTensor latent = read_tensor(dir + "/final_latent");
+    const sd::HostTensor tiled = vae.decode(runner, latent, tiling);
+    const double p = psnr(sd::image_to_rgb8(tiled), png);
+    const sd::HostTensor whole = vae.decode(runner, latent);
+    const double p_whole = psnr(sd::image_to_rgb8(whole), png);
+    std::printf("%-18s tiled vae %.2f dB (rounded bytes: %.2f dB; untiled decode: %.2f dB)\n", "vae-tiling", p,
+                psnr(rounded_rgb8(tiled, false), png), p_whole);
+    std::fflush(stdout);
+    CHECK(p > 40.0);
+}
+
 }  // namespace
 
 int main() {
@@ -377,6 +492,22 @@ int main() {
             load_sd15(checkpoint, backend, std::nullopt, *loaded[false]);
         }
         encoder_case(reference.empty() ? std::string("../shared/reference") : reference, backend, *loaded[false]);
+    }
+    const std::string ref = reference.empty() ? std::string("../shared/reference") : reference;
+    if (!only || std::string(only) == "vae-tiling") {
+        if (!loaded[false]) {
+            loaded.clear();
+            loaded[false] = std::make_unique<Sd15>();
+            load_sd15(checkpoint, backend, std::nullopt, *loaded[false]);
+        }
+        tiled_vae_case(ref, backend, *loaded[false]);
+    }
+    if (!only || std::string(only) == "taesd") {
+        const char * taesd_env = std::getenv("SDNODE_TAESD_CHECKPOINT");
+        const char * home = std::getenv("HOME");
+        const std::string taesd_path = taesd_env && *taesd_env ? std::string(taesd_env)
+                                                               : std::string(home ? home : "") + "/.cache/sdnode/models/taesd-random-f16.safetensors";
+        taesd_cases(ref, taesd_path, backend);
     }
     loaded.clear();
     ggml_backend_free(backend);

@@ -85,6 +85,15 @@ std::set<std::string> trace_component(const TensorSource & weights, Component co
                 unet.build(g, in);
                 break;
             }
+            case Component::Taesd: {
+                Taesd taesd(rec, info.taesd);
+                if (taesd.can_decode()) taesd.build_decoder(g, ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, 1, info.taesd.z_channels, 1));
+                if (taesd.can_encode()) {
+                    const int f = taesd.upscale();
+                    taesd.build_encoder(g, ggml_new_tensor_4d(ctx, GGML_TYPE_F32, f, f, info.taesd.image_channels, 1));
+                }
+                break;
+            }
             case Component::Vae: {
                 Vae vae(rec, info.vae);
                 if (vae.can_decode()) vae.build_decoder(g, ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, 1, info.vae.z_channels, 1));

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "components/taesd.h"
 #include "components/text-encoder.h"
 #include "components/unet.h"
 #include "components/vae.h"

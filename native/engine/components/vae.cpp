@@ -63,7 +63,7 @@ ggml_tensor * Vae::build_encoder(Graph & g, ggml_tensor * image) const {
     return named(h, "vae_moments");
 }
 
-HostTensor Vae::encode(GraphRunner & runner, const HostTensor & image, Rng * noise) const {
+HostTensor Vae::encode(GraphRunner & runner, const HostTensor & image, Rng * noise, const VaeTiling & tiling) const {
     if (!can_encode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no encoder");
     const int64_t w = image.ne[0], h = image.ne[1], c = image.ne[2], n = image.ne[3];
     const int f = upscale();
@@ -73,11 +73,17 @@ HostTensor Vae::encode(GraphRunner & runner, const HostTensor & image, Rng * noi
                       "; received " + std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" +
                       std::to_string(w));
     }
-    const std::string key = "vae-encode:" + std::to_string(w) + "x" + std::to_string(h) + "x" + std::to_string(n);
-    HostTensor moments = runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
-        return build_encoder(g, b.input_f32("image", image.data.data(), w, h, c, n));
-    });
+    auto run = [&](const HostTensor & x) {
+        const std::string key = "vae-encode:" + std::to_string(x.ne[0]) + "x" + std::to_string(x.ne[1]) + "x" + std::to_string(n);
+        return runner.run(key, [&](GraphBuilder & b) {
+            Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+            return build_encoder(g, b.input_f32("image", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]));
+        });
+    };
+    const HostTensor moments = tiling.enabled ? run_tiled(image, f, false, vae_tile_size(tiling, w / f, true),
+                                                          vae_tile_size(tiling, h / f, true), tiling.overlap, run,
+                                                          [&] { return runner.aborted(); })
+                                              : run(image);
     // moments per image: z_channels planes of mean, then z_channels of log-variance.
     const int64_t zc = params_.z_channels, plane = moments.ne[0] * moments.ne[1];
     HostTensor latent;
@@ -101,7 +107,7 @@ HostTensor Vae::encode(GraphRunner & runner, const HostTensor & image, Rng * noi
     return latent;
 }
 
-HostTensor Vae::decode(GraphRunner & runner, const HostTensor & latent) const {
+HostTensor Vae::decode(GraphRunner & runner, const HostTensor & latent, const VaeTiling & tiling) const {
     if (!can_decode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no decoder");
     const int64_t w = latent.ne[0], h = latent.ne[1], c = latent.ne[2], n = latent.ne[3];
     if (w < 1 || h < 1 || n < 1 || latent.ne[3] < 1) {
@@ -116,14 +122,28 @@ HostTensor Vae::decode(GraphRunner & runner, const HostTensor & latent) const {
         throw_invalid("latent buffer does not hold as many floats as its shape says");
     }
     // Host scaling, as stable-diffusion.cpp: multiply by the reciprocal.
-    std::vector<float> z(latent.data);
+    HostTensor z = latent;
     const float inv = 1.0f / params_.scale_factor;
-    for (float & v : z) v *= inv;
+    for (float & v : z.data) v *= inv;
 
-    const std::string key = "vae-decode:" + std::to_string(w) + "x" + std::to_string(h) + "x" + std::to_string(n);
-    return runner.run(key, [&](GraphBuilder & b) {
+    auto run = [&](const HostTensor & t) {
+        const std::string key = "vae-decode:" + std::to_string(t.ne[0]) + "x" + std::to_string(t.ne[1]) + "x" + std::to_string(n);
+        return runner.run(key, [&](GraphBuilder & b) {
+            Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+            return build_decoder(g, b.input_f32("z", t.data.data(), t.ne[0], t.ne[1], t.ne[2], t.ne[3]));
+        });
+    };
+    if (!tiling.enabled) return run(z);
+    return run_tiled(z, upscale(), true, vae_tile_size(tiling, w, false), vae_tile_size(tiling, h, false), tiling.overlap, run,
+                     [&] { return runner.aborted(); });
+}
+
+size_t Vae::decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const {
+    if (!can_decode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no decoder");
+    if (w < 1 || h < 1) throw_invalid("decode_compute_bytes: the latent size must be positive");
+    return runner.measure([&](GraphBuilder & b) {
         Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
-        return build_decoder(g, b.input_f32("z", z.data(), w, h, c, n));
+        return build_decoder(g, b.input_f32("z", nullptr, w, h, params_.z_channels, 1));
     });
 }
 
@@ -146,7 +166,7 @@ HostTensor rgb8_to_image(const std::vector<uint8_t> & rgb, int64_t width, int64_
     return image;
 }
 
-std::vector<uint8_t> image_to_rgb8(const HostTensor & image) {
+std::vector<uint8_t> image_to_rgb8(const HostTensor & image, PixelRange range) {
     const int64_t w = image.ne[0], h = image.ne[1], c = image.ne[2], n = image.ne[3];
     if (c != 3 || static_cast<int64_t>(image.data.size()) != image.numel()) {
         throw_invalid("image_to_rgb8 needs [N, 3, H, W]; received " + std::to_string(c) + " channels");
@@ -156,7 +176,8 @@ std::vector<uint8_t> image_to_rgb8(const HostTensor & image) {
         for (int64_t ch = 0; ch < 3; ++ch) {
             const float * plane = image.data.data() + ((i * 3 + ch) * h) * w;
             for (int64_t p = 0; p < h * w; ++p) {
-                const float v = std::min(std::max((plane[p] + 1.0f) * 0.5f, 0.0f), 1.0f);
+                const float x = range == PixelRange::MinusOneToOne ? (plane[p] + 1.0f) * 0.5f : plane[p];
+                const float v = std::min(std::max(x, 0.0f), 1.0f);
                 out[static_cast<size_t>((i * h * w + p) * 3 + ch)] = static_cast<uint8_t>(v * 255.0f);
             }
         }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "components/tiling.h"
 #include "model/arch.h"
 #include "nn/blocks.h"
 #include "diffusion/rng.h"
@@ -39,24 +40,35 @@ public:
     ggml_tensor * build_encoder(Graph & g, ggml_tensor * image) const;
 
     // latent: [N, z_channels, h, w] straight from the sampler. Returns [N, 3, H, W].
-    // Throws InvalidArgument for a wrong channel count or an empty latent, Unsupported without
-    // a decoder.
-    HostTensor decode(GraphRunner & runner, const HostTensor & latent) const;
+    // With tiling.enabled, decoded in overlapping tiles and blended (components/tiling.h), the
+    // raw outputs blended before image_to_rgb8 clamps them, as the reference does. Throws
+    // InvalidArgument for a wrong channel count or an empty latent, Unsupported without a
+    // decoder, Aborted (between tiles too).
+    HostTensor decode(GraphRunner & runner, const HostTensor & latent, const VaeTiling & tiling = {}) const;
 
     // image: [N, 3, H, W] in [-1, 1]. Returns the scaled latent [N, z_channels, H/8, W/8]:
     // (mean + std * noise) * scale_factor, noise from `noise` (one randn per image, in ggml
     // order) or the mean when null. Throws InvalidArgument for a wrong shape, Unsupported
     // without an encoder.
-    HostTensor encode(GraphRunner & runner, const HostTensor & image, Rng * noise) const;
+    // With tiling.enabled the moments are computed in tiles (twice the decode tile) and blended,
+    // then sampled as a whole, as the reference does.
+    HostTensor encode(GraphRunner & runner, const HostTensor & image, Rng * noise, const VaeTiling & tiling = {}) const;
+
+    // Compute-buffer bytes one untiled decode of a w x h latent (batch 1) needs on the runner's
+    // backends, measured by ggml's allocator on the graph (nothing allocated or computed).
+    size_t decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const;
 
 private:
     const TensorSource & weights_;
     VaeParams params_;
 };
 
-// [N, 3, H, W] in [-1, 1] -> N interleaved RGB images (H*W*3 bytes each): (x + 1) / 2, clamped
-// to [0, 1], times 255, truncated (stable-diffusion.cpp's conversion).
-std::vector<uint8_t> image_to_rgb8(const HostTensor & image);
+// The range a decoder's image is in: the VAE's [-1, 1], TAESD's [0, 1].
+enum class PixelRange { MinusOneToOne, ZeroToOne };
+
+// [N, 3, H, W] -> N interleaved RGB images (H*W*3 bytes each): mapped to [0, 1] ((x + 1) / 2 for
+// the VAE's range), clamped to [0, 1], times 255, truncated (stable-diffusion.cpp's conversion).
+std::vector<uint8_t> image_to_rgb8(const HostTensor & image, PixelRange range = PixelRange::MinusOneToOne);
 
 // N interleaved RGB images (H*W*3 bytes each) -> [N, 3, H, W] in [-1, 1]: x / 255 * 2 - 1.
 HostTensor rgb8_to_image(const std::vector<uint8_t> & rgb, int64_t width, int64_t height, int64_t count);

@@ -289,6 +289,34 @@ VaeParams detect_vae(const ModelFile & file, const ComponentView & v) {
     return p;
 }
 
+// ---------------------------------------------------------------- TAESD
+
+TaesdParams detect_taesd(const ModelFile & file, const ComponentView & t) {
+    TaesdParams p;
+    p.present = true;
+    p.has_encoder = t.has_prefix("encoder.layers.");
+    p.has_decoder = t.has_prefix("decoder.layers.");
+    if (p.has_decoder) {
+        const auto & first = t.require("decoder.layers.0.weight", 4);  // [channels, z, 3, 3]
+        const auto & last = t.require("decoder.layers.18.weight", 4);  // [3, channels, 3, 3]
+        p.channels = (int)first.shape[0];
+        p.z_channels = (int)first.shape[1];
+        p.image_channels = (int)last.shape[0];
+    }
+    if (p.has_encoder) {
+        const auto & first = t.require("encoder.layers.0.weight", 4);  // [channels, 3, 3, 3]
+        const auto & last = t.require("encoder.layers.14.weight", 4);  // [z, channels, 3, 3]
+        if (!p.has_decoder) {
+            p.channels = (int)first.shape[0];
+            p.image_channels = (int)first.shape[1];
+            p.z_channels = (int)last.shape[0];
+        }
+    }
+    if (!p.has_encoder && !p.has_decoder)
+        throw_format(file.path, "taesd is present but has neither encoder.layers.* nor decoder.layers.* tensors");
+    return p;
+}
+
 // ---------------------------------------------------------------- text encoders
 
 TextEncoderParams detect_text_encoder(const ModelFile & file, const ComponentView & t, const char * config_key) {
@@ -350,8 +378,10 @@ std::string examples(const ModelFile & file) {
 ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & model) {
     ModelInfo info;
     const ComponentView unet(file, model, Component::Unet), vae(file, model, Component::Vae),
-        te(file, model, Component::TextEncoder), te2(file, model, Component::TextEncoder2);
-    if (unet.empty() && vae.empty() && te.empty() && te2.empty()) throw_not_sd(file);
+        te(file, model, Component::TextEncoder), te2(file, model, Component::TextEncoder2),
+        taesd(file, model, Component::Taesd);
+    if (unet.empty() && vae.empty() && te.empty() && te2.empty() && taesd.empty()) throw_not_sd(file);
+    if (!taesd.empty()) info.taesd = detect_taesd(file, taesd);
 
     if (!te.empty()) info.text_encoder = detect_text_encoder(file, te, "text_encoder/config.json");
     if (!te2.empty()) info.text_encoder_2 = detect_text_encoder(file, te2, "text_encoder_2/config.json");
@@ -447,6 +477,7 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
             case Component::Vae: info.parameters.vae += n; break;
             case Component::TextEncoder: info.parameters.text_encoder += n; break;
             case Component::TextEncoder2: info.parameters.text_encoder_2 += n; break;
+            case Component::Taesd: info.parameters.taesd += n; break;
         }
         if (counted.insert(t.source).second) ++info.dtypes[dtype_name(t.source->dtype, t.source->type)];
     }

@@ -52,6 +52,17 @@ struct VaeParams {
     float scale_factor = 0.18215f;  // the architecture's (model/options.h) unless metadata says
 };
 
+// TAESD (diffusers AutoencoderTiny, madebyollin/taesd): 3x3 convolutions of `channels` width,
+// Blocks of three, x8 down/up; latents used as the sampler has them (no scale factor).
+struct TaesdParams {
+    bool present = false;
+    bool has_encoder = false;  // encoder.layers.*
+    bool has_decoder = false;  // decoder.layers.*
+    int channels = 64;
+    int z_channels = 4;
+    int image_channels = 3;
+};
+
 struct TextEncoderParams {
     bool present = false;
     std::string kind;              // "clip-vit-l-14", "openclip-vit-h-14", "openclip-vit-bigg-14"
@@ -66,7 +77,7 @@ struct TextEncoderParams {
 };
 
 struct ParameterCounts {
-    int64_t unet = 0, vae = 0, text_encoder = 0, text_encoder_2 = 0;
+    int64_t unet = 0, vae = 0, text_encoder = 0, text_encoder_2 = 0, taesd = 0;
 };
 
 struct ModelInfo {
@@ -75,6 +86,7 @@ struct ModelInfo {
     VaeParams vae;
     TextEncoderParams text_encoder;
     TextEncoderParams text_encoder_2;
+    TaesdParams taesd;  // a TAESD file (loaded as ModelLoadOptions::taesd_path)
     ParameterCounts parameters;
     std::map<std::string, int64_t> dtypes;  // stored dtype name -> tensor count (canonical tensors only)
     std::vector<std::string> warnings;      // e.g. "prediction type not in metadata; assumed eps"

@@ -19,6 +19,7 @@ ModelReport inspect_model(const std::string & path) {
         {Component::Vae, r.info.vae.present},
         {Component::TextEncoder, r.info.text_encoder.present},
         {Component::TextEncoder2, r.info.text_encoder_2.present},
+        {Component::Taesd, r.info.taesd.present},
     };
     for (const auto & [c, present] : parts) {
         if (!present) continue;

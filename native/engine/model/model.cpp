@@ -99,6 +99,56 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
                                     std::to_string(cpus) + " logical CPUs this process can use; using " +
                                     std::to_string(cpus));
     }
+    if (m->info_.taesd.present && !m->info_.unet.present) {
+        throw_unsupported(m->file_.path, "is a TAESD (tiny autoencoder), not a Stable Diffusion model; load the model and pass "
+                                         "this file as the taesd option");
+    }
+    // The latent channels the sampler works on (a separate VAE or TAESD must take the same).
+    const int latent_channels = m->info_.unet.present ? m->info_.unet.out_channels : m->info_.vae.z_channels;
+
+    if (!options.vae_path.empty()) {
+        Source & src = m->vae_file_;
+        src.file = open_model_file(options.vae_path);
+        src.canonical = canonicalize(src.file);
+        if (!src.canonical.has(Component::Vae)) {
+            throw_unsupported(src.file.path, "is not a VAE: no encoder.* / decoder.* tensors (LDM or diffusers AutoencoderKL "
+                                             "names) among its " + std::to_string(src.file.tensors.size()) + " tensors" +
+                                             (src.file.tensors.empty() ? "" : ", e.g. '" + src.file.tensors.front().name + "'"));
+        }
+        VaeParams vae = detect_architecture(src.file, src.canonical).vae;
+        // The scale factor belongs to the model's latent space: the checkpoint's (its architecture's
+        // or its metadata's), unless the VAE file says otherwise in sdnode metadata.
+        vae.scale_factor = m->info_.vae.scale_factor;
+        if (const std::string * v = src.file.meta("sdnode.vae.scale_factor")) {
+            const double f = std::atof(v->c_str());
+            if (f > 0) vae.scale_factor = static_cast<float>(f);
+        }
+        if (vae.z_channels != latent_channels) {
+            throw_format(src.file.path, "the VAE's latents have " + std::to_string(vae.z_channels) + " channels; the model's UNet works on " +
+                                            std::to_string(latent_channels));
+        }
+        if (m->info_.vae.present) {
+            m->info_.warnings.push_back("the checkpoint's VAE is replaced by " + src.file.path);
+        }
+        m->info_.vae = vae;
+    }
+    if (!options.taesd_path.empty()) {
+        Source & src = m->taesd_file_;
+        src.file = open_model_file(options.taesd_path);
+        src.canonical = canonicalize(src.file);
+        if (!src.canonical.has(Component::Taesd)) {
+            throw_unsupported(src.file.path, "is not a TAESD file: expected diffusers AutoencoderTiny tensors encoder.layers.N.* / "
+                                             "decoder.layers.N.*; found " + std::to_string(src.file.tensors.size()) + " tensors" +
+                                             (src.file.tensors.empty() ? "" : ", e.g. '" + src.file.tensors.front().name + "'"));
+        }
+        m->info_.taesd = detect_architecture(src.file, src.canonical).taesd;
+        if (m->info_.taesd.z_channels != latent_channels) {
+            throw_format(src.file.path, "the TAESD's latents have " + std::to_string(m->info_.taesd.z_channels) +
+                                            " channels; the model's UNet works on " + std::to_string(latent_channels));
+        }
+    } else {
+        m->info_.taesd = TaesdParams{};
+    }
     const ModelInfo & info = m->info_;
 
     // txt2img needs all three parts; say which is missing.
@@ -115,23 +165,33 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
         throw_unsupported(m->file_.path, std::string("text-to-image runs SD1.x and SD2.x models; this one is ") + arch_name(info.arch));
     }
 
-    // The components a run uses, in the order they are loaded and reported.
-    const Component parts[] = {Component::TextEncoder, Component::Unet, Component::Vae};
+    // The components a run uses, in the order they are loaded and reported, and the file each
+    // comes from.
+    std::vector<Component> parts = {Component::TextEncoder, Component::Unet, Component::Vae};
+    if (info.taesd.present) parts.push_back(Component::Taesd);
+    auto source_of = [&](Component c) -> std::pair<const CanonicalModel *, const std::string *> {
+        if (c == Component::Vae && !options.vae_path.empty()) return {&m->vae_file_.canonical, &m->vae_file_.file.path};
+        if (c == Component::Taesd) return {&m->taesd_file_.canonical, &m->taesd_file_.file.path};
+        return {&m->canonical_, &m->file_.path};
+    };
     // Every tensor each component will use, checked for shape before any weight is read.
     for (Component c : parts) {
-        const ShapeSource shapes(m->canonical_, c, options.weight_type);
+        const auto [canonical, file_path] = source_of(c);
+        const ShapeSource shapes(*canonical, c, options.weight_type);
         std::set<std::string> used;
         try {
             used = trace_component(shapes, c, info);
         } catch (const Error & e) {
-            if (e.code() == ErrorCode::ModelFormat) throw_format(m->file_.path, e.what());
+            if (e.code() == ErrorCode::ModelFormat) throw_format(*file_path, e.what());
             throw;
         }
-        for (std::string & name : sd::unused_tensors(m->canonical_, c, used)) m->unused_.push_back(std::move(name));
+        for (std::string & name : sd::unused_tensors(*canonical, c, used)) m->unused_.push_back(std::move(name));
     }
-    if (!m->canonical_.unknown.empty()) {
-        m->info_.warnings.push_back(std::to_string(m->canonical_.unknown.size()) +
-                                    " tensor(s) the name table does not know were ignored, e.g. '" + m->canonical_.unknown.front() + "'");
+    for (const CanonicalModel * canonical : {&m->canonical_, &m->vae_file_.canonical, &m->taesd_file_.canonical}) {
+        if (!canonical->unknown.empty()) {
+            m->info_.warnings.push_back(std::to_string(canonical->unknown.size()) +
+                                        " tensor(s) the name table does not know were ignored, e.g. '" + canonical->unknown.front() + "'");
+        }
     }
     if (!m->unused_.empty()) {
         std::string sample;
@@ -145,8 +205,13 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     log(LogLevel::Info, "loading " + m->file_.path + " on " + m->device_name());
 
     // Progress by bytes across the components.
+    auto component_bytes = [&](Component c) {
+        uint64_t n = 0;
+        for (const auto & t : source_of(c).first->tensors) n += t.component == c ? t.nbytes : 0;
+        return n;
+    };
     uint64_t total = 0;
-    for (const auto & t : m->canonical_.tensors) total += t.nbytes;
+    for (Component c : parts) total += component_bytes(c);
     uint64_t base = 0;
     for (Component c : parts) {
         WeightLoadOptions wo;
@@ -159,9 +224,9 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
         if (options.progress && total > 0) {
             wo.progress = [&, base](uint64_t done, uint64_t) { options.progress(double(base + done) / double(total)); };
         }
-        m->weights_[c] = load_component(m->canonical_, c, m->load_backend_.get(), wo);
+        m->weights_[c] = load_component(*source_of(c).first, c, m->load_backend_.get(), wo);
         m->tensors_[c] = std::make_unique<ComponentTensors>(m->weights_[c]);
-        for (const auto & t : m->canonical_.tensors) base += t.component == c ? t.nbytes : 0;
+        base += component_bytes(c);
     }
 
     // SD2's OpenCLIP pads prompts with 0, CLIP-L with the end token.
@@ -169,10 +234,13 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     m->components_.text_encoders.push_back(std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder], info.text_encoder));
     m->components_.unet = std::make_unique<Unet>(*m->tensors_[Component::Unet], info.unet);
     m->components_.vae = std::make_unique<Vae>(*m->tensors_[Component::Vae], info.vae);
+    if (info.taesd.present) m->taesd_ = std::make_unique<Taesd>(*m->tensors_[Component::Taesd], info.taesd);
     // Every weight now lives on the device or in the mapped ranges the weights keep: drop the
-    // model file's own references (metadata and names stay).
-    for (auto & t : m->file_.tensors) t.file.reset();
-    m->file_.files.clear();
+    // files' own references (metadata and names stay).
+    for (ModelFile * f : {&m->file_, &m->vae_file_.file, &m->taesd_file_.file}) {
+        for (auto & t : f->tensors) t.file.reset();
+        f->files.clear();
+    }
     if (options.progress) options.progress(1.0);
     return m;
 }

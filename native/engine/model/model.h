@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "components/components.h"
+#include "components/taesd.h"
 #include "ggml-backend.h"
 #include "ggml-cpp.h"
 #include "io/model-file.h"
@@ -30,6 +31,14 @@ struct ModelLoadOptions {
     const std::atomic<bool> * abort = nullptr;
     // Loading progress in [0, 1], from the loading thread.
     std::function<void(double)> progress;
+    // A TAESD file (diffusers AutoencoderTiny names, e.g. madebyollin/taesd) loaded next to the
+    // model: decode_latents / encode_image can then use it (decoder "taesd"). Empty: none.
+    std::string taesd_path;
+    // A standalone VAE file (LDM "encoder.*"/"decoder.*" names, with or without
+    // "first_stage_model.", or diffusers AutoencoderKL names) used instead of the checkpoint's
+    // VAE; its latent channels must be the UNet's. The model's own VAE tensors are then unused
+    // and not loaded. Empty: the checkpoint's VAE.
+    std::string vae_path;
 };
 
 class Model {
@@ -55,6 +64,8 @@ public:
     const TextEncoder & text_encoder() const { return *components_.text_encoders.front(); }
     const Unet & unet() const { return *components_.unet; }
     const Vae & vae() const { return *components_.vae; }
+    // The TAESD loaded from ModelLoadOptions::taesd_path, null when none was given.
+    const Taesd * taesd() const { return taesd_.get(); }
 
     // Canonical tensors no component uses ("<component>.<name>"), and load warnings.
     const std::vector<std::string> & unused_tensors() const { return unused_; }
@@ -71,8 +82,14 @@ public:
 private:
     Model() = default;
 
+    // One file the model's weights come from: the checkpoint, and the optional VAE and TAESD.
+    struct Source {
+        ModelFile file;
+        CanonicalModel canonical;
+    };
     ModelFile file_;
     CanonicalModel canonical_;
+    Source vae_file_, taesd_file_;
     ModelInfo info_;
     ggml_backend_ptr load_backend_;  // allocates and fills the weight buffers
     ggml_backend_dev_t device_ = nullptr;
@@ -81,6 +98,7 @@ private:
     std::map<Component, std::unique_ptr<ComponentTensors>> tensors_;
     const ClipTokenizer * tokenizer_ = nullptr;  // shared, built in (text/tokenizer.h)
     Components components_;
+    std::unique_ptr<Taesd> taesd_;
     std::vector<std::string> unused_;
 };
 

@@ -21,6 +21,7 @@ const char * component_name(Component c) {
         case Component::Vae: return "vae";
         case Component::TextEncoder: return "text_encoder";
         case Component::TextEncoder2: return "text_encoder_2";
+        case Component::Taesd: return "taesd";
     }
     return "unknown";
 }
@@ -75,7 +76,7 @@ struct Routed {
 };
 
 struct Buckets {
-    std::vector<Routed> unet, vae, te, te2;
+    std::vector<Routed> unet, vae, te, te2, taesd;
     std::vector<std::string> ignored, unknown;
 };
 
@@ -114,6 +115,8 @@ bool route_standalone(const Routed & r, Buckets & out) {
         "transformer.resblocks.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection"};
     for (const char * h : unet_heads)
         if (starts_with(n, h)) { out.unet.push_back(r); return true; }
+    // AutoencoderTiny (TAESD) numbers its layers; the VAE's encoder.* / decoder.* never do.
+    if (starts_with(n, "encoder.layers.") || starts_with(n, "decoder.layers.")) { out.taesd.push_back(r); return true; }
     for (const char * h : vae_heads)
         if (starts_with(n, h)) { out.vae.push_back(r); return true; }
     if (starts_with(n, "text_model.") || n == "text_projection.weight") {
@@ -155,6 +158,8 @@ void route(const TensorRecord & t, Buckets & out) {
         {"vae.", &Buckets::vae, Scheme::Auto},
         {"text_encoder.", &Buckets::te, Scheme::Auto},
         {"text_encoder_2.", &Buckets::te2, Scheme::Auto},
+        {"taesd.", &Buckets::taesd, Scheme::Auto},
+        {"tae.", &Buckets::taesd, Scheme::Auto},  // stable-diffusion.cpp's prefix for --taesd files
     };
     for (const auto & p : prefixes) {
         if (starts_with(name, p.prefix)) {
@@ -586,6 +591,18 @@ void map_vae(const std::vector<Routed> & names, std::vector<Mapped> & out, std::
     }
 }
 
+// TAESD: "<encoder|decoder>.layers.<i>." names are canonical as stored.
+void map_taesd(const std::vector<Routed> & names, std::vector<Mapped> & out, std::vector<std::string> & unknown) {
+    for (const auto & r : names) {
+        const std::string & n = r.inner;
+        int index;
+        std::string rest;
+        const bool ok = (starts_with(n, "encoder.layers.") || starts_with(n, "decoder.layers.")) && take_index(n, 15, index, rest);
+        if (ok) out.push_back(whole(r.source, n));
+        else unknown.push_back(r.source->name);
+    }
+}
+
 void map_text_encoder(const ModelFile & file, const std::vector<Routed> & names, std::vector<Mapped> & out,
                       std::vector<std::string> & unknown) {
     for (const auto & r : names) {
@@ -604,8 +621,9 @@ CanonicalModel canonicalize(const ModelFile & file) {
     model.ignored = std::move(buckets.ignored);
     model.unknown = std::move(buckets.unknown);
 
-    std::vector<Mapped> unet, vae, te, te2;
+    std::vector<Mapped> unet, vae, te, te2, taesd;
     map_unet(file, buckets.unet, unet, model.unknown);
+    map_taesd(buckets.taesd, taesd, model.unknown);
     map_vae(buckets.vae, vae, model.unknown);
     map_text_encoder(file, buckets.te, te, model.unknown);
     map_text_encoder(file, buckets.te2, te2, model.unknown);
@@ -646,6 +664,7 @@ CanonicalModel canonicalize(const ModelFile & file) {
     add(Component::Vae, vae);
     add(Component::TextEncoder, te);
     add(Component::TextEncoder2, te2);
+    add(Component::Taesd, taesd);
     return model;
 }
 

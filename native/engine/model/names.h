@@ -7,6 +7,8 @@
 //   vae:            LDM names without prefix      "decoder.up.0.block.0.conv1.weight"
 //   text_encoder:   HF CLIP names without prefix  "text_model.encoder.layers.0.self_attn.q_proj.weight"
 //   text_encoder_2: same HF CLIP naming (SDXL's OpenCLIP bigG, converted)
+//   taesd:          diffusers AutoencoderTiny names without prefix "decoder.layers.2.conv.0.weight"
+//                   (a TAESD file: stored as is, or under stable-diffusion.cpp's "tae." / "taesd.")
 // OpenCLIP tensors (SD2.x, SDXL) are renamed to the HF CLIP spelling; a fused in_proj is split
 // into q/k/v views (rows are outermost, so each third is a contiguous byte range).
 //
@@ -35,8 +37,8 @@
 
 namespace sd {
 
-enum class Component { Unet, Vae, TextEncoder, TextEncoder2 };
-const char * component_name(Component c);  // "unet", "vae", "text_encoder", "text_encoder_2"
+enum class Component { Unet, Vae, TextEncoder, TextEncoder2, Taesd };
+const char * component_name(Component c);  // "unet", "vae", "text_encoder", "text_encoder_2", "taesd"
 
 // A canonical tensor: a view of (part of) a stored tensor.
 struct CanonicalTensor {

@@ -94,6 +94,8 @@ OptionTables option_tables() {
         {"imageCfgScale", kImageCfgScaleMin, kImageCfgScaleMax, false},
         {"hiresScale", kHiresScaleMin, kHiresScaleMax, false, true},
         {"hiresSteps", kHiresStepsMin, kHiresStepsMax, true},
+        {"vaeTiling.tileSize", kVaeTileSizeMin, kVaeTileSizeMax, true},
+        {"vaeTiling.overlap", kVaeTileOverlapMin, kVaeTileOverlapMax, false},
     };
     for (HiresUpscaler u : all_hires_upscalers()) t.hires_upscalers.push_back(hires_upscaler_name(u));
     t.default_strength = kDefaultStrength;
@@ -101,6 +103,7 @@ OptionTables option_tables() {
     t.default_hires_scale = kDefaultHiresScale;
     t.default_hires_strength = kDefaultHiresStrength;
     t.default_hires_upscaler = hires_upscaler_name(kDefaultHiresUpscaler);
+    for (const char * d : kDecoderNames) t.decoders.push_back(d);
     t.image_side_multiple = kImageSideMultiple;
     t.prompt_max_length = kPromptMaxLength;
     t.default_steps = kDefaultSteps;

@@ -42,7 +42,15 @@ constexpr int kPromptMaxLength = 100000;              // UTF-16 code units, as J
 constexpr double kPromptWeightMax = 1e6;
 constexpr double kSeedMax = 9007199254740991.0;        // Number.MAX_SAFE_INTEGER
 constexpr double kRandnCountMax = 100000000;
+// Tiled VAE / TAESD (decodeLatents, encodeImage): the tile side in latent pixels (the reference's
+// smallest tile is 4; 512 latent pixels are the largest image side, 4096) and the overlap as a
+// fraction of the tile (the reference clamps it to [0, 0.5]).
+constexpr int kVaeTileSizeMin = 4, kVaeTileSizeMax = kImageSideMax / kImageSideMultiple;
+constexpr double kVaeTileOverlapMin = 0, kVaeTileOverlapMax = 0.5;
 }  // namespace limits
+
+// The decoders a model may have for latents <-> images: its VAE, and a TAESD loaded with it.
+constexpr const char * kDecoderNames[] = {"vae", "taesd"};
 
 // Defaults that do not depend on the model (stable-diffusion.cpp's).
 constexpr int kDefaultSteps = 20;
@@ -83,7 +91,7 @@ struct NumericLimit {
     bool min_exclusive = false;
 };
 struct OptionTables {
-    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers;
+    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers, decoders;
     std::vector<std::pair<std::string, std::string>> scheduler_aliases;  // alias -> scheduler
     std::vector<NumericLimit> limits;
     int image_side_multiple;

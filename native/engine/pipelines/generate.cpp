@@ -196,6 +196,7 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
                       std::to_string(r.seed) + " with batchSize " + std::to_string(r.batch));
     }
     r.return_latents = p.return_latents;
+    r.codec = resolve_codec(model, p.codec);
 
     // Image inputs and what they mean for this UNet.
     if (p.init_image) {
@@ -318,7 +319,7 @@ ImageConditioning prepare_images(const Model & model, GraphRunner & runner, cons
     if (params.init_image) unit = image_bytes_to_unit(*params.init_image);
     auto encode_unit = [&](HostTensor image01) {
         unit_to_signed(image01);
-        return vae.encode(runner, image01, rng.get());
+        return vae.encode(runner, image01, rng.get(), p.codec.tiling);
     };
 
     // The latent-space mask: the rounded mask image, nearest-max downsampled to the latent.
@@ -343,7 +344,18 @@ ImageConditioning prepare_images(const Model & model, GraphRunner & runner, cons
         out.img_uncond_concat = planes(w, h, zc);
         return out;
     }
-    if (params.init_image) out.init_latent = encode_unit(unit).data;
+    if (params.init_image) {
+        if (p.codec.decoder == Decoder::Taesd) {
+            // With TAESD, img2img encodes with it too (the reference's --taesd): its output as is.
+            std::vector<uint8_t> rgb(static_cast<size_t>(p.width) * p.height * 3);
+            const ImageBytes & im = *params.init_image;
+            for (size_t i = 0; i < rgb.size() / 3; ++i)
+                for (int c = 0; c < 3; ++c) rgb[i * 3 + c] = im.pixels[i * im.channels + (im.channels == 1 ? 0 : c)];
+            out.init_latent = encode_rgb8(model, runner, rgb, p.width, p.height, rng.get(), p.codec).data;
+        } else {
+            out.init_latent = encode_unit(unit).data;
+        }
+    }
     if (is_inpaint_unet(model)) {
         if (!p.has_mask) {
             mask01 = planes(p.width, p.height, 1, 1.0f);
@@ -519,7 +531,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         out.timings.sampling_ms += ms_since(ts);
 
         const Clock::time_point tv = Clock::now();
-        img.rgb = image_to_rgb8(model.vae().decode(runner, latent));
+        img.rgb = decode_latent_rgb8(model, runner, latent, p.codec);
         if (p.return_latents) img.latent = std::move(latent.data);
         out.timings.vae_decode_ms += ms_since(tv);
         out.images.push_back(std::move(img));

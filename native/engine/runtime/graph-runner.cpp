@@ -157,6 +157,26 @@ size_t GraphRunner::compute_buffer_bytes() const {
     return total;
 }
 
+size_t GraphRunner::measure(const BuildFn & build) {
+    const size_t meta = ggml_tensor_overhead() * kMaxGraphNodes + ggml_graph_overhead_custom(kMaxGraphNodes, false);
+    if (meta_.size() < meta) meta_.resize(meta);
+    ggml_init_params params{meta_.size(), meta_.data(), true};
+    ggml_context_ptr owned(ggml_init(params));
+    if (!owned) throw Error(ErrorCode::OutOfMemory, "cannot allocate a graph context");
+    GraphBuilder builder(owned.get());
+    ggml_tensor * out = build(builder);
+    if (!out) throw Error(ErrorCode::Internal, "graph builder returned no output");
+    ggml_set_output(out);
+    ggml_cgraph * gf = ggml_new_graph_custom(owned.get(), kMaxGraphNodes, false);
+    ggml_build_forward_expand(gf, out);
+    std::vector<size_t> sizes(backends_.size(), 0);
+    ggml_backend_sched_reserve_size(sched_.get(), gf, sizes.data());
+    ggml_backend_sched_reset(sched_.get());
+    size_t total = 0;
+    for (size_t s : sizes) total += s;
+    return total;
+}
+
 HostTensor GraphRunner::run(const std::string & shape_key, const BuildFn & build) {
     if (abort_ && abort_->load()) throw Error(ErrorCode::Aborted, "generation was aborted");
 

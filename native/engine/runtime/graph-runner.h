@@ -62,6 +62,8 @@ public:
     void set_threads(int threads);
     // Raised mid-graph, compute stops at the next node and run() throws Aborted.
     void set_abort_flag(const std::atomic<bool> * flag) { abort_ = flag; }
+    // Whether the abort flag is raised (work split over several runs checks it between them).
+    bool aborted() const { return abort_ && abort_->load(); }
     // The kernel abort slot of this runner's graphs (CpuKernels::abort_slot).
     uint16_t abort_slot() const { return kernel_abort_.id(); }
 
@@ -73,6 +75,11 @@ public:
     // Builds, allocates (reserving when `shape_key` is new), computes and returns the tensor the
     // callback returned. Throws Aborted, OutOfMemory, Internal (compute failure).
     HostTensor run(const std::string & shape_key, const BuildFn & build);
+
+    // Bytes of compute buffer (activations, every backend) the graph `build` makes would need on
+    // its own, measured by ggml's allocator without allocating or computing anything (inputs'
+    // data is not read). Leaves the reservations of run() as they were.
+    size_t measure(const BuildFn & build);
 
     // Bytes of the compute buffers (activations) reserved so far, on every backend.
     size_t compute_buffer_bytes() const;
