@@ -251,7 +251,10 @@ describe('generate option validation', () => {
     assert.deepEqual({ ...ARCH_DEFAULTS.sd1 }, { ...ARCH_DEFAULTS.sd1, width: 512, height: 512, clipSkip: 1 });
     assert.equal(ARCH_DEFAULTS.sd2.width, 768);
     assert.equal(ARCH_DEFAULTS.sd2.clipSkip, 2);
-    assert.deepEqual({ ...DEFAULTS }, { steps: 20, cfgScale: 7, sampler: 'euler_a', rng: 'cuda' });
+    assert.deepEqual({ ...DEFAULTS }, {
+      steps: 20, cfgScale: 7, sampler: 'euler_a', rng: 'cuda',
+      strength: 0.75, imageCfgScale: 1, hiresScale: 2, hiresStrength: 0.7, hiresUpscaler: 'latent',
+    });
     const r = await model.generate({ prompt: 'x', width: 64, height: 64, steps: 1, seed: 3 });
     assert.deepEqual(
       { steps: r.options.steps, cfg: r.options.cfgScale, sampler: r.options.sampler, scheduler: r.options.scheduler, eta: r.options.eta, rng: r.options.rng, clipSkip: r.options.clipSkip, batch: r.options.batchSize },

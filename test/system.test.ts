@@ -29,7 +29,10 @@ test("systemInfo says which of sdnode's CPU kernels run, consistently with the C
   // stopped matching ggml would show up here as false.
   if (process.arch === 'x64' && process.platform !== 'win32' && cpuFeatures.includes('AVX512')) {
     const { amx, ...rest } = cpuKernels;
-    assert.deepEqual(rest, { f16: true, f32: true, quant: cpuFeatures.includes('AVX512_VNNI'), activations: true });
+    // f32 is the exception: ggml's f32 products round differently on some CPUs (its builds for
+    // AVX512-BF16 Xeons), where the self-check keeps ggml's op.
+    const { f32: _f32, ...checked } = rest;
+    assert.deepEqual(checked, { f16: true, quant: cpuFeatures.includes('AVX512_VNNI'), activations: true });
     // AMX needs the OS's permission too, so it is not implied by the CPU features alone.
     if (!cpuFeatures.includes('AMX_INT8')) assert.equal(amx, false);
   }

@@ -87,6 +87,19 @@ bool matches(const ggml_tensor * a, const ggml_tensor * b, const std::string & w
     return false;
 }
 
+// The f32 kernel against ggml's f32 products: bit for bit where the self-check says this CPU's
+// ggml sums as the kernel does, else within float rounding (cpu_close).
+bool g_f32_exact = true;
+bool f32_matches(const ggml_tensor * a, const ggml_tensor * b, const std::string & what) {
+    if (g_f32_exact) return identical(a, b, what);
+    if (!ggml_are_same_shape(a, b)) return false;
+    const auto * x = static_cast<const float *>(a->data);
+    const auto * y = static_cast<const float *>(b->data);
+    if (sd::cpu_close(y, x, static_cast<size_t>(ggml_nelements(a)))) return true;
+    std::fprintf(stderr, "%s: not within float rounding of ggml's\n", what.c_str());
+    return false;
+}
+
 void compute(ggml_context * ctx, ggml_tensor * out_a, ggml_tensor * out_b, int threads) {
     ggml_cgraph * gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, out_a);
@@ -196,6 +209,10 @@ void layout_case(int64_t W, int64_t H, int64_t C, int64_t M, int64_t N, int thre
     CHECK(matches(ref_i, ours_i, "linear to image " + what));
 }
 
+// ggml picks its CPU code per machine (its builds for Intel Xeons with AVX512-BF16 sum f32 in
+// another order): where the self-check finds a difference the engine keeps ggml's op, and the
+// f32 kernel is held to float rounding instead (f32_matches).
+
 // Attention's products: a [K, M, B] rows against b [K, N, B] -> [M, N, B] in f32.
 void matmul_f32_case(int64_t K, int64_t M, int64_t N, int64_t B, int threads) {
     Ctx c(256u << 20);
@@ -209,7 +226,7 @@ void matmul_f32_case(int64_t K, int64_t M, int64_t N, int64_t B, int threads) {
     char what[160];
     std::snprintf(what, sizeof what, "matmul f32 k %lld m %lld n %lld b %lld threads %d", (long long)K, (long long)M,
                   (long long)N, (long long)B, threads);
-    CHECK(identical(ref, ours, what));
+    CHECK(f32_matches(ref, ours, what));
 }
 
 // cpu_attention_f32 against ggml's chain on per-head copies: mul_mat(K, Q), soft_max(scale(.)),
@@ -239,7 +256,7 @@ void attention_case(int64_t d, int64_t heads, int64_t lq, int64_t lk, int64_t n,
     char what[160];
     std::snprintf(what, sizeof what, "attention d %lld heads %lld lq %lld lk %lld n %lld threads %d", (long long)d,
                   (long long)heads, (long long)lq, (long long)lk, (long long)n, threads);
-    CHECK(identical(ref, ours, what));
+    CHECK(f32_matches(ref, ours, what));
 }
 
 // q8_0 / q4_0 linear layers: ggml_mul_mat (+ ggml_add bias) against cpu_linear_q.
@@ -404,16 +421,17 @@ int main() {
         std::printf("cpu_kernels_test: the kernels do not run on this CPU or build; ggml's ops are used instead\n");
         return sdtest::finish("cpu_kernels_test");
     }
-    // Exact first: ggml's numbers bit for bit.
-    f16_cases();
-    // The self-check decides whether the f32 kernel runs; on this build it must, and match.
+    // The self-check decides whether the f32 kernel runs (see g_f32_exact).
     ggml_backend_t cpu = ggml_backend_cpu_init();
     const sd::CpuKernels k = sd::cpu_kernels_for(cpu);
     ggml_backend_free(cpu);
-    // On the compilers this project builds with, every kernel must pass its self-check (a
-    // failure here means a kernel no longer matches ggml's op on this build).
+    g_f32_exact = k.f32;
+    if (!k.f32) std::printf("note: ggml's f32 products differ in rounding on this CPU; f32 kernel checked within float rounding\n");
+    // Exact first: ggml's numbers bit for bit.
+    f16_cases();
+    // The f16 kernels must pass their self-check (a failure means a kernel no longer matches
+    // ggml's op on this build).
     CHECK(k.f16);
-    CHECK(k.f32);
     // AMX: the same cases within float rounding, plus SD1's own shapes (the UNet's and text
     // encoder's layers, whose sums run over up to 11520 products).
     if (k.amx) {
@@ -451,7 +469,7 @@ int main() {
             ggml_tensor * theirs = ggml_mul_mat(c.ctx, kv, qv);
             ggml_tensor * ours = sd::cpu_matmul_f32(c.ctx, kv, qv);
             compute(c.ctx, theirs, ours, threads);
-            CHECK(identical(theirs, ours, "matmul_f32 on permuted views L " + std::to_string(L) + " threads " + std::to_string(threads)));
+            CHECK(f32_matches(theirs, ours, "matmul_f32 on permuted views L " + std::to_string(L) + " threads " + std::to_string(threads)));
         }
     }
     // The slice kernel (>= 128 columns, >= 16 rows): every leftover shape, partial tiles and panels.
