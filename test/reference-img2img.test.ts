@@ -7,17 +7,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadModel, randn, type GenerateOptions, type Rng, type Sampler, type Scheduler } from '../lib/index.ts';
 import { decodePNG } from '../lib/image.ts';
-import { img2imgCaseDir, readTensor, referenceCases, referenceEnabled, referenceModel, relativeL2, sharedDir } from './helpers/reference.ts';
+import { img2imgCaseDir, readTensor, referenceCases, referenceEnabled, psnrOf, referenceModel, relativeL2, sharedDir } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'set SDNODE_REFERENCE=1 (needs ../shared and python3 with numpy)';
 const img = (rel: string) => path.join(sharedDir, 'reference', 'images', rel.replace(/^img\//, ''));
 
-function psnrOf(a: Uint8Array, b: Uint8Array): number {
-  assert.equal(a.length, b.length);
-  let se = 0;
-  for (let i = 0; i < a.length; i++) se += (a[i] - b[i]) ** 2;
-  return se === 0 ? Infinity : 10 * Math.log10((255 * 255) / (se / a.length));
-}
 
 describe('reference: image to image against stable-diffusion.cpp', { skip }, () => {
   const figures: string[] = [];

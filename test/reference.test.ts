@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { decodePNG } from '../lib/image.ts';
 import { inspectModel, loadModel, randn, type Rng, type Sampler, type Scheduler, type WeightType } from '../lib/index.ts';
-import { readTensor, referenceCases, referenceEnabled, relativeL2, sd15RandomCheckpoint } from './helpers/reference.ts';
+import { readTensor, referenceCases, referenceEnabled, psnrOf, relativeL2, sd15RandomCheckpoint } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'opt-in: set SDNODE_REFERENCE=1 (makes a 2.1 GB checkpoint once)';
 
@@ -82,11 +82,3 @@ describe('reference: text-to-image against stable-diffusion.cpp', { skip }, () =
     });
   }
 });
-
-function psnrOf(a: Uint8Array, b: Uint8Array): number {
-  assert.equal(a.length, b.length);
-  let se = 0;
-  for (let i = 0; i < a.length; i++) se += (a[i] - b[i]) ** 2;
-  const mse = se / a.length;
-  return mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse);
-}

@@ -88,3 +88,12 @@ export function relativeL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return Math.sqrt(num / den);
 }
+
+/** PSNR of two 8-bit images of the same size, in dB (Infinity when equal). */
+export function psnrOf(a: Uint8Array, b: Uint8Array): number {
+  if (a.length !== b.length) throw new Error(`length mismatch: ${a.length} vs ${b.length}`);
+  let se = 0;
+  for (let i = 0; i < a.length; i++) se += (a[i] - b[i]) ** 2;
+  const mse = se / a.length;
+  return mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse);
+}
