@@ -137,8 +137,10 @@ export interface NativeLoadOptions {
 /** Which decoder turns latents into images and back, and its tiling (checked by the engine). */
 export interface NativeCodecOptions {
   decoder?: string;
-  /** Present: tiled; fields left out take the reference's defaults. */
-  vaeTiling?: { tileSize?: number; overlap?: number };
+  /** Absent: automatic (by vaeMemoryBudget); true or an object: always tiled (fields left out take the reference's defaults); false: never. */
+  vaeTiling?: boolean | { tileSize?: number; overlap?: number };
+  /** Bytes an untiled run may take before automatic tiling tiles it. */
+  vaeMemoryBudget?: number;
 }
 
 export interface NativeLoadedInfo {
@@ -180,6 +182,11 @@ export interface NativeGenerated {
   imageHeight: number;
 }
 
+/** What generate()'s callback receives. */
+export type NativeGenerateEvent =
+  | { kind: 'progress'; step: number; steps: number; elapsedMs: number }
+  | { kind: 'preview'; step: number; steps: number; index: number; width: number; height: number; data: Uint8Array };
+
 /** A loaded model: immutable, shared by its sessions. */
 export interface NativeModel {
   info(): NativeLoadedInfo;
@@ -191,9 +198,10 @@ export interface NativeModel {
 
 export interface NativeSession {
   info(): { computeBytes: number };
+  /** `onEvent` gets each step's progress and, with `options.previews`, the previews (before that step's progress). */
   generate(
     options: import('./generate.ts').NativeGenerateRequest,
-    onProgress?: (p: { step: number; steps: number; elapsedMs: number }) => void,
+    onEvent?: (e: NativeGenerateEvent) => void,
     abort?: NativeAbortFlag,
   ): Promise<NativeGenerated>;
   encodePrompt(text: string, clipSkip?: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
@@ -218,12 +226,13 @@ export interface NativeOptionTables {
   weightTypes: string[];
   architectures: string[];
   decoders: string[];
+  previewModes: string[];
   limits: Record<string, { min: number; max: number; integer: boolean; minExclusive?: boolean }>;
   imageSideMultiple: number;
   promptMaxLength: number;
   defaults: {
     steps: number; cfgScale: number; sampler: string; rng: string; strength: number; imageCfgScale: number;
-    hiresScale: number; hiresStrength: number; hiresUpscaler: string;
+    hiresScale: number; hiresStrength: number; hiresUpscaler: string; vaeMemoryBudget: number; previewInterval: number;
   };
   hiresUpscalers: string[];
   archDefaults: Record<string, { width: number; height: number; clipSkip: number; prediction: string; vaeScaleFactor: number }>;

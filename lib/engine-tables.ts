@@ -25,8 +25,11 @@ export const HIRES_UPSCALERS = ["latent","latent-nearest","latent-nearest-exact"
 /** Decoders between latents and images: the model's VAE, or a TAESD loaded with it. */
 export const DECODERS = ["vae","taesd"] as const;
 
+/** Previews while sampling: the linear latent-to-RGB projection, the TAESD decoder, or the VAE decoder. */
+export const PREVIEW_MODES = ["proj","taesd","vae"] as const;
+
 /** Limits of numeric options, inclusive (the minimum exclusive where minExclusive is set). */
-export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true},"strength":{"min":0,"max":1,"integer":false,"minExclusive":true},"imageCfgScale":{"min":0,"max":100,"integer":false},"hiresScale":{"min":0,"max":8,"integer":false,"minExclusive":true},"hiresSteps":{"min":0,"max":1000,"integer":true},"vaeTiling.tileSize":{"min":4,"max":512,"integer":true},"vaeTiling.overlap":{"min":0,"max":0.5,"integer":false}} as const;
+export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true},"strength":{"min":0,"max":1,"integer":false,"minExclusive":true},"imageCfgScale":{"min":0,"max":100,"integer":false},"hiresScale":{"min":0,"max":8,"integer":false,"minExclusive":true},"hiresSteps":{"min":0,"max":1000,"integer":true},"vaeTiling.tileSize":{"min":4,"max":512,"integer":true},"vaeTiling.overlap":{"min":0,"max":0.5,"integer":false},"vaeMemoryBudget":{"min":0,"max":1125899906842624,"integer":true},"previewInterval":{"min":1,"max":1000,"integer":true}} as const;
 
 /** Width and height are multiples of this (a model may need a larger multiple). */
 export const IMAGE_SIDE_MULTIPLE = 8;
@@ -35,7 +38,7 @@ export const IMAGE_SIDE_MULTIPLE = 8;
 export const PROMPT_MAX_LENGTH = 100000;
 
 /** Defaults that do not depend on the model. */
-export const DEFAULTS = {"steps":20,"cfgScale":7,"sampler":"euler_a","rng":"cuda","strength":0.75,"imageCfgScale":1,"hiresScale":2,"hiresStrength":0.7,"hiresUpscaler":"latent"} as const;
+export const DEFAULTS = {"steps":20,"cfgScale":7,"sampler":"euler_a","rng":"cuda","strength":0.75,"imageCfgScale":1,"hiresScale":2,"hiresStrength":0.7,"hiresUpscaler":"latent","vaeMemoryBudget":3221225472,"previewInterval":1} as const;
 
 /** Defaults per architecture. */
 export const ARCH_DEFAULTS = {"sd1":{"width":512,"height":512,"clipSkip":1,"prediction":"eps","vaeScaleFactor":0.1821500062942505},"sd2":{"width":768,"height":768,"clipSkip":2,"prediction":"eps","vaeScaleFactor":0.1821500062942505},"sdxl":{"width":1024,"height":1024,"clipSkip":2,"prediction":"eps","vaeScaleFactor":0.1302500069141388},"sdxl-refiner":{"width":512,"height":512,"clipSkip":2,"prediction":"eps","vaeScaleFactor":0.1302500069141388}} as const;

@@ -6,7 +6,7 @@
 import type { Sharp } from 'sharp';
 import { encodePNG } from './image.ts';
 import { DEFAULT_RESIZE_MODE, MAX_MASK_BLUR, MIN_MASK_BLUR, RESIZE_MODES, encodeJPEG, encodeWebP, readImage, readMask, rgbToSharp, type ImageInput, type ResizeMode } from './image-io.ts';
-import { HIRES_UPSCALERS, LIMITS } from './engine-tables.ts';
+import { HIRES_UPSCALERS, LIMITS, PREVIEW_MODES } from './engine-tables.ts';
 import {
   RNGS,
   SAMPLERS,
@@ -34,6 +34,53 @@ export interface GenerateProgress {
   /** Milliseconds since `generate()` started its native work. */
   elapsedMs: number;
 }
+
+/** How previews are made: `proj` (a linear map from latent to colour, latent-sized: 1/8 of the image, nearly free), `taesd` (the TAESD decoder loaded with the model), `vae` (the full VAE decoder, as slow as the final decode). */
+export type PreviewMode = (typeof PREVIEW_MODES)[number];
+
+/** An 8-bit RGB image in memory, with encoders. */
+export interface RgbImage {
+  width: number;
+  height: number;
+  channels: 3;
+  /** Interleaved RGB rows, `height * width * 3` bytes. */
+  data: Uint8Array;
+  /** PNG bytes (generated images carry the A1111 `parameters` text chunk). */
+  toPNG(): Buffer;
+  /**
+   * JPEG bytes (generated images carry the `parameters` text in EXIF UserComment, as A1111 writes it).
+   * @param options.quality 1 to 100. @default 90 (`DEFAULT_JPEG_QUALITY`)
+   */
+  toJPEG(options?: { quality?: number }): Promise<Buffer>;
+  /**
+   * WebP bytes (generated images carry the `parameters` text in EXIF UserComment, the RIFF `EXIF` chunk).
+   * @param options.quality 1 to 100, lossy only. @default 90 (`DEFAULT_WEBP_QUALITY`)
+   * @param options.lossless @default false
+   */
+  toWebP(options?: { quality?: number; lossless?: boolean }): Promise<Buffer>;
+  /** A new sharp instance reading this image's raw RGB pixels, for any other format or processing (no metadata). */
+  toSharp(): Sharp;
+}
+
+/**
+ * A preview while sampling: the sampler's current estimate of the final image (its denoised
+ * prediction), every `previewInterval` steps, sent before that step's progress.
+ */
+export interface GeneratePreview {
+  /** As {@link GenerateProgress.step}: steps completed across the batch. */
+  step: number;
+  steps: number;
+  /** Which image of the batch (0-based). */
+  index: number;
+  /** With `preview: 'proj'` the latent's size (width / 8 x height / 8), else the image's. */
+  image: RgbImage;
+}
+
+/** What {@link Model.generateStream} yields, in order: progress and previews while sampling, then the result once. */
+export type GenerateEvent =
+  | ({ type: 'progress' } & GenerateProgress)
+  | ({ type: 'preview' } & GeneratePreview)
+  | { type: 'result'; result: GenerateResult };
 
 /** The hires fix's upscalers (stable-diffusion.cpp's set): latent-space interpolations, or the decoded image resized and encoded again. */
 export type HiresUpscaler = (typeof HIRES_UPSCALERS)[number];
@@ -166,39 +213,38 @@ export interface GenerateOptions {
    * @default 'vae'
    */
   decoder?: import('./model.ts').Decoder;
-  /** Decode (and encode) in tiles: `true` for stable-diffusion.cpp's defaults, or `{ tileSize, overlap }`. @default false */
-  vaeTiling?: boolean | import('./model.ts').VaeTilingOptions;
+  /**
+   * Decode (and encode) in tiles: `'auto'` when the untiled run would need more than
+   * `vaeMemoryBudget`, `true` always (stable-diffusion.cpp's defaults), `false` never, or
+   * `{ tileSize, overlap }`. `result.options.vaeTiling` says whether the final decode was tiled.
+   * @default 'auto'
+   */
+  vaeTiling?: import('./model.ts').VaeTiling;
+  /** See {@link DecodeLatentsOptions.vaeMemoryBudget}. @default DEFAULTS.vaeMemoryBudget (3 GiB) */
+  vaeMemoryBudget?: number;
+  /**
+   * Called with a preview image every `previewInterval` steps (before that step's progress).
+   * Costs what the preview mode costs (proj: nearly nothing).
+   * @example onPreview: ({ step, image }) => fs.writeFileSync('preview.png', image.toPNG())
+   */
+  onPreview?: (preview: GeneratePreview) => void;
+  /** How previews are made (with `onPreview` or {@link Model.generateStream}). @default 'taesd' when loadModel got a TAESD, else 'proj' */
+  preview?: PreviewMode;
+  /** A preview every this many steps of each image, 1 to 1000. @default 1 */
+  previewInterval?: number;
 }
 
-/** A generated image: 8-bit RGB, row-major. */
-export interface GeneratedImage {
-  width: number;
-  height: number;
-  channels: 3;
-  data: Uint8Array;
+/** A generated image: 8-bit RGB, row-major, whose encoders carry the A1111 `parameters` text (PNG text chunk, JPEG/WebP EXIF UserComment; `readParameters()` reads it back). */
+export interface GeneratedImage extends RgbImage {
   /** The seed this image was drawn from. */
   seed: number;
-  /** PNG bytes with a `parameters` text chunk in the A1111 format stable-diffusion.cpp writes. */
-  toPNG(): Buffer;
-  /**
-   * JPEG bytes with the same `parameters` text in EXIF UserComment, as A1111 writes it (its PNG
-   * Info tab and `readParameters()` read it back).
-   * @param options.quality 1 to 100. @default 90 (`DEFAULT_JPEG_QUALITY`)
-   */
-  toJPEG(options?: { quality?: number }): Promise<Buffer>;
-  /**
-   * WebP bytes with the `parameters` text in EXIF UserComment (the RIFF `EXIF` chunk), as A1111 writes it.
-   * @param options.quality 1 to 100, lossy only. @default 90 (`DEFAULT_WEBP_QUALITY`)
-   * @param options.lossless @default false
-   */
-  toWebP(options?: { quality?: number; lossless?: boolean }): Promise<Buffer>;
-  /** A new sharp instance reading this image's raw RGB pixels, for any other format or processing (no metadata). */
-  toSharp(): Sharp;
 }
 
 /** Milliseconds spent per stage. */
 export interface GenerateTimings {
   textEncode: number;
+  /** The init image (and an inpainting model's masked image) through the encoder; 0 without one. */
+  vaeEncode: number;
   sampling: number;
   vaeDecode: number;
   total: number;
@@ -250,6 +296,12 @@ export interface ResolvedGenerateOptions {
   /** With a mask. */
   maskBlur?: number;
   invertMask?: boolean;
+  decoder: import('./model.ts').Decoder;
+  /** Whether the final decode ran in tiles (asked, or chosen by `vaeTiling: 'auto'`). */
+  vaeTiling: boolean;
+  /** With previews. */
+  preview?: PreviewMode;
+  previewInterval?: number;
 }
 
 /** An image as the native side receives it: decoded, resized, 8-bit. */
@@ -257,12 +309,12 @@ export interface NativeImage { data: Uint8Array; width: number; height: number; 
 
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
 export type NativeGenerateRequest = Partial<
-  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask'>
-> & {
+  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling'>
+> & import('./binding.ts').NativeCodecOptions & {
   prompt: string;
   scheduler?: Scheduler;
-  decoder?: string;
-  vaeTiling?: { tileSize?: number; overlap?: number };
+  /** Send previews to the callback. */
+  previews?: boolean;
   initImage?: NativeImage;
   mask?: NativeImage;
   hires?: HiresOptions;
@@ -281,6 +333,7 @@ const KNOWN_KEYS = new Set([
   'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
+  'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval',
 ]);
 const HIRES_KEYS = new Set(['scale', 'width', 'height', 'steps', 'strength', 'upscaler']);
 
@@ -338,7 +391,13 @@ function checkSigmas(v: unknown, steps: number | undefined): number[] | undefine
 export function checkGenerateOptions(
   options: unknown,
   model: { spatialMultiple: number },
-): { request: NativeGenerateRequest; images: ImageRequest; signal?: AbortSignal; onProgress?: (p: GenerateProgress) => void } {
+): {
+  request: NativeGenerateRequest;
+  images: ImageRequest;
+  signal?: AbortSignal;
+  onProgress?: (p: GenerateProgress) => void;
+  onPreview?: (p: GeneratePreview) => void;
+} {
   if (!isObject(options)) invalid('options', 'an object with at least a prompt', options);
   const o = expectOptionsObject('options', options);
   expectKnownKeys('options', o, KNOWN_KEYS);
@@ -386,11 +445,16 @@ export function checkGenerateOptions(
   const resizeMode = o.resizeMode === undefined ? DEFAULT_RESIZE_MODE : expectOneOf('resizeMode', o.resizeMode, RESIZE_MODES);
   const maskBlur = o.maskBlur === undefined ? 0 : checkMaskBlur(o.maskBlur);
   if (o.invertMask !== undefined && typeof o.invertMask !== 'boolean') invalid('invertMask', 'a boolean', o.invertMask);
+  set('preview', o.preview === undefined ? undefined : expectOneOf('preview', o.preview, PREVIEW_MODES));
+  set('previewInterval', checkLimitedInteger('previewInterval', o.previewInterval));
+  const onPreview = checkCallback<(p: GeneratePreview) => void>('onPreview', o.onPreview);
+  if (onPreview) request.previews = true;
   return {
     request,
     images: { initImage, mask, resizeMode, maskBlur, invertMask: o.invertMask === true },
     signal: checkSignal('signal', o.signal),
     onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
+    onPreview,
   };
 }
 
@@ -495,19 +559,23 @@ export function parametersText(
   return lines.join('\n');
 }
 
-/** Builds the image objects of a result. */
-export function makeImage(data: Uint8Array, width: number, height: number, seed: number, parameters: string): GeneratedImage {
+/** An RGB image with encoders; `parameters` (the A1111 text) goes into each format's metadata when given. */
+export function makeRgbImage(data: Uint8Array, width: number, height: number, parameters?: string): RgbImage {
   return {
     width,
     height,
     channels: 3,
     data,
-    seed,
-    toPNG: () => encodePNG(data, width, height, { parameters }),
+    toPNG: () => encodePNG(data, width, height, parameters === undefined ? {} : { parameters }),
     toJPEG: (options) => encodeJPEG(data, width, height, { quality: options?.quality, parameters }),
     toWebP: (options) => encodeWebP(data, width, height, { quality: options?.quality, lossless: options?.lossless, parameters }),
     toSharp: () => rgbToSharp(data, width, height),
   };
+}
+
+/** Builds the image objects of a result. */
+export function makeImage(data: Uint8Array, width: number, height: number, seed: number, parameters: string): GeneratedImage {
+  return { ...makeRgbImage(data, width, height, parameters), seed };
 }
 
 

@@ -39,12 +39,26 @@ export {
   type DecodeLatentsOptions,
   type Decoder,
   type VaeTilingOptions,
+  type VaeTiling,
   type RawImage,
   type Latent,
   type RandnOptions,
 } from './model.ts';
-export type { GenerateOptions, GenerateResult, GeneratedImage, GenerateProgress, GenerateTimings, ResolvedGenerateOptions } from './generate.ts';
-export { ARCH_DEFAULTS, DECODERS, DEFAULTS, LIMITS, SAMPLER_DEFAULTS } from './engine-tables.ts';
+export type {
+  GenerateOptions,
+  GenerateResult,
+  GeneratedImage,
+  GenerateProgress,
+  GeneratePreview,
+  GenerateEvent,
+  GenerateTimings,
+  HiresOptions,
+  HiresUpscaler,
+  PreviewMode,
+  RgbImage,
+  ResolvedGenerateOptions,
+} from './generate.ts';
+export { ARCH_DEFAULTS, DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, PREVIEW_MODES, SAMPLER_DEFAULTS } from './engine-tables.ts';
 export {
   SAMPLERS,
   SCHEDULERS,

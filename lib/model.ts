@@ -10,6 +10,7 @@ import {
   native,
   type NativeAbortFlag,
   type NativeCodecOptions,
+  type NativeGenerateEvent,
   type NativeLoadedInfo,
   type NativeModel,
   type NativeSession,
@@ -32,7 +33,18 @@ import {
 } from './options.ts';
 import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
 import { DECODERS, LIMITS } from './engine-tables.ts';
-import { checkGenerateOptions, makeImage, parametersText, readImageInputs, type GenerateOptions, type GenerateResult } from './generate.ts';
+import {
+  checkGenerateOptions,
+  makeImage,
+  makeRgbImage,
+  parametersText,
+  readImageInputs,
+  type GenerateEvent,
+  type GenerateOptions,
+  type GeneratePreview,
+  type GenerateProgress,
+  type GenerateResult,
+} from './generate.ts';
 import { version } from './version.ts';
 
 /** Options of {@link loadModel}. */
@@ -101,6 +113,13 @@ export interface VaeTilingOptions {
   overlap?: number;
 }
 
+/**
+ * Whether latents and images go through the VAE in tiles: `'auto'` tiles only when the untiled
+ * run would need more compute memory than `vaeMemoryBudget`; `true` always (the tile defaults),
+ * `false` never, or the tile settings (always tiled).
+ */
+export type VaeTiling = boolean | 'auto' | VaeTilingOptions;
+
 /** Options of {@link Model.decodeLatents}. */
 export interface DecodeLatentsOptions {
   /**
@@ -110,32 +129,50 @@ export interface DecodeLatentsOptions {
    */
   decoder?: Decoder;
   /**
-   * Decode in tiles: `true` for the defaults, or the tile size and overlap.
-   * @default false (one pass over the whole latent)
+   * Decode in tiles: `'auto'` when the whole latent would need more than `vaeMemoryBudget`,
+   * `true` always (the defaults), `false` never, or the tile size and overlap.
+   * @default 'auto'
    * @example `{ vaeTiling: { tileSize: 48, overlap: 0.25 } }`
    */
-  vaeTiling?: boolean | VaeTilingOptions;
+  vaeTiling?: VaeTiling;
+  /**
+   * With `vaeTiling: 'auto'`: the compute-buffer bytes an untiled decode (or encode) may take; past
+   * it the image is done in tiles (slightly different numbers, a fraction of the memory). The
+   * engine measures the need on the real graph for the size at hand (at the default, SD1.x and
+   * SD2.x decode 1024x1024 whole and tile beyond; docs/performance.md lists the bytes per size).
+   * @default DEFAULTS.vaeMemoryBudget (3 GiB)
+   * @example `{ vaeMemoryBudget: 1024 ** 3 }`
+   */
+  vaeMemoryBudget?: number;
   signal?: AbortSignal;
 }
 
-/** Checks `decoder` and `vaeTiling` and gives the native codec options. */
+/** The option names {@link checkCodecOptions} reads. */
+export const CODEC_KEYS = ['decoder', 'vaeTiling', 'vaeMemoryBudget'] as const;
+
+/** Checks `decoder`, `vaeTiling` and `vaeMemoryBudget` and gives the native codec options. */
 export function checkCodecOptions(o: Record<string, unknown>): NativeCodecOptions {
   const codec: NativeCodecOptions = {};
   if (o.decoder !== undefined) codec.decoder = expectOneOf('decoder', o.decoder, DECODERS);
+  const budget = checkLimitedInteger('vaeMemoryBudget', o.vaeMemoryBudget);
+  if (budget !== undefined) codec.vaeMemoryBudget = budget;
   const t = o.vaeTiling;
-  if (t === undefined || t === false) return codec;
-  if (t === true) {
-    codec.vaeTiling = {};
+  if (t === undefined || t === 'auto') return codec;
+  if (typeof t === 'boolean') {
+    if (budget !== undefined) invalid('vaeMemoryBudget', "given only with vaeTiling 'auto' (the default)", budget);
+    codec.vaeTiling = t;
     return codec;
   }
-  if (!isObject(t)) invalid('vaeTiling', 'a boolean or { tileSize?, overlap? }', t);
+  if (!isObject(t)) invalid('vaeTiling', "a boolean, 'auto' or { tileSize?, overlap? }", t);
   const to = t as Record<string, unknown>;
   expectKnownKeys('vaeTiling', to, ['tileSize', 'overlap']);
   const tileSize = checkLimitedInteger('vaeTiling.tileSize', to.tileSize);
   const overlap = checkLimitedNumber('vaeTiling.overlap', to.overlap);
-  codec.vaeTiling = {};
-  if (tileSize !== undefined) codec.vaeTiling.tileSize = tileSize;
-  if (overlap !== undefined) codec.vaeTiling.overlap = overlap;
+  if (budget !== undefined) invalid('vaeMemoryBudget', "given only with vaeTiling 'auto' (the default)", budget);
+  const tiles: { tileSize?: number; overlap?: number } = {};
+  if (tileSize !== undefined) tiles.tileSize = tileSize;
+  if (overlap !== undefined) tiles.overlap = overlap;
+  codec.vaeTiling = tiles;
   return codec;
 }
 
@@ -231,11 +268,13 @@ export interface EncodeImageOptions {
    */
   decoder?: Decoder;
   /**
-   * Encode in tiles (twice the decode tile size): `true` for the defaults, or the tile size and
-   * overlap (see {@link VaeTilingOptions}).
-   * @default false
+   * Encode in tiles (twice the decode tile size): `'auto'`, `true`, `false` or the tile size and
+   * overlap, as {@link DecodeLatentsOptions.vaeTiling}.
+   * @default 'auto'
    */
-  vaeTiling?: boolean | VaeTilingOptions;
+  vaeTiling?: VaeTiling;
+  /** See {@link DecodeLatentsOptions.vaeMemoryBudget}. @default DEFAULTS.vaeMemoryBudget (3 GiB) */
+  vaeMemoryBudget?: number;
   signal?: AbortSignal;
 }
 
@@ -372,7 +411,7 @@ export class Model {
     try {
       const img = checkRawImage('image', image);
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['seed', 'rng', 'decoder', 'vaeTiling', 'signal']);
+      expectKnownKeys('options', o, ['seed', 'rng', ...CODEC_KEYS, 'signal']);
       const seed = checkSeed('seed', o.seed);
       const rng = o.rng === undefined ? 'cuda' : expectOneOf('rng', o.rng, RNGS);
       const codec = checkCodecOptions(o);
@@ -410,7 +449,7 @@ export class Model {
         data.set(x.data, i * first.data.length);
       });
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['decoder', 'vaeTiling', 'signal']);
+      expectKnownKeys('options', o, [...CODEC_KEYS, 'signal']);
       const codec = checkCodecOptions(o);
       const signal = checkSignal('signal', o.signal);
       throwIfAborted(signal, 'decodeLatents');
@@ -429,7 +468,8 @@ export class Model {
   }
 
   /**
-   * Generates images from a prompt (text-to-image). Every option but `prompt` has a default
+   * Generates images: text to image, or with `initImage` image to image, inpainting (`mask`),
+   * instruct-pix2pix edits, and the hires fix. Every option but `prompt` has a default
    * (stable-diffusion.cpp's for the architecture); see {@link GenerateOptions}.
    * @throws {InvalidArgumentError} an option is wrong (the message names it, the value and what is allowed).
    * @throws {AbortError} `signal` was aborted (within one sampling step).
@@ -441,17 +481,106 @@ export class Model {
    */
   generate(options: GenerateOptions): Promise<GenerateResult> {
     try {
-      const info = this.loadedInfo();
-      const { request, images: imageRequest, signal, onProgress } = checkGenerateOptions(options, info);
-      Object.assign(request, checkCodecOptions(options as unknown as Record<string, unknown>));
+      const checked = checkGenerateOptions(options, this.loadedInfo());
+      return this.#generate(options, checked, checked.onProgress, checked.onPreview);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * generate() as an async iterator: progress and preview events while it samples, then the
+   * result, in order. Previews are always on (`preview` and `previewInterval` choose how and how
+   * often). Leaving the loop early (`break`, an exception) aborts the generation and waits for
+   * it to stop; `onProgress` / `onPreview` are not allowed here (the events are the stream).
+   * @example
+   * ```ts
+   * for await (const event of model.generateStream({ prompt: 'a lighthouse', preview: 'proj', previewInterval: 5 })) {
+   *   if (event.type === 'preview') fs.writeFileSync('preview.png', event.image.toPNG());
+   *   if (event.type === 'result') fs.writeFileSync('out.png', event.result.images[0].toPNG());
+   * }
+   * ```
+   */
+  async *generateStream(options: GenerateOptions): AsyncGenerator<GenerateEvent, void, undefined> {
+    if (isObject(options)) {
+      for (const key of ['onProgress', 'onPreview'] as const) {
+        if ((options as unknown as Record<string, unknown>)[key] !== undefined) {
+          invalid(key, 'left out with generateStream() (its events are the progress and the previews)', 'a function');
+        }
+      }
+    }
+    const checked = checkGenerateOptions(options, this.loadedInfo());
+    checked.request.previews = true;
+    // Our own signal, so that leaving the loop stops the work; the caller's aborts it too.
+    const stop = new AbortController();
+    const user = checked.signal;
+    const onUserAbort = () => stop.abort(user?.reason);
+    if (user?.aborted) stop.abort(user.reason);
+    else user?.addEventListener('abort', onUserAbort, { once: true });
+    checked.signal = stop.signal;
+    const queue: GenerateEvent[] = [];
+    let wake: (() => void) | undefined;
+    const push = (e: GenerateEvent) => {
+      queue.push(e);
+      wake?.();
+    };
+    let failed = false;
+    let failure: unknown;
+    let settled = false;
+    const work = this.#generate(options, checked, (p) => push({ type: 'progress', ...p }), (p) => push({ type: 'preview', ...p })).then(
+      (result) => {
+        settled = true;
+        push({ type: 'result', result });
+      },
+      (e: unknown) => {
+        settled = true;
+        failed = true;
+        // The caller's abort keeps its reason, as generate() reports it.
+        failure = e instanceof AbortError && user?.aborted ? new AbortError('generate was aborted', { cause: user.reason }) : e;
+        wake?.();
+      },
+    );
+    try {
+      for (;;) {
+        while (queue.length > 0) {
+          const e = queue.shift()!;
+          yield e;
+          if (e.type === 'result') return;
+        }
+        if (failed) throw failure;
+        if (settled && queue.length === 0) return;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+    } finally {
+      user?.removeEventListener('abort', onUserAbort);
+      if (!settled) stop.abort(new Error('generateStream() was left before the result'));
+      await work;
+    }
+  }
+
+  /** The shared body of generate() and generateStream(): options already checked. */
+  #generate(
+    options: GenerateOptions,
+    checked: ReturnType<typeof checkGenerateOptions>,
+    onProgress: ((p: GenerateProgress) => void) | undefined,
+    onPreview: ((p: GeneratePreview) => void) | undefined,
+  ): Promise<GenerateResult> {
+    const info = this.loadedInfo();
+    const { request, images: imageRequest, signal } = checked;
+    Object.assign(request, checkCodecOptions(options as unknown as Record<string, unknown>));
+    throwIfAborted(signal, 'generate');
+    const session = this.nativeSession('generate()');
+    const modelName = path.basename(this.path);
+    return readImageInputs(imageRequest, request, info).then(() => {
       throwIfAborted(signal, 'generate');
-      const session = this.nativeSession('generate()');
-      const modelName = path.basename(this.path);
-      return readImageInputs(imageRequest, request, info).then(() => {
-        throwIfAborted(signal, 'generate');
-        const { flag, cleanup } = abortFlagFor(signal);
-        const guard = new CallbackGuard(onProgress, flag);
-        return callNative(() => session.generate(request, guard.callback, flag))
+      const { flag, cleanup } = abortFlagFor(signal);
+      const guard = new CallbackGuard<NativeGenerateEvent>((e) => {
+        if (e.kind === 'progress') onProgress?.({ step: e.step, steps: e.steps, elapsedMs: e.elapsedMs });
+        else onPreview?.({ step: e.step, steps: e.steps, index: e.index, image: makeRgbImage(e.data, e.width, e.height) });
+      }, flag);
+      const callback = onProgress || onPreview ? guard.callback : undefined;
+      return callNative(() => session.generate(request, callback, flag))
         .then(
           (r) => {
             guard.rethrow();
@@ -475,10 +604,7 @@ export class Model {
           },
         )
         .finally(cleanup);
-      });
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    });
   }
 
   /**

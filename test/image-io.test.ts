@@ -432,6 +432,8 @@ function resolved(over: Partial<ResolvedGenerateOptions> = {}): ResolvedGenerate
     batchSize: 1,
     returnLatents: false,
     mode: 'txt2img',
+    decoder: 'vae',
+    vaeTiling: false,
     ...over,
   };
 }

@@ -85,6 +85,7 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     o.Set("architectures", to_js_array(env, t.architectures));
     o.Set("hiresUpscalers", to_js_array(env, t.hires_upscalers));
     o.Set("decoders", to_js_array(env, t.decoders));
+    o.Set("previewModes", to_js_array(env, t.preview_modes));
     Napi::Object limits = Napi::Object::New(env);
     for (const auto & l : t.limits) {
         Napi::Object x = Napi::Object::New(env);
@@ -107,6 +108,8 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     defaults.Set("hiresScale", t.default_hires_scale);
     defaults.Set("hiresStrength", t.default_hires_strength);
     defaults.Set("hiresUpscaler", t.default_hires_upscaler);
+    defaults.Set("vaeMemoryBudget", t.default_vae_memory_budget);
+    defaults.Set("previewInterval", t.default_preview_interval);
     o.Set("defaults", defaults);
     Napi::Object arch = Napi::Object::New(env);
     for (const auto & d : t.arch_defaults) {

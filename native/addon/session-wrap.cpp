@@ -15,11 +15,27 @@ Executor on(std::shared_ptr<sd::Session> session) {
     return [session](std::function<void()> body) { session->submit(std::move(body)); };
 }
 
+// generate()'s one callback gets both kinds of events, told apart by `kind`.
 Napi::Value step_to_js(Napi::Env env, const sd::StepProgress & p) {
     Napi::Object o = Napi::Object::New(env);
+    o.Set("kind", "progress");
     o.Set("step", p.step);
     o.Set("steps", p.steps);
     o.Set("elapsedMs", p.elapsed_ms);
+    return o;
+}
+
+Napi::Value preview_to_js(Napi::Env env, const sd::StepPreview & p) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("kind", "preview");
+    o.Set("step", p.step);
+    o.Set("steps", p.steps);
+    o.Set("index", p.image);
+    o.Set("width", p.width);
+    o.Set("height", p.height);
+    Napi::Uint8Array data = Napi::Uint8Array::New(env, p.rgb.size());
+    std::copy(p.rgb.begin(), p.rgb.end(), data.Data());
+    o.Set("data", data);
     return o;
 }
 
@@ -47,16 +63,23 @@ std::optional<sd::ImageBytes> optional_image(Napi::Object o, const char * key) {
     return out;
 }
 
-// The codec options { decoder?: string, vaeTiling?: { tileSize?: number, overlap?: number } } at
+// The codec options { decoder?: string, vaeTiling?: boolean | { tileSize?: number, overlap?: number },
+// vaeMemoryBudget?: number } (vaeTiling absent: automatic) at
 // an object's keys (generate()'s options or encodeImage/decodeLatents'). Types are checked here,
 // values by the engine.
 sd::CodecParams codec_from(Napi::Object o) {
     Napi::Env env = o.Env();
     sd::CodecParams codec;
     codec.decoder = optional_string(o, "decoder");
+    codec.memory_budget = optional_number(o, "vaeMemoryBudget");
     Napi::Value t = o.Get("vaeTiling");
     if (t.IsUndefined()) return codec;
-    if (!t.IsObject()) throw_invalid_js(env, "vaeTiling must be an object");
+    if (t.IsBoolean()) {
+        if (t.As<Napi::Boolean>().Value()) codec.vae_tiling = sd::VaeTilingParams{};
+        else codec.vae_tiling_off = true;
+        return codec;
+    }
+    if (!t.IsObject()) throw_invalid_js(env, "vaeTiling must be a boolean or an object");
     Napi::Object to = t.As<Napi::Object>();
     sd::VaeTilingParams tiling;
     Napi::Value size = to.Get("tileSize"), overlap = to.Get("overlap");
@@ -135,6 +158,9 @@ sd::GenerateParams generate_params(Napi::Object o) {
     }
     p.codec = codec_from(o);
     p.return_latents = o.Get("returnLatents").ToBoolean().Value();
+    p.previews = o.Get("previews").ToBoolean().Value();
+    p.preview = optional_string(o, "preview");
+    p.preview_interval = optional_int(o, "previewInterval");
     return p;
 }
 
@@ -174,6 +200,11 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
         o.Set("hires", h);
     }
     o.Set("returnLatents", r.return_latents);
+    o.Set("decoder", r.codec.decoder == sd::Decoder::Taesd ? "taesd" : "vae");
+    if (r.previews) {
+        o.Set("preview", sd::preview_mode_name(r.preview));
+        o.Set("previewInterval", r.preview_interval);
+    }
     return o;
 }
 
@@ -204,7 +235,9 @@ Napi::Value generated_to_js(Napi::Env env, sd::GenerateOutput & r) {
     t.Set("vaeDecode", r.timings.vae_decode_ms);
     t.Set("total", r.timings.total_ms);
     out.Set("timings", t);
-    out.Set("options", resolved_to_js(env, r.params));
+    Napi::Object options = resolved_to_js(env, r.params).As<Napi::Object>();
+    options.Set("vaeTiling", r.vae_tiled);
+    out.Set("options", options);
     out.Set("latentShape", to_js_array(env, std::vector<int>{r.latent_channels, r.latent_height, r.latent_width}));
     out.Set("imageWidth", r.image_width);
     out.Set("imageHeight", r.image_height);
@@ -379,6 +412,7 @@ Napi::Value SessionWrap::Generate(const Napi::CallbackInfo & info) {
                 sd::RunControl control;
                 control.abort = abort.get();
                 control.progress = [&queue](const sd::StepProgress & p) { post_progress(*queue, p, step_to_js); };
+                control.preview = [&queue](sd::StepPreview && p) { post_progress(*queue, std::move(p), preview_to_js); };
                 return sd::generate(*s, params, control);
             },
             generated_to_js, {info.This().As<Napi::Object>()}, queue, abort);

@@ -56,12 +56,21 @@ struct VaeTilingParams {
 };
 struct CodecParams {
     std::optional<std::string> decoder;         // "vae" (default) or "taesd" (needs a TAESD loaded)
-    std::optional<VaeTilingParams> vae_tiling;  // set: tiled as stable-diffusion.cpp's --vae-tiling
+    // Tiling: automatic unless told. Set: always tiled as stable-diffusion.cpp's --vae-tiling, with
+    // these tile settings; `vae_tiling_off`: never tiled; neither: tiled when the untiled graph
+    // would need more compute memory than `memory_budget` bytes (default kDefaultVaeMemoryBudget).
+    std::optional<VaeTilingParams> vae_tiling;
+    bool vae_tiling_off = false;
+    std::optional<double> memory_budget;
 };
 enum class Decoder { Vae, Taesd };
 struct Codec {
     Decoder decoder = Decoder::Vae;
-    VaeTiling tiling;  // components/tiling.h; enabled = false: one graph for the whole image
+    VaeTiling tiling;  // components/tiling.h; enabled: always tiled
+    // Not enabled: tiled anyway (with tiling's settings) when an untiled run would need more
+    // compute-buffer bytes than memory_budget.
+    bool auto_tiling = true;
+    size_t memory_budget = static_cast<size_t>(kDefaultVaeMemoryBudget);
 };
 
 // An 8-bit image as the API hands it over: interleaved rows of `channels` bytes per pixel.
@@ -108,6 +117,12 @@ struct GenerateParams {
     std::optional<HiresParams> hires;
     CodecParams codec;  // the decoder (and img2img's encoder) and tiling
     bool return_latents = false;
+    // Previews while sampling, sent to RunControl::preview: the mode (preview_mode_name: "proj",
+    // "taesd", "vae"; default taesd when a TAESD is loaded, else proj) and every how many steps
+    // (default kDefaultPreviewInterval). Checked even when `previews` is off.
+    bool previews = false;
+    std::optional<std::string> preview;
+    std::optional<int> preview_interval;
 };
 
 // What the UNet's extra input channels make of a run.
@@ -138,6 +153,9 @@ struct ResolvedParams {
     std::vector<float> hires_sigmas;  // the second pass's schedule (hires only)
     Codec codec;
     bool return_latents = false;
+    bool previews = false;
+    PreviewMode preview = PreviewMode::Proj;
+    int preview_interval = kDefaultPreviewInterval;
 };
 
 struct GeneratedImage {
@@ -156,6 +174,7 @@ struct GenerateOutput {
     ResolvedParams params;
     int latent_channels = 4, latent_width = 0, latent_height = 0;
     int image_width = 0, image_height = 0;  // the images' size (the hires target with hires)
+    bool vae_tiled = false;                 // whether the final decodes ran in tiles (asked or automatic)
 };
 
 struct StepProgress {
@@ -164,12 +183,23 @@ struct StepProgress {
     double elapsed_ms;
 };
 
+// A preview: the sampler's denoised prediction after `step`, as an image (proj: the latent's size).
+struct StepPreview {
+    int step;   // as StepProgress's
+    int steps;
+    int image;  // index in the batch
+    int width, height;
+    std::vector<uint8_t> rgb;  // height * width * 3
+};
+
 // How a caller steers a run: `abort` is checked between steps and inside graph computation
 // (the run then throws Aborted); `progress` is called once per sampling step, in order, on the
-// session's thread.
+// session's thread; `preview`, with params.previews, every preview_interval steps, before that
+// step's progress.
 struct RunControl {
     const std::atomic<bool> * abort = nullptr;
     std::function<void(const StepProgress &)> progress;
+    std::function<void(StepPreview &&)> preview;
 };
 
 // Checks every option against the limits and this model and fills in the defaults. Throws
@@ -191,12 +221,12 @@ HostTensor encode_prompt(Session & session, const std::string & prompt, std::opt
 // Checks `params` against the limits (model/options.h) and this model. Throws InvalidArgument
 // naming the option: "decoder" (not "vae" / "taesd"; "taesd" without a TAESD loaded: pass
 // `taesd` to loadModel), "vaeTiling.tileSize" (an integer from 4 to 512), "vaeTiling.overlap"
-// (from 0 to 0.5).
+// (from 0 to 0.5), "vaeMemoryBudget" (bytes, an integer from 0 to 2^50).
 Codec resolve_codec(const Model & model, const CodecParams & params);
 
 // One latent [1, z, h, w] straight from the sampler to RGB bytes (8h x 8w x 3, interleaved), by
 // the codec's decoder: the VAE (latent / scale factor, output (x + 1) / 2) or TAESD (the latent
-// as is, output as is), tiled when asked, clamped to [0, 1] and made bytes as generate() does.
+// as is, output as is), tiled as decode_tiling() says, clamped to [0, 1] and made bytes as generate() does.
 // What generate() calls per image. On the session's thread; the runner's abort flag is honoured
 // between tiles and inside each graph (throws Aborted).
 std::vector<uint8_t> decode_latent_rgb8(const Model & model, GraphRunner & runner, const HostTensor & latent,
@@ -210,15 +240,17 @@ HostTensor encode_rgb8(const Model & model, GraphRunner & runner, const std::vec
                        Rng * noise, const Codec & codec);
 
 // Automatic tiling: the compute-buffer bytes an untiled decode of a w x h latent (one image)
-// would need on the runner's backends with the codec's decoder, measured by ggml's allocator on
-// the real graph (ggml_backend_sched_reserve_size: nothing allocated or computed, only the
-// graph built), so it is exact for this backend and build. It grows with the image pixels
-// (full-resolution convolutions and their im2col buffers) and, for the VAE, quadratically with
-// the latent pixels (its mid-block attention holds an (h*w) x (h*w) f32 score matrix).
+// would need on the runner's backends with the decoder, measured by ggml's allocator on the real
+// graph (ggml_backend_sched_reserve_size: nothing allocated or computed, only the graph built), so
+// it is exact for this backend and build. It grows with the image pixels (full-resolution
+// convolutions) and, for the VAE, quadratically with the latent pixels (its mid-block attention
+// holds an (h*w) x (h*w) f32 score matrix). encode_compute_bytes: the same for a W x H image.
 size_t decode_compute_bytes(const Model & model, GraphRunner & runner, Decoder decoder, int64_t w, int64_t h);
-// True when that untiled decode would need more than `budget_bytes`: decode in tiles instead
-// (codec.tiling.enabled = true).
-bool decode_needs_tiling(const Model & model, GraphRunner & runner, Decoder decoder, int64_t w, int64_t h, size_t budget_bytes);
+size_t encode_compute_bytes(const Model & model, GraphRunner & runner, Decoder decoder, int64_t width, int64_t height);
+// The tiling a decode of a w x h latent (an encode of a W x H image) runs with: the codec's, with
+// `enabled` set when tiling is automatic and the untiled run would pass the memory budget.
+VaeTiling decode_tiling(const Model & model, GraphRunner & runner, const Codec & codec, int64_t w, int64_t h);
+VaeTiling encode_tiling(const Model & model, GraphRunner & runner, const Codec & codec, int64_t width, int64_t height);
 
 // An 8-bit image (interleaved, 1, 3 or 4 channels: gray, RGB, RGBA with alpha ignored) through the
 // encoder of `codec` (resolve_codec): the latent [1, z_channels, H/8, W/8] as img2img starts from —

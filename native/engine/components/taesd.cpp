@@ -110,4 +110,13 @@ size_t Taesd::decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) c
     });
 }
 
+size_t Taesd::encode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const {
+    if (!can_encode()) throw Error(ErrorCode::UnsupportedModel, "this TAESD has no encoder");
+    if (w < 1 || h < 1) throw_invalid("encode_compute_bytes: the image size must be positive");
+    return runner.measure([&](GraphBuilder & b) {
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        return build_encoder(g, b.input_f32("image", nullptr, w, h, 3, 1));
+    });
+}
+
 }  // namespace sd

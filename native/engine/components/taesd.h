@@ -47,6 +47,8 @@ public:
     // Compute-buffer bytes of one untiled decode of a w x h latent (batch 1), measured by ggml's
     // allocator (nothing allocated or computed).
     size_t decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const;
+    // The same for an untiled encode of a w x h image (pixels).
+    size_t encode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const;
 
 private:
     ggml_tensor * block(Graph & g, ggml_tensor * x, const std::string & prefix) const;

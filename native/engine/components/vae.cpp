@@ -147,6 +147,15 @@ size_t Vae::decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) con
     });
 }
 
+size_t Vae::encode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const {
+    if (!can_encode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no encoder");
+    if (w < 1 || h < 1) throw_invalid("encode_compute_bytes: the image size must be positive");
+    return runner.measure([&](GraphBuilder & b) {
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        return build_encoder(g, b.input_f32("image", nullptr, w, h, 3, 1));
+    });
+}
+
 HostTensor rgb8_to_image(const std::vector<uint8_t> & rgb, int64_t width, int64_t height, int64_t count) {
     if (width < 1 || height < 1 || count < 1 || static_cast<int64_t>(rgb.size()) != width * height * 3 * count) {
         throw_invalid("rgb8_to_image: " + std::to_string(rgb.size()) + " bytes are not " + std::to_string(count) + " RGB images of " +

@@ -57,6 +57,8 @@ public:
     // Compute-buffer bytes one untiled decode of a w x h latent (batch 1) needs on the runner's
     // backends, measured by ggml's allocator on the graph (nothing allocated or computed).
     size_t decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const;
+    // The same for an untiled encode of a w x h image (pixels).
+    size_t encode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) const;
 
 private:
     const TensorSource & weights_;

@@ -70,6 +70,29 @@ HiresUpscaler parse_hires_upscaler(const std::string & name) {
     throw_invalid("hires.upscaler must be one of " + list + "; received \"" + name + "\"");
 }
 
+const std::vector<PreviewMode> & all_preview_modes() {
+    static const std::vector<PreviewMode> all = {PreviewMode::Proj, PreviewMode::Taesd, PreviewMode::Vae};
+    return all;
+}
+
+const char * preview_mode_name(PreviewMode m) {
+    switch (m) {
+        case PreviewMode::Proj: return "proj";
+        case PreviewMode::Taesd: return "taesd";
+        case PreviewMode::Vae: return "vae";
+    }
+    return "proj";
+}
+
+PreviewMode parse_preview_mode(const std::string & name) {
+    std::string list;
+    for (PreviewMode m : all_preview_modes()) {
+        if (name == preview_mode_name(m)) return m;
+        list += (list.empty() ? "" : ", ") + std::string(preview_mode_name(m));
+    }
+    throw_invalid("preview must be one of " + list + "; received \"" + name + "\"");
+}
+
 OptionTables option_tables() {
     using namespace limits;
     OptionTables t;
@@ -96,7 +119,12 @@ OptionTables option_tables() {
         {"hiresSteps", kHiresStepsMin, kHiresStepsMax, true},
         {"vaeTiling.tileSize", kVaeTileSizeMin, kVaeTileSizeMax, true},
         {"vaeTiling.overlap", kVaeTileOverlapMin, kVaeTileOverlapMax, false},
+        {"vaeMemoryBudget", kVaeMemoryBudgetMin, kVaeMemoryBudgetMax, true},
+        {"previewInterval", kPreviewIntervalMin, kPreviewIntervalMax, true},
     };
+    for (PreviewMode m : all_preview_modes()) t.preview_modes.push_back(preview_mode_name(m));
+    t.default_vae_memory_budget = kDefaultVaeMemoryBudget;
+    t.default_preview_interval = kDefaultPreviewInterval;
     for (HiresUpscaler u : all_hires_upscalers()) t.hires_upscalers.push_back(hires_upscaler_name(u));
     t.default_strength = kDefaultStrength;
     t.default_image_cfg_scale = kDefaultImageCfgScale;

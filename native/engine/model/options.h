@@ -47,12 +47,23 @@ constexpr double kRandnCountMax = 100000000;
 // fraction of the tile (the reference clamps it to [0, 0.5]).
 constexpr int kVaeTileSizeMin = 4, kVaeTileSizeMax = kImageSideMax / kImageSideMultiple;
 constexpr double kVaeTileOverlapMin = 0, kVaeTileOverlapMax = 0.5;
+// Automatic VAE tiling: the compute-buffer bytes an untiled decode (or encode) may need before it
+// is tiled instead; 0 always tiles. At most 1 PiB (any real budget).
+constexpr double kVaeMemoryBudgetMin = 0, kVaeMemoryBudgetMax = 1125899906842624.0;
+// Previews every N sampling steps.
+constexpr int kPreviewIntervalMin = 1, kPreviewIntervalMax = kStepsMax;
 }  // namespace limits
 
 // The decoders a model may have for latents <-> images: its VAE, and a TAESD loaded with it.
 constexpr const char * kDecoderNames[] = {"vae", "taesd"};
 
 // Defaults that do not depend on the model (stable-diffusion.cpp's).
+// The automatic tiling budget: the SD VAE's untiled decode needs 704 MiB at 512x512 and 2.75 GiB
+// at 1024x1024 (SDXL's size), so both run whole (the reference's numbers); past that images
+// tile, and a 2048x2048 decode needs one 256-pixel tile's ~180 MiB instead of 11 GiB
+// (build-tests/vae_memory measures them; docs/performance.md).
+constexpr double kDefaultVaeMemoryBudget = 3.0 * 1024 * 1024 * 1024;
+constexpr int kDefaultPreviewInterval = 1;
 constexpr int kDefaultSteps = 20;
 constexpr float kDefaultCfgScale = 7.0f;
 constexpr const char * kDefaultRng = "cuda";
@@ -60,6 +71,13 @@ constexpr double kDefaultStrength = 0.75;
 constexpr double kDefaultImageCfgScale = 1.0;  // the reference's: no image guidance unless asked
 constexpr double kDefaultHiresScale = 2.0;
 constexpr double kDefaultHiresStrength = 0.7;
+
+// Previews while sampling (pipelines/preview.h): the linear latent-to-RGB projection, the TAESD
+// decoder, or the VAE decoder. The default is taesd when a TAESD is loaded, else proj.
+enum class PreviewMode { Proj, Taesd, Vae };
+const std::vector<PreviewMode> & all_preview_modes();
+const char * preview_mode_name(PreviewMode m);
+PreviewMode parse_preview_mode(const std::string & name);  // throws InvalidArgument listing the names
 
 // The hires fix's upscalers, stable-diffusion.cpp's set: latent-space interpolations, or the
 // decoded image resized and encoded again.
@@ -91,7 +109,7 @@ struct NumericLimit {
     bool min_exclusive = false;
 };
 struct OptionTables {
-    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers, decoders;
+    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers, decoders, preview_modes;
     std::vector<std::pair<std::string, std::string>> scheduler_aliases;  // alias -> scheduler
     std::vector<NumericLimit> limits;
     int image_side_multiple;
@@ -101,6 +119,8 @@ struct OptionTables {
     std::string default_sampler, default_rng;
     double default_strength, default_image_cfg_scale, default_hires_scale, default_hires_strength;
     std::string default_hires_upscaler;
+    double default_vae_memory_budget;
+    int default_preview_interval;
     std::vector<ArchDefaults> arch_defaults;       // one per runnable architecture
     std::vector<std::string> sampler_default_schedulers;  // per sampler, in `samplers` order
     std::vector<float> sampler_default_etas;               // per sampler, in `samplers` order

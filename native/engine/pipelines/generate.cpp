@@ -23,6 +23,7 @@
 #include "diffusion/denoiser.h"
 #include "pipelines/conditioning.h"
 #include "pipelines/image-tensors.h"
+#include "pipelines/preview.h"
 #include "pipelines/resample.h"
 #include "pipelines/sampling.h"
 #include "sd.h"
@@ -197,6 +198,19 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
     }
     r.return_latents = p.return_latents;
     r.codec = resolve_codec(model, p.codec);
+    r.previews = p.previews;
+    const bool taesd_decodes = model.taesd() && model.taesd()->can_decode();
+    r.preview = p.preview ? parse_preview_mode(*p.preview) : taesd_decodes ? PreviewMode::Taesd : PreviewMode::Proj;
+    if (r.preview == PreviewMode::Taesd && !model.taesd()) {
+        throw_invalid("preview 'taesd' needs a TAESD: pass `taesd` (the file's path) to loadModel");
+    }
+    if (r.preview == PreviewMode::Taesd && !model.taesd()->can_decode()) {
+        throw Error(ErrorCode::UnsupportedModel, "preview 'taesd': this TAESD file has no decoder (decoder.layers.*)");
+    }
+    if (r.preview == PreviewMode::Proj && !has_latent_rgb_projection(model.arch())) {
+        throw Error(ErrorCode::UnsupportedModel, std::string("preview 'proj': no latent-to-RGB projection is known for ") + arch_name(model.arch()));
+    }
+    r.preview_interval = int_in("previewInterval", p.preview_interval, kDefaultPreviewInterval, kPreviewIntervalMin, kPreviewIntervalMax);
 
     // Image inputs and what they mean for this UNet.
     if (p.init_image) {
@@ -317,9 +331,11 @@ ImageConditioning prepare_images(const Model & model, GraphRunner & runner, cons
     std::unique_ptr<Rng> rng = make_rng(parse_rng_kind(p.rng), p.seed);
     HostTensor unit;  // the init image in [0, 1]
     if (params.init_image) unit = image_bytes_to_unit(*params.init_image);
+    Codec vae_codec = p.codec;  // the VAE's own encodes (the TAESD encodes only img2img's init image)
+    vae_codec.decoder = Decoder::Vae;
     auto encode_unit = [&](HostTensor image01) {
         unit_to_signed(image01);
-        return vae.encode(runner, image01, rng.get(), p.codec.tiling);
+        return vae.encode(runner, image01, rng.get(), encode_tiling(model, runner, vae_codec, image01.ne[0], image01.ne[1]));
     };
 
     // The latent-space mask: the rounded mask image, nearest-max downsampled to the latent.
@@ -337,7 +353,7 @@ ImageConditioning prepare_images(const Model & model, GraphRunner & runner, cons
         // posterior's mean, unscaled (the reference's pix2pix latent: no noise drawn, no scale factor).
         if (!params.init_image) unit = planes(p.width, p.height, 3);
         unit_to_signed(unit);
-        HostTensor z = vae.encode(runner, unit, nullptr);
+        HostTensor z = vae.encode(runner, unit, nullptr, encode_tiling(model, runner, vae_codec, unit.ne[0], unit.ne[1]));
         const float inv = 1.0f / model.info().vae.scale_factor;
         for (float & v : z.data) v *= inv;
         out.concat = std::move(z);
@@ -387,16 +403,19 @@ ImageConditioning prepare_images(const Model & model, GraphRunner & runner, cons
 // The decoded image's [-1, 1] tensor resized in [0, 1] and encoded again: the hires fix's
 // image-space upscalers.
 HostTensor upscale_in_pixels(const Model & model, GraphRunner & runner, const HostTensor & latent, int width, int height,
-                             Interpolation mode, Rng & rng) {
-    HostTensor image = model.vae().decode(runner, latent);
+                             Interpolation mode, Rng & rng, const Codec & codec) {
+    Codec vae_codec = codec;
+    vae_codec.decoder = Decoder::Vae;
+    HostTensor image = model.vae().decode(runner, latent, decode_tiling(model, runner, vae_codec, latent.ne[0], latent.ne[1]));
     for (float & v : image.data) v = std::clamp((v + 1.0f) * 0.5f, 0.0f, 1.0f);
     HostTensor resized = interpolate(image, width, height, mode);
     for (float & v : resized.data) v = std::clamp(v, 0.0f, 1.0f);
     unit_to_signed(resized);
-    return model.vae().encode(runner, resized, &rng);
+    return model.vae().encode(runner, resized, &rng, encode_tiling(model, runner, vae_codec, width, height));
 }
 
-HostTensor upscale_latent(const Model & model, GraphRunner & runner, const HostTensor & latent, const ResolvedHires & hires, Rng & rng) {
+HostTensor upscale_latent(const Model & model, GraphRunner & runner, const HostTensor & latent, const ResolvedHires & hires, Rng & rng,
+                          const Codec & codec) {
     const int up = model.vae().upscale();
     const int64_t w = hires.width / up, h = hires.height / up;
     switch (parse_hires_upscaler(hires.upscaler)) {
@@ -406,8 +425,8 @@ HostTensor upscale_latent(const Model & model, GraphRunner & runner, const HostT
         case HiresUpscaler::LatentAntialiased: return interpolate(latent, w, h, Interpolation::Bilinear, true);
         case HiresUpscaler::LatentBicubic: return interpolate(latent, w, h, Interpolation::Bicubic);
         case HiresUpscaler::LatentBicubicAntialiased: return interpolate(latent, w, h, Interpolation::Bicubic, true);
-        case HiresUpscaler::Lanczos: return upscale_in_pixels(model, runner, latent, hires.width, hires.height, Interpolation::Lanczos, rng);
-        case HiresUpscaler::Nearest: return upscale_in_pixels(model, runner, latent, hires.width, hires.height, Interpolation::Nearest, rng);
+        case HiresUpscaler::Lanczos: return upscale_in_pixels(model, runner, latent, hires.width, hires.height, Interpolation::Lanczos, rng, codec);
+        case HiresUpscaler::Nearest: return upscale_in_pixels(model, runner, latent, hires.width, hires.height, Interpolation::Nearest, rng, codec);
     }
     throw Error(ErrorCode::Internal, "unknown hires upscaler");
 }
@@ -446,6 +465,9 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     check_abort(control.abort);
 
     const DiscreteSchedule schedule;
+    // The running pass's latest denoised prediction (x0), kept for previews.
+    const bool previewing = p.previews && control.preview;
+    std::vector<float> last_x0;
     auto make_denoise = [&](int lw, int lh, const HostTensor * mask, const std::vector<float> * init) {
         DenoiserInputs di;
         di.unet = &model.unet();
@@ -461,15 +483,19 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         di.concat = images.concat.data.empty() ? nullptr : &images.concat;
         di.img_uncond_concat = images.img_uncond_concat.data.empty() ? nullptr : &images.img_uncond_concat;
         auto denoiser = std::make_shared<Denoiser>(di, lw, lh, C);
-        return Denoise([denoiser, mask, init](const float * x, float sigma, float * denoised, float * uncond_out) {
+        const size_t n = static_cast<size_t>(C) * lw * lh;
+        std::vector<float> * keep = previewing ? &last_x0 : nullptr;
+        return Denoise([denoiser, mask, init, n, keep](const float * x, float sigma, float * denoised, float * uncond_out) {
             (*denoiser)(x, sigma, denoised, uncond_out);
-            if (!mask) return;
-            // Keep what the mask keeps: the init latent where the mask is 0.
-            const size_t plane = mask->data.size(), n = init->size();
-            for (size_t i = 0; i < n; ++i) {
-                const float m = mask->data[i % plane];
-                denoised[i] = denoised[i] * m + (*init)[i] * (1.0f - m);
+            if (mask) {
+                // Keep what the mask keeps: the init latent where the mask is 0.
+                const size_t plane = mask->data.size();
+                for (size_t i = 0; i < n; ++i) {
+                    const float m = mask->data[i % plane];
+                    denoised[i] = denoised[i] * m + (*init)[i] * (1.0f - m);
+                }
             }
+            if (keep) keep->assign(denoised, denoised + n);
         });
     };
     const HostTensor * mask = images.denoise_mask.data.empty() ? nullptr : &images.denoise_mask;
@@ -495,6 +521,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const int steps2 = p.hires.enabled ? static_cast<int>(hires_plan.sigmas.size()) - 1 : 0;
     const int per_image = steps1 + steps2;
     const int total_steps = per_image * p.batch;
+    Codec final_codec = p.codec;
     for (int b = 0; b < p.batch; ++b) {
         const Clock::time_point ts = Clock::now();
         GeneratedImage img;
@@ -502,13 +529,22 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         std::unique_ptr<Rng> rng = make_rng(rng_kind, img.seed);
         std::unique_ptr<Rng> sampler_rng;
         if (!p.sampler_rng.empty() && p.sampler_rng != p.rng) sampler_rng = make_rng(parse_rng_kind(p.sampler_rng), img.seed);
-        auto hook_from = [&](int offset) {
-            return StepHook([&, offset](int step, int) {
-                if (control.progress) control.progress(StepProgress{b * per_image + offset + step, total_steps, ms_since(t0)});
+        auto hook_from = [&](int offset, int lw, int lh) {
+            return StepHook([&, offset, lw, lh](int step, int) {
+                const int done = b * per_image + offset + step;
+                if (previewing && (offset + step) % p.preview_interval == 0 && last_x0.size() == static_cast<size_t>(C) * lw * lh) {
+                    HostTensor x0 = planes(lw, lh, C);
+                    x0.data = last_x0;
+                    StepPreview preview{done, total_steps, b, 0, 0, {}};
+                    preview.rgb = preview_rgb8(model, runner, x0, p.preview, p.codec, preview.width, preview.height);
+                    control.preview(std::move(preview));
+                }
+                if (control.progress) control.progress(StepProgress{done, total_steps, ms_since(t0)});
                 return !(control.abort && control.abort->load());
             });
         };
-        std::vector<float> x = sample_latent(plan, denoise, n, images.init_latent, *rng, sampler_rng.get(), hook_from(0));
+        last_x0.clear();
+        std::vector<float> x = sample_latent(plan, denoise, n, images.init_latent, *rng, sampler_rng.get(), hook_from(0, w, h));
         HostTensor latent = planes(w, h, C);
         latent.data = std::move(x);
 
@@ -519,19 +555,26 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
             std::unique_ptr<Rng> hires_rng = make_rng(rng_kind, img.seed);
             std::unique_ptr<Rng> hires_sampler_rng;
             if (sampler_rng) hires_sampler_rng = make_rng(parse_rng_kind(p.sampler_rng), img.seed);
-            const HostTensor upscaled = upscale_latent(model, runner, latent, p.hires, *hires_rng);
+            const HostTensor upscaled = upscale_latent(model, runner, latent, p.hires, *hires_rng, p.codec);
             HostTensor hires_mask;
             if (mask) hires_mask = interpolate_nearest_max(*mask, hw, hh);
             const Denoise hires_denoise = make_denoise(hw, hh, mask ? &hires_mask : nullptr, &upscaled.data);
             latent.ne[0] = hw;
             latent.ne[1] = hh;
+            last_x0.clear();
             latent.data = sample_latent(hires_plan, hires_denoise, upscaled.data.size(), upscaled.data, *hires_rng,
-                                        hires_sampler_rng.get(), hook_from(steps1));
+                                        hires_sampler_rng.get(), hook_from(steps1, hw, hh));
         }
         out.timings.sampling_ms += ms_since(ts);
 
         const Clock::time_point tv = Clock::now();
-        img.rgb = decode_latent_rgb8(model, runner, latent, p.codec);
+        // Tiled or not is decided once: every image of the batch has the same size.
+        if (b == 0) {
+            final_codec.tiling = decode_tiling(model, runner, p.codec, hw, hh);
+            final_codec.auto_tiling = false;
+            out.vae_tiled = final_codec.tiling.enabled;
+        }
+        img.rgb = decode_latent_rgb8(model, runner, latent, final_codec);
         if (p.return_latents) img.latent = std::move(latent.data);
         out.timings.vae_decode_ms += ms_since(tv);
         out.images.push_back(std::move(img));

@@ -40,6 +40,15 @@ Codec resolve_codec(const Model & model, const CodecParams & params) {
             throw_invalid("decoder must be \"vae\" or \"taesd\"; received \"" + *params.decoder + "\"");
         }
     }
+    if (params.vae_tiling && params.vae_tiling_off) throw_invalid("vaeTiling must be true, false, \"auto\" or tile settings, not both on and off");
+    codec.auto_tiling = !params.vae_tiling && !params.vae_tiling_off;
+    if (params.memory_budget) {
+        const double b = *params.memory_budget;
+        if (!std::isfinite(b) || b < kVaeMemoryBudgetMin || b > kVaeMemoryBudgetMax || b != std::floor(b)) {
+            throw_invalid("vaeMemoryBudget must be an integer number of bytes from 0 to 2^50; received " + std::to_string(b));
+        }
+        codec.memory_budget = static_cast<size_t>(b);
+    }
     if (params.vae_tiling) {
         codec.tiling.enabled = true;
         if (const auto & t = params.vae_tiling->tile_size) {
@@ -62,10 +71,11 @@ Codec resolve_codec(const Model & model, const CodecParams & params) {
 
 std::vector<uint8_t> decode_latent_rgb8(const Model & model, GraphRunner & runner, const HostTensor & latent,
                                         const Codec & codec) {
+    const VaeTiling tiling = decode_tiling(model, runner, codec, latent.ne[0], latent.ne[1]);
     if (codec.decoder == Decoder::Taesd) {
-        return image_to_rgb8(require_taesd(model).decode(runner, latent, codec.tiling), PixelRange::ZeroToOne);
+        return image_to_rgb8(require_taesd(model).decode(runner, latent, tiling), PixelRange::ZeroToOne);
     }
-    return image_to_rgb8(model.vae().decode(runner, latent, codec.tiling), PixelRange::MinusOneToOne);
+    return image_to_rgb8(model.vae().decode(runner, latent, tiling), PixelRange::MinusOneToOne);
 }
 
 HostTensor encode_rgb8(const Model & model, GraphRunner & runner, const std::vector<uint8_t> & rgb, int width, int height,
@@ -77,9 +87,9 @@ HostTensor encode_rgb8(const Model & model, GraphRunner & runner, const std::vec
         const size_t plane = static_cast<size_t>(width) * height;
         for (size_t c = 0; c < 3; ++c)
             for (size_t i = 0; i < plane; ++i) image.data[c * plane + i] = float(rgb[i * 3 + c]) / 255.0f;
-        return require_taesd(model).encode(runner, image, codec.tiling);
+        return require_taesd(model).encode(runner, image, encode_tiling(model, runner, codec, width, height));
     }
-    return model.vae().encode(runner, image, noise, codec.tiling);
+    return model.vae().encode(runner, image, noise, encode_tiling(model, runner, codec, width, height));
 }
 
 size_t decode_compute_bytes(const Model & model, GraphRunner & runner, Decoder decoder, int64_t w, int64_t h) {
@@ -87,8 +97,23 @@ size_t decode_compute_bytes(const Model & model, GraphRunner & runner, Decoder d
     return model.vae().decode_compute_bytes(runner, w, h);
 }
 
-bool decode_needs_tiling(const Model & model, GraphRunner & runner, Decoder decoder, int64_t w, int64_t h, size_t budget_bytes) {
-    return decode_compute_bytes(model, runner, decoder, w, h) > budget_bytes;
+size_t encode_compute_bytes(const Model & model, GraphRunner & runner, Decoder decoder, int64_t width, int64_t height) {
+    if (decoder == Decoder::Taesd) return require_taesd(model).encode_compute_bytes(runner, width, height);
+    return model.vae().encode_compute_bytes(runner, width, height);
+}
+
+VaeTiling decode_tiling(const Model & model, GraphRunner & runner, const Codec & codec, int64_t w, int64_t h) {
+    VaeTiling t = codec.tiling;
+    if (!t.enabled && codec.auto_tiling) t.enabled = decode_compute_bytes(model, runner, codec.decoder, w, h) > codec.memory_budget;
+    return t;
+}
+
+VaeTiling encode_tiling(const Model & model, GraphRunner & runner, const Codec & codec, int64_t width, int64_t height) {
+    VaeTiling t = codec.tiling;
+    if (!t.enabled && codec.auto_tiling) {
+        t.enabled = encode_compute_bytes(model, runner, codec.decoder, width, height) > codec.memory_budget;
+    }
+    return t;
 }
 
 HostTensor encode_image(Session & session, const std::vector<uint8_t> & pixels, int width, int height, int channels,
