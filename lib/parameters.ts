@@ -8,14 +8,17 @@ import { inflateSync } from 'node:zlib';
 import sharp, { type Metadata } from 'sharp';
 import { ImageFormatError, IoError } from './errors.ts';
 import { decodeUserComment, findJpegExif, findUserComment, findWebpExif } from './exif.ts';
-import { A1111_SAMPLER_NAMES, A1111_SCHEDULE_NAMES, type GenerateOptions } from './generate.ts';
+import { A1111_SAMPLER_NAMES, A1111_SCHEDULE_NAMES, A1111_UPSCALER_NAMES, type GenerateOptions, type HiresOptions, type HiresUpscaler } from './generate.ts';
+import { HIRES_UPSCALERS } from './engine-tables.ts';
 import { RNGS, SAMPLERS, SCHEDULERS, SCHEDULER_ALIASES, type Rng, type Sampler, type Scheduler } from './options.ts';
 import { invalid } from './validate.ts';
 
-/** generate() options read from a parameters text, plus img2img's denoising strength. */
+/** generate() options read from a parameters text. */
 export type ParsedGenerateOptions = Partial<GenerateOptions> & {
-  /** "Denoising strength" (img2img). */
+  /** "Denoising strength" of an img2img run (of a txt2img run with the hires fix, that is `hires.strength`). */
   strength?: number;
+  /** The hires fix: "Hires resize" or "Hires upscale", "Hires steps", "Hires upscaler" and its denoising strength. */
+  hires?: HiresOptions;
 };
 
 /** What {@link readParameters} found. */
@@ -161,6 +164,7 @@ const invert = <K extends string>(table: Partial<Record<K, string>>): Map<string
   new Map(Object.entries(table).map(([k, v]) => [(v as string).toLowerCase(), k as K]));
 const SAMPLER_BY_A1111 = invert(A1111_SAMPLER_NAMES);
 const SCHEDULE_BY_A1111 = invert(A1111_SCHEDULE_NAMES);
+const UPSCALER_BY_A1111 = invert(A1111_UPSCALER_NAMES);
 /** A1111's RNG names ("GPU", "CPU", "NV": NV is the GPU generator's numbers on the CPU). */
 const RNG_BY_A1111: Record<string, Rng> = { gpu: 'cuda', nv: 'cuda', cpu: 'cpu' };
 
@@ -174,6 +178,14 @@ function scheduler(v: string): Scheduler | undefined {
   return SCHEDULE_BY_A1111.get(v.toLowerCase());
 }
 
+function upscaler(v: string): HiresUpscaler | undefined {
+  if ((HIRES_UPSCALERS as readonly string[]).includes(v)) return v as HiresUpscaler;
+  return UPSCALER_BY_A1111.get(v.toLowerCase());
+}
+
+/** The fields that say a run used the hires fix (A1111 writes "Hires upscaler" and a size with every one). */
+const HIRES_FIELDS = new Set(['Hires resize', 'Hires upscale', 'Hires steps', 'Hires upscaler']);
+
 const int = (v: string) => (/^-?\d+$/.test(v) && Number.isSafeInteger(Number(v)) ? Number(v) : undefined);
 const num = (v: string) => (/^-?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(v) ? Number(v) : undefined);
 
@@ -184,6 +196,15 @@ const num = (v: string) => (/^-?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(v) ? Numbe
  * names to sdnode's); the rest go to `extra`, as are mapped fields whose value does not parse.
  * An old-style sampler name with the schedule in it ("DPM++ 2M Karras") is split when no
  * "Schedule type" is given.
+ *
+ * The hires fix: "Hires resize: WxH" gives `hires.width` / `hires.height` (a 0 side is left out:
+ * A1111's "keep the aspect ratio"), else "Hires upscale" gives `hires.scale` (with both, the
+ * scale stays in `extra`); "Hires steps" `hires.steps`; "Hires upscaler" (A1111's or sdnode's
+ * names) `hires.upscaler`. Its strength: A1111 writes a txt2img run's hires strength as
+ * "Denoising strength" (there is no other), sdnode writes "Hires denoising strength" when the
+ * run also had an img2img strength; so with a hires field and no "Hires denoising strength",
+ * "Denoising strength" is `hires.strength`, otherwise it is `strength`. "Image CFG scale" is
+ * `imageCfgScale`, "Mask blur" `maskBlur`.
  */
 export function parseParameters(text: string): { options: ParsedGenerateOptions; extra: Record<string, string> } {
   const lines = text.replace(/\r\n?/g, '\n').trim().split('\n');
@@ -209,6 +230,10 @@ export function parseParameters(text: string): { options: ParsedGenerateOptions;
   const extra: Record<string, string> = {};
   let samplerText: string | undefined;
   let hasSchedule = false;
+  const keys = new Set(parsed.map(([key]) => key));
+  const isHires = [...keys].some((key) => HIRES_FIELDS.has(key));
+  const denoisingIsHires = isHires && !keys.has('Hires denoising strength');
+  const hires: HiresOptions = {};
   for (const [key, value] of parsed) {
     let ok = true;
     switch (key) {
@@ -237,7 +262,36 @@ export function parseParameters(text: string): { options: ParsedGenerateOptions;
         ok = (options.eta = num(value)) !== undefined;
         break;
       case 'Denoising strength':
-        ok = (options.strength = num(value)) !== undefined;
+        if (denoisingIsHires) ok = (hires.strength = num(value)) !== undefined;
+        else ok = (options.strength = num(value)) !== undefined;
+        break;
+      case 'Hires denoising strength':
+        ok = (hires.strength = num(value)) !== undefined;
+        break;
+      case 'Hires resize': {
+        // A1111 writes 0 for a side it computes from the aspect ratio.
+        const m = /^(\d+)x(\d+)$/.exec(value);
+        ok = m !== null && (Number(m[1]) > 0 || Number(m[2]) > 0);
+        if (m && ok) {
+          if (Number(m[1]) > 0) hires.width = Number(m[1]);
+          if (Number(m[2]) > 0) hires.height = Number(m[2]);
+        }
+        break;
+      }
+      case 'Hires upscale':
+        ok = (hires.scale = num(value)) !== undefined;
+        break;
+      case 'Hires steps':
+        ok = (hires.steps = int(value)) !== undefined;
+        break;
+      case 'Hires upscaler':
+        ok = (hires.upscaler = upscaler(value)) !== undefined;
+        break;
+      case 'Image CFG scale':
+        ok = (options.imageCfgScale = num(value)) !== undefined;
+        break;
+      case 'Mask blur':
+        ok = (options.maskBlur = num(value)) !== undefined;
         break;
       case 'RNG': {
         const r = (RNGS as readonly string[]).includes(value) ? (value as Rng) : RNG_BY_A1111[value.toLowerCase()];
@@ -257,7 +311,14 @@ export function parseParameters(text: string): { options: ParsedGenerateOptions;
     }
     if (!ok) extra[key] = value;
   }
+  // A size wins over a scale (generate() takes one of them); the scale is kept in extra.
+  if (hires.scale !== undefined && (hires.width !== undefined || hires.height !== undefined)) {
+    extra['Hires upscale'] = parsed.find(([key]) => key === 'Hires upscale')![1];
+    delete hires.scale;
+  }
   // Failed conversions leave `undefined` behind: drop them.
+  for (const k of Object.keys(hires) as Array<keyof HiresOptions>) if (hires[k] === undefined) delete hires[k];
+  if (Object.keys(hires).length > 0) options.hires = hires;
   for (const k of Object.keys(options) as Array<keyof ParsedGenerateOptions>) if (options[k] === undefined) delete options[k];
   if (samplerText !== undefined && options.sampler === undefined && !hasSchedule) {
     for (const [name, schedule] of SCHEDULE_BY_A1111) {

@@ -61,7 +61,7 @@ test('sdnode generate writes PNGs with metadata; a batch writes numbered files',
   assert.match(r.stdout, /cat_1\.png \(seed 5\)/);
   const bad = cli('generate', '-m', made.path, '-p', 'a cat', '-W', '65');
   assert.equal(bad.status, 2);
-  assert.match(bad.stderr, /InvalidArgumentError: width must be a multiple of 8/);
+  assert.match(bad.stderr, /InvalidArgumentError: --width must be a multiple of 8/);
   const missing = cli('generate', '-p', 'a cat');
   assert.equal(missing.status, 2);
   assert.match(missing.stderr, /--model must be a model path/);
@@ -122,11 +122,11 @@ test('sdnode generate: negative numbers are values (--seed -1, -s -1, --seed=-1 
     assert.ok(Number.isSafeInteger(seed) && seed >= 0, `${seedArgs.join(' ')}: a random seed was printed: ${r.stdout}`);
     assert.match(decodePNG(fs.readFileSync(out)).text.parameters, new RegExp(`Seed: ${seed},`));
   }
-  // A negative number reaches the API's check, which names the option.
+  // A negative number reaches the API's check; its error names the flag (the API's cfgScale).
   const cfg = cli('generate', ...common, '--cfg-scale', '-1', '-o', path.join(work, 'neg-cfg.png'));
   assert.equal(cfg.status, 2, cfg.stderr);
   assertOneLine(cfg.stderr, '--cfg-scale -1');
-  assert.match(cfg.stderr, /cfgScale must be a finite number from 0 to 100; received -1/);
+  assert.match(cfg.stderr, /--cfg-scale must be a finite number from 0 to 100; received -1/);
 });
 
 test('sdnode generate checks the output path before loading the model', { timeout: 300_000 }, async () => {
@@ -247,4 +247,105 @@ test('sdnode generate: an unknown output extension or a bad --quality fails befo
   const usage = cli('--help');
   assert.match(usage.stdout, /info IMAGE \[--json\]/);
   assert.match(usage.stdout, /--quality N/);
+});
+
+test('sdnode generate: image to image, inpainting and the hires fix from the command line', { timeout: 300_000 }, async () => {
+  const made = await generateCheckpoint({
+    arch: 'sd1',
+    format: 'safetensors',
+    out: path.join(work, 'img2img.safetensors'),
+    tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 },
+  });
+  const px = new Uint8Array(64 * 64 * 3);
+  for (let i = 0; i < 64 * 64; i++) px.set([(i % 64) * 4, Math.floor(i / 64) * 4, 128], i * 3);
+  const init = path.join(work, 'init.png');
+  fs.writeFileSync(init, encodePNG(px, 64, 64));
+  // White (repaint) on the left half, black (keep) on the right.
+  const maskPx = new Uint8Array(64 * 64 * 3).map((_, i) => (Math.floor(i / 3) % 64 < 32 ? 255 : 0));
+  const mask = path.join(work, 'mask.png');
+  fs.writeFileSync(mask, encodePNG(maskPx, 64, 64));
+  const common = ['-m', made.path, '-p', 'a cat', '--steps', '2', '-s', '9', '--sampler', 'euler'];
+  const params = (file: string) => decodePNG(fs.readFileSync(file)).text.parameters;
+
+  // img2img: the size comes from the init image.
+  const a = path.join(work, 'img2img.png');
+  const r = cli('generate', ...common, '--init-img', init, '--strength', '0.5', '-o', a);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(decodePNG(fs.readFileSync(a)).width, 64);
+  assert.match(params(a), /Size: 64x64, .*Denoising strength: 0\.500000/);
+  assert.match(r.stderr, /text [\d.]+ s, sampling [\d.]+ s, VAE [\d.]+ s, total [\d.]+ s/);
+
+  // Inpainting: the default strength, the mask blur in the metadata.
+  const b = path.join(work, 'inpaint.png');
+  const m = cli('generate', ...common, '--init-img', init, '--mask', mask, '--mask-blur', '2', '--invert-mask', '--resize-mode', 'crop', '-o', b);
+  assert.equal(m.status, 0, m.stderr);
+  assert.match(params(b), /Denoising strength: 0\.750000, Mask blur: 2/);
+
+  // The hires fix: the output is the larger size.
+  const c = path.join(work, 'hires.png');
+  const h = cli('generate', ...common, '-W', '64', '-H', '64', '--steps', '1', '--hires-scale', '2', '--hires-steps', '1', '-o', c);
+  assert.equal(h.status, 0, h.stderr);
+  const big = decodePNG(fs.readFileSync(c));
+  assert.deepEqual([big.width, big.height], [128, 128]);
+  assert.match(big.text.parameters, /Size: 64x64, .*Hires resize: 128x128, Hires steps: 1, Hires upscaler: Latent, Denoising strength: 0\.700000/);
+  // sdnode info --json reads the hires fields back as generate() options.
+  const info = cli('info', c, '--json');
+  assert.equal(info.status, 0, info.stderr);
+  assert.deepEqual(JSON.parse(info.stdout).options.hires, { width: 128, height: 128, steps: 1, strength: 0.7, upscaler: 'latent' });
+
+  // Bad values: the API's check, in the flag's name, one line, exit code 2 (as every InvalidArgumentError).
+  const bad: Array<[string[], RegExp]> = [
+    [['--init-img', init, '--strength', '0'], /--strength must be a finite number above 0, at most 1; received 0/],
+    [['--init-img', init, '--resize-mode', 'bogus'], /--resize-mode must be one of "resize", "crop", "fill"; received "bogus"/],
+    [['--init-img', init, '--mask', mask, '--mask-blur', '0.1'], /--mask-blur must be 0 or a number of pixels from 0\.3/],
+    [['--strength', '0.5'], /--strength must be given with an initImage \(--init-img\)/],
+    [['--mask', mask], /--mask must be given with an initImage \(--init-img\)/],
+    [['--hires-steps', '1.5'], /--hires-steps must be an integer from 0 to 1000; received 1\.5/],
+    [['--hires-upscaler', 'bogus'], /--hires-upscaler must be one of "latent", /],
+    [['--vae-tile-overlap', '0.9'], /--vae-tile-overlap must be a finite number from 0 to 0\.5; received 0\.9/],
+    [['--decoder', 'taesd'], /--decoder 'taesd' needs a TAESD: pass --taesd/],
+    [['--hires-strength', 'lots'], /--hires-strength must be a number; received "lots"/],
+  ];
+  for (const [extra, pattern] of bad) {
+    const label = extra.join(' ');
+    const e = cli('generate', ...common, '-W', '64', '-H', '64', ...extra, '-o', path.join(work, 'bad.png'));
+    assert.equal(e.status, 2, `${label}: ${e.stderr}`);
+    assertOneLine(e.stderr, label);
+    assert.match(e.stderr, /^sdnode: InvalidArgumentError: /, label);
+    assert.match(e.stderr, pattern, label);
+  }
+  assert.equal(fs.existsSync(path.join(work, 'bad.png')), false);
+
+  // A missing input image: an IoError naming the flag and the file, exit code 1, before the model loads.
+  for (const flag of ['--init-img', '--mask']) {
+    const missing = path.join(work, 'no-such-image.png');
+    const args = flag === '--mask' ? ['--init-img', init, '--mask', missing] : ['--init-img', missing];
+    for (const model of [made.path, path.join(work, 'missing.safetensors')]) {
+      const e = cli('generate', '-m', model, '-p', 'a cat', ...args, '-o', path.join(work, 'bad.png'));
+      assert.equal(e.status, 1, `${flag}: ${e.stderr}`);
+      assertOneLine(e.stderr, flag);
+      assert.match(e.stderr, new RegExp(`^sdnode: IoError: ${flag}: cannot open .*no-such-image\\.png: no such file`), flag);
+    }
+  }
+  // A file that is not an image: the image reader's error, in the flag's name.
+  const notImage = cli('generate', ...common, '--init-img', made.path, '-o', path.join(work, 'bad.png'));
+  assert.equal(notImage.status, 1, notImage.stderr);
+  assert.match(notImage.stderr, /^sdnode: ImageFormatError: --init-img: cannot decode the image/m);
+});
+
+test('sdnode --help lists the image-to-image, hires fix and decoding flags with their defaults', () => {
+  const usage = cli('--help').stdout;
+  for (const group of ['image to image:', 'hires fix', 'decoding:']) assert.match(usage, new RegExp(`^${group}`, 'm'));
+  const flags = [
+    '--init-img', '--strength', '--mask', '--mask-blur', '--invert-mask', '--resize-mode', '--img-cfg-scale',
+    '--hires', '--hires-scale', '--hires-width', '--hires-height', '--hires-steps', '--hires-strength', '--hires-upscaler',
+    '--vae', '--taesd', '--decoder', '--vae-tiling', '--vae-tile-size', '--vae-tile-overlap',
+  ];
+  for (const flag of flags) {
+    const line = new RegExp(`^ +${flag} [^\\n]*(\\n {20,}[^\\n]*)*`, 'm').exec(usage)?.[0];
+    assert.ok(line, `${flag} is listed`);
+    assert.match(line, /\(default/, `${flag} has its default`);
+  }
+  assert.match(usage, /--strength X .*\(default 0\.75\)/);
+  assert.match(usage, /--hires-strength X .*\(default 0\.7\)/);
 });

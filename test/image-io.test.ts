@@ -22,6 +22,7 @@ import {
 } from '../lib/image-io.ts';
 import * as api from '../lib/index.ts';
 import { SAMPLERS, SCHEDULERS } from '../lib/options.ts';
+import { HIRES_UPSCALERS } from '../lib/engine-tables.ts';
 import { parseParameters, readParameters } from '../lib/parameters.ts';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-image-io-'));
@@ -538,6 +539,67 @@ describe('readParameters', () => {
     const bad = parseParameters('p\nSteps: many, Seed: 3, Size: big, CFG scale: 7');
     assert.deepEqual(bad.options, { prompt: 'p', seed: 3, cfgScale: 7 });
     assert.deepEqual(bad.extra, { Steps: 'many', Size: 'big' });
+  });
+
+  test('the hires fix round-trips: txt2img + hires writes its strength as "Denoising strength", img2img + hires as "Hires denoising strength"', () => {
+    const hires = { width: 128, height: 96, steps: 3, strength: 0.45, upscaler: 'latent-bicubic' as const, sigmas: [] };
+    const txt = parametersText(resolved({ hires }), 1, 'm', false, '0.1.0');
+    assert.match(txt, /Hires upscaler: Latent \(bicubic\), Denoising strength: 0\.450000/);
+    const t = parseParameters(txt);
+    assert.deepEqual(t.options.hires, { width: 128, height: 96, steps: 3, strength: 0.45, upscaler: 'latent-bicubic' });
+    assert.equal(t.options.strength, undefined, 'a txt2img + hires text has no img2img strength');
+    assert.deepEqual(Object.keys(t.extra).sort(), ['Model', 'Version']);
+
+    const img = parametersText(resolved({ mode: 'img2img', strength: 0.6, maskBlur: 4, hires: { ...hires, upscaler: 'lanczos', strength: 0.3 } }), 1, 'm', false, '0.1.0');
+    assert.match(img, /Denoising strength: 0\.600000, Mask blur: 4, .*Hires denoising strength: 0\.300000/);
+    const i = parseParameters(img);
+    assert.equal(i.options.strength, 0.6);
+    assert.equal(i.options.maskBlur, 4);
+    assert.deepEqual(i.options.hires, { width: 128, height: 96, steps: 3, strength: 0.3, upscaler: 'lanczos' });
+    assert.deepEqual(Object.keys(i.extra).sort(), ['Model', 'Version']);
+
+    // Every upscaler name sdnode writes maps back; so does "Image CFG scale".
+    for (const upscaler of HIRES_UPSCALERS) {
+      const { options } = parseParameters(parametersText(resolved({ hires: { ...hires, upscaler } }), 1, 'm', false, '0.1.0'));
+      assert.equal(options.hires?.upscaler, upscaler);
+    }
+    assert.equal(parseParameters(parametersText(resolved({ mode: 'edit', imageCfgScale: 1.5 }), 1, 'm', false, '0.1.0')).options.imageCfgScale, 1.5);
+    // A txt2img text with a denoising strength and no hires field stays an img2img strength.
+    assert.deepEqual(parseParameters('p\nSteps: 20, Seed: 1, Denoising strength: 0.4').options, { prompt: 'p', steps: 20, seed: 1, strength: 0.4 });
+  });
+
+  test('A1111 hires texts: "Hires upscale" is the scale, a 0 side of "Hires resize" is left out, other upscalers stay in extra', () => {
+    const a1111 = parseParameters(
+      'castle on a hill\nNegative prompt: fog\n' +
+        'Steps: 25, Sampler: Euler a, Schedule type: Karras, CFG scale: 6, Seed: 77, Size: 512x512, Model hash: 0123abcd, Model: sd15, ' +
+        'Denoising strength: 0.55, Hires upscale: 1.5, Hires steps: 12, Hires upscaler: Latent (nearest-exact), Version: v1.9.4',
+    );
+    assert.deepEqual(a1111.options, {
+      prompt: 'castle on a hill',
+      negativePrompt: 'fog',
+      steps: 25,
+      sampler: 'euler_a',
+      scheduler: 'karras',
+      cfgScale: 6,
+      seed: 77,
+      width: 512,
+      height: 512,
+      hires: { scale: 1.5, steps: 12, strength: 0.55, upscaler: 'latent-nearest-exact' },
+    });
+    assert.deepEqual(a1111.extra, { 'Model hash': '0123abcd', Model: 'sd15', Version: 'v1.9.4' });
+    // A resize with one side computed by A1111 (0), a pixel upscaler sdnode does not have, extra hires fields.
+    const other = parseParameters(
+      'p\nSteps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 3, Size: 512x768, Denoising strength: 0.3, ' +
+        'Hires resize: 1024x0, Hires upscaler: R-ESRGAN 4x+, Hires sampler: Euler, Hires CFG Scale: 5',
+    );
+    assert.deepEqual(other.options.hires, { width: 1024, strength: 0.3 });
+    assert.equal(other.options.strength, undefined);
+    assert.deepEqual(other.extra, { 'Hires upscaler': 'R-ESRGAN 4x+', 'Hires sampler': 'Euler', 'Hires CFG Scale': '5' });
+    // Both a size and a scale: the size is what generate() takes; the scale stays in extra. Bad values go to extra.
+    const both = parseParameters('p\nSteps: 20, Seed: 3, Hires upscale: 2, Hires resize: 768x768, Hires steps: many, Image CFG scale: x, Mask blur: 4');
+    assert.deepEqual(both.options, { prompt: 'p', steps: 20, seed: 3, maskBlur: 4, hires: { width: 768, height: 768 } });
+    assert.deepEqual(both.extra, { 'Hires upscale': '2', 'Hires steps': 'many', 'Image CFG scale': 'x' });
+    assert.deepEqual(parseParameters('p\nSteps: 20, Seed: 3, Hires resize: 0x0, Hires upscale: 2').options.hires, { scale: 2 });
   });
 
   test('PNG text chunks: tEXt, zTXt, iTXt (plain and compressed), eXIf', async () => {

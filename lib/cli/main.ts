@@ -5,13 +5,17 @@
  *   sdnode info                 versions, backends, devices, CPU features
  *   sdnode info <image>         the A1111 parameters text of an image (PNG, JPEG, WebP)
  *   sdnode inspect <model>      format, architecture, parameters, hyperparameters of a model
+ *   sdnode generate ...         text to image, image to image, inpainting, the hires fix
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { inspectModel, type ModelInspection } from '../inspect.ts';
-import { loadModel } from '../model.ts';
+import { loadModel, type Decoder } from '../model.ts';
+import { DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS } from '../engine-tables.ts';
+import type { HiresOptions, HiresUpscaler } from '../generate.ts';
+import { DEFAULT_RESIZE_MODE, MIN_MASK_BLUR, MAX_MASK_BLUR, RESIZE_MODES, type ResizeMode } from '../image-io.ts';
 import { MAX_BATCH, RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES, type Rng, type Sampler, type Scheduler, type WeightType } from '../options.ts';
 import { invalid } from '../validate.ts';
 import { systemInfo } from '../system.ts';
@@ -27,7 +31,8 @@ Commands:
                            also "info-png"; exit 1 when the image has none
   inspect <model> [--json] show a model's format, architecture, components and hyperparameters
   generate -m MODEL -p PROMPT [options] -o OUT.png
-                           text to image; a progress bar on stderr, images with A1111 metadata
+                           text to image, image to image, inpainting; a progress bar on stderr,
+                           images with A1111 metadata
 
 generate options:
   -m, --model PATH         model file or diffusers folder (required)
@@ -54,6 +59,37 @@ generate options:
       --type TYPE          convert weights on load: ${WEIGHT_TYPES.join(', ')}
   -t, --threads N          CPU threads
       --backend NAME       auto, cpu or a device name
+
+image to image:
+      --init-img FILE      start from this image (PNG, JPEG, WebP, ...); -W and -H default to its size
+                           (default none: text to image)
+      --strength X         how much to repaint, above 0, at most 1 (default ${DEFAULTS.strength})
+      --mask FILE          inpainting mask, white repaints, black keeps; needs --init-img (default none)
+      --mask-blur X        blur of the mask in pixels, 0 or ${MIN_MASK_BLUR} to ${MAX_MASK_BLUR} (default 0)
+      --invert-mask        repaint the black part instead (default off)
+      --resize-mode MODE   how the images are fitted to -W x -H: ${RESIZE_MODES.join(', ')} (default ${DEFAULT_RESIZE_MODE})
+      --img-cfg-scale X    instruct-pix2pix models: image guidance, 1 = none (default ${DEFAULTS.imageCfgScale})
+
+hires fix (any --hires-* flag turns it on):
+      --hires              sample, upscale, then sample again (image to image) at the larger size
+                           (default off)
+      --hires-scale X      target = size x X (default ${DEFAULTS.hiresScale}); not with --hires-width/--hires-height
+      --hires-width N      target width (default: from --hires-scale; one side alone keeps the aspect)
+      --hires-height N     target height (default: from --hires-scale)
+      --hires-steps N      steps of the second pass (default 0: as many as the first)
+      --hires-strength X   denoising strength of the second pass (default ${DEFAULTS.hiresStrength})
+      --hires-upscaler U   ${HIRES_UPSCALERS.slice(0, 4).join(', ')},
+                           ${HIRES_UPSCALERS.slice(4).join(', ')} (default ${DEFAULTS.hiresUpscaler})
+
+decoding:
+      --vae FILE           a standalone VAE instead of the model's (default: the model's)
+      --taesd FILE         a TAESD (tiny autoencoder) loaded with the model, for --decoder taesd
+                           (default none)
+      --decoder NAME       ${DECODERS.join(' or ')}; taesd also encodes the init image (default vae)
+      --vae-tiling         decode (and encode) in tiles (default off)
+      --vae-tile-size N    tile side in latent pixels, ${LIMITS['vaeTiling.tileSize'].min} to ${LIMITS['vaeTiling.tileSize'].max} (default 32); implies --vae-tiling
+      --vae-tile-overlap X fraction of a tile shared with the next, 0 to 0.5 (default 0.5);
+                           implies --vae-tiling
 
 Options:
   -h, --help               show this help
@@ -218,6 +254,103 @@ function num(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
+/**
+ * Checks, before the model is loaded, that the input image files can be read. Throws an
+ * IoError naming the flag and the file.
+ */
+function checkInputs(files: Record<string, string | undefined>): void {
+  for (const [flag, file] of Object.entries(files)) {
+    if (file === undefined) continue;
+    let why: string | undefined;
+    try {
+      if (fs.statSync(file).isDirectory()) why = 'is a folder, not a file';
+      else fs.accessSync(file, fs.constants.R_OK);
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : e instanceof Error ? e.message : String(e);
+    }
+    if (why !== undefined) throw new IoError(`${flag}: cannot open ${file}: ${why}`, { file });
+  }
+}
+
+/**
+ * The image-to-image, hires fix and decoding options of generate(), only those given. Numbers
+ * go through num(); ranges and names are the API's to check.
+ */
+function imageToImageOptions(values: GenerateValues) {
+  const hires: HiresOptions = {};
+  const put = <K extends keyof HiresOptions>(k: K, v: HiresOptions[K] | undefined) => {
+    if (v !== undefined) hires[k] = v;
+  };
+  put('scale', num('hires-scale', values['hires-scale']));
+  put('width', num('hires-width', values['hires-width']));
+  put('height', num('hires-height', values['hires-height']));
+  put('steps', num('hires-steps', values['hires-steps']));
+  put('strength', num('hires-strength', values['hires-strength']));
+  put('upscaler', values['hires-upscaler'] as HiresUpscaler | undefined);
+  const tileSize = num('vae-tile-size', values['vae-tile-size']);
+  const overlap = num('vae-tile-overlap', values['vae-tile-overlap']);
+  const tiling = tileSize !== undefined || overlap !== undefined
+    ? { ...(tileSize !== undefined ? { tileSize } : {}), ...(overlap !== undefined ? { overlap } : {}) }
+    : values['vae-tiling'] ? true : undefined;
+  const o = {
+    initImage: values['init-img'],
+    strength: num('strength', values.strength),
+    mask: values.mask,
+    maskBlur: num('mask-blur', values['mask-blur']),
+    invertMask: values['invert-mask'],
+    resizeMode: values['resize-mode'] as ResizeMode | undefined,
+    imageCfgScale: num('img-cfg-scale', values['img-cfg-scale']),
+    hires: values.hires || Object.keys(hires).length > 0 ? hires : undefined,
+    decoder: values.decoder as Decoder | undefined,
+    vaeTiling: tiling,
+  };
+  // Leave out what was not given, so that the API fills in its defaults.
+  for (const k of Object.keys(o) as Array<keyof typeof o>) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
+/** The command-line flag of each API option name that errors of loadModel() and generate() start with. */
+const FLAG_OF: Record<string, string> = {
+  modelPath: '--model', prompt: '--prompt', negativePrompt: '--negative-prompt', width: '--width', height: '--height',
+  steps: '--steps', cfgScale: '--cfg-scale', sampler: '--sampler', scheduler: '--scheduler', sigmas: '--sigmas',
+  lmsMaxOrder: '--lms-max-order', seed: '--seed', rng: '--rng', samplerRng: '--sampler-rng', batchSize: '--batch-count',
+  clipSkip: '--clip-skip', eta: '--eta', weightType: '--type', threads: '--threads', backend: '--backend',
+  initImage: '--init-img', strength: '--strength', mask: '--mask', maskBlur: '--mask-blur', invertMask: '--invert-mask',
+  resizeMode: '--resize-mode', imageCfgScale: '--img-cfg-scale',
+  hires: '--hires-*', 'hires.scale': '--hires-scale', 'hires.width': '--hires-width', 'hires.height': '--hires-height',
+  'hires.steps': '--hires-steps', 'hires.strength': '--hires-strength', 'hires.upscaler': '--hires-upscaler',
+  decoder: '--decoder', vaeTiling: '--vae-tiling', 'vaeTiling.tileSize': '--vae-tile-size', 'vaeTiling.overlap': '--vae-tile-overlap',
+  taesd: '--taesd', vae: '--vae',
+};
+
+/**
+ * Says an API error in the command line's words: the option name it starts with becomes the
+ * flag ("maskBlur must be ..." -> "--mask-blur must be ..."), as does an option name in
+ * backticks further on; a camelCase or dotted option name further on gets its flag after it
+ * ("an initImage (--init-img)"); an error about a file given by a flag (its `file`) starts with
+ * that flag. The error keeps its class, so the exit code stays the same.
+ */
+function withFlagNames(e: unknown, files: Record<string, string | undefined>): unknown {
+  if (!(e instanceof SdError) || e.message.startsWith('-')) return e;
+  const subject = /^([A-Za-z]+(?:\.[A-Za-z]+)?)(?=[ :[])/.exec(e.message)?.[1];
+  const flag = subject === undefined ? undefined : FLAG_OF[subject];
+  let head = '';
+  let rest = e.message;
+  if (flag !== undefined) {
+    head = flag;
+    rest = rest.slice(subject!.length);
+  } else if (e.file !== undefined) {
+    const byFile = Object.entries(files).find(([, f]) => f !== undefined && path.resolve(f) === path.resolve(e.file!))?.[0];
+    if (byFile !== undefined) head = `${byFile}: `;
+  }
+  rest = rest.replace(/(?<![\w./-])(`?)([A-Za-z]+(?:\.[A-Za-z]+)?)\1(?![\w/-]|\.\w)/g, (m, quote: string, name: string) =>
+    FLAG_OF[name] === undefined ? m : quote !== '' ? FLAG_OF[name] : /[A-Z.]/.test(name) ? `${m} (${FLAG_OF[name]})` : m,
+  );
+  e.message = head + rest;
+  return e;
+}
+
 /** The output format of a file name, by its extension (none: PNG); undefined for an extension sdnode does not write. */
 export function outputFormat(file: string): 'png' | 'jpeg' | 'webp' | undefined {
   const ext = path.extname(file).toLowerCase();
@@ -232,8 +365,8 @@ export function outputNames(output: string, count: number): string[] {
   return Array.from({ length: count }, (_, i) => `${stem}_${i + 1}${ext}`);
 }
 
-async function generate(args: string[]): Promise<number> {
-  const { values } = parseCommandLine('generate', args, {
+function parseGenerateArgs(args: string[]) {
+  return parseCommandLine('generate', args, {
     options: {
       model: { type: 'string', short: 'm' },
       prompt: { type: 'string', short: 'p' },
@@ -257,8 +390,42 @@ async function generate(args: string[]): Promise<number> {
       threads: { type: 'string', short: 't' },
       backend: { type: 'string' },
       quality: { type: 'string' },
+      'init-img': { type: 'string' },
+      strength: { type: 'string' },
+      mask: { type: 'string' },
+      'mask-blur': { type: 'string' },
+      'invert-mask': { type: 'boolean' },
+      'resize-mode': { type: 'string' },
+      'img-cfg-scale': { type: 'string' },
+      hires: { type: 'boolean' },
+      'hires-scale': { type: 'string' },
+      'hires-width': { type: 'string' },
+      'hires-height': { type: 'string' },
+      'hires-steps': { type: 'string' },
+      'hires-strength': { type: 'string' },
+      'hires-upscaler': { type: 'string' },
+      vae: { type: 'string' },
+      taesd: { type: 'string' },
+      decoder: { type: 'string' },
+      'vae-tiling': { type: 'boolean' },
+      'vae-tile-size': { type: 'string' },
+      'vae-tile-overlap': { type: 'string' },
     },
   });
+}
+
+type GenerateValues = ReturnType<typeof parseGenerateArgs>['values'];
+
+async function generate(args: string[]): Promise<number> {
+  const { values } = parseGenerateArgs(args);
+  try {
+    return await runGenerate(values);
+  } catch (e) {
+    throw withFlagNames(e, { '--model': values.model, '--init-img': values['init-img'], '--mask': values.mask, '--vae': values.vae, '--taesd': values.taesd });
+  }
+}
+
+async function runGenerate(values: GenerateValues): Promise<number> {
   if (!values.model) invalid('--model', 'a model path', undefined);
   if (values.prompt === undefined) invalid('--prompt', 'a prompt', undefined);
   // Fail before the (slow) load when the images could not be written. The API checks the count.
@@ -272,6 +439,8 @@ async function generate(args: string[]): Promise<number> {
     if (!Number.isSafeInteger(quality) || quality < 1 || quality > 100) invalid('--quality', 'an integer from 1 to 100', values.quality);
   }
   checkOutputs(names);
+  checkInputs({ '--init-img': values['init-img'], '--mask': values.mask });
+  const imageOptions = imageToImageOptions(values);
   const bar = new cliProgress.SingleBar(
     { stream: process.stderr, format: '{stage} [{bar}] {value}/{total} {extra}', hideCursor: true, clearOnComplete: false },
     cliProgress.Presets.shades_classic,
@@ -285,6 +454,8 @@ async function generate(args: string[]): Promise<number> {
       weightType: values.type as WeightType | undefined,
       threads: num('threads', values.threads),
       backend: values.backend,
+      vae: values.vae,
+      taesd: values.taesd,
       signal: controller.signal,
       onProgress: ({ fraction }) => bar.update(Math.round(fraction * 100)),
     });
@@ -307,6 +478,7 @@ async function generate(args: string[]): Promise<number> {
         batchSize: num('batch-count', values['batch-count']),
         clipSkip: num('clip-skip', values['clip-skip']),
         eta: num('eta', values.eta),
+        ...imageOptions,
         signal: controller.signal,
         onProgress: ({ step, steps }) => {
           if (step === 1) bar.start(steps, 0, { stage: 'sample', extra: '' });
