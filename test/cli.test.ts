@@ -273,7 +273,7 @@ test('sdnode generate: image to image, inpainting and the hires fix from the com
   assert.equal(r.status, 0, r.stderr);
   assert.equal(decodePNG(fs.readFileSync(a)).width, 64);
   assert.match(params(a), /Size: 64x64, .*Denoising strength: 0\.500000/);
-  assert.match(r.stderr, /text [\d.]+ s, sampling [\d.]+ s, VAE [\d.]+ s, total [\d.]+ s/);
+  assert.match(r.stderr, /text [\d.]+ s, VAE encode [\d.]+ s, sampling [\d.]+ s, VAE [\d.]+ s, total [\d.]+ s/);
 
   // Inpainting: the default strength, the mask blur in the metadata.
   const b = path.join(work, 'inpaint.png');
@@ -335,11 +335,12 @@ test('sdnode generate: image to image, inpainting and the hires fix from the com
 
 test('sdnode --help lists the image-to-image, hires fix and decoding flags with their defaults', () => {
   const usage = cli('--help').stdout;
-  for (const group of ['image to image:', 'hires fix', 'decoding:']) assert.match(usage, new RegExp(`^${group}`, 'm'));
+  for (const group of ['image to image:', 'hires fix', 'decoding:', 'previews:']) assert.match(usage, new RegExp(`^${group}`, 'm'));
   const flags = [
     '--init-img', '--strength', '--mask', '--mask-blur', '--invert-mask', '--resize-mode', '--img-cfg-scale',
     '--hires', '--hires-scale', '--hires-width', '--hires-height', '--hires-steps', '--hires-strength', '--hires-upscaler',
-    '--vae', '--taesd', '--decoder', '--vae-tiling', '--vae-tile-size', '--vae-tile-overlap',
+    '--vae', '--taesd', '--decoder', '--vae-tiling', '--vae-tile-size', '--vae-tile-overlap', '--no-vae-tiling',
+    '--vae-memory-budget', '--preview', '--preview-method', '--preview-interval',
   ];
   for (const flag of flags) {
     const line = new RegExp(`^ +${flag} [^\\n]*(\\n {20,}[^\\n]*)*`, 'm').exec(usage)?.[0];
@@ -348,4 +349,47 @@ test('sdnode --help lists the image-to-image, hires fix and decoding flags with 
   }
   assert.match(usage, /--strength X .*\(default 0\.75\)/);
   assert.match(usage, /--hires-strength X .*\(default 0\.7\)/);
+});
+
+test('sdnode generate --preview FILE writes the latest preview; --vae-tiling and --vae-memory-budget choose the tiling', { timeout: 300_000 }, async () => {
+  const made = await generateCheckpoint({
+    arch: 'sd1',
+    format: 'safetensors',
+    out: path.join(work, 'preview.safetensors'),
+    tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 },
+  });
+  const common = ['-m', made.path, '-p', 'a cat', '-W', '64', '-H', '64', '--steps', '2', '-s', '3', '--sampler', 'euler'];
+  const out = path.join(work, 'final.png');
+  const preview = path.join(work, 'preview.png');
+  const r = cli('generate', ...common, '--preview', preview, '--preview-method', 'vae', '-o', out);
+  assert.equal(r.status, 0, r.stderr);
+  // euler's last preview is its final latent: the same pixels as the image.
+  const p = decodePNG(fs.readFileSync(preview));
+  assert.deepEqual([p.width, p.height], [64, 64]);
+  assert.deepEqual(p.data, decodePNG(fs.readFileSync(out)).data);
+  assert.deepEqual(fs.readdirSync(work).filter((f) => f.endsWith('.tmp')), [], 'no temporary file is left');
+  // proj (the default without a TAESD) at the latent's size, as JPEG.
+  const jpg = path.join(work, 'preview.jpg');
+  const j = cli('generate', ...common, '--preview', jpg, '--preview-interval', '2', '-o', out);
+  assert.equal(j.status, 0, j.stderr);
+  assert.equal(fs.readFileSync(jpg).subarray(0, 2).toString('hex'), 'ffd8');
+  // Tiling: forced, or past a tiny budget; the summary line says so.
+  const t = cli('generate', ...common, '--vae-memory-budget', '0', '-o', out);
+  assert.equal(t.status, 0, t.stderr);
+  assert.match(t.stderr, /VAE [\d.]+ s \(tiled\)/);
+  const u = cli('generate', ...common, '-o', out);
+  assert.doesNotMatch(u.stderr, /\(tiled\)/);
+  const bad: Array<[string[], RegExp]> = [
+    [['--preview', path.join(work, 'p.gif')], /--preview must be a file name ending in \.png, \.jpg, \.jpeg or \.webp/],
+    [['--preview-method', 'vae'], /--preview-method must be given with --preview FILE/],
+    [['--preview', preview, '--preview-method', 'bogus'], /--preview-method must be one of "proj", "taesd", "vae"/],
+    [['--preview', preview, '--preview-interval', '0'], /--preview-interval must be an integer from 1 to 1000/],
+    [['--vae-tiling', '--no-vae-tiling'], /--no-vae-tiling must be given without --vae-tiling/],
+    [['--vae-tiling', '--vae-memory-budget', '10'], /--vae-memory-budget must be given without --vae-tiling, --no-vae-tiling/],
+  ];
+  for (const [extra, pattern] of bad) {
+    const e = cli('generate', ...common, ...extra, '-o', path.join(work, 'bad.png'));
+    assert.equal(e.status, 2, `${extra.join(' ')}: ${e.stderr}`);
+    assert.match(e.stderr, pattern, extra.join(' '));
+  }
 });

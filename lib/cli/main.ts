@@ -13,8 +13,8 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { inspectModel, type ModelInspection } from '../inspect.ts';
 import { loadModel, type Decoder } from '../model.ts';
-import { DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS } from '../engine-tables.ts';
-import type { HiresOptions, HiresUpscaler } from '../generate.ts';
+import { DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, PREVIEW_MODES } from '../engine-tables.ts';
+import type { GeneratePreview, HiresOptions, HiresUpscaler, PreviewMode } from '../generate.ts';
 import { DEFAULT_RESIZE_MODE, MIN_MASK_BLUR, MAX_MASK_BLUR, RESIZE_MODES, type ResizeMode } from '../image-io.ts';
 import { MAX_BATCH, RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES, type Rng, type Sampler, type Scheduler, type WeightType } from '../options.ts';
 import { invalid } from '../validate.ts';
@@ -86,10 +86,20 @@ decoding:
       --taesd FILE         a TAESD (tiny autoencoder) loaded with the model, for --decoder taesd
                            (default none)
       --decoder NAME       ${DECODERS.join(' or ')}; taesd also encodes the init image (default vae)
-      --vae-tiling         decode (and encode) in tiles (default off)
+      --vae-tiling         always decode (and encode) in tiles (default: only when the whole
+                           image would need more than --vae-memory-budget)
+      --no-vae-tiling      never tile (default: tile past the budget)
+      --vae-memory-budget MIB  compute memory an untiled decode may take before it tiles
+                           (default ${DEFAULTS.vaeMemoryBudget / 1024 ** 2}: 1024x1024 runs whole)
       --vae-tile-size N    tile side in latent pixels, ${LIMITS['vaeTiling.tileSize'].min} to ${LIMITS['vaeTiling.tileSize'].max} (default 32); implies --vae-tiling
       --vae-tile-overlap X fraction of a tile shared with the next, 0 to 0.5 (default 0.5);
                            implies --vae-tiling
+
+previews:
+      --preview FILE       write the latest preview to FILE while sampling, .png, .jpg or .webp
+                           (default none)
+      --preview-method M   ${PREVIEW_MODES.join(', ')} (default taesd with --taesd, else proj: latent-sized)
+      --preview-interval N a preview every N steps (default ${DEFAULTS.previewInterval})
 
 Options:
   -h, --help               show this help
@@ -292,7 +302,14 @@ function imageToImageOptions(values: GenerateValues) {
   const overlap = num('vae-tile-overlap', values['vae-tile-overlap']);
   const tiling = tileSize !== undefined || overlap !== undefined
     ? { ...(tileSize !== undefined ? { tileSize } : {}), ...(overlap !== undefined ? { overlap } : {}) }
-    : values['vae-tiling'] ? true : undefined;
+    : values['vae-tiling'] ? true : values['no-vae-tiling'] ? false : undefined;
+  if (values['no-vae-tiling'] && (values['vae-tiling'] || tileSize !== undefined || overlap !== undefined)) {
+    invalid('--no-vae-tiling', 'given without --vae-tiling, --vae-tile-size and --vae-tile-overlap', true);
+  }
+  const budgetMiB = num('vae-memory-budget', values['vae-memory-budget']);
+  if (budgetMiB !== undefined && tiling !== undefined) {
+    invalid('--vae-memory-budget', 'given without --vae-tiling, --no-vae-tiling, --vae-tile-size and --vae-tile-overlap (it decides when to tile)', values['vae-memory-budget']);
+  }
   const o = {
     initImage: values['init-img'],
     strength: num('strength', values.strength),
@@ -304,10 +321,47 @@ function imageToImageOptions(values: GenerateValues) {
     hires: values.hires || Object.keys(hires).length > 0 ? hires : undefined,
     decoder: values.decoder as Decoder | undefined,
     vaeTiling: tiling,
+    vaeMemoryBudget: budgetMiB === undefined ? undefined : Math.round(budgetMiB * 1024 ** 2),
+    preview: values['preview-method'] as PreviewMode | undefined,
+    previewInterval: num('preview-interval', values['preview-interval']),
   };
   // Leave out what was not given, so that the API fills in its defaults.
   for (const k of Object.keys(o) as Array<keyof typeof o>) if (o[k] === undefined) delete o[k];
   return o;
+}
+
+/**
+ * onPreview for --preview FILE: each preview replaces the file (written beside it, then renamed,
+ * so a viewer never reads half a file). Encoding is asynchronous for JPEG and WebP: a preview
+ * that arrives while the last one is still being written is skipped (the next one follows).
+ */
+function previewWriter(file: string, format: 'png' | 'jpeg' | 'webp'): (p: GeneratePreview) => void {
+  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  let busy = false;
+  const write = (bytes: Buffer) => {
+    try {
+      fs.writeFileSync(temp, bytes);
+      fs.renameSync(temp, file);
+    } catch (e) {
+      throw new IoError(`cannot write the preview ${file}: ${e instanceof Error ? e.message : String(e)}`, { file, cause: e });
+    }
+  };
+  return ({ image }) => {
+    if (format === 'png') return write(image.toPNG());
+    if (busy) return;
+    busy = true;
+    (format === 'jpeg' ? image.toJPEG() : image.toWebP()).then(
+      (bytes) => {
+        busy = false;
+        try {
+          write(bytes);
+        } catch (e) {
+          process.stderr.write(`sdnode: ${(e as Error).message}\n`);
+        }
+      },
+      () => (busy = false),
+    );
+  };
 }
 
 /** The command-line flag of each API option name that errors of loadModel() and generate() start with. */
@@ -321,7 +375,8 @@ const FLAG_OF: Record<string, string> = {
   hires: '--hires-*', 'hires.scale': '--hires-scale', 'hires.width': '--hires-width', 'hires.height': '--hires-height',
   'hires.steps': '--hires-steps', 'hires.strength': '--hires-strength', 'hires.upscaler': '--hires-upscaler',
   decoder: '--decoder', vaeTiling: '--vae-tiling', 'vaeTiling.tileSize': '--vae-tile-size', 'vaeTiling.overlap': '--vae-tile-overlap',
-  taesd: '--taesd', vae: '--vae',
+  taesd: '--taesd', vae: '--vae', vaeMemoryBudget: '--vae-memory-budget', preview: '--preview-method',
+  previewInterval: '--preview-interval',
 };
 
 /**
@@ -410,6 +465,11 @@ function parseGenerateArgs(args: string[]) {
       'vae-tiling': { type: 'boolean' },
       'vae-tile-size': { type: 'string' },
       'vae-tile-overlap': { type: 'string' },
+      'no-vae-tiling': { type: 'boolean' },
+      'vae-memory-budget': { type: 'string' },
+      preview: { type: 'string' },
+      'preview-method': { type: 'string' },
+      'preview-interval': { type: 'string' },
     },
   });
 }
@@ -439,6 +499,14 @@ async function runGenerate(values: GenerateValues): Promise<number> {
     if (!Number.isSafeInteger(quality) || quality < 1 || quality > 100) invalid('--quality', 'an integer from 1 to 100', values.quality);
   }
   checkOutputs(names);
+  const previewFile = values.preview;
+  const previewFormat = previewFile === undefined ? undefined : outputFormat(previewFile);
+  if (previewFile !== undefined) {
+    if (previewFormat === undefined) invalid('--preview', 'a file name ending in .png, .jpg, .jpeg or .webp', previewFile);
+    checkOutputs([previewFile]);
+  } else if (values['preview-method'] !== undefined || values['preview-interval'] !== undefined) {
+    invalid(values['preview-method'] !== undefined ? '--preview-method' : '--preview-interval', 'given with --preview FILE', values['preview-method'] ?? values['preview-interval']);
+  }
   checkInputs({ '--init-img': values['init-img'], '--mask': values.mask });
   const imageOptions = imageToImageOptions(values);
   const bar = new cliProgress.SingleBar(
@@ -479,6 +547,7 @@ async function runGenerate(values: GenerateValues): Promise<number> {
         clipSkip: num('clip-skip', values['clip-skip']),
         eta: num('eta', values.eta),
         ...imageOptions,
+        ...(previewFile !== undefined ? { onPreview: previewWriter(previewFile, previewFormat!) } : {}),
         signal: controller.signal,
         onProgress: ({ step, steps }) => {
           if (step === 1) bar.start(steps, 0, { stage: 'sample', extra: '' });
@@ -497,9 +566,10 @@ async function runGenerate(values: GenerateValues): Promise<number> {
         process.stdout.write(`${written[i]} (seed ${img.seed})\n`);
       }
       const t = result.timings;
+      const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
       process.stderr.write(
-        `text ${(t.textEncode / 1000).toFixed(2)} s, sampling ${(t.sampling / 1000).toFixed(2)} s, ` +
-          `VAE ${(t.vaeDecode / 1000).toFixed(2)} s, total ${(t.total / 1000).toFixed(2)} s\n`,
+        `text ${s(t.textEncode)}, ${t.vaeEncode > 0 ? `VAE encode ${s(t.vaeEncode)}, ` : ''}sampling ${s(t.sampling)}, ` +
+          `VAE ${s(t.vaeDecode)}${result.options.vaeTiling ? ' (tiled)' : ''}, total ${s(t.total)}\n`,
       );
       return 0;
     } finally {
