@@ -12,6 +12,13 @@
 // shown too (on a shared, noisy machine, what it does undisturbed). Writes bench/results/<date>.json.
 // --baseline adds, per type, a run with SDNODE_CPU_KERNELS=0 SDNODE_MMAP=0: the same pipeline on
 // ggml's own ops (im2col + ggml_mul_mat, as stable-diffusion.cpp runs them) and copied weights.
+//
+//   npm run bench -- --vae                 # VAE / TAESD stages at 512 and 1024 (--sizes 512,1024)
+//
+// --vae times the decoders and encoders alone (decodeLatents / encodeImage on random latents and
+// images, f16 file as is): full VAE decode (untiled), tiled decode (the defaults), TAESD decode,
+// VAE encode, TAESD encode; each stage and size in its own child process, so peak RSS and the
+// compute buffer are that stage's own. Makes the random TAESD once too.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -98,6 +105,99 @@ async function child(type: string, model: string, size: number, threads: number,
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
+const VAE_STAGES = ['vae decode', 'vae decode, tiled', 'taesd decode', 'vae encode', 'taesd encode'] as const;
+type VaeStage = (typeof VAE_STAGES)[number];
+
+interface VaeFigures {
+  stage: VaeStage;
+  size: number;
+  seconds: number;
+  minSeconds: number;
+  computeMB: number;
+  peakRssMB: number;
+  runs: number;
+}
+
+async function vaeChild(stage: VaeStage, model: string, taesd: string, size: number, threads: number, runs: number): Promise<void> {
+  const { loadModel } = await import('../lib/index.ts');
+  const m = await loadModel(model, { threads, taesd });
+  const decoder = stage.startsWith('taesd') ? ('taesd' as const) : ('vae' as const);
+  const vaeTiling = stage === 'vae decode, tiled';
+  const run = async (side: number) => {
+    const t0 = performance.now();
+    if (stage.endsWith('encode')) {
+      const data = new Uint8Array(side * side * 3).map((_, i) => (i * 37) % 256);
+      await m.encodeImage({ data, width: side, height: side, channels: 3 }, { decoder, vaeTiling: false, seed: 1 });
+    } else {
+      const l = side / 8;
+      const data = new Float32Array(4 * l * l).map((_, i) => Math.sin(i * 0.37) * 0.8);
+      await m.decodeLatents({ data, width: l, height: l, channels: 4 }, { decoder, vaeTiling });
+    }
+    return (performance.now() - t0) / 1000;
+  };
+  await run(64); // faults the weights in
+  const times: number[] = [];
+  for (let r = 0; r < runs; r++) times.push(await run(size));
+  const out: VaeFigures = {
+    stage,
+    size,
+    seconds: median(times),
+    minSeconds: Math.min(...times),
+    computeMB: m.memory().compute / 1024 ** 2,
+    peakRssMB: process.resourceUsage().maxRSS / 1024,
+    runs,
+  };
+  await m.dispose();
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
+function ensureTaesd(): string {
+  const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
+  const file = path.join(cache, 'taesd-random-f16.safetensors');
+  if (fs.existsSync(file)) return file;
+  fs.mkdirSync(cache, { recursive: true });
+  const script = path.resolve(here, '..', '..', 'shared', 'tools', 'make-taesd-random.py');
+  const r = spawnSync('python3', [script, `${file}.partial`], { stdio: 'inherit' });
+  if (r.status !== 0) throw new Error('could not make the TAESD (needs python3 with numpy and ../shared/tools)');
+  fs.renameSync(`${file}.partial`, file);
+  return file;
+}
+
+async function vaeMain(model: string, sizes: number[], threads: number, runs: number): Promise<void> {
+  const taesd = ensureTaesd();
+  const results: VaeFigures[] = [];
+  for (const size of sizes) {
+    for (const stage of VAE_STAGES) {
+      process.stderr.write(`${stage}: ${size}x${size}, ${threads} threads, ${runs} runs...\n`);
+      const r = spawnSync(
+        process.execPath,
+        ['--import', 'tsx', fileURLToPath(import.meta.url), '--vae-child', stage, '--model', model, '--taesd', taesd,
+          '--size', String(size), '--threads', String(threads), '--runs', String(runs)],
+        { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      if (r.status !== 0) throw new Error(`benchmark of ${stage} at ${size} failed`);
+      results.push(JSON.parse(r.stdout.trim().split('\n').pop()!));
+    }
+  }
+  const lines = [
+    `| ${threads} threads (median of ${runs}) | ${sizes.map((s) => `${s}x${s}: time | compute | peak RSS`).join(' | ')} |`,
+    `| --- |${sizes.map(() => ' --- | --- | --- |').join('')}`,
+  ];
+  for (const stage of VAE_STAGES) {
+    const cells = sizes.map((size) => {
+      const f = results.find((x) => x.stage === stage && x.size === size)!;
+      return `${f.seconds.toFixed(2)} s | ${f.computeMB.toFixed(0)} MiB | ${(f.peakRssMB / 1024).toFixed(2)} GB`;
+    });
+    lines.push(`| ${stage} | ${cells.join(' | ')} |`);
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+  const outDir = path.join(here, 'results');
+  fs.mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `vae-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify({ sizes, threads, runs, cpu: os.cpus()[0]?.model, results }, null, 2));
+  process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
+}
+
 function ensureCheckpoint(): string {
   const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
   const file = path.join(cache, 'sd15-random-f16-seed1234.safetensors');
@@ -118,19 +218,26 @@ async function main(): Promise<void> {
       model: { type: 'string' },
       size: { type: 'string', default: '256' },
       threads: { type: 'string', default: '2' },
-      runs: { type: 'string', default: '3' },
+      runs: { type: 'string' },
       steps: { type: 'string', default: '4' },
       types: { type: 'string', default: 'f16,q8_0,q4_0,q4_K,q5_0' },
       baseline: { type: 'boolean', default: false },
+      vae: { type: 'boolean', default: false },
+      'vae-child': { type: 'string' },
+      taesd: { type: 'string' },
+      sizes: { type: 'string', default: '512,1024' },
     },
   });
   const size = Number(values.size);
   const threads = Number(values.threads);
-  const runs = Number(values.runs);
+  // --vae's stages are long at 1024 (a full decode is ~45 s on 2 threads): one run by default.
+  const runs = Number(values.runs ?? (values.vae ? 1 : 3));
   const steps = Number(values.steps);
   if (values.child) return child(values.child, values.model!, size, threads, runs, steps);
+  if (values['vae-child']) return vaeChild(values['vae-child'] as VaeStage, values.model!, values.taesd!, size, threads, runs);
 
   const model = values.model ?? ensureCheckpoint();
+  if (values.vae) return vaeMain(model, values.sizes.split(',').map(Number), threads, runs);
   const results: Array<Figures & { label: string }> = [];
   const variants = values.baseline
     ? [

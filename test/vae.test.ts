@@ -126,4 +126,25 @@ describe('vaeTiling', () => {
     setTimeout(() => controller.abort(new Error('stop')), 50);
     await assert.rejects(run, AbortError);
   });
+
+  test('an AbortSignal stops an encode (whole, tiled, and generate()\'s init image) with AbortError', async () => {
+    await using model = await loadModel(sd1);
+    const side = 1024;
+    const image = { data: new Uint8Array(side * side * 3).map((_, i) => (i * 13) % 256), width: side, height: side, channels: 3 as const };
+    for (const vaeTiling of [false, { tileSize: 8 }]) {
+      const controller = new AbortController();
+      const t0 = Date.now();
+      const run = model.encodeImage(image, { seed: 1, vaeTiling, signal: controller.signal });
+      setTimeout(() => controller.abort(new Error('stop')), 30);
+      await assert.rejects(run, (e: unknown) => e instanceof AbortError && (e as Error).cause instanceof Error, JSON.stringify(vaeTiling));
+      // A whole 1024x1024 encode of this model takes minutes on 2 threads: the abort lands inside it.
+      const aborted = Date.now() - t0;
+      assert.ok(aborted < 10_000, `aborted after ${aborted} ms`);
+    }
+    const controller = new AbortController();
+    const run = model.generate({ prompt: 'x', initImage: image, strength: 0.5, steps: 2, signal: controller.signal });
+    setTimeout(() => controller.abort(new Error('stop')), 30);
+    await assert.rejects(run, AbortError);
+    assert.equal((await model.decodeLatents(latent(8, 8))).length, 1, 'the model works after the aborts');
+  });
 });
