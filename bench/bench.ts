@@ -180,7 +180,7 @@ async function vaeMain(model: string, sizes: number[], threads: number, runs: nu
     }
   }
   const lines = [
-    `| ${threads} threads (median of ${runs}) | ${sizes.map((s) => `${s}x${s}: time | compute | peak RSS`).join(' | ')} |`,
+    `| ${threads} threads (median of ${runs}) | ${sizes.map((s) => `${s}x${s} time | compute | peak RSS`).join(' | ')} |`,
     `| --- |${sizes.map(() => ' --- | --- | --- |').join('')}`,
   ];
   for (const stage of VAE_STAGES) {
