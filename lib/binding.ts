@@ -166,6 +166,8 @@ export interface NativeEncoded {
   data: Float32Array;
   tokens: number;
   dim: number;
+  /** SDXL: the pooled bigG output (1280). */
+  pooled?: Float32Array;
 }
 
 export interface NativeGenerated {

@@ -231,8 +231,10 @@ export interface EncodedPrompt {
   data: Float32Array;
   /** 77 per chunk (prompts past 75 tokens use several chunks). */
   tokens: number;
-  /** Text-encoder width (768 for SD1.x, 1024 for SD2.x). */
+  /** Text-encoder width (768 for SD1.x, 1024 for SD2.x, 2048 for SDXL: CLIP-L's 768 then bigG's 1280 per token). */
   dim: number;
+  /** SDXL: the pooled text embedding (bigG's projected end-token state, 1280 values), the first part of the UNet's `y`. */
+  pooled?: Float32Array;
 }
 
 /** An 8-bit image in memory: interleaved rows, 1 (gray), 3 (RGB) or 4 (RGBA; alpha ignored) channels. */

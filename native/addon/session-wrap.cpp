@@ -245,7 +245,7 @@ Napi::Value generated_to_js(Napi::Env env, sd::GenerateOutput & r) {
 }
 
 struct Encoded {
-    sd::HostTensor hidden;  // ne {dim, tokens, 1}
+    sd::PromptEncoding encoding;  // hidden ne {dim, tokens, 1}; pooled (SDXL) ne {1280}
 };
 
 struct Closed {};
@@ -295,12 +295,18 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
         env, "sdnode.encodePrompt", on(s),
         [s, text, clip_skip, abort]() { return Encoded{sd::encode_prompt(*s, text, clip_skip, abort.get())}; },
         [](Napi::Env e, Encoded & r) -> Napi::Value {
+            const sd::HostTensor & hidden = r.encoding.hidden;
             Napi::Object out = Napi::Object::New(e);
-            Napi::Float32Array data = Napi::Float32Array::New(e, r.hidden.data.size());
-            std::copy(r.hidden.data.begin(), r.hidden.data.end(), data.Data());
+            Napi::Float32Array data = Napi::Float32Array::New(e, hidden.data.size());
+            std::copy(hidden.data.begin(), hidden.data.end(), data.Data());
             out.Set("data", data);
-            out.Set("dim", static_cast<double>(r.hidden.ne[0]));
-            out.Set("tokens", static_cast<double>(r.hidden.ne[1]));
+            out.Set("dim", static_cast<double>(hidden.ne[0]));
+            out.Set("tokens", static_cast<double>(hidden.ne[1]));
+            if (!r.encoding.pooled.data.empty()) {
+                Napi::Float32Array pooled = Napi::Float32Array::New(e, r.encoding.pooled.data.size());
+                std::copy(r.encoding.pooled.data.begin(), r.encoding.pooled.data.end(), pooled.Data());
+                out.Set("pooled", pooled);
+            }
             return out;
         },
         {info.This().As<Napi::Object>()}, nullptr, abort);

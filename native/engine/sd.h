@@ -211,10 +211,15 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
 // on the session's thread (inside Session::submit).
 GenerateOutput generate(Session & session, const GenerateParams & params, const RunControl & control);
 
-// The conditioning of one prompt as the UNet sees it: [1, chunks * 77, dim] (ne {dim, tokens, 1}).
-// clip_skip unset: the architecture's default. On the session's thread.
-HostTensor encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                         const std::atomic<bool> * abort);
+// The conditioning of one prompt as the UNet sees it: `hidden` [1, chunks * 77, dim] (ne {dim,
+// tokens, 1}; SDXL: CLIP-L and bigG side by side, 2048), and SDXL's pooled bigG output (ne {1280},
+// empty for one-encoder models). clip_skip unset: the architecture's default. On the session's thread.
+struct PromptEncoding {
+    HostTensor hidden;
+    HostTensor pooled;
+};
+PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                             const std::atomic<bool> * abort);
 
 // ------------------------------------------------------------------ latents <-> images
 

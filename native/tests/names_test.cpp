@@ -102,11 +102,13 @@ void test_openclip_split() {
         CHECK(t && t->source->name == std::string("cond_stage_model.model.") + rn.first && !t->transpose);
     }
     const auto * proj = find(m, sd::Component::TextEncoder, "text_projection.weight");
-    CHECK(proj && proj->transpose && proj->source->name == "cond_stage_model.model.text_projection");
+    // Square (1024 x 1024): read as stored, as stable-diffusion.cpp does (see openclip_projection).
+    CHECK(proj && !proj->transpose && proj->source->name == "cond_stage_model.model.text_projection");
 }
 
 void test_projection_orientation() {
-    // OpenCLIP [width, proj] -> canonical [proj, width], marked transpose; HF [proj, width] as is.
+    // OpenCLIP [width, proj] -> canonical [proj, width], marked transpose (when not square); HF
+    // [proj, width] as is.
     Builder b;
     b.add("text_model.embeddings.token_embedding.weight", {100, 64});
     b.add("text_projection.weight", {32, 64});
@@ -138,7 +140,7 @@ void test_sdcpp_spellings() {
     const auto * vb = find(m, sd::Component::TextEncoder, "text_model.encoder.layers.0.self_attn.v_proj.bias");
     CHECK(vb && vb->offset == 2 * 64 * 2 && vb->nbytes == 64 * 2);
     const auto * proj = find(m, sd::Component::TextEncoder2, "text_projection.weight");
-    CHECK(proj && proj->transpose);
+    CHECK(proj && !proj->transpose);  // square: as stored, the reference's reading
     CHECK(find(m, sd::Component::TextEncoder2, "text_model.embeddings.token_embedding.weight"));
 }
 

@@ -13,6 +13,7 @@ export const sharedDir = process.env.SDNODE_SHARED_DIR ?? path.resolve(packageRo
 export const referenceCaseDirs = ['sd15-random', 'sd15-random-2'].map((d) => path.join(sharedDir, 'reference', d));
 /** The image-to-image case set. */
 export const img2imgCaseDir = path.join(sharedDir, 'reference', 'sd15-img2img');
+export const sdxlCaseDir = path.join(sharedDir, 'reference', 'sdxl-random');
 
 const modelCache = () => process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
 
@@ -39,6 +40,8 @@ export function referenceModel(file: string): string {
     case 'sd15-inpaint-random-f16.safetensors': return cachedModel(file, 'make-sd15-inpaint-random.py', []);
     case 'sd15-ip2p-random-f16.safetensors': return cachedModel(file, 'make-sd15-inpaint-random.py', ['--in-channels', '8']);
     case 'taesd-random-f16.safetensors': return cachedModel(file, 'make-taesd-random.py', []);
+    // 6.9 GB, a few minutes.
+    case 'sdxl-random-f16.safetensors': return cachedModel(file, 'make-sdxl-random.py', []);
     default: throw new Error(`no generator known for ${file}`);
   }
 }

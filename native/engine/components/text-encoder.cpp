@@ -6,8 +6,8 @@
 
 namespace sd {
 
-TextEncoder::TextEncoder(const TensorSource & weights, TextEncoderParams params)
-    : weights_(weights), params_(std::move(params)) {
+TextEncoder::TextEncoder(const TensorSource & weights, TextEncoderParams params, bool final_layer_norm)
+    : weights_(weights), params_(std::move(params)), final_layer_norm_(final_layer_norm) {
     if (params_.width <= 0 || params_.layers <= 0 || params_.heads <= 0 || params_.width % params_.heads != 0 ||
         params_.vocab <= 0 || params_.max_positions < kClipChunkLength) {
         throw_invalid("text encoder parameters out of range (width " + std::to_string(params_.width) + ", layers " +
@@ -16,7 +16,7 @@ TextEncoder::TextEncoder(const TensorSource & weights, TextEncoderParams params)
     }
 }
 
-ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) const {
+ggml_tensor * TextEncoder::build_layers(Graph & g, ggml_tensor * ids, int last) const {
     const int64_t width = params_.width, tokens = ids->ne[0];
     ggml_tensor * tok = g.w.get("text_model.embeddings.token_embedding.weight");
     ggml_tensor * pos = g.w.get("text_model.embeddings.position_embedding.weight");
@@ -36,7 +36,6 @@ ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) co
 
     // OpenCLIP ViT-H/bigG use gelu, OpenAI CLIP quick_gelu (sd.cpp picks by width when unsaid).
     const bool gelu = params_.activation.empty() ? (width == 1024 || width == 1280) : params_.activation == "gelu";
-    const int last = params_.layers - clip_skip;  // index of the last layer that runs
     for (int i = 0; i <= last; ++i) {
         const std::string p = "text_model.encoder.layers." + std::to_string(i);
         ggml_tensor * h = layer_norm(g, x, p + ".layer_norm1");
@@ -50,17 +49,26 @@ ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) co
         h = gelu ? ggml_gelu(g.ctx, h) : ggml_gelu_quick(g.ctx, h);
         x = named(linear(g, h, p + ".mlp.fc2", x), p);
     }
-    return named(layer_norm(g, x, "text_model.final_layer_norm"), "text_hidden");
+    return x;
 }
 
-HostTensor TextEncoder::encode(GraphRunner & runner, const std::vector<int32_t> & tokens, int clip_skip) const {
+ggml_tensor * TextEncoder::build(Graph & g, ggml_tensor * ids, int clip_skip) const {
+    ggml_tensor * x = build_layers(g, ids, params_.layers - clip_skip);  // the last layer that runs
+    return named(final_layer_norm_ ? layer_norm(g, x, "text_model.final_layer_norm") : x, "text_hidden");
+}
+
+ggml_tensor * TextEncoder::build_pooled(Graph & g, ggml_tensor * ids, ggml_tensor * eos_index) const {
+    if (!g.w.find("text_projection.weight")) throw Error(ErrorCode::ModelFormat, "the text encoder has no text_projection for its pooled output");
+    ggml_tensor * x = layer_norm(g, build_layers(g, ids, params_.layers - 1), "text_model.final_layer_norm");
+    x = ggml_reshape_2d(g.ctx, x, x->ne[0], x->ne[1]);         // [width, 77]
+    ggml_tensor * eos = ggml_get_rows(g.ctx, x, eos_index);    // [width, 1]
+    return named(linear(g, eos, "text_projection"), "text_pooled");
+}
+
+void TextEncoder::check_tokens(const std::vector<int32_t> & tokens) const {
     if (tokens.empty() || tokens.size() % kClipChunkLength != 0) {
         throw_invalid("text encoder input must be a positive multiple of 77 tokens; received " +
                       std::to_string(tokens.size()));
-    }
-    if (clip_skip < 1 || clip_skip > params_.layers) {
-        throw_invalid("clipSkip must be between 1 and " + std::to_string(params_.layers) + "; received " +
-                      std::to_string(clip_skip));
     }
     for (int32_t id : tokens) {
         // An id outside the table would make get_rows read out of bounds.
@@ -69,11 +77,30 @@ HostTensor TextEncoder::encode(GraphRunner & runner, const std::vector<int32_t> 
                           std::to_string(params_.vocab - 1) + ")");
         }
     }
+}
+
+HostTensor TextEncoder::encode(GraphRunner & runner, const std::vector<int32_t> & tokens, int clip_skip) const {
+    check_tokens(tokens);
+    if (clip_skip < 1 || clip_skip > params_.layers) {
+        throw_invalid("clipSkip must be between 1 and " + std::to_string(params_.layers) + "; received " +
+                      std::to_string(clip_skip));
+    }
     const int64_t chunks = static_cast<int64_t>(tokens.size()) / kClipChunkLength;
     const std::string key = "text:" + std::to_string(chunks) + ":" + std::to_string(clip_skip);
     return runner.run(key, [&](GraphBuilder & b) {
         Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
         return build(g, b.input_i32("tokens", tokens.data(), kClipChunkLength, chunks), clip_skip);
+    });
+}
+
+HostTensor TextEncoder::encode_pooled(GraphRunner & runner, const std::vector<int32_t> & tokens, int eos_index) const {
+    check_tokens(tokens);
+    if (tokens.size() != static_cast<size_t>(kClipChunkLength)) throw_invalid("the pooled output takes one chunk of 77 tokens");
+    if (eos_index < 0 || eos_index >= kClipChunkLength) throw_invalid("the end token's index must be within the chunk");
+    const int32_t index = eos_index;
+    return runner.run("text-pooled", [&](GraphBuilder & b) {
+        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        return build_pooled(g, b.input_i32("tokens", tokens.data(), kClipChunkLength, 1), b.input_i32("eos", &index, 1));
     });
 }
 

@@ -4,8 +4,12 @@
 //
 // As stable-diffusion.cpp: token + position embeddings, pre-norm layers with a causal mask,
 // clip_skip counted from the end (1 = every layer, 2 = stop before the last), and the final
-// layer norm applied to whatever layer the skip stops at. Chunks of 77 tokens are encoded
-// independently (here as one batch), then the prompt weights are applied per chunk.
+// layer norm applied to whatever layer the skip stops at (SD1/SD2; SDXL's two encoders give the
+// skipped layer's output without it). Chunks of 77 tokens are encoded independently (here as one
+// batch), then the prompt weights are applied per chunk.
+//
+// The pooled output (SDXL's bigG): every layer, the final layer norm, the hidden state at the end
+// token, through text_projection: [projection_dim].
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -20,21 +24,32 @@ namespace sd {
 class TextEncoder {
 public:
     // `weights` must outlive the encoder. Throws InvalidArgument for unusable params.
-    TextEncoder(const TensorSource & weights, TextEncoderParams params);
+    // final_layer_norm: whether encode()'s hidden states go through the final layer norm.
+    TextEncoder(const TensorSource & weights, TextEncoderParams params, bool final_layer_norm = true);
 
     const TextEncoderParams & params() const { return params_; }
 
     // ids: ne {77, chunks} (i32). Returns ne {width, 77, chunks}.
     ggml_tensor * build(Graph & g, ggml_tensor * ids, int clip_skip) const;
+    // ids: ne {77, 1} (one chunk), eos_index: ne {1} (i32). Returns ne {projection_dim, 1}
+    // (ModelFormat without text_projection).
+    ggml_tensor * build_pooled(Graph & g, ggml_tensor * ids, ggml_tensor * eos_index) const;
 
     // tokens: chunks * 77 ids. Returns the hidden states [chunks, 77, width] (no prompt weights).
     // Throws InvalidArgument for an empty or non-multiple-of-77 count, an id outside the
     // vocabulary, or clip_skip outside [1, layers].
     HostTensor encode(GraphRunner & runner, const std::vector<int32_t> & tokens, int clip_skip) const;
+    // tokens: one chunk of 77 ids; eos_index: where its end token is. Returns ne {projection_dim}.
+    HostTensor encode_pooled(GraphRunner & runner, const std::vector<int32_t> & tokens, int eos_index) const;
 
 private:
+    // Embeddings and layers 0..last: ne {width, 77, chunks}.
+    ggml_tensor * build_layers(Graph & g, ggml_tensor * ids, int last) const;
+    void check_tokens(const std::vector<int32_t> & tokens) const;
+
     const TensorSource & weights_;
     TextEncoderParams params_;
+    bool final_layer_norm_;
 };
 
 // stable-diffusion.cpp's prompt weighting, per 77-token chunk: every token's hidden state is

@@ -29,9 +29,10 @@ Denoiser::Denoiser(DenoiserInputs in, int latent_width, int latent_height, int l
     if (in_.use_img_uncond && in_.concat && !in_.img_uncond_concat) {
         throw Error(ErrorCode::Internal, "image guidance needs the unconditional image channels");
     }
-    passes_.push_back({&in_.cond->context, in_.concat});
-    if (in_.use_uncond) passes_.push_back({&in_.uncond->context, in_.concat});
-    if (in_.use_img_uncond) passes_.push_back({&in_.uncond->context, in_.img_uncond_concat});
+    auto vector_of = [](const Conditioning * c) { return c->vector.data.empty() ? nullptr : &c->vector; };
+    passes_.push_back({&in_.cond->context, in_.concat, vector_of(in_.cond)});
+    if (in_.use_uncond) passes_.push_back({&in_.uncond->context, in_.concat, vector_of(in_.uncond)});
+    if (in_.use_img_uncond) passes_.push_back({&in_.uncond->context, in_.img_uncond_concat, vector_of(in_.uncond)});
     batched_ = true;
     for (const Pass & p : passes_) batched_ = batched_ && p.context->ne[1] == passes_.front().context->ne[1];
     const int batch = batched_ ? static_cast<int>(passes_.size()) : 1;
@@ -42,13 +43,15 @@ Denoiser::Denoiser(DenoiserInputs in, int latent_width, int latent_height, int l
     input_.x.data.resize(n_ * batch);
     input_.timesteps.resize(batch);
     if (batched_) {
-        std::vector<const HostTensor *> contexts, concats;
+        std::vector<const HostTensor *> contexts, concats, vectors;
         for (const Pass & p : passes_) {
             contexts.push_back(p.context);
             if (p.concat) concats.push_back(p.concat);
+            if (p.vector) vectors.push_back(p.vector);
         }
         input_.context = stack(contexts, 2);
         if (!concats.empty()) input_.concat = stack(concats, 3);
+        if (!vectors.empty()) input_.y = stack(vectors, 1);
     }
 }
 
@@ -71,6 +74,7 @@ void Denoiser::operator()(const float * x, float sigma, float * denoised, float 
         for (size_t k = 0; k < passes_.size(); ++k) {
             input_.context = *passes_[k].context;
             if (passes_[k].concat) input_.concat = *passes_[k].concat;
+            if (passes_[k].vector) input_.y = *passes_[k].vector;
             single[k] = in_.unet->forward(*in_.runner, input_);
             outs[k] = single[k].data.data();
         }

@@ -50,6 +50,7 @@ private:
     struct Pass {
         const HostTensor * context;
         const HostTensor * concat;
+        const HostTensor * vector;  // the UNet's y (SDXL); null: none
     };
     DenoiserInputs in_;
     size_t n_;

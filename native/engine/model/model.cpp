@@ -156,18 +156,20 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     if (!info.unet.present) missing.push_back("UNet");
     if (!info.vae.present || !info.vae.has_decoder) missing.push_back("VAE decoder");
     if (!info.text_encoder.present) missing.push_back("text encoder");
+    if (info.arch == Arch::SDXL && !info.text_encoder_2.present) missing.push_back("second text encoder (OpenCLIP bigG)");
     if (!missing.empty()) {
         std::string list;
         for (size_t i = 0; i < missing.size(); ++i) list += (i ? (i + 1 == missing.size() ? " and " : ", ") : "") + missing[i];
         throw_unsupported(m->file_.path, "cannot generate images: the model has no " + list);
     }
-    if (info.arch != Arch::SD1 && info.arch != Arch::SD2) {
-        throw_unsupported(m->file_.path, std::string("text-to-image runs SD1.x and SD2.x models; this one is ") + arch_name(info.arch));
+    if (info.arch != Arch::SD1 && info.arch != Arch::SD2 && info.arch != Arch::SDXL) {
+        throw_unsupported(m->file_.path, std::string("text-to-image runs SD1.x, SD2.x and SDXL base models; this one is ") + arch_name(info.arch));
     }
 
     // The components a run uses, in the order they are loaded and reported, and the file each
     // comes from.
     std::vector<Component> parts = {Component::TextEncoder, Component::Unet, Component::Vae};
+    if (info.arch == Arch::SDXL) parts.insert(parts.begin() + 1, Component::TextEncoder2);
     if (info.taesd.present) parts.push_back(Component::Taesd);
     auto source_of = [&](Component c) -> std::pair<const CanonicalModel *, const std::string *> {
         if (c == Component::Vae && !options.vae_path.empty()) return {&m->vae_file_.canonical, &m->vae_file_.file.path};
@@ -229,9 +231,15 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
         base += component_bytes(c);
     }
 
-    // SD2's OpenCLIP pads prompts with 0, CLIP-L with the end token.
+    // SD2's OpenCLIP pads prompts with 0, CLIP-L (SD1, SDXL) with the end token.
     m->tokenizer_ = &clip_tokenizer(info.arch == Arch::SD2 ? 0 : kClipEosToken);
-    m->components_.text_encoders.push_back(std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder], info.text_encoder));
+    // SDXL's encoders give their skipped layer without the final layer norm (the reference's).
+    const bool final_ln = info.arch != Arch::SDXL;
+    m->components_.text_encoders.push_back(std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder], info.text_encoder, final_ln));
+    if (info.arch == Arch::SDXL) {
+        m->components_.text_encoders.push_back(
+            std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder2], info.text_encoder_2, final_ln));
+    }
     m->components_.unet = std::make_unique<Unet>(*m->tensors_[Component::Unet], info.unet);
     m->components_.vae = std::make_unique<Vae>(*m->tensors_[Component::Vae], info.vae);
     if (info.taesd.present) m->taesd_ = std::make_unique<Taesd>(*m->tensors_[Component::Taesd], info.taesd);

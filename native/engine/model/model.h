@@ -62,6 +62,10 @@ public:
     const ClipTokenizer & tokenizer() const { return *tokenizer_; }
     const Components & components() const { return components_; }
     const TextEncoder & text_encoder() const { return *components_.text_encoders.front(); }
+    // SDXL's second encoder (OpenCLIP bigG), null for one-encoder models.
+    const TextEncoder * text_encoder_2() const {
+        return components_.text_encoders.size() > 1 ? components_.text_encoders[1].get() : nullptr;
+    }
     const Unet & unet() const { return *components_.unet; }
     const Vae & vae() const { return *components_.vae; }
     // The TAESD loaded from ModelLoadOptions::taesd_path, null when none was given.

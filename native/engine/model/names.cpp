@@ -202,6 +202,21 @@ void split_qkv(const ModelFile & file, const TensorRecord * src, const std::stri
 
 // -------- text encoders
 
+// OpenCLIP's text_projection, stored [width, proj] (pooled = x @ P), as the HF [proj, width]
+// weight of a linear layer. A square one (SDXL's bigG: 1280 x 1280) is taken as stored, the
+// bytes read as [out, in], so pooled = P x: that is what stable-diffusion.cpp computes (its
+// linear layer on the stored tensor), and its numbers are the yardstick; the transposed product
+// OpenCLIP defines differs (docs/accuracy.md). A non-square one can only be transposed (the
+// reference cannot load those).
+Mapped openclip_projection(const TensorRecord * src) {
+    Mapped m = whole(src, "text_projection.weight");
+    if (m.shape.size() == 2 && m.shape[0] != m.shape[1]) {
+        std::swap(m.shape[0], m.shape[1]);
+        m.transpose = true;
+    }
+    return m;
+}
+
 // OpenCLIP text tower (names after "model.") to HF CLIP.
 bool map_openclip(const ModelFile & file, const Routed & r, std::vector<Mapped> & out) {
     const std::string & n = r.inner;
@@ -213,10 +228,7 @@ bool map_openclip(const ModelFile & file, const Routed & r, std::vector<Mapped> 
         return true;
     }
     if (n == "text_projection") {
-        Mapped m = whole(src, "text_projection.weight");
-        if (m.shape.size() == 2) std::swap(m.shape[0], m.shape[1]);
-        m.transpose = true;
-        out.push_back(m);
+        out.push_back(openclip_projection(src));
         return true;
     }
     int layer;
@@ -246,10 +258,7 @@ bool map_hf_clip(const ModelFile & file, const Routed & r, std::vector<Mapped> &
     if (!starts_with(n, "text_model.")) return false;
     if (n == "text_model.text_projection" || n == "text_model.text_projection.weight") {
         // stable-diffusion.cpp's spelling; it keeps OpenCLIP's [width, proj] orientation.
-        Mapped m = whole(src, "text_projection.weight");
-        if (m.shape.size() == 2) std::swap(m.shape[0], m.shape[1]);
-        m.transpose = true;
-        out.push_back(m);
+        out.push_back(openclip_projection(src));
         return true;
     }
     int layer;

@@ -1,6 +1,7 @@
 #include "pipelines/conditioning.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/errors.h"
 #include "model/model.h"
@@ -24,10 +25,68 @@ int effective_clip_skip(const Model & model, std::optional<int> clip_skip) {
     return skip;
 }
 
+namespace {
+
+// [chunks, 77, wa] and [chunks, 77, wb] -> [chunks, 77, wa + wb], token by token.
+HostTensor concat_features(const HostTensor & a, const HostTensor & b) {
+    const int64_t wa = a.ne[0], wb = b.ne[0], rows = a.ne[1] * a.ne[2];
+    if (b.ne[1] * b.ne[2] != rows) throw Error(ErrorCode::Internal, "the two text encoders' token counts differ");
+    HostTensor out = a;
+    out.ne[0] = wa + wb;
+    out.data.resize(static_cast<size_t>((wa + wb) * rows));
+    for (int64_t r = 0; r < rows; ++r) {
+        std::copy_n(a.data.data() + r * wa, wa, out.data.data() + r * (wa + wb));
+        std::copy_n(b.data.data() + r * wb, wb, out.data.data() + r * (wa + wb) + wa);
+    }
+    return out;
+}
+
+}  // namespace
+
 Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip) {
     Conditioning c;
-    c.context = encode_prompt(runner, model.text_encoder(), model.tokenizer().tokenize(prompt), clip_skip);
+    const WeightedTokens tokens = model.tokenizer().tokenize(prompt);
+    const TextEncoder * big = model.text_encoder_2();
+    if (!big) {
+        c.context = encode_prompt(runner, model.text_encoder(), tokens, clip_skip);
+        return c;
+    }
+    // bigG sees each chunk cut after its end token (zeros), CLIP-L the chunk as it is.
+    std::vector<int32_t> cut = tokens.tokens;
+    int first_eos = kClipChunkLength - 1;
+    for (size_t chunk = 0; chunk < cut.size() / kClipChunkLength; ++chunk) {
+        int32_t * t = cut.data() + chunk * kClipChunkLength;
+        const int32_t * eos = std::find(t, t + kClipChunkLength, kClipEosToken);
+        const int at = static_cast<int>(eos - t);
+        if (chunk == 0) first_eos = std::min(at, kClipChunkLength - 1);
+        if (at < kClipChunkLength) std::fill(t + at + 1, t + kClipChunkLength, 0);
+    }
+    HostTensor hidden = concat_features(model.text_encoder().encode(runner, tokens.tokens, clip_skip), big->encode(runner, cut, clip_skip));
+    apply_token_weights(hidden, tokens.weights);
+    hidden.ne[1] *= hidden.ne[2];  // [1, chunks * 77, 2048]
+    hidden.ne[2] = 1;
+    c.context = std::move(hidden);
+    c.pooled = big->encode_pooled(runner, std::vector<int32_t>(cut.begin(), cut.begin() + kClipChunkLength), first_eos);
     return c;
+}
+
+void add_size_conditioning(Conditioning & c, const SizeConditioning & size) {
+    if (!c.has_pooled()) throw Error(ErrorCode::Internal, "size conditioning needs the pooled text embedding");
+    constexpr int kDim = 256, kHalf = kDim / 2;
+    std::vector<float> & y = c.vector.data;
+    y = c.pooled.data;
+    for (int v : {size.original_height, size.original_width, size.crop_top, size.crop_left, size.target_height, size.target_width}) {
+        const size_t at = y.size();
+        y.resize(at + kDim);
+        for (int i = 0; i < kHalf; ++i) {
+            const float freq = std::exp(-std::log(10000.0f) * static_cast<float>(i) / static_cast<float>(kHalf));
+            const float arg = static_cast<float>(v) * freq;
+            y[at + i] = std::cos(arg);
+            y[at + kHalf + i] = std::sin(arg);
+        }
+    }
+    c.vector.ne[0] = static_cast<int64_t>(y.size());
+    c.vector.ne[1] = c.vector.ne[2] = c.vector.ne[3] = 1;
 }
 
 }  // namespace sd

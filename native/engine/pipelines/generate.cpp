@@ -283,15 +283,16 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
     return r;
 }
 
-HostTensor encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                         const std::atomic<bool> * abort) {
+PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                             const std::atomic<bool> * abort) {
     check_prompt("text", prompt);
     if (clip_skip) int_in("clipSkip", clip_skip, 0, limits::kClipSkipMin, limits::kClipSkipMax);
     GraphRunner & runner = session.runner();
     const ScopedAbort scoped(runner, abort);
     const Model & model = session.model();
     model.check_files_unchanged();
-    return encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip)).context;
+    Conditioning c = encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip));
+    return PromptEncoding{std::move(c.context), std::move(c.pooled)};
 }
 
 namespace {
@@ -450,9 +451,20 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
 
     // Conditioning, once for the whole batch.
     const int clip_skip = effective_clip_skip(model, params.clip_skip);
-    const Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip);
+    Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip);
     Conditioning uncond;
-    if (use_uncond || use_img_uncond) uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip);
+    if (use_uncond || use_img_uncond) {
+        uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip);
+        // SDXL without a negative prompt: zeros for the text (its pooled vector stays), as the reference.
+        if (model.arch() == Arch::SDXL && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
+    }
+    if (cond.has_pooled()) {
+        SizeConditioning size;
+        size.original_width = size.target_width = p.width;
+        size.original_height = size.target_height = p.height;
+        add_size_conditioning(cond, size);
+        if (use_uncond || use_img_uncond) add_size_conditioning(uncond, size);
+    }
     out.timings.text_encode_ms = ms_since(t0);
     check_abort(control.abort);
 
