@@ -91,4 +91,22 @@ describe('SDXL', () => {
       assert.ok(maxAbs(g.latents![0], gen.latents![0]) < 1e-4, `${format}: latent`);
     }
   });
+
+  test("the SDXL checkpoint's VAE decodes extreme latents without f16 overflow (stable-diffusion.cpp's 1/32 convolution scale); a VAE file is used as is", async () => {
+    const vae = (await generateCheckpoint({ arch: 'sdxl', format: 'vae', out: path.join(work, 'xl-vae.safetensors'), seed: 6, tiny })).path;
+    await using external = await loadModel(ldm, { threads: 2, vae });
+    // +-1e4 alternating: past 65504 inside the first convolutions once divided by the 0.13025 scale factor.
+    const data = new Float32Array(4 * 8 * 8).map((_, i) => (i % 2 ? 1e4 : -1e4));
+    const [own] = await model.decodeLatents({ data, width: 8, height: 8, channels: 4 });
+    const [plain] = await external.decodeLatents({ data, width: 8, height: 8, channels: 4 });
+    const distinct = (px: Uint8Array) => new Set(px).size;
+    assert.ok(distinct(own.data) > 16, 'a real image (NaNs would turn every byte to 0)');
+    assert.equal(distinct(plain.data), 1, 'without the scale the same weights overflow to NaN (all bytes 0)');
+    assert.equal(plain.data[0], 0);
+    // Ordinary latents decode alike both ways but for f16 rounding of the tiniest activations.
+    const gen = await model.generate(base);
+    const [a] = await model.decodeLatents({ data: gen.latents![0], width: 8, height: 8, channels: 4 });
+    const [b] = await external.decodeLatents({ data: gen.latents![0], width: 8, height: 8, channels: 4 });
+    assert.ok(a.data.every((v, i) => Math.abs(v - b.data[i]) <= 2));
+  });
 });

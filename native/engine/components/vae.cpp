@@ -8,7 +8,8 @@
 
 namespace sd {
 
-Vae::Vae(const TensorSource & weights, VaeParams params) : weights_(weights), params_(std::move(params)) {
+Vae::Vae(const TensorSource & weights, VaeParams params, float conv_scale)
+    : weights_(weights), params_(std::move(params)), conv_scale_(conv_scale) {
     if (params_.channel_mult.empty() || params_.channel_mult.size() > 8 || params_.num_res_blocks < 0 ||
         params_.z_channels <= 0 || params_.scale_factor == 0.0f) {
         throw_invalid("VAE parameters out of range (levels " + std::to_string(params_.channel_mult.size()) +
@@ -18,6 +19,7 @@ Vae::Vae(const TensorSource & weights, VaeParams params) : weights_(weights), pa
 }
 
 ggml_tensor * Vae::build_decoder(Graph & g, ggml_tensor * z) const {
+    g.conv_scale = conv_scale_;
     const int levels = static_cast<int>(params_.channel_mult.size());
     ggml_tensor * h = z;
     if (g.w.find("post_quant_conv.weight")) h = conv2d(g, h, "post_quant_conv", 1, 0);
@@ -40,6 +42,7 @@ ggml_tensor * Vae::build_decoder(Graph & g, ggml_tensor * z) const {
 }
 
 ggml_tensor * Vae::build_encoder(Graph & g, ggml_tensor * image) const {
+    g.conv_scale = conv_scale_;
     const int levels = static_cast<int>(params_.channel_mult.size());
     ggml_tensor * h = conv2d(g, image, "encoder.conv_in", 1, 1);
     for (int level = 0; level < levels; ++level) {

@@ -21,10 +21,15 @@
 
 namespace sd {
 
+// stable-diffusion.cpp's Conv2D scale for an SDXL checkpoint's own VAE.
+constexpr float kSdxlVaeConvScale = 1.0f / 32.0f;
+
 class Vae {
 public:
     // `weights` must outlive the VAE. Throws InvalidArgument for unusable params.
-    Vae(const TensorSource & weights, VaeParams params);
+    // conv_scale: Graph::conv_scale for every convolution (1/32 for SDXL's own VAE, as the reference).
+    Vae(const TensorSource & weights, VaeParams params, float conv_scale = 1.0f);
+    float conv_scale() const { return conv_scale_; }
 
     const VaeParams & params() const { return params_; }
     bool can_encode() const { return params_.has_encoder; }
@@ -63,6 +68,7 @@ public:
 private:
     const TensorSource & weights_;
     VaeParams params_;
+    float conv_scale_ = 1.0f;
 };
 
 // The range a decoder's image is in: the VAE's [-1, 1], TAESD's [0, 1].

@@ -241,7 +241,10 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
             std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder2], info.text_encoder_2, final_ln));
     }
     m->components_.unet = std::make_unique<Unet>(*m->tensors_[Component::Unet], info.unet);
-    m->components_.vae = std::make_unique<Vae>(*m->tensors_[Component::Vae], info.vae);
+    // SDXL's own VAE overflows f16 inside its convolutions: stable-diffusion.cpp scales their inputs
+    // by 1/32 unless a VAE file is given (the fp16-fix VAE is the usual one).
+    const float vae_conv_scale = info.arch == Arch::SDXL && options.vae_path.empty() ? kSdxlVaeConvScale : 1.0f;
+    m->components_.vae = std::make_unique<Vae>(*m->tensors_[Component::Vae], info.vae, vae_conv_scale);
     if (info.taesd.present) m->taesd_ = std::make_unique<Taesd>(*m->tensors_[Component::Taesd], info.taesd);
     // Every weight now lives on the device or in the mapped ranges the weights keep: drop the
     // files' own references (metadata and names stay).

@@ -116,7 +116,15 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
     const int64_t out[4] = {(x->ne[0] + 2 * padding - w->ne[0]) / stride + 1, (x->ne[1] + 2 * padding - w->ne[1]) / stride + 1,
                             w->ne[3], x->ne[3]};
     check_residual(w, residual, out);
-    ggml_tensor * y = ops::conv2d(g.ctx, g.cpu, w, x, stride, padding, find_bias(g, prefix, w->ne[3]), residual);
+    ggml_tensor * bias = find_bias(g, prefix, w->ne[3]);
+    if (g.conv_scale != 1.0f) {
+        ggml_tensor * y = ops::conv2d(g.ctx, g.cpu, w, ggml_scale(g.ctx, x, g.conv_scale), stride, padding, nullptr, nullptr);
+        y = ggml_scale(g.ctx, release_after_use(g, y, w), 1.0f / g.conv_scale);
+        if (bias) y = ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, bias, 1, 1, bias->ne[0], 1));
+        if (residual) y = ggml_add(g.ctx, y, residual);
+        return named(y, prefix);
+    }
+    ggml_tensor * y = ops::conv2d(g.ctx, g.cpu, w, x, stride, padding, bias, residual);
     return named(release_after_use(g, y, w), prefix);
 }
 

@@ -53,6 +53,10 @@ struct Graph {
     // sdnode's kernels the ops may use (nn/ops.h; ops::graph_kernels() of the backend the graph
     // runs on; all false off the CPU).
     CpuKernels cpu = {};
+    // conv2d() scales its input by this before the convolution and the result back after (bias
+    // and residual added unscaled): stable-diffusion.cpp's Conv2D scale, which keeps the SDXL
+    // VAE's large activations inside f16's range where the convolution rounds them to f16.
+    float conv_scale = 1.0f;
 };
 
 // `y` (computed from weight `w`) as an in-place node that, once `y` is computed, drops `w`'s
