@@ -228,6 +228,17 @@ export interface GenerateOptions {
    * @example onPreview: ({ step, image }) => fs.writeFileSync('preview.png', image.toPNG())
    */
   onPreview?: (preview: GeneratePreview) => void;
+  /**
+   * SDXL base models: the size conditioning the UNet sees (SGM's `original_size_as_tuple`), in pixels.
+   * A smaller original size asks for the look of an upscaled small image. Other models refuse it.
+   * @default the generation size (stable-diffusion.cpp's)
+   * @example originalSize: { width: 4096, height: 4096 }
+   */
+  originalSize?: { width: number; height: number };
+  /** SDXL base: the crop conditioning (`crop_coords_top_left`), in pixels; non-zero asks for a cropped-looking image. @default { top: 0, left: 0 } */
+  cropTopLeft?: { top: number; left: number };
+  /** SDXL base: the target size conditioning (`target_size_as_tuple`), in pixels. @default the generation size */
+  targetSize?: { width: number; height: number };
   /** How previews are made (with `onPreview` or {@link Model.generateStream}). @default 'taesd' when loadModel got a TAESD, else 'proj' */
   preview?: PreviewMode;
   /** A preview every this many steps of each image, 1 to 1000. @default 1 */
@@ -299,6 +310,10 @@ export interface ResolvedGenerateOptions {
   decoder: import('./model.ts').Decoder;
   /** Whether the final decode ran in tiles (asked, or chosen by `vaeTiling: 'auto'`). */
   vaeTiling: boolean;
+  /** SDXL base: the size conditioning used. */
+  originalSize?: { width: number; height: number };
+  cropTopLeft?: { top: number; left: number };
+  targetSize?: { width: number; height: number };
   /** With previews. */
   preview?: PreviewMode;
   previewInterval?: number;
@@ -333,8 +348,23 @@ const KNOWN_KEYS = new Set([
   'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
-  'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval',
+  'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
 ]);
+
+/** A { a, b } object of integers in the size-conditioning range. */
+function checkPair<A extends string, B extends string>(name: string, v: unknown, a: A, b: B): Record<A | B, number> | undefined {
+  if (v === undefined) return undefined;
+  if (!isObject(v)) invalid(name, `an object { ${a}, ${b} }`, v);
+  const o = v as Record<string, unknown>;
+  expectKnownKeys(name, o, [a, b]);
+  const out = {} as Record<A | B, number>;
+  for (const k of [a, b] as const) {
+    const x = checkLimitedInteger('sizeConditioning', o[k], `${name}.${k}`);
+    if (x === undefined) invalid(`${name}.${k}`, 'an integer', o[k]);
+    out[k] = x;
+  }
+  return out;
+}
 const HIRES_KEYS = new Set(['scale', 'width', 'height', 'steps', 'strength', 'upscaler']);
 
 function checkHires(v: unknown): HiresOptions | undefined {
@@ -447,6 +477,9 @@ export function checkGenerateOptions(
   if (o.invertMask !== undefined && typeof o.invertMask !== 'boolean') invalid('invertMask', 'a boolean', o.invertMask);
   set('preview', o.preview === undefined ? undefined : expectOneOf('preview', o.preview, PREVIEW_MODES));
   set('previewInterval', checkLimitedInteger('previewInterval', o.previewInterval));
+  set('originalSize', checkPair('originalSize', o.originalSize, 'width', 'height'));
+  set('cropTopLeft', checkPair('cropTopLeft', o.cropTopLeft, 'top', 'left'));
+  set('targetSize', checkPair('targetSize', o.targetSize, 'width', 'height'));
   const onPreview = checkCallback<(p: GeneratePreview) => void>('onPreview', o.onPreview);
   if (onPreview) request.previews = true;
   return {

@@ -61,13 +61,29 @@ describe('SDXL', () => {
     assert.deepEqual(one.latents![0], oneNeg.latents![0]);
   });
 
-  test('the size goes into y: another size gives another result than the same latent window would', async () => {
-    // Two sizes differ in more than the latent's extent: their y vectors differ.
-    const a = await model.generate({ ...base, width: 64, height: 128 });
-    const b = await model.generate({ ...base, width: 128, height: 64 });
-    assert.deepEqual([a.images[0].width, a.images[0].height], [64, 128]);
-    assert.deepEqual([b.images[0].width, b.images[0].height], [128, 64]);
-    assert.ok(a.latents![0].every(Number.isFinite) && b.latents![0].every(Number.isFinite));
+  test('originalSize, cropTopLeft and targetSize condition the UNet; their defaults are the generation size and 0, 0', async () => {
+    const r = await model.generate(base);
+    assert.deepEqual([r.options.originalSize, r.options.cropTopLeft, r.options.targetSize], [{ width: 64, height: 64 }, { top: 0, left: 0 }, { width: 64, height: 64 }]);
+    const same = await model.generate({ ...base, originalSize: { width: 64, height: 64 }, cropTopLeft: { top: 0, left: 0 }, targetSize: { width: 64, height: 64 } });
+    assert.deepEqual(same.latents![0], r.latents![0]);
+    for (const extra of [{ originalSize: { width: 1024, height: 1024 } }, { cropTopLeft: { top: 32, left: 0 } }, { targetSize: { width: 64, height: 128 } }]) {
+      const o = await model.generate({ ...base, ...extra });
+      assert.notDeepEqual(o.latents![0], r.latents![0], JSON.stringify(extra));
+    }
+    // Width and height go to y in that order: swapping them changes the result.
+    const swapped = await model.generate({ ...base, originalSize: { width: 64, height: 128 } });
+    const swapped2 = await model.generate({ ...base, originalSize: { width: 128, height: 64 } });
+    assert.notDeepEqual(swapped.latents![0], swapped2.latents![0]);
+    await assert.rejects(model.generate({ ...base, originalSize: { width: -1, height: 64 } }), /originalSize\.width must be an integer from 0 to 16384/);
+    await assert.rejects(model.generate({ ...base, cropTopLeft: { top: 1 } as never }), /cropTopLeft\.left must be an integer/);
+    await assert.rejects(model.generate({ ...base, targetSize: { width: 64, height: 64, depth: 1 } as never }), /targetSize/);
+  });
+
+  test('SD1.x models refuse the SDXL size options', async () => {
+    const sd1 = (await generateCheckpoint({ arch: 'sd1', format: 'safetensors', out: path.join(work, 'sd1.safetensors'), seed: 6, tiny })).path;
+    await using m = await loadModel(sd1, { threads: 2 });
+    await assert.rejects(m.generate({ ...base, originalSize: { width: 64, height: 64 } }), /originalSize applies to SDXL base models only/);
+    assert.equal((await m.generate(base)).options.originalSize, undefined);
   });
 
   test('GGUF files of the same weights give the same numbers as the LDM file; diffusers folders the same hidden states', async () => {

@@ -143,6 +143,19 @@ sd::GenerateParams generate_params(Napi::Object o) {
     p.mask = optional_image(o, "mask");
     p.strength = optional_number(o, "strength");
     p.image_cfg_scale = optional_number(o, "imageCfgScale");
+    // { width, height } / { top, left } pairs; the engine checks the values.
+    const auto pair_of = [&](const char * key, const char * a, const char * b) -> std::optional<std::pair<int, int>> {
+        const Napi::Value v = o.Get(key);
+        if (v.IsUndefined()) return std::nullopt;
+        if (!v.IsObject()) throw_invalid_js(env, std::string(key) + " must be an object { " + a + ", " + b + " }");
+        const Napi::Object po = v.As<Napi::Object>();
+        const std::optional<int> x = optional_int(po, a), y = optional_int(po, b);
+        if (!x || !y) throw_invalid_js(env, std::string(key) + " must be an object { " + a + ", " + b + " } of integers");
+        return std::pair{*x, *y};
+    };
+    p.original_size = pair_of("originalSize", "width", "height");
+    p.crop_top_left = pair_of("cropTopLeft", "top", "left");
+    p.target_size = pair_of("targetSize", "width", "height");
     const Napi::Value hires = o.Get("hires");
     if (!hires.IsUndefined()) {
         if (!hires.IsObject()) throw_invalid_js(env, "hires must be an object");
@@ -201,6 +214,17 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
     }
     o.Set("returnLatents", r.return_latents);
     o.Set("decoder", r.codec.decoder == sd::Decoder::Taesd ? "taesd" : "vae");
+    if (r.size_conditioned) {
+        const auto size = [&](std::pair<int, int> v, const char * a, const char * b) {
+            Napi::Object so = Napi::Object::New(env);
+            so.Set(a, v.first);
+            so.Set(b, v.second);
+            return so;
+        };
+        o.Set("originalSize", size(r.original_size, "width", "height"));
+        o.Set("cropTopLeft", size(r.crop_top_left, "top", "left"));
+        o.Set("targetSize", size(r.target_size, "width", "height"));
+    }
     if (r.previews) {
         o.Set("preview", sd::preview_mode_name(r.preview));
         o.Set("previewInterval", r.preview_interval);

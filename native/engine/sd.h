@@ -117,6 +117,9 @@ struct GenerateParams {
     std::optional<HiresParams> hires;
     CodecParams codec;  // the decoder (and img2img's encoder) and tiling
     bool return_latents = false;
+    // SDXL's size conditioning, in pixels (the UNet's y): unset = the reference's, the
+    // generation size and crop 0, 0. Refused for models without it.
+    std::optional<std::pair<int, int>> original_size, crop_top_left, target_size;  // (width, height), (top, left)
     // Previews while sampling, sent to RunControl::preview: the mode (preview_mode_name: "proj",
     // "taesd", "vae"; default taesd when a TAESD is loaded, else proj) and every how many steps
     // (default kDefaultPreviewInterval). Checked even when `previews` is off.
@@ -153,6 +156,8 @@ struct ResolvedParams {
     std::vector<float> hires_sigmas;  // the second pass's schedule (hires only)
     Codec codec;
     bool return_latents = false;
+    bool size_conditioned = false;  // SDXL: the three below went into y
+    std::pair<int, int> original_size{0, 0}, crop_top_left{0, 0}, target_size{0, 0};
     bool previews = false;
     PreviewMode preview = PreviewMode::Proj;
     int preview_interval = kDefaultPreviewInterval;

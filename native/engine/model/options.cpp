@@ -121,6 +121,7 @@ OptionTables option_tables() {
         {"vaeTiling.overlap", kVaeTileOverlapMin, kVaeTileOverlapMax, false},
         {"vaeMemoryBudget", kVaeMemoryBudgetMin, kVaeMemoryBudgetMax, true},
         {"previewInterval", kPreviewIntervalMin, kPreviewIntervalMax, true},
+        {"sizeConditioning", kSizeConditioningMin, kSizeConditioningMax, true},
     };
     for (PreviewMode m : all_preview_modes()) t.preview_modes.push_back(preview_mode_name(m));
     t.default_vae_memory_budget = kDefaultVaeMemoryBudget;

@@ -50,6 +50,8 @@ constexpr double kVaeTileOverlapMin = 0, kVaeTileOverlapMax = 0.5;
 // Automatic VAE tiling: the compute-buffer bytes an untiled decode (or encode) may need before it
 // is tiled instead; 0 always tiles. At most 1 PiB (any real budget).
 constexpr double kVaeMemoryBudgetMin = 0, kVaeMemoryBudgetMax = 1125899906842624.0;
+// SDXL's size conditioning (originalSize, cropTopLeft, targetSize), in pixels.
+constexpr int kSizeConditioningMin = 0, kSizeConditioningMax = 16384;
 // Previews every N sampling steps.
 constexpr int kPreviewIntervalMin = 1, kPreviewIntervalMax = kStepsMax;
 }  // namespace limits

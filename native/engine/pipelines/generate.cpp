@@ -228,6 +228,23 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         if (edit_unet) throw_invalid("strength does not apply to instruct-pix2pix models (sampling starts from noise; initImage is the image to edit)");
     }
     if (p.image_cfg_scale && !edit_unet) throw_invalid("imageCfgScale applies to instruct-pix2pix models only");
+    r.size_conditioned = model.arch() == Arch::SDXL;
+    for (const auto & [name, v] : {std::pair{"originalSize", &p.original_size}, std::pair{"cropTopLeft", &p.crop_top_left},
+                                   std::pair{"targetSize", &p.target_size}}) {
+        if (!*v) continue;
+        if (!r.size_conditioned) throw_invalid(std::string(name) + " applies to SDXL base models only (their UNet's size conditioning)");
+        for (int x : {(*v)->first, (*v)->second}) {
+            if (x < kSizeConditioningMin || x > kSizeConditioningMax) {
+                throw_invalid(std::string(name) + " values must be integers from " + std::to_string(kSizeConditioningMin) + " to " +
+                              std::to_string(kSizeConditioningMax) + "; received " + std::to_string(x));
+            }
+        }
+    }
+    if (r.size_conditioned) {
+        r.original_size = p.original_size.value_or(std::pair{r.width, r.height});
+        r.crop_top_left = p.crop_top_left.value_or(std::pair{0, 0});
+        r.target_size = p.target_size.value_or(std::pair{r.width, r.height});
+    }
     r.mode = edit_unet ? GenerateMode::Edit : r.has_mask ? GenerateMode::Inpaint : p.init_image ? GenerateMode::Img2Img : GenerateMode::Txt2Img;
     if (edit_unet) {
         r.image_cfg_scale = number_in("imageCfgScale", p.image_cfg_scale, kDefaultImageCfgScale, kImageCfgScaleMin, kImageCfgScaleMax);
@@ -458,10 +475,14 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         // SDXL without a negative prompt: zeros for the text (its pooled vector stays), as the reference.
         if (model.arch() == Arch::SDXL && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
     }
-    if (cond.has_pooled()) {
+    if (p.size_conditioned) {
         SizeConditioning size;
-        size.original_width = size.target_width = p.width;
-        size.original_height = size.target_height = p.height;
+        size.original_width = p.original_size.first;
+        size.original_height = p.original_size.second;
+        size.crop_top = p.crop_top_left.first;
+        size.crop_left = p.crop_top_left.second;
+        size.target_width = p.target_size.first;
+        size.target_height = p.target_size.second;
         add_size_conditioning(cond, size);
         if (use_uncond || use_img_uncond) add_size_conditioning(uncond, size);
     }
