@@ -229,16 +229,20 @@ export interface GenerateOptions {
    */
   onPreview?: (preview: GeneratePreview) => void;
   /**
-   * SDXL base models: the size conditioning the UNet sees (SGM's `original_size_as_tuple`), in pixels.
+   * SDXL models (base and refiner): the size conditioning the UNet sees (SGM's `original_size_as_tuple`), in pixels.
    * A smaller original size asks for the look of an upscaled small image. Other models refuse it.
    * @default the generation size (stable-diffusion.cpp's)
    * @example originalSize: { width: 4096, height: 4096 }
    */
   originalSize?: { width: number; height: number };
-  /** SDXL base: the crop conditioning (`crop_coords_top_left`), in pixels; non-zero asks for a cropped-looking image. @default { top: 0, left: 0 } */
+  /** SDXL and the refiner: the crop conditioning (`crop_coords_top_left`), in pixels; non-zero asks for a cropped-looking image. @default { top: 0, left: 0 } */
   cropTopLeft?: { top: number; left: number };
-  /** SDXL base: the target size conditioning (`target_size_as_tuple`), in pixels. @default the generation size */
+  /** SDXL base: the target size conditioning (`target_size_as_tuple`), in pixels (the refiner refuses it). @default the generation size */
   targetSize?: { width: number; height: number };
+  /** The SDXL refiner: the aesthetic score its UNet is conditioned on for the prompt, 0 to 100 (LAION's 1-10 scale). Other models refuse it. @default 6 */
+  aestheticScore?: number;
+  /** The SDXL refiner: the aesthetic score for the negative prompt's pass. @default 2.5 */
+  negativeAestheticScore?: number;
   /** How previews are made (with `onPreview` or {@link Model.generateStream}). @default 'taesd' when loadModel got a TAESD, else 'proj' */
   preview?: PreviewMode;
   /** A preview every this many steps of each image, 1 to 1000. @default 1 */
@@ -314,6 +318,9 @@ export interface ResolvedGenerateOptions {
   originalSize?: { width: number; height: number };
   cropTopLeft?: { top: number; left: number };
   targetSize?: { width: number; height: number };
+  /** SDXL refiner: the aesthetic scores used. */
+  aestheticScore?: number;
+  negativeAestheticScore?: number;
   /** With previews. */
   preview?: PreviewMode;
   previewInterval?: number;
@@ -349,6 +356,7 @@ const KNOWN_KEYS = new Set([
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
   'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
+  'aestheticScore', 'negativeAestheticScore',
 ]);
 
 /** A { a, b } object of integers in the size-conditioning range. */
@@ -480,6 +488,8 @@ export function checkGenerateOptions(
   set('originalSize', checkPair('originalSize', o.originalSize, 'width', 'height'));
   set('cropTopLeft', checkPair('cropTopLeft', o.cropTopLeft, 'top', 'left'));
   set('targetSize', checkPair('targetSize', o.targetSize, 'width', 'height'));
+  set('aestheticScore', checkLimitedNumber('aestheticScore', o.aestheticScore));
+  set('negativeAestheticScore', checkLimitedNumber('aestheticScore', o.negativeAestheticScore, 'negativeAestheticScore'));
   const onPreview = checkCallback<(p: GeneratePreview) => void>('onPreview', o.onPreview);
   if (onPreview) request.previews = true;
   return {

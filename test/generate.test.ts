@@ -254,7 +254,7 @@ describe('generate option validation', () => {
     assert.deepEqual({ ...DEFAULTS }, {
       steps: 20, cfgScale: 7, sampler: 'euler_a', rng: 'cuda',
       strength: 0.75, imageCfgScale: 1, hiresScale: 2, hiresStrength: 0.7, hiresUpscaler: 'latent',
-      vaeMemoryBudget: 3 * 1024 ** 3, previewInterval: 1,
+      vaeMemoryBudget: 3 * 1024 ** 3, previewInterval: 1, aestheticScore: 6, negativeAestheticScore: 2.5,
     });
     const r = await model.generate({ prompt: 'x', width: 64, height: 64, steps: 1, seed: 3 });
     assert.deepEqual(

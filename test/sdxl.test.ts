@@ -82,7 +82,7 @@ describe('SDXL', () => {
   test('SD1.x models refuse the SDXL size options', async () => {
     const sd1 = (await generateCheckpoint({ arch: 'sd1', format: 'safetensors', out: path.join(work, 'sd1.safetensors'), seed: 6, tiny })).path;
     await using m = await loadModel(sd1, { threads: 2 });
-    await assert.rejects(m.generate({ ...base, originalSize: { width: 64, height: 64 } }), /originalSize applies to SDXL base models only/);
+    await assert.rejects(m.generate({ ...base, originalSize: { width: 64, height: 64 } }), /originalSize applies to SDXL models only/);
     assert.equal((await m.generate(base)).options.originalSize, undefined);
   });
 
@@ -124,5 +124,36 @@ describe('SDXL', () => {
     const [a] = await model.decodeLatents({ data: gen.latents![0], width: 8, height: 8, channels: 4 });
     const [b] = await external.decodeLatents({ data: gen.latents![0], width: 8, height: 8, channels: 4 });
     assert.ok(a.data.every((v, i) => Math.abs(v - b.data[i]) <= 2));
+  });
+});
+
+describe('SDXL refiner', () => {
+  test('bigG alone; y holds the aesthetic score instead of the target size; the options are checked per model', async () => {
+    const made = await generateCheckpoint({ arch: 'sdxl-refiner', format: 'safetensors', out: path.join(work, 'refiner.safetensors'), seed: 7, tiny });
+    await using refiner = await loadModel(made.path, { threads: 2 });
+    assert.equal(refiner.architecture, 'sdxl-refiner');
+    assert.equal(ARCH_DEFAULTS['sdxl-refiner'].width, 512);
+    const e = await refiner.encodePrompt('a lighthouse at dusk');
+    assert.equal(e.dim, 32);
+    assert.equal(e.pooled?.length, 32);
+    const r = await refiner.generate(base);
+    assert.equal(r.options.aestheticScore, 6);
+    assert.equal(r.options.negativeAestheticScore, 2.5);
+    assert.deepEqual(r.options.originalSize, { width: 64, height: 64 });
+    assert.equal(r.options.targetSize, undefined);
+    assert.ok(r.latents![0].every(Number.isFinite));
+    const same = await refiner.generate({ ...base, aestheticScore: 6, negativeAestheticScore: 2.5 });
+    assert.deepEqual(same.latents![0], r.latents![0]);
+    const higher = await refiner.generate({ ...base, aestheticScore: 9 });
+    assert.notDeepEqual(higher.latents![0], r.latents![0]);
+    const neg = await refiner.generate({ ...base, negativeAestheticScore: 1 });
+    assert.notDeepEqual(neg.latents![0], r.latents![0]);
+    // cfgScale 1: no negative pass, so its score does not matter.
+    const a = await refiner.generate({ ...base, cfgScale: 1 });
+    const b = await refiner.generate({ ...base, cfgScale: 1, negativeAestheticScore: 1 });
+    assert.deepEqual(a.latents![0], b.latents![0]);
+    await assert.rejects(refiner.generate({ ...base, targetSize: { width: 64, height: 64 } }), /targetSize does not apply to the SDXL refiner/);
+    await assert.rejects(refiner.generate({ ...base, aestheticScore: 101 }), /aestheticScore must be a finite number from 0 to 100/);
+    await assert.rejects(model.generate({ ...base, aestheticScore: 6 }), /aestheticScore applies to the SDXL refiner only/);
   });
 });

@@ -110,6 +110,8 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     defaults.Set("hiresUpscaler", t.default_hires_upscaler);
     defaults.Set("vaeMemoryBudget", t.default_vae_memory_budget);
     defaults.Set("previewInterval", t.default_preview_interval);
+    defaults.Set("aestheticScore", t.default_aesthetic_score);
+    defaults.Set("negativeAestheticScore", t.default_negative_aesthetic_score);
     o.Set("defaults", defaults);
     Napi::Object arch = Napi::Object::New(env);
     for (const auto & d : t.arch_defaults) {

@@ -156,6 +156,8 @@ sd::GenerateParams generate_params(Napi::Object o) {
     p.original_size = pair_of("originalSize", "width", "height");
     p.crop_top_left = pair_of("cropTopLeft", "top", "left");
     p.target_size = pair_of("targetSize", "width", "height");
+    p.aesthetic_score = optional_number(o, "aestheticScore");
+    p.negative_aesthetic_score = optional_number(o, "negativeAestheticScore");
     const Napi::Value hires = o.Get("hires");
     if (!hires.IsUndefined()) {
         if (!hires.IsObject()) throw_invalid_js(env, "hires must be an object");
@@ -223,7 +225,11 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
         };
         o.Set("originalSize", size(r.original_size, "width", "height"));
         o.Set("cropTopLeft", size(r.crop_top_left, "top", "left"));
-        o.Set("targetSize", size(r.target_size, "width", "height"));
+        if (!r.aesthetic_conditioned) o.Set("targetSize", size(r.target_size, "width", "height"));
+    }
+    if (r.aesthetic_conditioned) {
+        o.Set("aestheticScore", r.aesthetic_score);
+        o.Set("negativeAestheticScore", r.negative_aesthetic_score);
     }
     if (r.previews) {
         o.Set("preview", sd::preview_mode_name(r.preview));

@@ -120,6 +120,8 @@ struct GenerateParams {
     // SDXL's size conditioning, in pixels (the UNet's y): unset = the reference's, the
     // generation size and crop 0, 0. Refused for models without it.
     std::optional<std::pair<int, int>> original_size, crop_top_left, target_size;  // (width, height), (top, left)
+    // The SDXL refiner's aesthetic scores (y), for the prompt and the negative prompt.
+    std::optional<double> aesthetic_score, negative_aesthetic_score;
     // Previews while sampling, sent to RunControl::preview: the mode (preview_mode_name: "proj",
     // "taesd", "vae"; default taesd when a TAESD is loaded, else proj) and every how many steps
     // (default kDefaultPreviewInterval). Checked even when `previews` is off.
@@ -156,8 +158,10 @@ struct ResolvedParams {
     std::vector<float> hires_sigmas;  // the second pass's schedule (hires only)
     Codec codec;
     bool return_latents = false;
-    bool size_conditioned = false;  // SDXL: the three below went into y
+    bool size_conditioned = false;  // SDXL (and the refiner, without target_size): these went into y
     std::pair<int, int> original_size{0, 0}, crop_top_left{0, 0}, target_size{0, 0};
+    bool aesthetic_conditioned = false;  // the SDXL refiner
+    float aesthetic_score = 0, negative_aesthetic_score = 0;
     bool previews = false;
     PreviewMode preview = PreviewMode::Proj;
     int preview_interval = kDefaultPreviewInterval;

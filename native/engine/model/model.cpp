@@ -155,21 +155,26 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     std::vector<std::string> missing;
     if (!info.unet.present) missing.push_back("UNet");
     if (!info.vae.present || !info.vae.has_decoder) missing.push_back("VAE decoder");
-    if (!info.text_encoder.present) missing.push_back("text encoder");
-    if (info.arch == Arch::SDXL && !info.text_encoder_2.present) missing.push_back("second text encoder (OpenCLIP bigG)");
+    if (info.arch == Arch::SDXLRefiner) {
+        if (!info.text_encoder_2.present) missing.push_back("text encoder (OpenCLIP bigG)");
+    } else {
+        if (!info.text_encoder.present) missing.push_back("text encoder");
+        if (info.arch == Arch::SDXL && !info.text_encoder_2.present) missing.push_back("second text encoder (OpenCLIP bigG)");
+    }
     if (!missing.empty()) {
         std::string list;
         for (size_t i = 0; i < missing.size(); ++i) list += (i ? (i + 1 == missing.size() ? " and " : ", ") : "") + missing[i];
         throw_unsupported(m->file_.path, "cannot generate images: the model has no " + list);
     }
-    if (info.arch != Arch::SD1 && info.arch != Arch::SD2 && info.arch != Arch::SDXL) {
-        throw_unsupported(m->file_.path, std::string("text-to-image runs SD1.x, SD2.x and SDXL base models; this one is ") + arch_name(info.arch));
+    if (info.arch == Arch::Unknown) {
+        throw_unsupported(m->file_.path, "text-to-image runs SD1.x, SD2.x, SDXL and SDXL refiner models; this one is of an unknown architecture");
     }
 
     // The components a run uses, in the order they are loaded and reported, and the file each
     // comes from.
     std::vector<Component> parts = {Component::TextEncoder, Component::Unet, Component::Vae};
     if (info.arch == Arch::SDXL) parts.insert(parts.begin() + 1, Component::TextEncoder2);
+    if (info.arch == Arch::SDXLRefiner) parts.front() = Component::TextEncoder2;  // bigG alone
     if (info.taesd.present) parts.push_back(Component::Taesd);
     auto source_of = [&](Component c) -> std::pair<const CanonicalModel *, const std::string *> {
         if (c == Component::Vae && !options.vae_path.empty()) return {&m->vae_file_.canonical, &m->vae_file_.file.path};
@@ -234,8 +239,14 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     // SD2's OpenCLIP pads prompts with 0, CLIP-L (SD1, SDXL) with the end token.
     m->tokenizer_ = &clip_tokenizer(info.arch == Arch::SD2 ? 0 : kClipEosToken);
     // SDXL's encoders give their skipped layer without the final layer norm (the reference's).
-    const bool final_ln = info.arch != Arch::SDXL;
-    m->components_.text_encoders.push_back(std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder], info.text_encoder, final_ln));
+    const bool sdxl_family = info.arch == Arch::SDXL || info.arch == Arch::SDXLRefiner;
+    const bool final_ln = !sdxl_family;
+    if (info.arch == Arch::SDXLRefiner) {
+        m->components_.text_encoders.push_back(
+            std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder2], info.text_encoder_2, final_ln));
+    } else {
+        m->components_.text_encoders.push_back(std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder], info.text_encoder, final_ln));
+    }
     if (info.arch == Arch::SDXL) {
         m->components_.text_encoders.push_back(
             std::make_unique<TextEncoder>(*m->tensors_[Component::TextEncoder2], info.text_encoder_2, final_ln));
@@ -243,7 +254,7 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     m->components_.unet = std::make_unique<Unet>(*m->tensors_[Component::Unet], info.unet);
     // SDXL's own VAE overflows f16 inside its convolutions: stable-diffusion.cpp scales their inputs
     // by 1/32 unless a VAE file is given (the fp16-fix VAE is the usual one).
-    const float vae_conv_scale = info.arch == Arch::SDXL && options.vae_path.empty() ? kSdxlVaeConvScale : 1.0f;
+    const float vae_conv_scale = sdxl_family && options.vae_path.empty() ? kSdxlVaeConvScale : 1.0f;
     m->components_.vae = std::make_unique<Vae>(*m->tensors_[Component::Vae], info.vae, vae_conv_scale);
     if (info.taesd.present) m->taesd_ = std::make_unique<Taesd>(*m->tensors_[Component::Taesd], info.taesd);
     // Every weight now lives on the device or in the mapped ranges the weights keep: drop the

@@ -62,9 +62,15 @@ public:
     const ClipTokenizer & tokenizer() const { return *tokenizer_; }
     const Components & components() const { return components_; }
     const TextEncoder & text_encoder() const { return *components_.text_encoders.front(); }
-    // SDXL's second encoder (OpenCLIP bigG), null for one-encoder models.
+    // SDXL's second encoder (OpenCLIP bigG), null for one-encoder models (the refiner's only
+    // encoder, bigG, is text_encoder()).
     const TextEncoder * text_encoder_2() const {
         return components_.text_encoders.size() > 1 ? components_.text_encoders[1].get() : nullptr;
+    }
+    // The encoder whose pooled output goes into the UNet's y (SDXL, refiner), null for SD1/SD2.
+    const TextEncoder * pooled_encoder() const {
+        if (info_.arch == Arch::SDXLRefiner) return &text_encoder();
+        return text_encoder_2();
     }
     const Unet & unet() const { return *components_.unet; }
     const Vae & vae() const { return *components_.vae; }

@@ -122,10 +122,13 @@ OptionTables option_tables() {
         {"vaeMemoryBudget", kVaeMemoryBudgetMin, kVaeMemoryBudgetMax, true},
         {"previewInterval", kPreviewIntervalMin, kPreviewIntervalMax, true},
         {"sizeConditioning", kSizeConditioningMin, kSizeConditioningMax, true},
+        {"aestheticScore", kAestheticScoreMin, kAestheticScoreMax, false},
     };
     for (PreviewMode m : all_preview_modes()) t.preview_modes.push_back(preview_mode_name(m));
     t.default_vae_memory_budget = kDefaultVaeMemoryBudget;
     t.default_preview_interval = kDefaultPreviewInterval;
+    t.default_aesthetic_score = kDefaultAestheticScore;
+    t.default_negative_aesthetic_score = kDefaultNegativeAestheticScore;
     for (HiresUpscaler u : all_hires_upscalers()) t.hires_upscalers.push_back(hires_upscaler_name(u));
     t.default_strength = kDefaultStrength;
     t.default_image_cfg_scale = kDefaultImageCfgScale;

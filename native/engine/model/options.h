@@ -52,6 +52,8 @@ constexpr double kVaeTileOverlapMin = 0, kVaeTileOverlapMax = 0.5;
 constexpr double kVaeMemoryBudgetMin = 0, kVaeMemoryBudgetMax = 1125899906842624.0;
 // SDXL's size conditioning (originalSize, cropTopLeft, targetSize), in pixels.
 constexpr int kSizeConditioningMin = 0, kSizeConditioningMax = 16384;
+// The SDXL refiner's aesthetic-score conditioning (LAION's aesthetic scale is 1 to 10).
+constexpr double kAestheticScoreMin = 0, kAestheticScoreMax = 100;
 // Previews every N sampling steps.
 constexpr int kPreviewIntervalMin = 1, kPreviewIntervalMax = kStepsMax;
 }  // namespace limits
@@ -66,6 +68,8 @@ constexpr const char * kDecoderNames[] = {"vae", "taesd"};
 // (build-tests/vae_memory measures them; docs/performance.md).
 constexpr double kDefaultVaeMemoryBudget = 3.0 * 1024 * 1024 * 1024;
 constexpr int kDefaultPreviewInterval = 1;
+// The SDXL refiner's aesthetic scores for the prompt and the negative prompt (SGM's and diffusers').
+constexpr double kDefaultAestheticScore = 6.0, kDefaultNegativeAestheticScore = 2.5;
 constexpr int kDefaultSteps = 20;
 constexpr float kDefaultCfgScale = 7.0f;
 constexpr const char * kDefaultRng = "cuda";
@@ -122,6 +126,7 @@ struct OptionTables {
     double default_strength, default_image_cfg_scale, default_hires_scale, default_hires_strength;
     std::string default_hires_upscaler;
     double default_vae_memory_budget;
+    double default_aesthetic_score, default_negative_aesthetic_score;
     int default_preview_interval;
     std::vector<ArchDefaults> arch_defaults;       // one per runnable architecture
     std::vector<std::string> sampler_default_schedulers;  // per sampler, in `samplers` order

@@ -10,7 +10,7 @@
 namespace sd {
 
 int effective_clip_skip(const Model & model, std::optional<int> clip_skip) {
-    const TextEncoderParams & te = model.info().text_encoder;
+    const TextEncoderParams & te = model.text_encoder().params();
     int skip = clip_skip ? *clip_skip : arch_defaults(model.arch()).clip_skip;
     // diffusers' SD2.x text encoders ship 23 of OpenCLIP-H's 24 layers (SD2 never uses the last
     // one): their output is already one layer from the end.
@@ -46,11 +46,12 @@ HostTensor concat_features(const HostTensor & a, const HostTensor & b) {
 Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip) {
     Conditioning c;
     const WeightedTokens tokens = model.tokenizer().tokenize(prompt);
-    const TextEncoder * big = model.text_encoder_2();
+    const TextEncoder * big = model.pooled_encoder();
     if (!big) {
         c.context = encode_prompt(runner, model.text_encoder(), tokens, clip_skip);
         return c;
     }
+    const TextEncoder * clip_l = model.text_encoder_2() ? &model.text_encoder() : nullptr;  // SDXL base; the refiner has bigG alone
     // bigG sees each chunk cut after its end token (zeros), CLIP-L the chunk as it is.
     std::vector<int32_t> cut = tokens.tokens;
     int first_eos = kClipChunkLength - 1;
@@ -61,7 +62,8 @@ Conditioning encode_conditioning(const Model & model, GraphRunner & runner, cons
         if (chunk == 0) first_eos = std::min(at, kClipChunkLength - 1);
         if (at < kClipChunkLength) std::fill(t + at + 1, t + kClipChunkLength, 0);
     }
-    HostTensor hidden = concat_features(model.text_encoder().encode(runner, tokens.tokens, clip_skip), big->encode(runner, cut, clip_skip));
+    HostTensor hidden = big->encode(runner, cut, clip_skip);
+    if (clip_l) hidden = concat_features(clip_l->encode(runner, tokens.tokens, clip_skip), hidden);
     apply_token_weights(hidden, tokens.weights);
     hidden.ne[1] *= hidden.ne[2];  // [1, chunks * 77, 2048]
     hidden.ne[2] = 1;
@@ -71,16 +73,27 @@ Conditioning encode_conditioning(const Model & model, GraphRunner & runner, cons
 }
 
 void add_size_conditioning(Conditioning & c, const SizeConditioning & size) {
+    std::vector<float> values = {float(size.original_height), float(size.original_width), float(size.crop_top), float(size.crop_left)};
+    if (size.aesthetic_score) {
+        values.push_back(*size.aesthetic_score);
+    } else {
+        values.push_back(float(size.target_height));
+        values.push_back(float(size.target_width));
+    }
+    add_vector_embeddings(c, values);
+}
+
+void add_vector_embeddings(Conditioning & c, const std::vector<float> & values) {
     if (!c.has_pooled()) throw Error(ErrorCode::Internal, "size conditioning needs the pooled text embedding");
     constexpr int kDim = 256, kHalf = kDim / 2;
     std::vector<float> & y = c.vector.data;
     y = c.pooled.data;
-    for (int v : {size.original_height, size.original_width, size.crop_top, size.crop_left, size.target_height, size.target_width}) {
+    for (float v : values) {
         const size_t at = y.size();
         y.resize(at + kDim);
         for (int i = 0; i < kHalf; ++i) {
             const float freq = std::exp(-std::log(10000.0f) * static_cast<float>(i) / static_cast<float>(kHalf));
-            const float arg = static_cast<float>(v) * freq;
+            const float arg = v * freq;
             y[at + i] = std::cos(arg);
             y[at + kHalf + i] = std::sin(arg);
         }

@@ -22,12 +22,17 @@ struct SizeConditioning {
     int original_width = 0, original_height = 0;
     int crop_top = 0, crop_left = 0;
     int target_width = 0, target_height = 0;
+    std::optional<float> aesthetic_score;  // the refiner's: in place of the target size
 };
 
 // SDXL's y: the pooled embedding, then 256-wide sinusoidal embeddings (cos half, then sin half,
 // periods up to 10000) of [original height, width], [crop top, left], [target height, width]:
-// 1280 + 6 x 256 = 2816 values. Sets c.vector; throws Internal without a pooled embedding.
+// 1280 + 6 x 256 = 2816 values; the refiner's (SGM's sd_xl_refiner) ends with the aesthetic score
+// instead of the target size: 1280 + 5 x 256 = 2560. Sets c.vector; throws Internal without a
+// pooled embedding.
 void add_size_conditioning(Conditioning & c, const SizeConditioning & size);
+// The same for any list of scalars after the pooled embedding.
+void add_vector_embeddings(Conditioning & c, const std::vector<float> & values);
 
 // The text-encoder layer from the end that `clip_skip` (unset: the architecture's default)
 // means for this model. Throws InvalidArgument when an explicit value exceeds the layer count.

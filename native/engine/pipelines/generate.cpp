@@ -228,17 +228,28 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         if (edit_unet) throw_invalid("strength does not apply to instruct-pix2pix models (sampling starts from noise; initImage is the image to edit)");
     }
     if (p.image_cfg_scale && !edit_unet) throw_invalid("imageCfgScale applies to instruct-pix2pix models only");
-    r.size_conditioned = model.arch() == Arch::SDXL;
+    const bool refiner = model.arch() == Arch::SDXLRefiner;
+    r.size_conditioned = model.arch() == Arch::SDXL || refiner;
+    r.aesthetic_conditioned = refiner;
     for (const auto & [name, v] : {std::pair{"originalSize", &p.original_size}, std::pair{"cropTopLeft", &p.crop_top_left},
                                    std::pair{"targetSize", &p.target_size}}) {
         if (!*v) continue;
-        if (!r.size_conditioned) throw_invalid(std::string(name) + " applies to SDXL base models only (their UNet's size conditioning)");
+        if (!r.size_conditioned) throw_invalid(std::string(name) + " applies to SDXL models only (their UNet's size conditioning)");
+        if (refiner && v == &p.target_size) throw_invalid("targetSize does not apply to the SDXL refiner (its UNet takes an aesthetic score instead)");
         for (int x : {(*v)->first, (*v)->second}) {
             if (x < kSizeConditioningMin || x > kSizeConditioningMax) {
                 throw_invalid(std::string(name) + " values must be integers from " + std::to_string(kSizeConditioningMin) + " to " +
                               std::to_string(kSizeConditioningMax) + "; received " + std::to_string(x));
             }
         }
+    }
+    for (const auto & [name, v] : {std::pair{"aestheticScore", &p.aesthetic_score}, std::pair{"negativeAestheticScore", &p.negative_aesthetic_score}}) {
+        if (*v && !refiner) throw_invalid(std::string(name) + " applies to the SDXL refiner only (its UNet's aesthetic-score conditioning)");
+    }
+    if (refiner) {
+        r.aesthetic_score = number_in("aestheticScore", p.aesthetic_score, kDefaultAestheticScore, kAestheticScoreMin, kAestheticScoreMax);
+        r.negative_aesthetic_score = number_in("negativeAestheticScore", p.negative_aesthetic_score, kDefaultNegativeAestheticScore,
+                                               kAestheticScoreMin, kAestheticScoreMax);
     }
     if (r.size_conditioned) {
         r.original_size = p.original_size.value_or(std::pair{r.width, r.height});
@@ -473,7 +484,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     if (use_uncond || use_img_uncond) {
         uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip);
         // SDXL without a negative prompt: zeros for the text (its pooled vector stays), as the reference.
-        if (model.arch() == Arch::SDXL && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
+        if ((model.arch() == Arch::SDXL || model.arch() == Arch::SDXLRefiner) && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
     }
     if (p.size_conditioned) {
         SizeConditioning size;
@@ -483,7 +494,9 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         size.crop_left = p.crop_top_left.second;
         size.target_width = p.target_size.first;
         size.target_height = p.target_size.second;
+        if (p.aesthetic_conditioned) size.aesthetic_score = p.aesthetic_score;
         add_size_conditioning(cond, size);
+        if (p.aesthetic_conditioned) size.aesthetic_score = p.negative_aesthetic_score;
         if (use_uncond || use_img_uncond) add_size_conditioning(uncond, size);
     }
     out.timings.text_encode_ms = ms_since(t0);
