@@ -243,10 +243,27 @@ export interface GenerateOptions {
   aestheticScore?: number;
   /** The SDXL refiner: the aesthetic score for the negative prompt's pass. @default 2.5 */
   negativeAestheticScore?: number;
+  /**
+   * A base → refiner hand-off (A1111's "Refiner", diffusers' denoising_end / denoising_start): this
+   * model samples the first `switchAt` of the schedule, then `model` (an already loaded model of
+   * the same latent space, e.g. an SDXL refiner for an SDXL base) continues from the still-noisy
+   * latents, with the same prompt, seed and sampler, and decodes. Options only one of the models
+   * takes (`aestheticScore` for a refiner, `targetSize` for a base) go to that one.
+   * @example refiner: { model: refiner, switchAt: 0.8 }
+   */
+  refiner?: RefinerOptions;
   /** How previews are made (with `onPreview` or {@link Model.generateStream}). @default 'taesd' when loadModel got a TAESD, else 'proj' */
   preview?: PreviewMode;
   /** A preview every this many steps of each image, 1 to 1000. @default 1 */
   previewInterval?: number;
+}
+
+/** See {@link GenerateOptions.refiner}. */
+export interface RefinerOptions {
+  /** The model that finishes the schedule; its architecture's latent space must be this model's. */
+  model: import('./model.ts').Model;
+  /** The fraction of the steps this model runs, above 0 and below 1. @default 0.8 */
+  switchAt?: number;
 }
 
 /** A generated image: 8-bit RGB, row-major, whose encoders carry the A1111 `parameters` text (PNG text chunk, JPEG/WebP EXIF UserComment; `readParameters()` reads it back). */
@@ -318,6 +335,10 @@ export interface ResolvedGenerateOptions {
   originalSize?: { width: number; height: number };
   cropTopLeft?: { top: number; left: number };
   targetSize?: { width: number; height: number };
+  /** With a refiner hand-off: the step the refiner took over at (of `steps`), and its model's file name. */
+  refiner?: { switchAt: number; switchStep: number; model: string };
+  /** @internal The native side's hand-off step (folded into `refiner`). */
+  switchStep?: number;
   /** SDXL refiner: the aesthetic scores used. */
   aestheticScore?: number;
   negativeAestheticScore?: number;
@@ -331,12 +352,16 @@ export interface NativeImage { data: Uint8Array; width: number; height: number; 
 
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
 export type NativeGenerateRequest = Partial<
-  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling'>
+  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep'>
 > & import('./binding.ts').NativeCodecOptions & {
   prompt: string;
   scheduler?: Scheduler;
   /** Send previews to the callback. */
   previews?: boolean;
+  /** Refiner hand-off: run this fraction of the steps and return the noisy latents (no decode). */
+  denoiseEnd?: number;
+  /** Refiner hand-off: the latents to continue from (batchSize of them), with `sigmas`. */
+  startLatent?: Float32Array;
   initImage?: NativeImage;
   mask?: NativeImage;
   hires?: HiresOptions;
@@ -356,7 +381,7 @@ const KNOWN_KEYS = new Set([
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
   'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
-  'aestheticScore', 'negativeAestheticScore',
+  'aestheticScore', 'negativeAestheticScore', 'refiner',
 ]);
 
 /** A { a, b } object of integers in the size-conditioning range. */
@@ -373,6 +398,8 @@ function checkPair<A extends string, B extends string>(name: string, v: unknown,
   }
   return out;
 }
+/** A1111's default "Switch at". */
+export const DEFAULT_REFINER_SWITCH_AT = 0.8;
 const HIRES_KEYS = new Set(['scale', 'width', 'height', 'steps', 'strength', 'upscaler']);
 
 function checkHires(v: unknown): HiresOptions | undefined {
@@ -435,6 +462,7 @@ export function checkGenerateOptions(
   signal?: AbortSignal;
   onProgress?: (p: GenerateProgress) => void;
   onPreview?: (p: GeneratePreview) => void;
+  refiner?: { model: import('./model.ts').Model; switchAt: number };
 } {
   if (!isObject(options)) invalid('options', 'an object with at least a prompt', options);
   const o = expectOptionsObject('options', options);
@@ -492,12 +520,26 @@ export function checkGenerateOptions(
   set('negativeAestheticScore', checkLimitedNumber('aestheticScore', o.negativeAestheticScore, 'negativeAestheticScore'));
   const onPreview = checkCallback<(p: GeneratePreview) => void>('onPreview', o.onPreview);
   if (onPreview) request.previews = true;
+  let refiner: { model: import('./model.ts').Model; switchAt: number } | undefined;
+  if (o.refiner !== undefined) {
+    if (!isObject(o.refiner)) invalid('refiner', 'an object { model, switchAt? }', o.refiner);
+    const r = o.refiner as Record<string, unknown>;
+    expectKnownKeys('refiner', r, ['model', 'switchAt']);
+    const m = r.model as { generate?: unknown } | undefined;
+    if (!isObject(m) || typeof m.generate !== 'function') invalid('refiner.model', 'a model from loadModel()', r.model);
+    const switchAt = r.switchAt === undefined ? DEFAULT_REFINER_SWITCH_AT : r.switchAt;
+    if (typeof switchAt !== 'number' || !Number.isFinite(switchAt) || switchAt <= 0 || switchAt >= 1) {
+      invalid('refiner.switchAt', 'a number above 0 and below 1', switchAt);
+    }
+    refiner = { model: r.model as import('./model.ts').Model, switchAt };
+  }
   return {
     request,
     images: { initImage, mask, resizeMode, maskBlur, invertMask: o.invertMask === true },
     signal: checkSignal('signal', o.signal),
     onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
     onPreview,
+    refiner,
   };
 }
 
@@ -596,6 +638,7 @@ export function parametersText(
           `${o.strength === undefined ? 'Denoising strength' : 'Hires denoising strength'}: ${f6(o.hires.strength)}`,
         ]
       : []),
+    ...(o.refiner ? [`Refiner: ${o.refiner.model}`, `Refiner switch at: ${o.refiner.switchAt}`] : []),
     `Version: sdnode ${version}`,
   ];
   lines.push(fields.join(', '));

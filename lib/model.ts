@@ -11,11 +11,13 @@ import {
   type NativeAbortFlag,
   type NativeCodecOptions,
   type NativeGenerateEvent,
+  type NativeGenerated,
   type NativeLoadedInfo,
   type NativeModel,
   type NativeSession,
 } from './binding.ts';
 import { AbortError, DisposedError, fromNative } from './errors.ts';
+import type { ResolvedGenerateOptions } from './generate.ts';
 import {
   RNGS,
   checkCallback,
@@ -568,12 +570,31 @@ export class Model {
     onProgress: ((p: GenerateProgress) => void) | undefined,
     onPreview: ((p: GeneratePreview) => void) | undefined,
   ): Promise<GenerateResult> {
+    if (checked.refiner) return this.#generateRefined(options, checked, onProgress, onPreview);
+    const modelName = path.basename(this.path);
+    return this.#runNative(options, checked, onProgress, onPreview).then((r) => {
+      const used = r.options;
+      const images = r.images.map((img) =>
+        makeImage(img.data, r.imageWidth, r.imageHeight, img.seed, parametersText(used, img.seed, modelName, checked.request.clipSkip !== undefined, version)),
+      );
+      const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings, options: used };
+      if (used.returnLatents) result.latents = r.latents.map((l) => l ?? new Float32Array(0));
+      return result;
+    });
+  }
+
+  /** One native generate() call: image inputs read, codec options added, events routed. */
+  #runNative(
+    options: GenerateOptions,
+    checked: ReturnType<typeof checkGenerateOptions>,
+    onProgress: ((p: GenerateProgress) => void) | undefined,
+    onPreview: ((p: GeneratePreview) => void) | undefined,
+  ): Promise<NativeGenerated> {
     const info = this.loadedInfo();
     const { request, images: imageRequest, signal } = checked;
     Object.assign(request, checkCodecOptions(options as unknown as Record<string, unknown>));
     throwIfAborted(signal, 'generate');
     const session = this.nativeSession('generate()');
-    const modelName = path.basename(this.path);
     return readImageInputs(imageRequest, request, info).then(() => {
       throwIfAborted(signal, 'generate');
       const { flag, cleanup } = abortFlagFor(signal);
@@ -592,13 +613,7 @@ export class Model {
               used.maskBlur = imageRequest.maskBlur;
               used.invertMask = imageRequest.invertMask;
             }
-            const images = r.images.map((img) =>
-              makeImage(img.data, r.imageWidth, r.imageHeight, img.seed,
-                parametersText(used, img.seed, modelName, request.clipSkip !== undefined, version)),
-            );
-            const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings, options: used };
-            if (used.returnLatents) result.latents = r.latents.map((l) => l ?? new Float32Array(0));
-            return result;
+            return r;
           },
           (e: unknown) => {
             guard.rethrow();
@@ -607,6 +622,88 @@ export class Model {
         )
         .finally(cleanup);
     });
+  }
+
+  /**
+   * The base → refiner hand-off: this model samples the first part of the schedule and returns
+   * its noisy latents; the refiner continues the same schedule from them and decodes.
+   */
+  async #generateRefined(
+    options: GenerateOptions,
+    checked: ReturnType<typeof checkGenerateOptions>,
+    onProgress: ((p: GenerateProgress) => void) | undefined,
+    onPreview: ((p: GeneratePreview) => void) | undefined,
+  ): Promise<GenerateResult> {
+    const { model: refiner, switchAt } = checked.refiner!;
+    if (!(refiner instanceof Model)) invalid('refiner.model', 'a model from loadModel()', refiner);
+    if (refiner.disposed) throw new DisposedError('refiner.model: the model was disposed');
+    const space = (m: Model) => (m.architecture.startsWith('sdxl') ? 'SDXL' : 'SD1.x/SD2.x');
+    if (space(refiner) !== space(this) || refiner.loadedInfo().latentChannels !== this.loadedInfo().latentChannels) {
+      invalid('refiner.model', `a model of this model's latent space (${space(this)}, ${this.loadedInfo().latentChannels} channels)`, refiner.architecture);
+    }
+    const o = options as unknown as Record<string, unknown>;
+    // Options one architecture takes and the other refuses go where they apply.
+    const takes = (m: Model, key: string) =>
+      key === 'targetSize' ? m.architecture !== 'sdxl-refiner' : m.architecture === 'sdxl-refiner' || !['aestheticScore', 'negativeAestheticScore'].includes(key);
+    const split = ['aestheticScore', 'negativeAestheticScore', 'targetSize'].filter((k) => o[k] !== undefined);
+    const request = checked.request as unknown as Record<string, unknown>;
+    for (const k of split) if (!takes(this, k) && takes(refiner, k)) delete request[k];
+    checked.request.denoiseEnd = switchAt;
+    checked.request.returnLatents = true;
+
+    // The base reports its steps of the whole schedule's count; the refiner's follow them.
+    const first = await this.#runNative(options, checked, onProgress, onPreview);
+    const base = first.options;
+    const k = base.switchStep!;
+    const n = base.sigmas.length - 1;
+    const batch = base.batchSize;
+    const firstSteps = k * batch;
+    const totalSteps = n * batch;
+    throwIfAborted(checked.signal, 'generate');
+
+    // The refiner's request: the same prompt, seed and sampler, the rest of the schedule, the latents.
+    const keep = ['prompt', 'negativePrompt', 'cfgScale', 'sampler', 'eta', 'rng', 'samplerRng', 'lmsMaxOrder', 'clipSkip', 'returnLatents',
+      'decoder', 'vaeTiling', 'vaeMemoryBudget', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'signal',
+      'aestheticScore', 'negativeAestheticScore', 'targetSize'];
+    const second: Record<string, unknown> = {};
+    for (const key of keep) if (o[key] !== undefined && (!split.includes(key) || takes(refiner, key))) second[key] = o[key];
+    Object.assign(second, { width: base.width, height: base.height, seed: base.seed, batchSize: batch, sigmas: base.sigmas.slice(k) });
+    if (onPreview) second.onPreview = onPreview;
+    const checked2 = checkGenerateOptions(second, refiner.loadedInfo());
+    checked2.request.startLatent = concatLatents(first.latents);
+    const last = await refiner.#runNative(second as unknown as GenerateOptions, checked2,
+      onProgress && ((p) => onProgress({ ...p, step: p.step + firstSteps, steps: totalSteps })),
+      onPreview && ((p) => onPreview({ ...p, step: p.step + firstSteps, steps: totalSteps })));
+
+    const used: ResolvedGenerateOptions = {
+      ...base,
+      ...(last.options.aestheticScore !== undefined ? { aestheticScore: last.options.aestheticScore, negativeAestheticScore: last.options.negativeAestheticScore } : {}),
+      decoder: last.options.decoder,
+      vaeTiling: last.options.vaeTiling,
+      returnLatents: o.returnLatents === true,
+      refiner: { switchAt, switchStep: k, model: path.basename(refiner.path) },
+    };
+    delete used.switchStep;
+    if (last.options.preview !== undefined) {
+      used.preview = last.options.preview;
+      used.previewInterval = last.options.previewInterval;
+    }
+    const modelName = path.basename(this.path);
+    const images = last.images.map((img) =>
+      makeImage(img.data, last.imageWidth, last.imageHeight, img.seed, parametersText(used, img.seed, modelName, checked.request.clipSkip !== undefined, version)),
+    );
+    const t1 = first.timings, t2 = last.timings;
+    const result: GenerateResult = {
+      images,
+      seeds: images.map((i) => i.seed),
+      timings: {
+        textEncode: t1.textEncode + t2.textEncode, vaeEncode: t1.vaeEncode + t2.vaeEncode, sampling: t1.sampling + t2.sampling,
+        vaeDecode: t1.vaeDecode + t2.vaeDecode, total: t1.total + t2.total,
+      },
+      options: used,
+    };
+    if (used.returnLatents) result.latents = last.latents.map((l) => l ?? new Float32Array(0));
+    return result;
   }
 
   /**
@@ -737,4 +834,16 @@ function checkLatent(name: string, v: unknown): Latent {
   const want = width * height * channels;
   if (o.data.length !== want) invalid(`${name}.data`, `width * height * channels = ${want} values`, `${o.data.length} values`);
   return { data: o.data, width, height, channels };
+}
+
+/** Latents one after another in one array (the native start latent of a batch). */
+function concatLatents(latents: Array<Float32Array | undefined>): Float32Array {
+  const parts = latents.map((l) => l ?? new Float32Array(0));
+  const out = new Float32Array(parts.reduce((n, l) => n + l.length, 0));
+  let at = 0;
+  for (const l of parts) {
+    out.set(l, at);
+    at += l.length;
+  }
+  return out;
 }

@@ -157,3 +157,48 @@ describe('SDXL refiner', () => {
     await assert.rejects(model.generate({ ...base, aestheticScore: 6 }), /aestheticScore applies to the SDXL refiner only/);
   });
 });
+
+describe('base -> refiner hand-off', () => {
+  test('the refiner continues the schedule from the noisy latents; with the model itself and euler it is the single run, exactly', async () => {
+    const steps: number[] = [];
+    const whole = await model.generate({ ...base, steps: 4 });
+    const split = await model.generate({ ...base, steps: 4, refiner: { model, switchAt: 0.5 }, onProgress: (p) => steps.push(p.step * 100 + p.steps) });
+    assert.deepEqual(split.latents![0], whole.latents![0]);
+    assert.deepEqual(split.images[0].data, whole.images[0].data);
+    assert.deepEqual(steps, [104, 204, 304, 404], 'progress counts the whole schedule, in order');
+    assert.deepEqual(split.options.refiner, { switchAt: 0.5, switchStep: 2, model: 'xl.safetensors' });
+    assert.equal(split.options.steps, 4);
+    assert.match(split.images[0].toPNG().toString('latin1'), /Refiner: xl\.safetensors, Refiner switch at: 0\.5/);
+    // A batch: each image continues from its own latent.
+    const batch = await model.generate({ ...base, steps: 4, batchSize: 2 });
+    const batchSplit = await model.generate({ ...base, steps: 4, batchSize: 2, refiner: { model, switchAt: 0.75 } });
+    assert.deepEqual(batchSplit.latents, batch.latents);
+    assert.deepEqual(batchSplit.seeds, [4, 5]);
+  });
+
+  test('an SDXL refiner takes the aesthetic score, the base the target size; previews and the stream follow the hand-off', async () => {
+    const made = await generateCheckpoint({ arch: 'sdxl-refiner', format: 'safetensors', out: path.join(work, 'refiner2.safetensors'), seed: 7, tiny });
+    await using refiner = await loadModel(made.path, { threads: 2 });
+    const r = await model.generate({ ...base, steps: 4, refiner: { model: refiner }, aestheticScore: 7, targetSize: { width: 64, height: 64 } });
+    assert.equal(r.options.refiner?.switchStep, 3); // round(4 x 0.8)
+    assert.equal(r.options.aestheticScore, 7);
+    assert.deepEqual(r.options.targetSize, { width: 64, height: 64 });
+    const other = await model.generate({ ...base, steps: 4, refiner: { model: refiner }, aestheticScore: 3 });
+    assert.notDeepEqual(other.latents![0], r.latents![0]);
+    const events: string[] = [];
+    for await (const e of model.generateStream({ ...base, steps: 4, refiner: { model: refiner }, preview: 'proj' })) {
+      events.push(e.type === 'result' ? 'result' : `${e.type} ${e.step}/${e.steps}`);
+    }
+    assert.deepEqual(events, [1, 2, 3, 4].flatMap((s) => [`preview ${s}/4`, `progress ${s}/4`]).concat('result'));
+  });
+
+  test('bad hand-offs are InvalidArgumentErrors naming the option', async () => {
+    const sd1 = (await generateCheckpoint({ arch: 'sd1', format: 'safetensors', out: path.join(work, 'sd1-b.safetensors'), seed: 6, tiny })).path;
+    await using other = await loadModel(sd1, { threads: 2 });
+    await assert.rejects(model.generate({ ...base, refiner: { model: other } }), /refiner\.model must be a model of this model's latent space \(SDXL/);
+    await assert.rejects(model.generate({ ...base, refiner: { model, switchAt: 1 } }), /refiner\.switchAt must be a number above 0 and below 1/);
+    await assert.rejects(model.generate({ ...base, refiner: { model: {} as Model } }), /refiner\.model must be a model from loadModel/);
+    await assert.rejects(model.generate({ ...base, steps: 1, refiner: { model } }), /a refiner hand-off needs at least 2 sampling steps/);
+    await assert.rejects(model.generate({ ...base, refiner: { model }, hires: { scale: 2 } }), /does not go with hires/);
+  });
+});

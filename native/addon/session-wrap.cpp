@@ -156,6 +156,15 @@ sd::GenerateParams generate_params(Napi::Object o) {
     p.original_size = pair_of("originalSize", "width", "height");
     p.crop_top_left = pair_of("cropTopLeft", "top", "left");
     p.target_size = pair_of("targetSize", "width", "height");
+    p.denoise_end = optional_number(o, "denoiseEnd");
+    const Napi::Value start = o.Get("startLatent");
+    if (!start.IsUndefined()) {
+        if (!start.IsTypedArray() || start.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+            throw_invalid_js(env, "startLatent must be a Float32Array");
+        }
+        const Napi::Float32Array a = start.As<Napi::Float32Array>();
+        p.start_latent = std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+    }
     p.aesthetic_score = optional_number(o, "aestheticScore");
     p.negative_aesthetic_score = optional_number(o, "negativeAestheticScore");
     const Napi::Value hires = o.Get("hires");
@@ -227,6 +236,7 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
         o.Set("cropTopLeft", size(r.crop_top_left, "top", "left"));
         if (!r.aesthetic_conditioned) o.Set("targetSize", size(r.target_size, "width", "height"));
     }
+    if (r.denoise_end_steps > 0) o.Set("switchStep", r.denoise_end_steps);
     if (r.aesthetic_conditioned) {
         o.Set("aestheticScore", r.aesthetic_score);
         o.Set("negativeAestheticScore", r.negative_aesthetic_score);

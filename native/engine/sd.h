@@ -122,6 +122,12 @@ struct GenerateParams {
     std::optional<std::pair<int, int>> original_size, crop_top_left, target_size;  // (width, height), (top, left)
     // The SDXL refiner's aesthetic scores (y), for the prompt and the negative prompt.
     std::optional<double> aesthetic_score, negative_aesthetic_score;
+    // A hand-off between two models (lib's `refiner`): `denoise_end` in (0, 1) runs only the first
+    // round(steps * denoise_end) steps of the schedule and returns the still-noisy latents, not
+    // decoded; `start_latent` (one latent per image, [C][h][w] each, with custom `sigmas` that
+    // continue such a schedule) is sampled from as it is, no noise added.
+    std::optional<double> denoise_end;
+    std::optional<std::vector<float>> start_latent;
     // Previews while sampling, sent to RunControl::preview: the mode (preview_mode_name: "proj",
     // "taesd", "vae"; default taesd when a TAESD is loaded, else proj) and every how many steps
     // (default kDefaultPreviewInterval). Checked even when `previews` is off.
@@ -161,6 +167,7 @@ struct ResolvedParams {
     bool size_conditioned = false;  // SDXL (and the refiner, without target_size): these went into y
     std::pair<int, int> original_size{0, 0}, crop_top_left{0, 0}, target_size{0, 0};
     bool aesthetic_conditioned = false;  // the SDXL refiner
+    int denoise_end_steps = 0;           // > 0: only these steps ran (of sigmas), no decode
     float aesthetic_score = 0, negative_aesthetic_score = 0;
     bool previews = false;
     PreviewMode preview = PreviewMode::Proj;

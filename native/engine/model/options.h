@@ -52,6 +52,8 @@ constexpr double kVaeTileOverlapMin = 0, kVaeTileOverlapMax = 0.5;
 constexpr double kVaeMemoryBudgetMin = 0, kVaeMemoryBudgetMax = 1125899906842624.0;
 // SDXL's size conditioning (originalSize, cropTopLeft, targetSize), in pixels.
 constexpr int kSizeConditioningMin = 0, kSizeConditioningMax = 16384;
+// The base model's share of a refiner hand-off (exclusive at both ends).
+constexpr double kDenoiseEndMin = 0, kDenoiseEndMax = 1;
 // The SDXL refiner's aesthetic-score conditioning (LAION's aesthetic scale is 1 to 10).
 constexpr double kAestheticScoreMin = 0, kAestheticScoreMax = 100;
 // Previews every N sampling steps.

@@ -265,6 +265,29 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         if (r.strength < 1.0f) r.sigmas = truncate_schedule(r.sigmas, asked_steps, r.strength);
     }
 
+    if (p.start_latent) {
+        if (!p.sigmas) throw_invalid("startLatent needs the custom sigmas it was noised to (sigmas)");
+        if (p.init_image || p.mask || p.hires || inpaint_unet || edit_unet) {
+            throw_invalid("startLatent does not go with initImage, mask, hires or inpainting / instruct-pix2pix models");
+        }
+        const size_t per = static_cast<size_t>(model.info().vae.z_channels) * (r.width / model.vae().upscale()) * (r.height / model.vae().upscale());
+        if (p.start_latent->size() != per * r.batch) {
+            throw_invalid("startLatent must hold batchSize latents of " + std::to_string(per) + " values; received " +
+                          std::to_string(p.start_latent->size()));
+        }
+    }
+    if (p.denoise_end) {
+        const double e = *p.denoise_end;
+        if (!std::isfinite(e) || e <= kDenoiseEndMin || e >= kDenoiseEndMax) {
+            throw_invalid("refiner.switchAt must be a number above 0 and below 1; received " + number_text(e));
+        }
+        if (p.hires) throw_invalid("a refiner hand-off does not go with hires");
+        if (p.mask || edit_unet) throw_invalid("a refiner hand-off does not go with inpainting or instruct-pix2pix");
+        const int n = static_cast<int>(r.sigmas.size()) - 1;
+        if (n < 2) throw_invalid("a refiner hand-off needs at least 2 sampling steps; this schedule has " + std::to_string(n));
+        r.denoise_end_steps = std::clamp(static_cast<int>(std::lround(n * e)), 1, n - 1);
+    }
+
     if (p.hires) {
         const HiresParams & h = *p.hires;
         if (inpaint_unet || edit_unet) throw_invalid("hires is not supported with inpainting or instruct-pix2pix models");
@@ -550,6 +573,9 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     SamplingPlan plan;
     plan.sampler = parse_sampler(p.sampler);
     plan.sigmas = p.sigmas;
+    // A hand-off: the first steps only, ending at a noise level above 0.
+    if (p.denoise_end_steps > 0) plan.sigmas.resize(static_cast<size_t>(p.denoise_end_steps) + 1);
+    plan.add_noise = !params.start_latent;
     plan.eta = p.eta;
     plan.params.lms_max_order = p.lms_max_order;
     SamplingPlan hires_plan = plan;
@@ -566,7 +592,8 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const int steps1 = static_cast<int>(plan.sigmas.size()) - 1;
     const int steps2 = p.hires.enabled ? static_cast<int>(hires_plan.sigmas.size()) - 1 : 0;
     const int per_image = steps1 + steps2;
-    const int total_steps = per_image * p.batch;
+    // A hand-off counts the whole schedule: the next model reports the rest of the steps.
+    const int total_steps = (p.denoise_end_steps > 0 ? static_cast<int>(p.sigmas.size()) - 1 : per_image) * p.batch;
     Codec final_codec = p.codec;
     for (int b = 0; b < p.batch; ++b) {
         const Clock::time_point ts = Clock::now();
@@ -590,7 +617,11 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
             });
         };
         last_x0.clear();
-        std::vector<float> x = sample_latent(plan, denoise, n, images.init_latent, *rng, sampler_rng.get(), hook_from(0, w, h));
+        const std::vector<float> start = params.start_latent
+                                             ? std::vector<float>(params.start_latent->begin() + static_cast<std::ptrdiff_t>(b * n),
+                                                                  params.start_latent->begin() + static_cast<std::ptrdiff_t>((b + 1) * n))
+                                             : images.init_latent;
+        std::vector<float> x = sample_latent(plan, denoise, n, start, *rng, sampler_rng.get(), hook_from(0, w, h));
         HostTensor latent = planes(w, h, C);
         latent.data = std::move(x);
 
@@ -613,6 +644,13 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         }
         out.timings.sampling_ms += ms_since(ts);
 
+        if (p.denoise_end_steps > 0) {
+            // A hand-off: the still-noisy latent goes to the next model, not to the decoder.
+            img.latent = std::move(latent.data);
+            out.images.push_back(std::move(img));
+            check_abort(control.abort);
+            continue;
+        }
         const Clock::time_point tv = Clock::now();
         // Tiled or not is decided once: every image of the batch has the same size.
         if (b == 0) {

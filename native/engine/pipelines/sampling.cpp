@@ -11,6 +11,12 @@ std::vector<float> sample_latent(const SamplingPlan & plan, const Denoise & deno
     if (!init_latent.empty() && init_latent.size() != n) {
         throw Error(ErrorCode::Internal, "the initial latent does not have the latent's size");
     }
+    if (!plan.add_noise) {
+        if (init_latent.empty()) throw Error(ErrorCode::Internal, "a plan without noise needs a latent to start from");
+        std::vector<float> x = init_latent;
+        sample(plan.sampler, denoise, x.data(), n, plan.sigmas, ancestral ? ancestral : &noise, plan.eta, on_step, plan.params);
+        return x;
+    }
     std::vector<float> x(n);
     noise.randn(x.data(), n);
     const float sigma0 = plan.sigmas[0];

@@ -17,6 +17,8 @@ struct SamplingPlan {
     std::vector<float> sigmas;  // descending, last 0
     float eta = 0;
     SamplerParams params;
+    // false: x starts as init_latent itself (a latent already noised to sigmas[0]), no draw.
+    bool add_noise = true;
 };
 
 // Returns the sample. `noise` draws the initial noise (one randn of n values), then, unless
