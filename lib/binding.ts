@@ -132,6 +132,8 @@ export interface NativeLoadOptions {
   taesd?: string;
   /** A standalone VAE file used instead of the checkpoint's. */
   vae?: string;
+  /** Overrides the detected prediction type. */
+  prediction?: string;
 }
 
 /** Which decoder turns latents into images and back, and its tiling (checked by the engine). */
@@ -229,6 +231,7 @@ export interface NativeOptionTables {
   architectures: string[];
   decoders: string[];
   previewModes: string[];
+  predictions: string[];
   limits: Record<string, { min: number; max: number; integer: boolean; minExclusive?: boolean }>;
   imageSideMultiple: number;
   promptMaxLength: number;

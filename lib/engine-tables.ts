@@ -25,6 +25,9 @@ export const HIRES_UPSCALERS = ["latent","latent-nearest","latent-nearest-exact"
 /** Decoders between latents and images: the model's VAE, or a TAESD loaded with it. */
 export const DECODERS = ["vae","taesd"] as const;
 
+/** What a UNet may predict (the `prediction` load option). */
+export const PREDICTIONS = ["eps","v"] as const;
+
 /** Previews while sampling: the linear latent-to-RGB projection, the TAESD decoder, or the VAE decoder. */
 export const PREVIEW_MODES = ["proj","taesd","vae"] as const;
 

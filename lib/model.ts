@@ -34,7 +34,7 @@ import {
   type WeightType,
 } from './options.ts';
 import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
-import { DECODERS, LIMITS } from './engine-tables.ts';
+import { DECODERS, LIMITS, PREDICTIONS } from './engine-tables.ts';
 import {
   checkGenerateOptions,
   makeImage,
@@ -86,6 +86,15 @@ export interface LoadModelOptions {
    * @example `{ vae: 'models/vae-ft-mse-840000-ema-pruned.safetensors' }`
    */
   vae?: string;
+  /**
+   * What the UNet predicts, overriding what the file says: `'eps'` (the noise) or `'v'`
+   * (v-prediction: SD2.x 768-v, v-pred SDXL fine-tunes). Detected from metadata
+   * (`modelspec.prediction_type`, diffusers' scheduler config, ...) and from the `v_pred` marker
+   * tensor stable-diffusion.cpp reads; `model.warnings` says when it was assumed.
+   * @default as detected
+   * @example `{ prediction: 'v' }`
+   */
+  prediction?: (typeof PREDICTIONS)[number];
   /** Cancels loading; the promise rejects with {@link AbortError}. */
   signal?: AbortSignal;
   /** Loading progress, `fraction` from 0 to 1. */
@@ -307,6 +316,8 @@ export class Model {
   readonly architecture: NativeLoadedInfo['architecture'];
   /** The device the model runs on, e.g. `'CPU'` or `'CUDA0'`. */
   readonly device: string;
+  /** What the UNet predicts: `'eps'` or `'v'` (as detected, or loadModel's `prediction`). */
+  readonly prediction: NativeLoadedInfo['prediction'];
   /** Known tensors in the file that no component uses (`<component>.<name>`), ignored when loading. */
   readonly unusedTensors: readonly string[];
   /** What loading assumed or ignored (e.g. the prediction type, unused tensors). */
@@ -324,6 +335,7 @@ export class Model {
     const info = nativeModel.info();
     this.architecture = info.architecture;
     this.device = info.device;
+    this.prediction = info.prediction;
     this.unusedTensors = Object.freeze([...info.unusedTensors]);
     this.warnings = Object.freeze([...info.warnings]);
   }
@@ -742,7 +754,8 @@ export class Model {
 export async function loadModel(modelPath: string, options?: LoadModelOptions): Promise<Model> {
   const abs = path.resolve(expectNonEmptyString('modelPath', modelPath));
   const o = expectOptionsObject('options', options);
-  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'signal', 'onProgress']);
+  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'prediction', 'signal', 'onProgress']);
+  const prediction = o.prediction === undefined ? undefined : expectOneOf('prediction', o.prediction, PREDICTIONS);
   const weightType = checkWeightType('weightType', o.weightType);
   const threads = checkThreads('threads', o.threads);
   const backend = o.backend === undefined ? undefined : expectNonEmptyString('backend', o.backend);
@@ -758,7 +771,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
     const nativeModel = await callNative((a) =>
       a.NativeModel.load(
         abs,
-        { weightType, threads, device: backend, taesd, vae },
+        { weightType, threads, device: backend, taesd, vae, prediction },
         report ? (fraction: number) => report({ fraction }) : undefined,
         flag,
       ),

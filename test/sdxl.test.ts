@@ -202,3 +202,27 @@ describe('base -> refiner hand-off', () => {
     await assert.rejects(model.generate({ ...base, refiner: { model }, hires: { scale: 2 } }), /does not go with hires/);
   });
 });
+
+describe('SDXL prediction types', () => {
+  test("a v_pred marker tensor means v-prediction (as stable-diffusion.cpp reads it); loadModel's prediction overrides; EDM-v is refused", async () => {
+    const v = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-v.safetensors'), seed: 6, tiny, extraTensors: [{ name: 'v_pred', shape: [0] }] });
+    await using vModel = await loadModel(v.path, { threads: 2 });
+    assert.equal(model.prediction, 'eps');
+    assert.equal(vModel.prediction, 'v');
+    assert.deepEqual(vModel.unusedTensors, []);
+    await using forced = await loadModel(ldm, { threads: 2, prediction: 'v' });
+    assert.equal(forced.prediction, 'v');
+    // Same weights, v- against eps-prediction: another result; the marker and the option agree.
+    const a = await vModel.generate(base);
+    const b = await forced.generate(base);
+    assert.deepEqual(a.latents![0], b.latents![0]);
+    assert.notDeepEqual(a.latents![0], (await model.generate(base)).latents![0]);
+    await using back = await loadModel(v.path, { threads: 2, prediction: 'eps' });
+    assert.equal(back.prediction, 'eps');
+    await assert.rejects(loadModel(ldm, { prediction: 'flow' as never }), /prediction must be one of "eps", "v"/);
+    const edm = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-edm.safetensors'), seed: 6, tiny, extraTensors: [{ name: 'edm_vpred.sigma_max', shape: [1] }, { name: 'edm_vpred.sigma_min', shape: [1] }] });
+    await assert.rejects(loadModel(edm.path), (e: Error) => e.name === 'UnsupportedModelError' && /EDM v-prediction/.test(e.message));
+    await using edmAsV = await loadModel(edm.path, { threads: 2, prediction: 'v' });
+    assert.equal(edmAsV.prediction, 'v');
+  });
+});

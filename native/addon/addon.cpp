@@ -86,6 +86,7 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     o.Set("hiresUpscalers", to_js_array(env, t.hires_upscalers));
     o.Set("decoders", to_js_array(env, t.decoders));
     o.Set("previewModes", to_js_array(env, t.preview_modes));
+    o.Set("predictions", to_js_array(env, t.predictions));
     Napi::Object limits = Napi::Object::New(env);
     for (const auto & l : t.limits) {
         Napi::Object x = Napi::Object::New(env);

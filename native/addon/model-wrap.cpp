@@ -55,6 +55,7 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo & info) {
         options.device = optional_string(opts, "device").value_or("auto");
         options.taesd_path = optional_string(opts, "taesd").value_or("");
         options.vae_path = optional_string(opts, "vae").value_or("");
+        options.prediction = optional_string(opts, "prediction");
         auto abort = AbortFlag::From(info.Length() > 3 ? info[3] : env.Undefined());
         auto queue = std::make_shared<JsTaskQueue>(env, info.Length() > 2 ? info[2] : env.Undefined(), "sdnode.loadModel");
         options.abort = abort.get();

@@ -441,7 +441,16 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
         if (declared) distilled = *declared == "tiny";
         if (distilled && p.variant.empty()) p.variant = p.has_middle_block ? "small" : "tiny";
 
-        if (!metadata_prediction(file, p.prediction)) {
+        const bool sdxl = info.arch == Arch::SDXL || info.arch == Arch::SDXLRefiner;
+        if (sdxl && file.find("edm_vpred.sigma_max")) {
+            // CosXL-style EDM v-prediction (stable-diffusion.cpp's edm_v): not run yet; said at load.
+            p.prediction_edm = true;
+        }
+        // stable-diffusion.cpp's marker for SDXL v-prediction checkpoints, a tensor named "v_pred",
+        // is what it goes by (metadata or not).
+        if (sdxl && file.find("v_pred")) {
+            p.prediction = Prediction::V;
+        } else if (!metadata_prediction(file, p.prediction)) {
             p.prediction = arch_defaults(info.arch).prediction;
             if (info.arch == Arch::SD2)
                 info.warnings.push_back("prediction type not in metadata; assumed eps (SD2.x 768-v models need v)");

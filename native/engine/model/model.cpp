@@ -166,6 +166,16 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
         for (size_t i = 0; i < missing.size(); ++i) list += (i ? (i + 1 == missing.size() ? " and " : ", ") : "") + missing[i];
         throw_unsupported(m->file_.path, "cannot generate images: the model has no " + list);
     }
+    if (options.prediction) {
+        if (*options.prediction == kPredictionNames[0]) m->info_.unet.prediction = Prediction::Eps;
+        else if (*options.prediction == kPredictionNames[1]) m->info_.unet.prediction = Prediction::V;
+        else throw_invalid("prediction must be \"eps\" or \"v\"; received \"" + *options.prediction + "\"");
+        m->info_.unet.prediction_edm = false;
+    }
+    if (info.unet.prediction_edm) {
+        throw_unsupported(m->file_.path, "is an EDM v-prediction model (CosXL: edm_vpred.* tensors), which sdnode does not run yet; "
+                                         "prediction: 'v' runs it as plain v-prediction");
+    }
     if (info.arch == Arch::Unknown) {
         throw_unsupported(m->file_.path, "text-to-image runs SD1.x, SD2.x, SDXL and SDXL refiner models; this one is of an unknown architecture");
     }

@@ -39,6 +39,9 @@ struct ModelLoadOptions {
     // VAE; its latent channels must be the UNet's. The model's own VAE tensors are then unused
     // and not loaded. Empty: the checkpoint's VAE.
     std::string vae_path;
+    // What the UNet predicts ("eps", "v"), overriding the file's metadata and markers. Unset: as
+    // detected (arch.cpp).
+    std::optional<std::string> prediction;
 };
 
 class Model {

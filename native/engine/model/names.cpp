@@ -100,7 +100,9 @@ bool is_ignored(const std::string & name) {
            name.find(".lora_down.") != std::string::npos || name.find(".lora_up.") != std::string::npos ||
            name.find("vision_model.") != std::string::npos || name.find("visual_projection") != std::string::npos ||
            name.find("model.visual.") != std::string::npos || starts_with(name, "visual.") ||
-           is_schedule_buffer(name);
+           is_schedule_buffer(name) ||
+           // Markers some SDXL v-prediction checkpoints carry (arch.cpp reads them from the file).
+           name == "v_pred" || name == "ztsnr" || starts_with(name, "edm_vpred.") || starts_with(name, "edm_mean") || starts_with(name, "edm_std");
 }
 
 // Names of a standalone file (no component prefix), told apart by their first segment.

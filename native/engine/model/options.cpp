@@ -136,6 +136,7 @@ OptionTables option_tables() {
     t.default_hires_strength = kDefaultHiresStrength;
     t.default_hires_upscaler = hires_upscaler_name(kDefaultHiresUpscaler);
     for (const char * d : kDecoderNames) t.decoders.push_back(d);
+    for (const char * n : kPredictionNames) t.predictions.push_back(n);
     t.image_side_multiple = kImageSideMultiple;
     t.prompt_max_length = kPromptMaxLength;
     t.default_steps = kDefaultSteps;

@@ -60,6 +60,9 @@ constexpr double kAestheticScoreMin = 0, kAestheticScoreMax = 100;
 constexpr int kPreviewIntervalMin = 1, kPreviewIntervalMax = kStepsMax;
 }  // namespace limits
 
+// What a UNet may predict (the `prediction` load option): the noise or v.
+constexpr const char * kPredictionNames[] = {"eps", "v"};
+
 // The decoders a model may have for latents <-> images: its VAE, and a TAESD loaded with it.
 constexpr const char * kDecoderNames[] = {"vae", "taesd"};
 
@@ -117,7 +120,7 @@ struct NumericLimit {
     bool min_exclusive = false;
 };
 struct OptionTables {
-    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers, decoders, preview_modes;
+    std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers, decoders, preview_modes, predictions;
     std::vector<std::pair<std::string, std::string>> scheduler_aliases;  // alias -> scheduler
     std::vector<NumericLimit> limits;
     int image_side_multiple;
