@@ -14,6 +14,7 @@
 // ggml's own ops (im2col + ggml_mul_mat, as stable-diffusion.cpp runs them) and copied weights.
 //
 //   npm run bench -- --vae                 # VAE / TAESD stages at 512 and 1024 (--sizes 512,1024)
+//   npm run bench -- --model sdxl --size 512 --steps 2 --types f16,q8_0   # the random SDXL base (6.9 GB)
 //
 // --vae times the decoders and encoders alone (decodeLatents / encodeImage on random latents and
 // images, f16 file as is): full VAE decode (untiled), tiled decode (the defaults), TAESD decode,
@@ -198,6 +199,20 @@ async function vaeMain(model: string, sizes: number[], threads: number, runs: nu
   process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
 }
 
+/** `--model sdxl`: the full-size random SDXL base (6.9 GB, made once by make-sdxl-random.py). */
+function ensureSdxl(): string {
+  const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
+  const file = path.join(cache, 'sdxl-random-f16.safetensors');
+  if (fs.existsSync(file)) return file;
+  fs.mkdirSync(cache, { recursive: true });
+  const script = path.resolve(here, '..', '..', 'shared', 'tools', 'make-sdxl-random.py');
+  process.stderr.write(`making ${file} with ${script} (6.9 GB, once)\n`);
+  const r = spawnSync('python3', [script, `${file}.partial`], { stdio: 'inherit' });
+  if (r.status !== 0) throw new Error('could not make the SDXL checkpoint (needs python3 with numpy and ../shared/tools)');
+  fs.renameSync(`${file}.partial`, file);
+  return file;
+}
+
 function ensureCheckpoint(): string {
   const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
   const file = path.join(cache, 'sd15-random-f16-seed1234.safetensors');
@@ -236,7 +251,7 @@ async function main(): Promise<void> {
   if (values.child) return child(values.child, values.model!, size, threads, runs, steps);
   if (values['vae-child']) return vaeChild(values['vae-child'] as VaeStage, values.model!, values.taesd!, size, threads, runs);
 
-  const model = values.model ?? ensureCheckpoint();
+  const model = values.model === 'sdxl' ? ensureSdxl() : values.model ?? ensureCheckpoint();
   if (values.vae) return vaeMain(model, values.sizes.split(',').map(Number), threads, runs);
   const results: Array<Figures & { label: string }> = [];
   const variants = values.baseline

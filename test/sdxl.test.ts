@@ -226,3 +226,31 @@ describe('SDXL prediction types', () => {
     assert.equal(edmAsV.prediction, 'v');
   });
 });
+
+describe('distilled SDXL and image to image on SDXL', () => {
+  test('UNets that drop transformer layers or whole attentions block by block (SSD-1B, Vega) load from their shapes and run', async () => {
+    // The tiny SDXL has 2 transformer layers per attention block: drop one layer of input block 4,
+    // and output block 1's whole attention.
+    const dropped = (n: string) =>
+      n.includes('input_blocks.4.1.transformer_blocks.1.') || n.startsWith('model.diffusion_model.output_blocks.1.1.');
+    const made = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-distilled.safetensors'), seed: 6, tiny, dropTensors: dropped });
+    await using distilled = await loadModel(made.path, { threads: 2 });
+    assert.equal(distilled.architecture, 'sdxl');
+    assert.deepEqual(distilled.unusedTensors, []);
+    const r = await distilled.generate(base);
+    assert.ok(r.latents![0].every(Number.isFinite));
+    assert.notDeepEqual(r.latents![0], (await model.generate(base)).latents![0]);
+  });
+
+  test('img2img, inpainting and the hires fix run on SDXL', async () => {
+    const init = { data: new Uint8Array(64 * 64 * 3).map((_, i) => (i * 5) % 256), width: 64, height: 64, channels: 3 as const };
+    const i2i = await model.generate({ ...base, initImage: init, strength: 0.5 });
+    assert.equal(i2i.options.mode, 'img2img');
+    const mask = { data: new Uint8Array(64 * 64).map((_, i) => (i % 64 < 32 ? 255 : 0)), width: 64, height: 64, channels: 1 as const };
+    const inpaint = await model.generate({ ...base, initImage: init, mask, strength: 0.8 });
+    assert.equal(inpaint.options.mode, 'inpaint');
+    const hires = await model.generate({ ...base, hires: { scale: 2, steps: 1, strength: 0.5 } });
+    assert.deepEqual([hires.images[0].width, hires.images[0].height], [128, 128]);
+    for (const r of [i2i, inpaint, hires]) assert.ok(r.latents![0].every(Number.isFinite));
+  });
+});

@@ -1,11 +1,26 @@
 #include "components/unet.h"
 
+#include <algorithm>
 #include <string>
 
 #include "core/errors.h"
 #include "text/tokenizer.h"
 
 namespace sd {
+
+namespace {
+
+// The transformer depth of one block: distilled SDXL UNets (SSD-1B, Vega) drop transformer layers
+// (and whole attentions) block by block, so the level's depth is an upper bound and the block's
+// own tensors say how many it has. 0: no attention in this block.
+int attention_depth(const Graph & g, const std::string & prefix, int level_depth) {
+    if (level_depth <= 0 || !g.w.find(prefix + ".proj_in.weight")) return 0;
+    int depth = 0;
+    while (depth < level_depth && g.w.find(prefix + ".transformer_blocks." + std::to_string(depth) + ".norm1.weight")) ++depth;
+    return depth;
+}
+
+}  // namespace
 
 namespace {
 
@@ -157,8 +172,8 @@ ggml_tensor * Unet::build(Graph & g, const GraphInputs & in) const {
         for (int r = 0; r < p.num_res_blocks[level]; ++r, ++block) {
             const std::string prefix = at("input_blocks", block);
             h = unet_resblock(g, h, emb, prefix + ".0");
-            if (p.transformer_depth[level] > 0) {
-                h = spatial_transformer(g, h, in.context, prefix + ".1", heads_at(ch), p.transformer_depth[level]);
+            if (const int depth = attention_depth(g, prefix + ".1", p.transformer_depth[level])) {
+                h = spatial_transformer(g, h, in.context, prefix + ".1", heads_at(ch), depth);
             }
             skips.push_back(named(h, prefix));
         }
@@ -175,8 +190,8 @@ ggml_tensor * Unet::build(Graph & g, const GraphInputs & in) const {
         const int ch = p.model_channels * p.channel_mult.back();
         h = unet_resblock(g, h, emb, "middle_block.0");
         int next = 1;
-        if (p.transformer_depth_middle > 0) {
-            h = spatial_transformer(g, h, in.context, "middle_block.1", heads_at(ch), p.transformer_depth_middle);
+        if (const int depth = attention_depth(g, "middle_block.1", p.transformer_depth_middle)) {
+            h = spatial_transformer(g, h, in.context, "middle_block.1", heads_at(ch), depth);
             next = 2;
         }
         h = unet_resblock(g, h, emb, at("middle_block", next));
@@ -198,8 +213,9 @@ ggml_tensor * Unet::build(Graph & g, const GraphInputs & in) const {
             skips.pop_back();
             h = unet_resblock(g, h, emb, prefix + ".0");
             int next = 1;
-            if (p.transformer_depth[level] > 0) {
-                h = spatial_transformer(g, h, in.context, prefix + ".1", heads_at(ch), p.transformer_depth[level]);
+            const int level_depth = std::max(p.transformer_depth[level], p.transformer_depth_out.empty() ? 0 : p.transformer_depth_out[level]);
+            if (const int depth = attention_depth(g, prefix + ".1", level_depth)) {
+                h = spatial_transformer(g, h, in.context, prefix + ".1", heads_at(ch), depth);
                 next = 2;
             }
             if (level > 0 && r == p.num_res_blocks[level]) h = upsample(g, h, prefix + "." + std::to_string(next));
