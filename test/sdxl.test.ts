@@ -254,3 +254,27 @@ describe('distilled SDXL and image to image on SDXL', () => {
     for (const r of [i2i, inpaint, hires]) assert.ok(r.latents![0].every(Number.isFinite));
   });
 });
+
+describe('SDXL inpainting and instruct-pix2pix UNets, BREAK', () => {
+  test('9- and 8-channel SDXL UNets get the mask / image latents concatenated, as the SD1.x ones', async () => {
+    const init = { data: new Uint8Array(64 * 64 * 3).map((_, i) => (i * 3) % 256), width: 64, height: 64, channels: 3 as const };
+    const mask = { data: new Uint8Array(64 * 64).map((_, i) => (i < 2048 ? 255 : 0)), width: 64, height: 64, channels: 1 as const };
+    const inpaintFile = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-inpaint.safetensors'), seed: 6, tiny: { ...tiny, unetInChannels: 9 } });
+    await using inpaint = await loadModel(inpaintFile.path, { threads: 2 });
+    const r = await inpaint.generate({ ...base, initImage: init, mask, strength: 1 });
+    assert.equal(r.options.mode, 'inpaint');
+    assert.ok(r.latents![0].every(Number.isFinite));
+    const editFile = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-ip2p.safetensors'), seed: 6, tiny: { ...tiny, unetInChannels: 8 } });
+    await using edit = await loadModel(editFile.path, { threads: 2 });
+    const e = await edit.generate({ ...base, initImage: init, imageCfgScale: 1.5 });
+    assert.equal(e.options.mode, 'edit');
+    assert.equal(e.options.imageCfgScale, 1.5);
+    assert.ok(e.latents![0].every(Number.isFinite));
+  });
+
+  test('BREAK starts a new chunk for both encoders', async () => {
+    const e = await model.encodePrompt('a lighthouse BREAK at dusk');
+    assert.equal(e.tokens, 154);
+    assert.equal(e.dim, 64);
+  });
+});
