@@ -278,3 +278,21 @@ describe('SDXL inpainting and instruct-pix2pix UNets, BREAK', () => {
     assert.equal(e.dim, 64);
   });
 });
+
+describe('few-step SDXL (Turbo, Lightning, LCM)', () => {
+  test('1-4 steps with cfgScale 1 and the lcm / tcd samplers with their default lcm schedule', async () => {
+    const turbo = await model.generate({ ...base, steps: 1, cfgScale: 1, sampler: 'euler_a' });
+    assert.equal(turbo.options.steps, 1);
+    assert.ok(turbo.latents![0].every(Number.isFinite));
+    for (const sampler of ['lcm', 'tcd'] as const) {
+      const r = await model.generate({ ...base, steps: 4, cfgScale: 1, sampler });
+      assert.equal(r.options.scheduler, 'lcm', sampler);
+      assert.equal(r.options.sigmas.length, 5, sampler);
+      assert.ok(r.latents![0].every(Number.isFinite), sampler);
+    }
+    // sgm_uniform, as Lightning checkpoints are run.
+    const lightning = await model.generate({ ...base, steps: 4, cfgScale: 1, sampler: 'euler', scheduler: 'sgm_uniform' });
+    assert.equal(lightning.options.scheduler, 'sgm_uniform');
+    assert.ok(lightning.latents![0].every(Number.isFinite));
+  });
+});
