@@ -152,17 +152,6 @@ async function vaeChild(stage: VaeStage, model: string, taesd: string, size: num
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
-function ensureTaesd(): string {
-  const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
-  const file = path.join(cache, 'taesd-random-f16.safetensors');
-  if (fs.existsSync(file)) return file;
-  fs.mkdirSync(cache, { recursive: true });
-  const script = path.resolve(here, '..', '..', 'shared', 'tools', 'make-taesd-random.py');
-  const r = spawnSync('python3', [script, `${file}.partial`], { stdio: 'inherit' });
-  if (r.status !== 0) throw new Error('could not make the TAESD (needs python3 with numpy and ../shared/tools)');
-  fs.renameSync(`${file}.partial`, file);
-  return file;
-}
 
 async function vaeMain(model: string, sizes: number[], threads: number, runs: number): Promise<void> {
   const taesd = ensureTaesd();
@@ -199,32 +188,25 @@ async function vaeMain(model: string, sizes: number[], threads: number, runs: nu
   process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
 }
 
-/** `--model sdxl`: the full-size random SDXL base (6.9 GB, made once by make-sdxl-random.py). */
-function ensureSdxl(): string {
-  const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
-  const file = path.join(cache, 'sdxl-random-f16.safetensors');
-  if (fs.existsSync(file)) return file;
-  fs.mkdirSync(cache, { recursive: true });
-  const script = path.resolve(here, '..', '..', 'shared', 'tools', 'make-sdxl-random.py');
-  process.stderr.write(`making ${file} with ${script} (6.9 GB, once)\n`);
-  const r = spawnSync('python3', [script, `${file}.partial`], { stdio: 'inherit' });
-  if (r.status !== 0) throw new Error('could not make the SDXL checkpoint (needs python3 with numpy and ../shared/tools)');
-  fs.renameSync(`${file}.partial`, file);
-  return file;
-}
 
-function ensureCheckpoint(): string {
+/** A ../shared/tools generator's model, made once into the cache (python3 with numpy). */
+function cachedModel(file: string, script: string, args: string[], what: string): string {
   const cache = process.env.SDNODE_MODEL_CACHE ?? path.join(os.homedir(), '.cache', 'sdnode', 'models');
-  const file = path.join(cache, 'sd15-random-f16-seed1234.safetensors');
-  if (fs.existsSync(file)) return file;
+  const out = path.join(cache, file);
+  if (fs.existsSync(out)) return out;
   fs.mkdirSync(cache, { recursive: true });
-  const script = path.resolve(here, '..', '..', 'shared', 'tools', 'make-sd15-random.py');
-  process.stderr.write(`making ${file} with ${script} (2.1 GB, once)\n`);
-  const r = spawnSync('python3', [script, `${file}.partial`, '--seed', '1234'], { stdio: 'inherit' });
-  if (r.status !== 0) throw new Error('could not make the checkpoint (needs python3 with numpy and ../shared/tools)');
-  fs.renameSync(`${file}.partial`, file);
-  return file;
+  const tool = path.resolve(here, '..', '..', 'shared', 'tools', script);
+  process.stderr.write(`making ${out} with ${tool} (${what}, once)\n`);
+  const r = spawnSync('python3', [tool, `${out}.partial`, ...args], { stdio: 'inherit' });
+  if (r.status !== 0) throw new Error(`could not make ${file} (needs python3 with numpy and ../shared/tools)`);
+  fs.renameSync(`${out}.partial`, out);
+  return out;
 }
+const ensureCheckpoint = () => cachedModel('sd15-random-f16-seed1234.safetensors', 'make-sd15-random.py', ['--seed', '1234'], '2.1 GB');
+/** `--model sdxl`: the full-size random SDXL base. */
+const ensureSdxl = () => cachedModel('sdxl-random-f16.safetensors', 'make-sdxl-random.py', [], '6.9 GB');
+const ensureTaesd = () => cachedModel('taesd-random-f16.safetensors', 'make-taesd-random.py', [], '5 MB');
+
 
 async function main(): Promise<void> {
   const { values } = parseArgs({

@@ -72,7 +72,7 @@ std::set<std::string> trace_component(const TensorSource & weights, Component co
                 TextEncoder te(rec, p);
                 te.build(g, ggml_new_tensor_2d(ctx, GGML_TYPE_I32, kClipChunkLength, 1), 1);  // every layer
                 // SDXL's bigG also gives the pooled output (through text_projection).
-                if (component == Component::TextEncoder2 && (info.arch == Arch::SDXL || info.arch == Arch::SDXLRefiner)) {
+                if (component == Component::TextEncoder2 && is_sdxl_family(info.arch)) {
                     te.build_pooled(g, ggml_new_tensor_2d(ctx, GGML_TYPE_I32, kClipChunkLength, 1), ggml_new_tensor_1d(ctx, GGML_TYPE_I32, 1));
                 }
                 break;

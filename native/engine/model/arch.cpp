@@ -441,7 +441,7 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
         if (declared) distilled = *declared == "tiny";
         if (distilled && p.variant.empty()) p.variant = p.has_middle_block ? "small" : "tiny";
 
-        const bool sdxl = info.arch == Arch::SDXL || info.arch == Arch::SDXLRefiner;
+        const bool sdxl = is_sdxl_family(info.arch);
         if (sdxl && file.find("edm_vpred.sigma_max")) {
             // CosXL-style EDM v-prediction (stable-diffusion.cpp's edm_v): not run yet; said at load.
             p.prediction_edm = true;

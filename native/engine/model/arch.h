@@ -14,6 +14,8 @@ namespace sd {
 
 enum class Arch { Unknown, SD1, SD2, SDXL, SDXLRefiner };
 const char * arch_name(Arch a);  // "unknown", "sd1", "sd2", "sdxl", "sdxl-refiner"
+// SDXL base and refiner: bigG's pooled output, the y vector, the SDXL VAE.
+inline bool is_sdxl_family(Arch a) { return a == Arch::SDXL || a == Arch::SDXLRefiner; }
 
 
 struct UnetParams {

@@ -249,7 +249,7 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
     // SD2's OpenCLIP pads prompts with 0, CLIP-L (SD1, SDXL) with the end token.
     m->tokenizer_ = &clip_tokenizer(info.arch == Arch::SD2 ? 0 : kClipEosToken);
     // SDXL's encoders give their skipped layer without the final layer norm (the reference's).
-    const bool sdxl_family = info.arch == Arch::SDXL || info.arch == Arch::SDXLRefiner;
+    const bool sdxl_family = is_sdxl_family(info.arch);
     const bool final_ln = !sdxl_family;
     if (info.arch == Arch::SDXLRefiner) {
         m->components_.text_encoders.push_back(

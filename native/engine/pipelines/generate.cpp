@@ -229,7 +229,7 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
     }
     if (p.image_cfg_scale && !edit_unet) throw_invalid("imageCfgScale applies to instruct-pix2pix models only");
     const bool refiner = model.arch() == Arch::SDXLRefiner;
-    r.size_conditioned = model.arch() == Arch::SDXL || refiner;
+    r.size_conditioned = is_sdxl_family(model.arch());
     r.aesthetic_conditioned = refiner;
     for (const auto & [name, v] : {std::pair{"originalSize", &p.original_size}, std::pair{"cropTopLeft", &p.crop_top_left},
                                    std::pair{"targetSize", &p.target_size}}) {
@@ -507,7 +507,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     if (use_uncond || use_img_uncond) {
         uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip);
         // SDXL without a negative prompt: zeros for the text (its pooled vector stays), as the reference.
-        if ((model.arch() == Arch::SDXL || model.arch() == Arch::SDXLRefiner) && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
+        if (is_sdxl_family(model.arch()) && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
     }
     if (p.size_conditioned) {
         SizeConditioning size;
