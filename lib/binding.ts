@@ -118,6 +118,19 @@ export interface NativeModelInfo {
   warnings: string[];
 }
 
+/** What inspectLora() finds in a LoRA file. */
+export interface NativeLoraInfo {
+  path: string;
+  format: string;
+  naming: string;
+  kinds: string[];
+  rank: { min: number; max: number };
+  tensorCount: number;
+  targets: Array<{ key: string; component: string; target: string; kind: string; rank: number; shape?: number[] }>;
+  ignored: Array<{ tensor: string; reason: string }>;
+  metadata: Record<string, string>;
+}
+
 /** A shared flag native work polls (between steps and inside graph computation). */
 export interface NativeAbortFlag {
   abort(): void;
@@ -176,7 +189,11 @@ export interface NativeGenerated {
   images: Array<{ data: Uint8Array; seed: number }>;
   /** Per image (with returnLatents): [C][H][W]. */
   latents: Array<Float32Array | undefined>;
-  timings: { textEncode: number; vaeEncode: number; sampling: number; vaeDecode: number; total: number };
+  timings: { textEncode: number; vaeEncode: number; sampling: number; vaeDecode: number; total: number; loraApply: number };
+  /** What the run noticed but went on with (e.g. LoRA tensors that adapt nothing in this model). */
+  warnings: string[];
+  /** Bytes the run's LoRAs hold (merged copies and run-time factors). */
+  loraBytes: number;
   /** Every option as used, defaults filled in. */
   options: import('./generate.ts').ResolvedGenerateOptions;
   /** [C, H, W] of each latent. */
@@ -208,7 +225,10 @@ export interface NativeSession {
     onEvent?: (e: NativeGenerateEvent) => void,
     abort?: NativeAbortFlag,
   ): Promise<NativeGenerated>;
-  encodePrompt(text: string, clipSkip?: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
+  encodePrompt(
+    text: string, clipSkip?: number, abort?: NativeAbortFlag,
+    adapters?: { loras?: import('./lora.ts').NativeLora[]; loraApply?: string },
+  ): Promise<NativeEncoded>;
   encodeImage(
     pixels: Uint8Array, width: number, height: number, channels: number, seed: number | undefined, rng: string,
     abort?: NativeAbortFlag, codec?: NativeCodecOptions,
@@ -232,6 +252,7 @@ export interface NativeOptionTables {
   decoders: string[];
   previewModes: string[];
   predictions: string[];
+  loraApplyModes: string[];
   limits: Record<string, { min: number; max: number; integer: boolean; minExclusive?: boolean }>;
   imageSideMultiple: number;
   promptMaxLength: number;
@@ -258,6 +279,8 @@ export interface NativeAddon {
   version: string;
   systemInfo(): NativeSystemInfo;
   inspectModel(path: string): Promise<NativeModelInfo>;
+  /** A LoRA file's format and targets; with a model, mapped onto its layers (and checked). */
+  inspectLora(path: string, model?: NativeModel): Promise<NativeLoraInfo>;
   /** The noise stream `seed` gives with `rng` (count floats). */
   randn(seed: number, rng: string, count: number): Float32Array;
   optionTables(): NativeOptionTables;

@@ -28,11 +28,14 @@ export const DECODERS = ["vae","taesd"] as const;
 /** What a UNet may predict (the `prediction` load option). */
 export const PREDICTIONS = ["eps","v"] as const;
 
+/** How LoRAs are applied: merged into copies of the float weights, at run time, or chosen by the weight types. */
+export const LORA_APPLY_MODES = ["auto","merge","runtime"] as const;
+
 /** Previews while sampling: the linear latent-to-RGB projection, the TAESD decoder, or the VAE decoder. */
 export const PREVIEW_MODES = ["proj","taesd","vae"] as const;
 
 /** Limits of numeric options, inclusive (the minimum exclusive where minExclusive is set). */
-export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true},"strength":{"min":0,"max":1,"integer":false,"minExclusive":true},"imageCfgScale":{"min":0,"max":100,"integer":false},"hiresScale":{"min":0,"max":8,"integer":false,"minExclusive":true},"hiresSteps":{"min":0,"max":1000,"integer":true},"vaeTiling.tileSize":{"min":4,"max":512,"integer":true},"vaeTiling.overlap":{"min":0,"max":0.5,"integer":false},"vaeMemoryBudget":{"min":0,"max":1125899906842624,"integer":true},"previewInterval":{"min":1,"max":1000,"integer":true},"sizeConditioning":{"min":0,"max":16384,"integer":true},"aestheticScore":{"min":0,"max":100,"integer":false}} as const;
+export const LIMITS = {"width":{"min":64,"max":4096,"integer":true},"height":{"min":64,"max":4096,"integer":true},"steps":{"min":1,"max":1000,"integer":true},"batchSize":{"min":1,"max":64,"integer":true},"cfgScale":{"min":0,"max":100,"integer":false},"eta":{"min":0,"max":100,"integer":false},"clipSkip":{"min":1,"max":48,"integer":true},"threads":{"min":1,"max":1024,"integer":true},"seed":{"min":0,"max":9007199254740991,"integer":true},"count":{"min":0,"max":100000000,"integer":true},"sigma":{"min":0,"max":1000,"integer":false},"lmsMaxOrder":{"min":1,"max":12,"integer":true},"strength":{"min":0,"max":1,"integer":false,"minExclusive":true},"imageCfgScale":{"min":0,"max":100,"integer":false},"hiresScale":{"min":0,"max":8,"integer":false,"minExclusive":true},"hiresSteps":{"min":0,"max":1000,"integer":true},"vaeTiling.tileSize":{"min":4,"max":512,"integer":true},"vaeTiling.overlap":{"min":0,"max":0.5,"integer":false},"vaeMemoryBudget":{"min":0,"max":1125899906842624,"integer":true},"previewInterval":{"min":1,"max":1000,"integer":true},"sizeConditioning":{"min":0,"max":16384,"integer":true},"aestheticScore":{"min":0,"max":100,"integer":false},"loras":{"min":0,"max":64,"integer":true},"loraWeight":{"min":-100,"max":100,"integer":false}} as const;
 
 /** Width and height are multiples of this (a model may need a larger multiple). */
 export const IMAGE_SIDE_MULTIPLE = 8;

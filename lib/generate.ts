@@ -6,7 +6,7 @@
 import type { Sharp } from 'sharp';
 import { encodePNG } from './image.ts';
 import { DEFAULT_RESIZE_MODE, MAX_MASK_BLUR, MIN_MASK_BLUR, RESIZE_MODES, encodeJPEG, encodeWebP, readImage, readMask, rgbToSharp, type ImageInput, type ResizeMode } from './image-io.ts';
-import { HIRES_UPSCALERS, LIMITS, PREVIEW_MODES } from './engine-tables.ts';
+import { HIRES_UPSCALERS, LIMITS, LORA_APPLY_MODES, PREVIEW_MODES } from './engine-tables.ts';
 import {
   RNGS,
   SAMPLERS,
@@ -25,6 +25,7 @@ import {
   type Scheduler,
 } from './options.ts';
 import { expectKnownKeys, expectOneOf, invalid, isObject } from './validate.ts';
+import { checkLoras, extractLoraTags, type LoraApply, type LoraSpec, type NativeLora } from './lora.ts';
 
 /** One progress report of `generate()`: sent once per sampling step, in order. */
 export interface GenerateProgress {
@@ -256,6 +257,17 @@ export interface GenerateOptions {
   preview?: PreviewMode;
   /** A preview every this many steps of each image, 1 to 1000. @default 1 */
   previewInterval?: number;
+  /**
+   * LoRAs for this generation, applied in order, besides the prompt's `<lora:name:weight>` tags
+   * (names resolved in loadModel's `loraDir`; the tags are taken out of the prompt before it is
+   * tokenized). Changing them between generations never reloads the model: the model's own
+   * weights are never written, so leaving a LoRA out gives back the exact base model.
+   * @default []
+   * @example loras: [{ name: 'add_detail', weight: 0.5 }, { path: 'lcm-lora-sdv1-5.safetensors' }]
+   */
+  loras?: LoraSpec[];
+  /** How LoRAs are applied; see {@link LoraApply}. @default 'auto' */
+  loraApply?: LoraApply;
 }
 
 /** See {@link GenerateOptions.refiner}. */
@@ -280,6 +292,8 @@ export interface GenerateTimings {
   sampling: number;
   vaeDecode: number;
   total: number;
+  /** Making the LoRAs active (merging or uploading them); 0 when the same set was active already. */
+  loraApply: number;
 }
 
 export interface GenerateResult {
@@ -291,6 +305,8 @@ export interface GenerateResult {
   latents?: Float32Array[];
   /** What was used: every option with its default filled in (the engine's, for this model). */
   options: ResolvedGenerateOptions;
+  /** What the run noticed but went on with, e.g. a LoRA's tensors that adapt nothing in this model. */
+  warnings: string[];
 }
 
 /** Every generation option with its default filled in, as the engine reports what it used. */
@@ -345,6 +361,9 @@ export interface ResolvedGenerateOptions {
   /** With previews. */
   preview?: PreviewMode;
   previewInterval?: number;
+  /** With LoRAs: the files and weights used (the prompt's tags resolved, weights summed per file), and how they were applied. */
+  loras?: NativeLora[];
+  loraApply?: Exclude<LoraApply, 'auto'>;
 }
 
 /** An image as the native side receives it: decoded, resized, 8-bit. */
@@ -352,7 +371,7 @@ export interface NativeImage { data: Uint8Array; width: number; height: number; 
 
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
 export type NativeGenerateRequest = Partial<
-  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep'>
+  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep' | 'loraApply'>
 > & import('./binding.ts').NativeCodecOptions & {
   prompt: string;
   scheduler?: Scheduler;
@@ -365,6 +384,7 @@ export type NativeGenerateRequest = Partial<
   initImage?: NativeImage;
   mask?: NativeImage;
   hires?: HiresOptions;
+  loraApply?: LoraApply;
 };
 
 /** The image options, read (decoded, resized) before the native call. */
@@ -381,7 +401,7 @@ const KNOWN_KEYS = new Set([
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
   'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
-  'aestheticScore', 'negativeAestheticScore', 'refiner',
+  'aestheticScore', 'negativeAestheticScore', 'refiner', 'loras', 'loraApply',
 ]);
 
 /** A { a, b } object of integers in the size-conditioning range. */
@@ -463,13 +483,16 @@ export function checkGenerateOptions(
   onProgress?: (p: GenerateProgress) => void;
   onPreview?: (p: GeneratePreview) => void;
   refiner?: { model: import('./model.ts').Model; switchAt: number };
+  /** The `loras` option and the prompt's tags (the request's prompt is without them), resolved per model. */
+  loras: { specs?: LoraSpec[]; tags: Array<{ name: string; weight: number }> };
 } {
   if (!isObject(options)) invalid('options', 'an object with at least a prompt', options);
   const o = expectOptionsObject('options', options);
   expectKnownKeys('options', o, KNOWN_KEYS);
   const prompt = checkPrompt('prompt', o.prompt);
   if (prompt === undefined) invalid('prompt', 'a string', o.prompt);
-  const request: NativeGenerateRequest = { prompt };
+  const tagged = extractLoraTags(prompt);
+  const request: NativeGenerateRequest = { prompt: tagged.prompt };
   const set = <K extends keyof NativeGenerateRequest>(key: K, v: NativeGenerateRequest[K] | undefined) => {
     if (v !== undefined) request[key] = v;
   };
@@ -512,6 +535,7 @@ export function checkGenerateOptions(
   const maskBlur = o.maskBlur === undefined ? 0 : checkMaskBlur(o.maskBlur);
   if (o.invertMask !== undefined && typeof o.invertMask !== 'boolean') invalid('invertMask', 'a boolean', o.invertMask);
   set('preview', o.preview === undefined ? undefined : expectOneOf('preview', o.preview, PREVIEW_MODES));
+  set('loraApply', o.loraApply === undefined ? undefined : expectOneOf('loraApply', o.loraApply, LORA_APPLY_MODES));
   set('previewInterval', checkLimitedInteger('previewInterval', o.previewInterval));
   set('originalSize', checkPair('originalSize', o.originalSize, 'width', 'height'));
   set('cropTopLeft', checkPair('cropTopLeft', o.cropTopLeft, 'top', 'left'));
@@ -540,6 +564,7 @@ export function checkGenerateOptions(
     onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
     onPreview,
     refiner,
+    loras: { specs: checkLoras(o.loras), tags: tagged.tags },
   };
 }
 

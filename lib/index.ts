@@ -58,7 +58,7 @@ export type {
   RgbImage,
   ResolvedGenerateOptions,
 } from './generate.ts';
-export { ARCH_DEFAULTS, DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, PREVIEW_MODES, SAMPLER_DEFAULTS } from './engine-tables.ts';
+export { ARCH_DEFAULTS, DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, LORA_APPLY_MODES, PREVIEW_MODES, SAMPLER_DEFAULTS } from './engine-tables.ts';
 export {
   SAMPLERS,
   SCHEDULERS,
@@ -86,5 +86,13 @@ export {
   type ImageTarget,
   type MaskOptions,
 } from './image-io.ts';
+export {
+  inspectLora,
+  extractLoraTags,
+  LORA_EXTENSIONS,
+  type LoraInspection,
+  type LoraSpec,
+  type LoraApply,
+} from './lora.ts';
 export { readParameters, parseParameters, type ImageParameters, type ParsedGenerateOptions } from './parameters.ts';
 export { version } from './version.ts';

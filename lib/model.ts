@@ -3,6 +3,7 @@
  * until {@link Model.dispose}; calls on one model run one at a time, in call order.
  * @module
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import {
   callNative,
@@ -16,7 +17,8 @@ import {
   type NativeModel,
   type NativeSession,
 } from './binding.ts';
-import { AbortError, DisposedError, fromNative } from './errors.ts';
+import { AbortError, DisposedError, IoError, fromNative } from './errors.ts';
+import { checkLoras, extractLoraTags, resolveLoras, type LoraApply, type LoraInspection, type LoraSpec } from './lora.ts';
 import type { ResolvedGenerateOptions } from './generate.ts';
 import {
   RNGS,
@@ -34,7 +36,7 @@ import {
   type WeightType,
 } from './options.ts';
 import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
-import { DECODERS, LIMITS, PREDICTIONS } from './engine-tables.ts';
+import { DECODERS, LIMITS, LORA_APPLY_MODES, PREDICTIONS } from './engine-tables.ts';
 import {
   checkGenerateOptions,
   makeImage,
@@ -95,6 +97,15 @@ export interface LoadModelOptions {
    * @example `{ prediction: 'v' }`
    */
   prediction?: (typeof PREDICTIONS)[number];
+  /**
+   * A folder of LoRA files: `<lora:name:weight>` in a prompt and `loras: [{ name }]` mean
+   * `<loraDir>/<name>` with any of the LoRA extensions (.safetensors, .gguf, .pt, .ckpt, .pth,
+   * .bin); names may hold subfolders (`style/ink`). Listed at each generation, so new files are
+   * found without reloading.
+   * @default none (a tag in a prompt is then an error)
+   * @example `{ loraDir: 'models/lora' }`
+   */
+  loraDir?: string;
   /** Cancels loading; the promise rejects with {@link AbortError}. */
   signal?: AbortSignal;
   /** Loading progress, `fraction` from 0 to 1. */
@@ -298,6 +309,10 @@ export interface EncodePromptOptions {
    * @default 1 for SD1.x, 2 for SD2.x
    */
   clipSkip?: number;
+  /** LoRAs whose text-encoder modules apply, as generate()'s (`<lora:...>` tags in the text count too). @default [] */
+  loras?: LoraSpec[];
+  /** @default 'auto' */
+  loraApply?: LoraApply;
   signal?: AbortSignal;
 }
 
@@ -322,13 +337,16 @@ export class Model {
   readonly unusedTensors: readonly string[];
   /** What loading assumed or ignored (e.g. the prediction type, unused tensors). */
   readonly warnings: readonly string[];
+  /** loadModel's `loraDir` (absolute), where LoRA names are looked up. */
+  readonly loraDir: string | undefined;
   #native: NativeModel | undefined;
   // The session runs every call: its queue on the engine side keeps them in call order.
   #session: NativeSession | undefined;
   #disposing: Promise<void> | undefined;
 
   /** @internal Use {@link loadModel}. */
-  constructor(nativeModel: NativeModel, modelPath: string) {
+  constructor(nativeModel: NativeModel, modelPath: string, adapters: { loraDir?: string } = {}) {
+    this.loraDir = adapters.loraDir;
     this.#native = nativeModel;
     this.#session = callNativeSync(() => nativeModel.createSession());
     this.path = modelPath;
@@ -374,6 +392,20 @@ export class Model {
     return { weights: info.weightBytes, compute: computeBytes, mapped: info.mappedBytes };
   }
 
+  /**
+   * {@link inspectLora} against this model: which of its layers each module of the file adapts,
+   * what would be ignored, and a typed error for a module whose shape does not fit.
+   */
+  inspectLora(loraPath: string): Promise<LoraInspection> {
+    try {
+      const native = this.nativeModel('inspectLora()');
+      const abs = path.resolve(expectNonEmptyString('loraPath', loraPath));
+      return callNative((a) => a.inspectLora(abs, native));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
   /** @internal Hyperparameters the generation options are checked against. */
   protected loadedInfo(): NativeLoadedInfo {
     return this.nativeModel('model').info();
@@ -402,13 +434,16 @@ export class Model {
     try {
       if (!isString(text)) invalid('text', 'a string', text);
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['clipSkip', 'signal']);
+      expectKnownKeys('options', o, ['clipSkip', 'loras', 'loraApply', 'signal']);
       const clipSkip = checkLimitedInteger('clipSkip', o.clipSkip);
       const signal = checkSignal('signal', o.signal);
+      const tagged = extractLoraTags(text);
+      const loras = resolveLoras(checkLoras(o.loras), tagged.tags, this.loraDir);
+      const loraApply = o.loraApply === undefined ? undefined : expectOneOf('loraApply', o.loraApply, LORA_APPLY_MODES);
       throwIfAborted(signal, 'encodePrompt');
       const session = this.nativeSession('encodePrompt()');
       const { flag, cleanup } = abortFlagFor(signal);
-      return callNative(() => session.encodePrompt(text, clipSkip, flag))
+      return callNative(() => session.encodePrompt(tagged.prompt, clipSkip, flag, { loras, loraApply }))
         .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'encodePrompt');
         })
@@ -589,7 +624,7 @@ export class Model {
       const images = r.images.map((img) =>
         makeImage(img.data, r.imageWidth, r.imageHeight, img.seed, parametersText(used, img.seed, modelName, checked.request.clipSkip !== undefined, version)),
       );
-      const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings, options: used };
+      const result: GenerateResult = { images, seeds: images.map((i) => i.seed), timings: r.timings, options: used, warnings: r.warnings };
       if (used.returnLatents) result.latents = r.latents.map((l) => l ?? new Float32Array(0));
       return result;
     });
@@ -607,6 +642,8 @@ export class Model {
     Object.assign(request, checkCodecOptions(options as unknown as Record<string, unknown>));
     throwIfAborted(signal, 'generate');
     const session = this.nativeSession('generate()');
+    const loras = resolveLoras(checked.loras.specs, checked.loras.tags, this.loraDir);
+    if (loras.length > 0) request.loras = loras;
     return readImageInputs(imageRequest, request, info).then(() => {
       throwIfAborted(signal, 'generate');
       const { flag, cleanup } = abortFlagFor(signal);
@@ -620,6 +657,8 @@ export class Model {
           (r) => {
             guard.rethrow();
             const used = r.options;
+            // The caller's prompt, tags and all (A1111 keeps them in the metadata too).
+            if (typeof options.prompt === 'string') used.prompt = options.prompt;
             if (request.initImage) used.resizeMode = imageRequest.resizeMode;
             if (request.mask) {
               used.maskBlur = imageRequest.maskBlur;
@@ -680,6 +719,8 @@ export class Model {
     const second: Record<string, unknown> = {};
     for (const key of keep) if (o[key] !== undefined && (!split.includes(key) || takes(refiner, key))) second[key] = o[key];
     Object.assign(second, { width: base.width, height: base.height, seed: base.seed, batchSize: batch, sigmas: base.sigmas.slice(k) });
+    // The base model's LoRAs are not the refiner's: it gets the prompt without their tags.
+    second.prompt = checked.request.prompt;
     if (onPreview) second.onPreview = onPreview;
     const checked2 = checkGenerateOptions(second, refiner.loadedInfo());
     checked2.request.startLatent = concatLatents(first.latents);
@@ -710,9 +751,10 @@ export class Model {
       seeds: images.map((i) => i.seed),
       timings: {
         textEncode: t1.textEncode + t2.textEncode, vaeEncode: t1.vaeEncode + t2.vaeEncode, sampling: t1.sampling + t2.sampling,
-        vaeDecode: t1.vaeDecode + t2.vaeDecode, total: t1.total + t2.total,
+        vaeDecode: t1.vaeDecode + t2.vaeDecode, total: t1.total + t2.total, loraApply: t1.loraApply + t2.loraApply,
       },
       options: used,
+      warnings: [...first.warnings, ...last.warnings],
     };
     if (used.returnLatents) result.latents = last.latents.map((l) => l ?? new Float32Array(0));
     return result;
@@ -754,7 +796,11 @@ export class Model {
 export async function loadModel(modelPath: string, options?: LoadModelOptions): Promise<Model> {
   const abs = path.resolve(expectNonEmptyString('modelPath', modelPath));
   const o = expectOptionsObject('options', options);
-  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'prediction', 'signal', 'onProgress']);
+  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'prediction', 'loraDir', 'signal', 'onProgress']);
+  const loraDir = o.loraDir === undefined ? undefined : path.resolve(expectNonEmptyString('loraDir', o.loraDir));
+  if (loraDir !== undefined && !fs.statSync(loraDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new IoError(`loraDir: ${loraDir} is not a folder`);
+  }
   const prediction = o.prediction === undefined ? undefined : expectOneOf('prediction', o.prediction, PREDICTIONS);
   const weightType = checkWeightType('weightType', o.weightType);
   const threads = checkThreads('threads', o.threads);
@@ -777,7 +823,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
       ),
     );
     guard.rethrow();
-    const model = new Model(nativeModel, abs);
+    const model = new Model(nativeModel, abs, { loraDir });
     // Aborted after the native load had finished (its progress events arrive after it): still
     // an aborted load, so the promise keeps its word and the model is freed.
     if (signal?.aborted) {

@@ -27,6 +27,7 @@ export function renderTables(tables) {
     list('HIRES_UPSCALERS', tables.hiresUpscalers, "The hires fix's upscalers: latent-space interpolations, or the decoded image resized (lanczos, nearest)."),
     list('DECODERS', tables.decoders, 'Decoders between latents and images: the model\'s VAE, or a TAESD loaded with it.'),
     list('PREDICTIONS', tables.predictions, 'What a UNet may predict (the `prediction` load option).'),
+    list('LORA_APPLY_MODES', tables.loraApplyModes, 'How LoRAs are applied: merged into copies of the float weights, at run time, or chosen by the weight types.'),
     list('PREVIEW_MODES', tables.previewModes, 'Previews while sampling: the linear latent-to-RGB projection, the TAESD decoder, or the VAE decoder.'),
     `/** Limits of numeric options, inclusive (the minimum exclusive where minExclusive is set). */\nexport const LIMITS = ${j(tables.limits)} as const;\n`,
     `/** Width and height are multiples of this (a model may need a larger multiple). */\nexport const IMAGE_SIDE_MULTIPLE = ${j(tables.imageSideMultiple)};\n`,

@@ -86,6 +86,7 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
     o.Set("hiresUpscalers", to_js_array(env, t.hires_upscalers));
     o.Set("decoders", to_js_array(env, t.decoders));
     o.Set("previewModes", to_js_array(env, t.preview_modes));
+    o.Set("loraApplyModes", to_js_array(env, t.lora_apply_modes));
     o.Set("predictions", to_js_array(env, t.predictions));
     Napi::Object limits = Napi::Object::New(env);
     for (const auto & l : t.limits) {
@@ -160,6 +161,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("version", Napi::String::New(env, SDNODE_VERSION));
     exports.Set("systemInfo", Napi::Function::New(env, SystemInfo, "systemInfo"));
     exports.Set("inspectModel", Napi::Function::New(env, InspectModel, "inspectModel"));
+    exports.Set("inspectLora", Napi::Function::New(env, InspectLora, "inspectLora"));
     exports.Set("randn", Napi::Function::New(env, Randn, "randn"));
     exports.Set("optionTables", Napi::Function::New(env, OptionTables, "optionTables"));
     exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));

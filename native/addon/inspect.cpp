@@ -3,6 +3,7 @@
 
 #include "convert.h"
 #include "job.h"
+#include "model-wrap.h"
 #include "sd.h"
 
 namespace sdnode {
@@ -96,7 +97,60 @@ Napi::Value inspection_to_js(Napi::Env env, sd::ModelReport & r) {
     return o;
 }
 
+Napi::Value lora_report_to_js(Napi::Env env, sd::LoraReport & r) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("path", r.path);
+    o.Set("format", r.format);
+    o.Set("naming", r.naming);
+    o.Set("kinds", to_js_array(env, r.kinds));
+    Napi::Object rank = Napi::Object::New(env);
+    rank.Set("min", r.rank_min);
+    rank.Set("max", r.rank_max);
+    o.Set("rank", rank);
+    o.Set("tensorCount", static_cast<double>(r.tensor_count));
+    Napi::Array targets = Napi::Array::New(env, r.targets.size());
+    for (uint32_t i = 0; i < r.targets.size(); ++i) {
+        const auto & t = r.targets[i];
+        Napi::Object to = Napi::Object::New(env);
+        to.Set("key", t.key);
+        to.Set("component", t.component);
+        to.Set("target", t.target);
+        to.Set("kind", t.kind);
+        to.Set("rank", t.rank);
+        if (!t.shape.empty()) {
+            std::vector<double> shape(t.shape.begin(), t.shape.end());
+            to.Set("shape", to_js_array(env, shape));
+        }
+        targets.Set(i, to);
+    }
+    o.Set("targets", targets);
+    Napi::Array ignored = Napi::Array::New(env, r.ignored.size());
+    for (uint32_t i = 0; i < r.ignored.size(); ++i) {
+        Napi::Object io = Napi::Object::New(env);
+        io.Set("tensor", r.ignored[i].first);
+        io.Set("reason", r.ignored[i].second);
+        ignored.Set(i, io);
+    }
+    o.Set("ignored", ignored);
+    Napi::Object meta = Napi::Object::New(env);
+    for (const auto & [k, v] : r.metadata) meta.Set(k, v);
+    o.Set("metadata", meta);
+    return o;
+}
+
 }  // namespace
+
+Napi::Value InspectLora(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) {
+        throw CapturedError{"InvalidArgument", "inspectLora: path must be a string", ""}.to_js(env);
+    }
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    std::shared_ptr<const sd::Model> model;
+    if (info.Length() > 1 && info[1].IsObject()) model = ModelWrap::Unwrap(info[1].As<Napi::Object>())->model(env);
+    return Job<sd::LoraReport>::Start(env, "sdnode.inspectLora", own_thread(env),
+                                      [path, model]() { return sd::inspect_lora(path, model.get()); }, lora_report_to_js);
+}
 
 Napi::Value InspectModel(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();

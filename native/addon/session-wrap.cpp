@@ -98,6 +98,31 @@ sd::CodecParams codec_from(Napi::Object o) {
     return codec;
 }
 
+// The `loras` array of an options object ([{ path, weight }]); the engine checks the values.
+std::vector<sd::LoraRequest> lora_requests(Napi::Object o) {
+    Napi::Env env = o.Env();
+    std::vector<sd::LoraRequest> out;
+    const Napi::Value loras = o.Get("loras");
+    if (!loras.IsUndefined()) {
+        if (!loras.IsArray()) throw_invalid_js(env, "loras must be an array of { path, weight }");
+        const Napi::Array a = loras.As<Napi::Array>();
+        if (a.Length() > static_cast<uint32_t>(sd::limits::kLorasMax)) {
+            throw_invalid_js(env, "loras must hold at most " + std::to_string(sd::limits::kLorasMax) + " LoRAs");
+        }
+        for (uint32_t i = 0; i < a.Length(); ++i) {
+            const Napi::Value e = a.Get(i);
+            const std::string at = "loras[" + std::to_string(i) + "]";
+            if (!e.IsObject()) throw_invalid_js(env, at + " must be an object { path, weight }");
+            const Napi::Object lo = e.As<Napi::Object>();
+            const std::optional<std::string> path = optional_string(lo, "path");
+            const std::optional<double> weight = optional_number(lo, "weight");
+            if (!path) throw_invalid_js(env, at + ".path must be a string");
+            out.push_back({*path, static_cast<float>(weight.value_or(1.0))});
+        }
+    }
+    return out;
+}
+
 // generate()'s options as lib/ passes them: only what the caller gave; the engine fills in and
 // checks the rest (model/options.h).
 sd::GenerateParams generate_params(Napi::Object o) {
@@ -185,6 +210,8 @@ sd::GenerateParams generate_params(Napi::Object o) {
     p.previews = o.Get("previews").ToBoolean().Value();
     p.preview = optional_string(o, "preview");
     p.preview_interval = optional_int(o, "previewInterval");
+    p.loras = lora_requests(o);
+    p.lora_apply = optional_string(o, "loraApply");
     return p;
 }
 
@@ -245,6 +272,17 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
         o.Set("preview", sd::preview_mode_name(r.preview));
         o.Set("previewInterval", r.preview_interval);
     }
+    if (!r.loras.empty()) {
+        Napi::Array loras = Napi::Array::New(env, r.loras.size());
+        for (uint32_t i = 0; i < r.loras.size(); ++i) {
+            Napi::Object lo = Napi::Object::New(env);
+            lo.Set("path", r.loras[i].path);
+            lo.Set("weight", static_cast<double>(r.loras[i].weight));
+            loras.Set(i, lo);
+        }
+        o.Set("loras", loras);
+        o.Set("loraApply", sd::lora_apply_name(r.lora_apply));
+    }
     return o;
 }
 
@@ -274,7 +312,10 @@ Napi::Value generated_to_js(Napi::Env env, sd::GenerateOutput & r) {
     t.Set("sampling", r.timings.sampling_ms);
     t.Set("vaeDecode", r.timings.vae_decode_ms);
     t.Set("total", r.timings.total_ms);
+    t.Set("loraApply", r.lora.apply_ms);
     out.Set("timings", t);
+    out.Set("warnings", to_js_array(env, r.warnings));
+    out.Set("loraBytes", static_cast<double>(r.lora.bytes));
     Napi::Object options = resolved_to_js(env, r.params).As<Napi::Object>();
     options.Set("vaeTiling", r.vae_tiled);
     out.Set("options", options);
@@ -326,14 +367,20 @@ Napi::Value SessionWrap::Info(const Napi::CallbackInfo & info) {
 Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     auto s = session(env);
-    if (info.Length() < 1 || !info[0].IsString()) throw_invalid_js(env, "encodePrompt(text: string, clipSkip?: number)");
+    if (info.Length() < 1 || !info[0].IsString()) throw_invalid_js(env, "encodePrompt(text: string, clipSkip?: number, abort?, { loras, loraApply }?)");
     const std::string text = info[0].As<Napi::String>().Utf8Value();
     std::optional<int> clip_skip;
     if (info.Length() > 1 && info[1].IsNumber()) clip_skip = info[1].As<Napi::Number>().Int32Value();
     auto abort = AbortFlag::From(info.Length() > 2 ? info[2] : env.Undefined());
+    std::vector<sd::LoraRequest> loras;
+    std::optional<std::string> lora_apply;
+    if (info.Length() > 3 && info[3].IsObject()) {
+        loras = lora_requests(info[3].As<Napi::Object>());
+        lora_apply = optional_string(info[3].As<Napi::Object>(), "loraApply");
+    }
     return Job<Encoded>::Start(
         env, "sdnode.encodePrompt", on(s),
-        [s, text, clip_skip, abort]() { return Encoded{sd::encode_prompt(*s, text, clip_skip, abort.get())}; },
+        [s, text, clip_skip, abort, loras, lora_apply]() { return Encoded{sd::encode_prompt(*s, text, clip_skip, abort.get(), loras, lora_apply)}; },
         [](Napi::Env e, Encoded & r) -> Napi::Value {
             const sd::HostTensor & hidden = r.encoding.hidden;
             Napi::Object out = Napi::Object::New(e);

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "adapters/lora.h"
 #include "core/errors.h"
 #include "diffusion/rng.h"
 #include "kernels/cpu-kernels.h"
@@ -134,6 +135,10 @@ struct GenerateParams {
     bool previews = false;
     std::optional<std::string> preview;
     std::optional<int> preview_interval;
+    // LoRAs (adapters/lora.h): files and weights, in order (a weight of 0 is no LoRA), and how they
+    // are applied ("auto" default: merged into float weights, at run time for quantized ones).
+    std::vector<LoraRequest> loras;
+    std::optional<std::string> lora_apply;
 };
 
 // What the UNet's extra input channels make of a run.
@@ -172,6 +177,8 @@ struct ResolvedParams {
     bool previews = false;
     PreviewMode preview = PreviewMode::Proj;
     int preview_interval = kDefaultPreviewInterval;
+    std::vector<LoraRequest> loras;        // the non-zero ones
+    LoraApply lora_apply = LoraApply::Merge;  // as resolved for this model (with loras)
 };
 
 struct GeneratedImage {
@@ -191,6 +198,8 @@ struct GenerateOutput {
     int latent_channels = 4, latent_width = 0, latent_height = 0;
     int image_width = 0, image_height = 0;  // the images' size (the hires target with hires)
     bool vae_tiled = false;                 // whether the final decodes ran in tiles (asked or automatic)
+    LoraActivation lora;                    // with loras: how they were applied
+    std::vector<std::string> warnings;      // e.g. LoRA tensors that adapt nothing in this model
 };
 
 struct StepProgress {
@@ -234,8 +243,10 @@ struct PromptEncoding {
     HostTensor hidden;
     HostTensor pooled;
 };
+// `loras`: as generate()'s (their text-encoder modules change the encoding).
 PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                             const std::atomic<bool> * abort);
+                             const std::atomic<bool> * abort, const std::vector<LoraRequest> & loras = {},
+                             const std::optional<std::string> & lora_apply = std::nullopt);
 
 // ------------------------------------------------------------------ latents <-> images
 

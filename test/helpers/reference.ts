@@ -42,6 +42,9 @@ export function referenceModel(file: string): string {
     case 'taesd-random-f16.safetensors': return cachedModel(file, 'make-taesd-random.py', []);
     // 6.9 GB, a few minutes.
     case 'sdxl-random-f16.safetensors': return cachedModel(file, 'make-sdxl-random.py', []);
+    case 'controlnet-random-f16.safetensors': return cachedModel(file, 'make-controlnet-random.py', []);
+    case 'testlora.safetensors': return cachedModel(file, 'make-sd15-lora.py', []);
+    case 'rndemb.safetensors': return cachedModel(file, 'make-embedding-random.py', []);
     default: throw new Error(`no generator known for ${file}`);
   }
 }

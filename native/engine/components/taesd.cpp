@@ -73,7 +73,7 @@ HostTensor Taesd::decode(GraphRunner & runner, const HostTensor & latent, const 
     auto run = [&](const HostTensor & z) {
         const std::string key = "taesd-decode:" + std::to_string(z.ne[0]) + "x" + std::to_string(z.ne[1]) + "x" + std::to_string(n);
         return runner.run(key, [&](GraphBuilder & b) {
-            Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+            Graph g = component_graph(b, weights_, runner);
             return build_decoder(g, b.input_f32("z", z.data.data(), z.ne[0], z.ne[1], z.ne[2], z.ne[3]));
         });
     };
@@ -92,7 +92,7 @@ HostTensor Taesd::encode(GraphRunner & runner, const HostTensor & image, const V
     auto run = [&](const HostTensor & x) {
         const std::string key = "taesd-encode:" + std::to_string(x.ne[0]) + "x" + std::to_string(x.ne[1]) + "x" + std::to_string(n);
         return runner.run(key, [&](GraphBuilder & b) {
-            Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+            Graph g = component_graph(b, weights_, runner);
             return build_encoder(g, b.input_f32("image", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]));
         });
     };
@@ -105,7 +105,7 @@ size_t Taesd::decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) c
     if (!can_decode()) throw Error(ErrorCode::UnsupportedModel, "this TAESD has no decoder");
     if (w < 1 || h < 1) throw_invalid("decode_compute_bytes: the latent size must be positive");
     return runner.measure([&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        Graph g = component_graph(b, weights_, runner);
         return build_decoder(g, b.input_f32("z", nullptr, w, h, params_.z_channels, 1));
     });
 }
@@ -114,7 +114,7 @@ size_t Taesd::encode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) c
     if (!can_encode()) throw Error(ErrorCode::UnsupportedModel, "this TAESD has no encoder");
     if (w < 1 || h < 1) throw_invalid("encode_compute_bytes: the image size must be positive");
     return runner.measure([&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        Graph g = component_graph(b, weights_, runner);
         return build_encoder(g, b.input_f32("image", nullptr, w, h, 3, 1));
     });
 }

@@ -88,7 +88,7 @@ HostTensor TextEncoder::encode(GraphRunner & runner, const std::vector<int32_t> 
     const int64_t chunks = static_cast<int64_t>(tokens.size()) / kClipChunkLength;
     const std::string key = "text:" + std::to_string(chunks) + ":" + std::to_string(clip_skip);
     return runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        Graph g = component_graph(b, weights_, runner);
         return build(g, b.input_i32("tokens", tokens.data(), kClipChunkLength, chunks), clip_skip);
     });
 }
@@ -99,7 +99,7 @@ HostTensor TextEncoder::encode_pooled(GraphRunner & runner, const std::vector<in
     if (eos_index < 0 || eos_index >= kClipChunkLength) throw_invalid("the end token's index must be within the chunk");
     const int32_t index = eos_index;
     return runner.run("text-pooled", [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        Graph g = component_graph(b, weights_, runner);
         return build_pooled(g, b.input_i32("tokens", tokens.data(), kClipChunkLength, 1), b.input_i32("eos", &index, 1));
     });
 }

@@ -235,7 +235,7 @@ HostTensor Unet::forward(GraphRunner & runner, const UnetInput & in) const {
     if (!in.y.data.empty()) key += ":y";
     if (!in.control.empty()) key += ":control";
     return runner.run(key, [&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        Graph g = component_graph(b, weights_, runner);
         GraphInputs gi;
         gi.x = b.input_f32("x", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]);
         if (!in.concat.data.empty()) {

@@ -79,7 +79,7 @@ HostTensor Vae::encode(GraphRunner & runner, const HostTensor & image, Rng * noi
     auto run = [&](const HostTensor & x) {
         const std::string key = "vae-encode:" + std::to_string(x.ne[0]) + "x" + std::to_string(x.ne[1]) + "x" + std::to_string(n);
         return runner.run(key, [&](GraphBuilder & b) {
-            Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+            Graph g = component_graph(b, weights_, runner);
             return build_encoder(g, b.input_f32("image", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]));
         });
     };
@@ -132,7 +132,7 @@ HostTensor Vae::decode(GraphRunner & runner, const HostTensor & latent, const Va
     auto run = [&](const HostTensor & t) {
         const std::string key = "vae-decode:" + std::to_string(t.ne[0]) + "x" + std::to_string(t.ne[1]) + "x" + std::to_string(n);
         return runner.run(key, [&](GraphBuilder & b) {
-            Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+            Graph g = component_graph(b, weights_, runner);
             return build_decoder(g, b.input_f32("z", t.data.data(), t.ne[0], t.ne[1], t.ne[2], t.ne[3]));
         });
     };
@@ -145,7 +145,7 @@ size_t Vae::decode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) con
     if (!can_decode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no decoder");
     if (w < 1 || h < 1) throw_invalid("decode_compute_bytes: the latent size must be positive");
     return runner.measure([&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        Graph g = component_graph(b, weights_, runner);
         return build_decoder(g, b.input_f32("z", nullptr, w, h, params_.z_channels, 1));
     });
 }
@@ -154,7 +154,7 @@ size_t Vae::encode_compute_bytes(GraphRunner & runner, int64_t w, int64_t h) con
     if (!can_encode()) throw Error(ErrorCode::UnsupportedModel, "this VAE has no encoder");
     if (w < 1 || h < 1) throw_invalid("encode_compute_bytes: the image size must be positive");
     return runner.measure([&](GraphBuilder & b) {
-        Graph g{b.ctx(), weights_, ops::graph_kernels(runner.backend(), weights_, runner.abort_slot())};
+        Graph g = component_graph(b, weights_, runner);
         return build_encoder(g, b.input_f32("image", nullptr, w, h, 3, 1));
     });
 }

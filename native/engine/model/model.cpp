@@ -57,6 +57,21 @@ bool mmap_disabled() {
 
 }  // namespace
 
+const TensorSource * Model::tensors(Component c) const {
+    auto it = tensors_.find(c);
+    return it == tensors_.end() ? nullptr : it->second.get();
+}
+
+std::vector<std::string> Model::tensor_names(Component c) const {
+    const CanonicalModel & source = c == Component::Vae && !vae_file_.canonical.tensors.empty() ? vae_file_.canonical
+                                    : c == Component::Taesd ? taesd_file_.canonical : canonical_;
+    std::vector<std::string> names;
+    for (const CanonicalTensor & t : source.tensors) {
+        if (t.component == c) names.push_back(t.name);
+    }
+    return names;
+}
+
 uint64_t Model::mapped_weight_bytes() const {
     uint64_t n = 0;
     for (const auto & [c, w] : weights_) n += w.mapped_bytes();

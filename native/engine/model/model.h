@@ -80,6 +80,11 @@ public:
     // The TAESD loaded from ModelLoadOptions::taesd_path, null when none was given.
     const Taesd * taesd() const { return taesd_.get(); }
 
+    // The loaded weights of a component as the graphs see them (null when the model has none), and
+    // the canonical names of its tensors.
+    const TensorSource * tensors(Component c) const;
+    std::vector<std::string> tensor_names(Component c) const;
+
     // Canonical tensors no component uses ("<component>.<name>"), and load warnings.
     const std::vector<std::string> & unused_tensors() const { return unused_; }
     const std::vector<std::string> & warnings() const { return info_.warnings; }

@@ -123,7 +123,10 @@ OptionTables option_tables() {
         {"previewInterval", kPreviewIntervalMin, kPreviewIntervalMax, true},
         {"sizeConditioning", kSizeConditioningMin, kSizeConditioningMax, true},
         {"aestheticScore", kAestheticScoreMin, kAestheticScoreMax, false},
+        {"loras", 0, kLorasMax, true},
+        {"loraWeight", kLoraWeightMin, kLoraWeightMax, false},
     };
+    for (const char * n : kLoraApplyNames) t.lora_apply_modes.push_back(n);
     for (PreviewMode m : all_preview_modes()) t.preview_modes.push_back(preview_mode_name(m));
     t.default_vae_memory_budget = kDefaultVaeMemoryBudget;
     t.default_preview_interval = kDefaultPreviewInterval;

@@ -56,12 +56,19 @@ constexpr int kSizeConditioningMin = 0, kSizeConditioningMax = 16384;
 constexpr double kDenoiseEndMin = 0, kDenoiseEndMax = 1;
 // The SDXL refiner's aesthetic-score conditioning (LAION's aesthetic scale is 1 to 10).
 constexpr double kAestheticScoreMin = 0, kAestheticScoreMax = 100;
+// LoRAs per generation and the weight of each (A1111 allows any; past +-100 nothing is sensible).
+constexpr int kLorasMax = 64;
+constexpr double kLoraWeightMin = -100, kLoraWeightMax = 100;
 // Previews every N sampling steps.
 constexpr int kPreviewIntervalMin = 1, kPreviewIntervalMax = kStepsMax;
 }  // namespace limits
 
 // What a UNet may predict (the `prediction` load option): the noise or v.
 constexpr const char * kPredictionNames[] = {"eps", "v"};
+
+// How LoRAs are applied (adapters/lora.h): merged into copies of float weights, added at run time,
+// or chosen by the model's weight types.
+constexpr const char * kLoraApplyNames[] = {"auto", "merge", "runtime"};
 
 // The decoders a model may have for latents <-> images: its VAE, and a TAESD loaded with it.
 constexpr const char * kDecoderNames[] = {"vae", "taesd"};
@@ -121,6 +128,7 @@ struct NumericLimit {
 };
 struct OptionTables {
     std::vector<std::string> samplers, schedulers, rngs, weight_types, architectures, hires_upscalers, decoders, preview_modes, predictions;
+    std::vector<std::string> lora_apply_modes;
     std::vector<std::pair<std::string, std::string>> scheduler_aliases;  // alias -> scheduler
     std::vector<NumericLimit> limits;
     int image_side_multiple;

@@ -101,6 +101,16 @@ void transpose_2d(std::vector<float> & data, const std::vector<int64_t> & canoni
 
 }  // namespace
 
+std::vector<float> read_f32(const TensorRecord & r) {
+    std::vector<float> out(static_cast<size_t>(r.numel()));
+    to_f32(r, r.file->data() + r.offset, out.data(), r.numel());
+    return out;
+}
+
+void convert_from_f32(ggml_type type, const float * src, void * dst, int64_t rows, int64_t row_len) {
+    from_f32(type, src, static_cast<uint8_t *>(dst), rows, row_len);
+}
+
 ggml_type parse_weight_type(const std::string & name) { return parse_enum(kWeightTypes, name, "weightType"); }
 
 ggml_type placed_type(Component component, const std::string & name, const std::vector<int64_t> & shape,

@@ -49,6 +49,13 @@ std::vector<std::string> weight_type_names();  // the names parse_weight_type ac
 // (f64, integers, bool) before ggml can use them.
 ggml_type stored_ggml_type(const TensorRecord & r);
 
+// A stored tensor's values as f32 (any stored type ggml or the readers know). Throws
+// UnsupportedModel for a ggml type without a conversion.
+std::vector<float> read_f32(const TensorRecord & r);
+// f32 rows into `type` as the loader converts them (quantized types with stable-diffusion.cpp's
+// importance matrix of ones), `rows` rows of `row_len` values (a multiple of the type's block).
+void convert_from_f32(ggml_type type, const float * src, void * dst, int64_t rows, int64_t row_len);
+
 // The type a canonical tensor gets under `options` (the rules above).
 ggml_type placed_type(Component component, const std::string & name, const std::vector<int64_t> & shape,
                       ggml_type stored, std::optional<ggml_type> requested);

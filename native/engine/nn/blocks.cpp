@@ -4,6 +4,7 @@
 #include "io/model-file.h"
 #include "model/weights.h"
 #include "nn/ops.h"
+#include "runtime/graph-runner.h"
 
 namespace sd {
 
@@ -71,6 +72,81 @@ ggml_tensor * named(ggml_tensor * t, const std::string & name) {
     return t;
 }
 
+Graph component_graph(GraphBuilder & b, const TensorSource & weights, GraphRunner & runner) {
+    const WeightAdapter * adapter = runner.weight_adapter();
+    const TensorSource & w = adapter ? adapter->weights(weights) : weights;
+    Graph g{b.ctx(), w, ops::graph_kernels(runner.backend(), w, runner.abort_slot())};
+    if (adapter) g.patches = adapter->runtime(weights);
+    return g;
+}
+
+namespace {
+
+const std::vector<RuntimeTerm> * patch_terms(const Graph & g, const std::string & weight) {
+    if (!g.patches) return nullptr;
+    auto it = g.patches->find(weight);
+    return it == g.patches->end() ? nullptr : &it->second;
+}
+
+// One term on tokens x ne {in, L, N}: ne {out, L, N}. Factors of linear and 1x1 weights are 2-D
+// (adapters/lora.cpp stores them so).
+ggml_tensor * term_on_tokens(Graph & g, const RuntimeTerm & t, ggml_tensor * x) {
+    ggml_tensor * d;
+    if (t.dense) {
+        d = ggml_mul_mat(g.ctx, t.dense, x);
+    } else {
+        ggml_tensor * h = ggml_mul_mat(g.ctx, t.down, x);
+        if (t.mid) h = ggml_mul_mat(g.ctx, t.mid, h);
+        d = ggml_mul_mat(g.ctx, t.up, h);
+    }
+    return t.scale != 1.0f ? ggml_scale(g.ctx, d, t.scale) : d;
+}
+
+ggml_tensor * add_term(Graph & g, ggml_tensor * sum, ggml_tensor * d) { return sum ? ggml_add(g.ctx, sum, d) : d; }
+
+// The run-time terms of a linear (or 1x1) weight on tokens x: ne {out, L, N}, or null.
+ggml_tensor * token_patch(Graph & g, const std::string & weight, ggml_tensor * x) {
+    const std::vector<RuntimeTerm> * terms = patch_terms(g, weight);
+    if (!terms) return nullptr;
+    ggml_tensor * sum = nullptr;
+    for (const RuntimeTerm & t : *terms) sum = add_term(g, sum, term_on_tokens(g, t, x));
+    return sum;
+}
+
+// One term of a k x k kernel on an image x ne {W, H, C, N}: ne {W', H', out, N}. Its factors
+// are 4-D f16 kernels.
+ggml_tensor * term_on_image(Graph & g, const RuntimeTerm & t, ggml_tensor * x, int stride, int padding) {
+    ggml_tensor * d;
+    if (t.dense) {
+        d = ops::conv2d(g.ctx, g.cpu, t.dense, x, stride, padding, nullptr, nullptr);
+    } else if (t.mid) {  // Tucker: 1x1 down, the spatial core, 1x1 up
+        ggml_tensor * h = ops::conv2d(g.ctx, g.cpu, t.down, x, 1, 0, nullptr, nullptr);
+        h = ops::conv2d(g.ctx, g.cpu, t.mid, h, stride, padding, nullptr, nullptr);
+        d = ops::conv2d(g.ctx, g.cpu, t.up, h, 1, 0, nullptr, nullptr);
+    } else {
+        ggml_tensor * h = ops::conv2d(g.ctx, g.cpu, t.down, x, stride, padding, nullptr, nullptr);
+        d = ops::conv2d(g.ctx, g.cpu, t.up, h, 1, 0, nullptr, nullptr);
+    }
+    return t.scale != 1.0f ? ggml_scale(g.ctx, d, t.scale) : d;
+}
+
+// The run-time terms of a convolution kernel on an image x: ne {W', H', out, N}, or null.
+ggml_tensor * image_patch(Graph & g, const std::string & weight, ggml_tensor * x, int stride, int padding) {
+    const std::vector<RuntimeTerm> * terms = patch_terms(g, weight);
+    if (!terms) return nullptr;
+    ggml_tensor * sum = nullptr;
+    for (const RuntimeTerm & t : *terms) {
+        const bool one_by_one = ggml_n_dims(t.dense ? t.dense : t.down) <= 2;  // a product over channels
+        sum = add_term(g, sum, one_by_one ? ops::tokens_to_image(g.ctx, term_on_tokens(g, t, ops::image_to_tokens(g.ctx, x)), x->ne[0], x->ne[1])
+                                          : term_on_image(g, t, x, stride, padding));
+    }
+    return sum;
+}
+
+ggml_tensor * add_patch(Graph & g, ggml_tensor * y, ggml_tensor * patch) { return patch ? ggml_add(g.ctx, y, patch) : y; }
+
+}  // namespace
+
 namespace {
 
 // "<prefix>.weight" as a convolution kernel over x's channels (a 2-D [out, in] as 1x1).
@@ -107,7 +183,7 @@ ggml_tensor * linear(Graph & g, ggml_tensor * x, const std::string & prefix, ggm
     check_residual(w, residual, out);
     ggml_tensor * y = ops::linear(g.ctx, g.cpu, w, x, find_bias(g, prefix, w->ne[1]), residual);
     y = release_after_use(g, y, w);
-    return named(y, prefix);
+    return named(add_patch(g, y, token_patch(g, prefix + ".weight", x)), prefix);
 }
 
 ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int stride, int padding,
@@ -122,10 +198,11 @@ ggml_tensor * conv2d(Graph & g, ggml_tensor * x, const std::string & prefix, int
         y = ggml_scale(g.ctx, release_after_use(g, y, w), 1.0f / g.conv_scale);
         if (bias) y = ggml_add(g.ctx, y, ggml_reshape_4d(g.ctx, bias, 1, 1, bias->ne[0], 1));
         if (residual) y = ggml_add(g.ctx, y, residual);
-        return named(y, prefix);
+        return named(add_patch(g, y, image_patch(g, prefix + ".weight", x, stride, padding)), prefix);
     }
     ggml_tensor * y = ops::conv2d(g.ctx, g.cpu, w, x, stride, padding, bias, residual);
-    return named(release_after_use(g, y, w), prefix);
+    y = release_after_use(g, y, w);
+    return named(add_patch(g, y, image_patch(g, prefix + ".weight", x, stride, padding)), prefix);
 }
 
 ggml_tensor * group_norm(Graph & g, ggml_tensor * x, const std::string & prefix, bool silu, ggml_tensor * add) {
@@ -204,7 +281,9 @@ ggml_tensor * proj_to_tokens(Graph & g, ggml_tensor * x, const std::string & pre
     ggml_tensor * w = conv_weight(g, x, prefix, 0);
     if (w->ne[0] != 1 || w->ne[1] != 1) bad_weight(w, "expected a 1x1 kernel");
     ggml_tensor * y = ops::conv1x1_to_tokens(g.ctx, g.cpu, w, x, find_bias(g, prefix, w->ne[3]));
-    return named(release_after_use(g, y, w), prefix);
+    y = release_after_use(g, y, w);
+    if (patch_terms(g, prefix + ".weight")) y = add_patch(g, y, token_patch(g, prefix + ".weight", ops::image_to_tokens(g.ctx, x)));
+    return named(y, prefix);
 }
 
 // SD1's 1x1 proj_out: tokens -> image, + residual.
@@ -219,7 +298,9 @@ ggml_tensor * proj_to_image(Graph & g, ggml_tensor * x, const std::string & pref
         bad_weight(w, "expected " + std::to_string(residual->ne[2]) + " output channels (the block's input)");
     }
     ggml_tensor * y = ops::linear_to_image(g.ctx, g.cpu, w, x, find_bias(g, prefix, w->ne[3]), residual, w_px, h_px);
-    return named(release_after_use(g, y, w), prefix);
+    y = release_after_use(g, y, w);
+    if (ggml_tensor * p = token_patch(g, prefix + ".weight", x)) y = ggml_add(g.ctx, y, ops::tokens_to_image(g.ctx, p, w_px, h_px));
+    return named(y, prefix);
 }
 
 }  // namespace

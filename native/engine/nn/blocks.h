@@ -14,6 +14,8 @@
 // ModelFormat naming the tensor: a ggml shape assert would abort the whole process.
 #pragma once
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "nn/ops.h"
 #include "ggml.h"
@@ -46,6 +48,31 @@ private:
     const ComponentWeights & weights_;
 };
 
+// Run-time adapters (LoRA applied without merging, adapters/lora.h): per weight name
+// ("<prefix>.weight"), terms added to the layer's output, y += scale * up(mid(down(x))) or
+// y += dense x. Factors are torch-shaped like the weight: down [r, in(, kh, kw)], mid [r, r, kh, kw]
+// (Tucker; then down is 1x1), up [out, r(, 1, 1)]; dense has the weight's shape. Each is on the
+// graph's backend.
+struct RuntimeTerm {
+    ggml_tensor * down = nullptr;
+    ggml_tensor * mid = nullptr;
+    ggml_tensor * up = nullptr;
+    ggml_tensor * dense = nullptr;
+    float scale = 1.0f;
+};
+using RuntimePatches = std::unordered_map<std::string, std::vector<RuntimeTerm>>;
+
+// What a run's adapters make of one component's weights: the tensors the graph reads (the model's
+// own, or an overlay holding merged copies of the adapted ones) and the run-time terms.
+class WeightAdapter {
+public:
+    virtual ~WeightAdapter() = default;
+    virtual const TensorSource & weights(const TensorSource & base) const = 0;
+    virtual const RuntimePatches * runtime(const TensorSource & base) const = 0;  // null: none
+    // Part of every graph's shape key while the adapter is active (graphs differ per adapter set).
+    virtual const std::string & key() const = 0;
+};
+
 // The graph under construction and its weights.
 struct Graph {
     ggml_context * ctx;
@@ -57,7 +84,14 @@ struct Graph {
     // and residual added unscaled): stable-diffusion.cpp's Conv2D scale, which keeps the SDXL
     // VAE's large activations inside f16's range where the convolution rounds them to f16.
     float conv_scale = 1.0f;
+    const RuntimePatches * patches = nullptr;  // run-time LoRA terms, null: none
 };
+
+class GraphBuilder;
+class GraphRunner;
+// The graph a component builds on `runner` from its `weights`, as the runner's current weight
+// adapter (GraphRunner::set_weight_adapter) presents them, with the runner's kernels.
+Graph component_graph(GraphBuilder & b, const TensorSource & weights, GraphRunner & runner);
 
 // `y` (computed from weight `w`) as an in-place node that, once `y` is computed, drops `w`'s
 // pages from resident memory when `w` is used from the mapped file (read again at the next use):

@@ -115,6 +115,28 @@ const char * generate_mode_name(GenerateMode mode) {
     return "txt2img";
 }
 
+namespace {
+
+// The LoRAs of a request, checked, without the weight-0 ones (no LoRA at all).
+std::vector<LoraRequest> check_loras(const GenerateParams & p) {
+    using namespace limits;
+    if (p.loras.size() > static_cast<size_t>(kLorasMax)) {
+        throw_invalid("loras must hold at most " + std::to_string(kLorasMax) + " LoRAs; received " + std::to_string(p.loras.size()));
+    }
+    std::vector<LoraRequest> out;
+    for (size_t i = 0; i < p.loras.size(); ++i) {
+        const LoraRequest & l = p.loras[i];
+        const std::string at = "loras[" + std::to_string(i) + "]";
+        if (l.path.empty() || l.path.find('\0') != std::string::npos) throw_invalid(at + ".path must be a non-empty file path");
+        number_in((at + ".weight").c_str(), l.weight, 1.0, kLoraWeightMin, kLoraWeightMax);
+        if (l.weight != 0.0f) out.push_back(l);
+    }
+    if (p.lora_apply) parse_lora_apply(*p.lora_apply);
+    return out;
+}
+
+}  // namespace
+
 ResolvedParams resolve_generate_params(const Model & model, const GenerateParams & p) {
     using namespace limits;
     ResolvedParams r;
@@ -211,6 +233,8 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         throw Error(ErrorCode::UnsupportedModel, std::string("preview 'proj': no latent-to-RGB projection is known for ") + arch_name(model.arch()));
     }
     r.preview_interval = int_in("previewInterval", p.preview_interval, kDefaultPreviewInterval, kPreviewIntervalMin, kPreviewIntervalMax);
+    r.loras = check_loras(p);
+    r.lora_apply = resolve_lora_apply(model, p.lora_apply ? parse_lora_apply(*p.lora_apply) : LoraApply::Auto);
 
     // Image inputs and what they mean for this UNet.
     if (p.init_image) {
@@ -335,13 +359,21 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
 }
 
 PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                             const std::atomic<bool> * abort) {
+                             const std::atomic<bool> * abort, const std::vector<LoraRequest> & loras,
+                             const std::optional<std::string> & lora_apply) {
     check_prompt("text", prompt);
     if (clip_skip) int_in("clipSkip", clip_skip, 0, limits::kClipSkipMin, limits::kClipSkipMax);
     GraphRunner & runner = session.runner();
     const ScopedAbort scoped(runner, abort);
     const Model & model = session.model();
     model.check_files_unchanged();
+    GenerateParams lora_params;  // checked as generate() checks them
+    lora_params.loras = loras;
+    lora_params.lora_apply = lora_apply;
+    const std::vector<LoraRequest> active = check_loras(lora_params);
+    const ScopedWeightAdapter scoped_adapter(runner);
+    session.loras().activate(model, runner, active, resolve_lora_apply(model, lora_apply ? parse_lora_apply(*lora_apply) : LoraApply::Auto),
+                             model.default_threads(), abort);
     Conditioning c = encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip));
     return PromptEncoding{std::move(c.context), std::move(c.pooled)};
 }
@@ -494,6 +526,10 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const Clock::time_point t0 = Clock::now();
     GraphRunner & runner = session.runner();
     const ScopedAbort scoped(runner, control.abort);
+    // The LoRAs' weights for this run only: the next job sees the model's own unless it asks again.
+    const ScopedWeightAdapter scoped_adapter(runner);
+    out.lora = session.loras().activate(model, runner, p.loras, p.lora_apply, model.default_threads(), control.abort);
+    out.warnings.insert(out.warnings.end(), out.lora.warnings.begin(), out.lora.warnings.end());
 
     // Guidance as the reference resolves it: image guidance only for edit models; the
     // unconditional pass when the text guidance differs from the image's.

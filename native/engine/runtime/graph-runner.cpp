@@ -1,5 +1,7 @@
 #include "runtime/graph-runner.h"
 
+#include "nn/blocks.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -177,7 +179,9 @@ size_t GraphRunner::measure(const BuildFn & build) {
     return total;
 }
 
-HostTensor GraphRunner::run(const std::string & shape_key, const BuildFn & build) {
+HostTensor GraphRunner::run(const std::string & graph_key, const BuildFn & build) {
+    // Graphs built under an adapter differ from the plain ones (extra nodes, other tensors).
+    const std::string shape_key = adapter_ ? graph_key + "|" + adapter_->key() : graph_key;
     if (abort_ && abort_->load()) throw Error(ErrorCode::Aborted, "generation was aborted");
 
     // The context only holds tensor and graph metadata; data lives in the scheduler's buffers.

@@ -19,6 +19,8 @@
 
 namespace sd {
 
+class WeightAdapter;
+
 // A host tensor: flat data in ggml order (ne[0] fastest), i.e. torch's contiguous layout with
 // the shape reversed.
 struct HostTensor {
@@ -67,6 +69,11 @@ public:
     // The kernel abort slot of this runner's graphs (CpuKernels::abort_slot).
     uint16_t abort_slot() const { return kernel_abort_.id(); }
 
+    // The adapters (LoRA) the graphs built from now on see their weights through (nn/blocks.h
+    // component_graph); null: the model's weights as loaded. Not owned.
+    void set_weight_adapter(const WeightAdapter * adapter) { adapter_ = adapter; }
+    const WeightAdapter * weight_adapter() const { return adapter_; }
+
     // Tensor names (ggml_format_name) to keep and return from the next runs, for comparisons.
     void set_debug_outputs(std::vector<std::string> names) { debug_names_ = std::move(names); }
     const std::map<std::string, HostTensor> & debug_values() const { return debug_values_; }
@@ -93,6 +100,7 @@ private:
     std::vector<ggml_backend_t> backends_;  // backend_, then the CPU fallback if any
     int threads_ = 1;
     const std::atomic<bool> * abort_ = nullptr;
+    const WeightAdapter * adapter_ = nullptr;
     KernelAbortSlot kernel_abort_;  // points at abort_ while a graph computes
     ggml_backend_sched_ptr sched_;
     std::set<std::string> reserved_;
@@ -109,6 +117,18 @@ public:
     ~ScopedAbort() { runner_.set_abort_flag(nullptr); }
     ScopedAbort(const ScopedAbort &) = delete;
     ScopedAbort & operator=(const ScopedAbort &) = delete;
+
+private:
+    GraphRunner & runner_;
+};
+
+// Clears a runner's weight adapter when the scope ends (thrown errors included).
+class ScopedWeightAdapter {
+public:
+    explicit ScopedWeightAdapter(GraphRunner & runner) : runner_(runner) {}
+    ~ScopedWeightAdapter() { runner_.set_weight_adapter(nullptr); }
+    ScopedWeightAdapter(const ScopedWeightAdapter &) = delete;
+    ScopedWeightAdapter & operator=(const ScopedWeightAdapter &) = delete;
 
 private:
     GraphRunner & runner_;

@@ -1,5 +1,6 @@
 #include "runtime/session.h"
 
+#include "adapters/lora.h"
 #include "core/errors.h"
 #include "model/model.h"
 
@@ -10,6 +11,7 @@ Session::Session(std::shared_ptr<const Model> model) : model_(std::move(model)) 
     backend_.reset(ggml_backend_dev_init(model_->device(), nullptr));
     if (!backend_) throw Error(ErrorCode::Internal, "cannot start a backend on " + model_->device_name());
     runner_ = std::make_unique<GraphRunner>(backend_.get(), model_->default_threads());
+    loras_ = std::make_unique<LoraState>();
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -56,7 +58,7 @@ void Session::loop() {
             jobs_.pop();
         }
         job();
-        const size_t bytes = runner_->compute_buffer_bytes();
+        const size_t bytes = runner_->compute_buffer_bytes() + loras_->bytes();
         std::lock_guard<std::mutex> lock(mutex_);
         compute_bytes_ = bytes;
     }

@@ -20,6 +20,7 @@
 namespace sd {
 
 class Model;
+class LoraState;
 
 class Session {
 public:
@@ -34,7 +35,9 @@ public:
     const Model & model() const { return *model_; }
     // Only from a job (the session's thread).
     GraphRunner & runner() { return *runner_; }
-    // Bytes of compute buffers reserved so far (read from any thread).
+    // The session's LoRAs (adapters/lora.h): parsed files and the active set. Only from a job.
+    LoraState & loras() { return *loras_; }
+    // Bytes of compute buffers reserved so far and of the active LoRAs' tensors (from any thread).
     size_t compute_bytes() const;
 
     // Queues `job` to run on the session's thread after every job submitted before it. A job
@@ -51,12 +54,13 @@ private:
     std::shared_ptr<const Model> model_;
     ggml_backend_ptr backend_;
     std::unique_ptr<GraphRunner> runner_;
+    std::unique_ptr<LoraState> loras_;  // after the runner and backend: its tensors go first
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     std::queue<std::function<void()>> jobs_;
     bool stop_ = false;
     std::mutex join_mutex_;
-    size_t compute_bytes_ = 0;  // updated after each job, under mutex_
+    size_t compute_bytes_ = 0;  // compute buffers and LoRA tensors, updated after each job, under mutex_
     std::thread thread_;        // last: starts once the members above exist
 };
 
