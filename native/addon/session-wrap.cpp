@@ -117,7 +117,7 @@ std::vector<sd::LoraRequest> lora_requests(Napi::Object o) {
             const std::optional<std::string> path = optional_string(lo, "path");
             const std::optional<double> weight = optional_number(lo, "weight");
             if (!path) throw_invalid_js(env, at + ".path must be a string");
-            out.push_back({*path, static_cast<float>(weight.value_or(1.0))});
+            out.push_back({*path, weight.value_or(1.0)});
         }
     }
     return out;
@@ -277,7 +277,7 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
         for (uint32_t i = 0; i < r.loras.size(); ++i) {
             Napi::Object lo = Napi::Object::New(env);
             lo.Set("path", r.loras[i].path);
-            lo.Set("weight", static_cast<double>(r.loras[i].weight));
+            lo.Set("weight", r.loras[i].weight);
             loras.Set(i, lo);
         }
         o.Set("loras", loras);

@@ -282,17 +282,17 @@ uint64_t LoraState::bytes() const { return active_ ? active_->bytes() : 0; }
 
 namespace {
 
-std::string weight_text(float w) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%a", static_cast<double>(w));
-    return buf;
-}
-
 // One use of a module: its file's weight.
 struct Use {
     const LoraModule * module;
     float weight;
 };
+
+std::string weight_text(double w) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%a", w);
+    return buf;
+}
 
 // An upload: f32 values for a tensor of the set's context, converted to its type.
 struct Upload {
@@ -309,7 +309,7 @@ LoraActivation LoraState::activate(const Model & model, GraphRunner & runner, co
     std::vector<LoraRequest> wanted;
     for (const LoraRequest & r : requests) {
         if (!std::isfinite(r.weight)) throw_invalid("a LoRA's weight must be a finite number; received " + weight_text(r.weight) + " for " + r.path);
-        if (r.weight != 0.0f) wanted.push_back(r);
+        if (r.weight != 0.0) wanted.push_back(r);
     }
     runner.set_weight_adapter(nullptr);
     if (wanted.empty()) {
@@ -320,7 +320,7 @@ LoraActivation LoraState::activate(const Model & model, GraphRunner & runner, co
     const auto t0 = Clock::now();
     // Parse (or reuse) every file; one changed on disk is read again.
     static std::atomic<uint64_t> next_id{1};
-    std::vector<std::pair<std::shared_ptr<const LoraFile>, float>> files;
+    std::vector<std::pair<std::shared_ptr<const LoraFile>, double>> files;
     std::string spec = lora_apply_name(result.mode);
     for (const LoraRequest & r : wanted) {
         std::shared_ptr<Cached> & c = files_[r.path];
@@ -368,7 +368,7 @@ LoraActivation LoraState::activate(const Model & model, GraphRunner & runner, co
             t.component = m.component;
             t.base = base;
             t.weight = base->get(m.target);
-            t.uses.push_back({&m, weight});
+            t.uses.push_back({&m, static_cast<float>(weight)});
         }
     }
     const bool merge_all = result.mode == LoraApply::Merge;

@@ -331,7 +331,8 @@ void check_module(const std::string & path, LoraModule & m) {
             m.kind = "locon";
         } else {
             if (cols_of(up) != rank) bad_shape(path, up, m, "its rank " + std::to_string(cols_of(up)) + " differs from lora_down's " + std::to_string(rank));
-            fits(up, product_shape(up, down));
+            if (up->shape[0] != out) bad_shape(path, up, m, "expected " + std::to_string(out) + " outputs");
+            fits(down, product_shape(up, down));
             m.kind = cols_of(down) != (down->shape.size() > 1 ? down->shape[1] : 1) ? "locon" : "lora";
         }
     } else if (const TensorRecord * w1a = part(m, "hada_w1_a")) {

@@ -100,7 +100,7 @@ LoraApply resolve_lora_apply(const Model & model, LoraApply requested);
 
 struct LoraRequest {
     std::string path;
-    float weight = 1.0f;
+    double weight = 1.0;  // as asked (reported back as given); applied as a float
 };
 
 // What one run's LoRAs were: the mode used and how long making them active took (0 when the set

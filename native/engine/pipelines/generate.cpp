@@ -129,7 +129,7 @@ std::vector<LoraRequest> check_loras(const GenerateParams & p) {
         const std::string at = "loras[" + std::to_string(i) + "]";
         if (l.path.empty() || l.path.find('\0') != std::string::npos) throw_invalid(at + ".path must be a non-empty file path");
         number_in((at + ".weight").c_str(), l.weight, 1.0, kLoraWeightMin, kLoraWeightMax);
-        if (l.weight != 0.0f) out.push_back(l);
+        if (l.weight != 0.0) out.push_back(l);
     }
     if (p.lora_apply) parse_lora_apply(*p.lora_apply);
     return out;
