@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "adapters/embeddings.h"
 #include "core/errors.h"
 #include "diffusion/rng.h"
 #include "kernels/cpu-kernels.h"
@@ -134,6 +135,9 @@ struct GenerateParams {
     bool previews = false;
     std::optional<std::string> preview;
     std::optional<int> preview_interval;
+    // Textual-inversion embeddings for this generation, beside the model's embeddings folder
+    // (ModelLoadOptions::embeddings_dir; an entry replaces a folder file of the same trigger).
+    std::vector<EmbeddingRef> embeddings;
 };
 
 // What the UNet's extra input channels make of a run.
@@ -233,9 +237,13 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
 struct PromptEncoding {
     HostTensor hidden;
     HostTensor pooled;
+    std::vector<int32_t> tokens;  // the token ids encoded (chunks * 77; embedding vectors past the vocabulary)
 };
 PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
                              const std::atomic<bool> * abort);
+// The same with textual-inversion embeddings: the model's folder and `embeddings`, as generate().
+PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                             const std::atomic<bool> * abort, const std::vector<EmbeddingRef> & embeddings);
 
 // ------------------------------------------------------------------ latents <-> images
 

@@ -336,14 +336,20 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
 
 PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
                              const std::atomic<bool> * abort) {
+    return encode_prompt(session, prompt, clip_skip, abort, {});
+}
+
+PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                             const std::atomic<bool> * abort, const std::vector<EmbeddingRef> & embeddings) {
     check_prompt("text", prompt);
     if (clip_skip) int_in("clipSkip", clip_skip, 0, limits::kClipSkipMin, limits::kClipSkipMax);
     GraphRunner & runner = session.runner();
     const ScopedAbort scoped(runner, abort);
     const Model & model = session.model();
     model.check_files_unchanged();
-    Conditioning c = encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip));
-    return PromptEncoding{std::move(c.context), std::move(c.pooled)};
+    PromptEmbeddings prompt_embeddings(model, list_embeddings(model.embeddings_dir(), embeddings));
+    Conditioning c = encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip), &prompt_embeddings);
+    return PromptEncoding{std::move(c.context), std::move(c.pooled), std::move(c.tokens)};
 }
 
 namespace {
@@ -502,10 +508,12 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
 
     // Conditioning, once for the whole batch.
     const int clip_skip = effective_clip_skip(model, params.clip_skip);
-    Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip);
+    // Textual-inversion triggers: the folder listed again now, files read as the prompts use them.
+    PromptEmbeddings embeddings(model, list_embeddings(model.embeddings_dir(), params.embeddings));
+    Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip, &embeddings);
     Conditioning uncond;
     if (use_uncond || use_img_uncond) {
-        uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip);
+        uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip, &embeddings);
         // SDXL without a negative prompt: zeros for the text (its pooled vector stays), as the reference.
         if (is_sdxl_family(model.arch()) && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
     }
