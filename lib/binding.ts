@@ -134,6 +134,8 @@ export interface NativeLoadOptions {
   vae?: string;
   /** Overrides the detected prediction type. */
   prediction?: string;
+  /** A folder of textual-inversion embeddings (trigger = file name without extension). */
+  embeddingsDir?: string;
 }
 
 /** Which decoder turns latents into images and back, and its tiling (checked by the engine). */
@@ -170,6 +172,8 @@ export interface NativeEncoded {
   dim: number;
   /** SDXL: the pooled bigG output (1280). */
   pooled?: Float32Array;
+  /** The token ids encoded (tokens of them); embedding vectors are ids past the vocabulary. */
+  tokenIds: Int32Array;
 }
 
 export interface NativeGenerated {
@@ -208,7 +212,7 @@ export interface NativeSession {
     onEvent?: (e: NativeGenerateEvent) => void,
     abort?: NativeAbortFlag,
   ): Promise<NativeGenerated>;
-  encodePrompt(text: string, clipSkip?: number, abort?: NativeAbortFlag): Promise<NativeEncoded>;
+  encodePrompt(text: string, clipSkip?: number, abort?: NativeAbortFlag, embeddings?: import('./embeddings.ts').NativeEmbedding[]): Promise<NativeEncoded>;
   encodeImage(
     pixels: Uint8Array, width: number, height: number, channels: number, seed: number | undefined, rng: string,
     abort?: NativeAbortFlag, codec?: NativeCodecOptions,

@@ -86,5 +86,6 @@ export {
   type ImageTarget,
   type MaskOptions,
 } from './image-io.ts';
+export type { EmbeddingOption } from './embeddings.ts';
 export { readParameters, parseParameters, type ImageParameters, type ParsedGenerateOptions } from './parameters.ts';
 export { version } from './version.ts';

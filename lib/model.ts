@@ -48,6 +48,7 @@ import {
   type GenerateResult,
 } from './generate.ts';
 import { version } from './version.ts';
+import { checkEmbeddings } from './embeddings.ts';
 
 /** Options of {@link loadModel}. */
 export interface LoadModelOptions {
@@ -95,6 +96,17 @@ export interface LoadModelOptions {
    * @example `{ prediction: 'v' }`
    */
   prediction?: (typeof PREDICTIONS)[number];
+  /**
+   * A folder of textual-inversion embeddings: every `.safetensors`, `.pt`, `.bin`, `.ckpt` and
+   * `.gguf` file in it is an embedding whose trigger word is its file name without the extension
+   * (case-insensitive: `EasyNegative.safetensors` answers to `easynegative` in prompts). The
+   * folder is listed again for every generate() / encodePrompt() call, so new files are picked
+   * up; files are read when a prompt first uses them and cached for the model's lifetime while
+   * their size and modification time stay the same. A missing folder is an {@link IoError}.
+   * @default none
+   * @example `{ embeddingsDir: 'models/embeddings' }`
+   */
+  embeddingsDir?: string;
   /** Cancels loading; the promise rejects with {@link AbortError}. */
   signal?: AbortSignal;
   /** Loading progress, `fraction` from 0 to 1. */
@@ -246,6 +258,8 @@ export interface EncodedPrompt {
   dim: number;
   /** SDXL: the pooled text embedding (bigG's projected end-token state, 1280 values), the first part of the UNet's `y`. */
   pooled?: Float32Array;
+  /** The token ids the prompt became (`tokens` of them): an embedding's vectors are ids from 49408 on, in the order the prompt first uses them. */
+  tokenIds: Int32Array;
 }
 
 /** An 8-bit image in memory: interleaved rows, 1 (gray), 3 (RGB) or 4 (RGBA; alpha ignored) channels. */
@@ -299,6 +313,11 @@ export interface EncodePromptOptions {
    */
   clipSkip?: number;
   signal?: AbortSignal;
+  /**
+   * Textual-inversion embeddings beside loadModel's `embeddingsDir`, as generate()'s.
+   * @default none (only the folder's)
+   */
+  embeddings?: import('./embeddings.ts').EmbeddingOption[];
 }
 
 /**
@@ -402,13 +421,14 @@ export class Model {
     try {
       if (!isString(text)) invalid('text', 'a string', text);
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['clipSkip', 'signal']);
+      expectKnownKeys('options', o, ['clipSkip', 'signal', 'embeddings']);
       const clipSkip = checkLimitedInteger('clipSkip', o.clipSkip);
       const signal = checkSignal('signal', o.signal);
+      const embeddings = checkEmbeddings('embeddings', o.embeddings);
       throwIfAborted(signal, 'encodePrompt');
       const session = this.nativeSession('encodePrompt()');
       const { flag, cleanup } = abortFlagFor(signal);
-      return callNative(() => session.encodePrompt(text, clipSkip, flag))
+      return callNative(() => session.encodePrompt(text, clipSkip, flag, embeddings))
         .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'encodePrompt');
         })
@@ -754,7 +774,7 @@ export class Model {
 export async function loadModel(modelPath: string, options?: LoadModelOptions): Promise<Model> {
   const abs = path.resolve(expectNonEmptyString('modelPath', modelPath));
   const o = expectOptionsObject('options', options);
-  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'prediction', 'signal', 'onProgress']);
+  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'prediction', 'signal', 'onProgress', 'embeddingsDir']);
   const prediction = o.prediction === undefined ? undefined : expectOneOf('prediction', o.prediction, PREDICTIONS);
   const weightType = checkWeightType('weightType', o.weightType);
   const threads = checkThreads('threads', o.threads);
@@ -763,6 +783,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
   const vae = o.vae === undefined ? undefined : path.resolve(expectNonEmptyString('vae', o.vae));
   const signal = checkSignal('signal', o.signal);
   const onProgress = checkCallback<(p: { fraction: number }) => void>('onProgress', o.onProgress);
+  const embeddingsDir = o.embeddingsDir === undefined ? undefined : path.resolve(expectNonEmptyString('embeddingsDir', o.embeddingsDir));
   throwIfAborted(signal, 'loadModel');
   const { flag, cleanup } = abortFlagFor(signal);
   const guard = new CallbackGuard(onProgress, flag);
@@ -771,7 +792,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
     const nativeModel = await callNative((a) =>
       a.NativeModel.load(
         abs,
-        { weightType, threads, device: backend, taesd, vae, prediction },
+        { weightType, threads, device: backend, taesd, vae, prediction, embeddingsDir },
         report ? (fraction: number) => report({ fraction }) : undefined,
         flag,
       ),
