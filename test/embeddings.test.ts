@@ -5,11 +5,14 @@
 // the token-embedding rows of a word, read from the fixture file: the trigger must then give
 // exactly that word's conditioning.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { InvalidArgumentError, IoError, ModelFormatError, loadModel, type Model } from '../lib/index.ts';
+import { decodePNG } from '../lib/image.ts';
+import { packageRoot } from '../lib/binding.ts';
 import { generateCheckpoint } from './fixtures/generate.ts';
 import { encodeFloats, f16BitsToF32, numel, type FloatDType } from './fixtures/random.ts';
 import { Pickler, ZipWriter } from './fixtures/writers.ts';
@@ -349,5 +352,33 @@ describe('textual-inversion embeddings (SDXL)', () => {
     const a = await xl.generate({ ...base, prompt: 'a kitty' });
     const b = await xl.generate({ ...base, prompt: 'a cat' });
     assert.ok(same(a.latents![0], b.latents![0]));
+  });
+});
+
+describe('CLI: --embeddings-dir and --embedding', () => {
+  const cli = (...args: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'lib', 'cli', 'main.ts'), 'generate', ...args], { encoding: 'utf8' });
+  const common = ['-W', '64', '-H', '64', '--steps', '1', '--seed', '9', '-t', '2'];
+
+  test('the trigger from the folder or from --embedding FILE:TRIGGER gives the word\'s image', () => {
+    const out = (name: string) => path.join(work, name);
+    const word = cli('-m', sd1, '-p', 'a cat', '-o', out('word.png'), ...common);
+    assert.equal(word.status, 0, word.stderr);
+    const dir = cli('-m', sd1, '-p', 'a kitty', '--embeddings-dir', embDir, '-o', out('dir.png'), ...common);
+    assert.equal(dir.status, 0, dir.stderr);
+    const one = cli('-m', sd1, '-p', 'a moggy', '--embedding', `${path.join(embDir, 'kitty.safetensors')}:moggy`, '-o', out('one.png'), ...common);
+    assert.equal(one.status, 0, one.stderr);
+    const pixels = (f: string) => decodePNG(fs.readFileSync(out(f))).data;
+    assert.deepEqual(pixels('dir.png'), pixels('word.png'));
+    assert.deepEqual(pixels('one.png'), pixels('word.png'));
+  });
+
+  test('a missing folder or a bad file is an error naming the flag or the file', () => {
+    const missing = cli('-m', sd1, '-p', 'a cat', '--embeddings-dir', path.join(work, 'nowhere'), '-o', path.join(work, 'x.png'), ...common);
+    assert.notEqual(missing.status, 0);
+    assert.match(missing.stderr, /--embeddings-dir .*nowhere/);
+    const wide = cli('-m', sd1, '-p', 'a wide cat', '--embeddings-dir', embDir, '-o', path.join(work, 'y.png'), ...common);
+    assert.notEqual(wide.status, 0);
+    assert.match(wide.stderr, /wide\.safetensors.*64 wide/);
   });
 });
