@@ -26,16 +26,13 @@ export interface EmbeddingOption {
   trigger?: string;
 }
 
-/** The embeddings one call may name. */
-export const MAX_EMBEDDINGS = 1000;
-
 /** What the native side receives: absolute paths, triggers as given. */
 export interface NativeEmbedding { path: string; trigger?: string }
 
 /** Checks an `embeddings` option: an array of { path, trigger? }; paths are made absolute. */
 export function checkEmbeddings(name: string, v: unknown): NativeEmbedding[] | undefined {
   if (v === undefined) return undefined;
-  if (!Array.isArray(v) || v.length > MAX_EMBEDDINGS) invalid(name, `an array of at most ${MAX_EMBEDDINGS} { path, trigger? } objects`, v);
+  if (!Array.isArray(v)) invalid(name, 'an array of { path, trigger? } objects', v);
   return v.map((e: unknown, i) => {
     const at = `${name}[${i}]`;
     if (!isObject(e)) invalid(at, 'an object { path, trigger? }', e);

@@ -400,7 +400,8 @@ export class Model {
 
   /**
    * CLIP token ids of a prompt as the text encoder sees them: emphasis parsed, chunks of 77
-   * (start token, up to 75 tokens, end token, padding).
+   * (start token, up to 75 tokens, end token, padding). Embedding triggers stay text here (no
+   * file is read); {@link Model.encodePrompt}'s `tokenIds` has them expanded.
    * @example `model.tokenize('a photo of a cat').slice(0, 7) // [49406, 320, 1125, 539, 320, 2368, 49407]`
    */
   tokenize(text: string): number[] {
