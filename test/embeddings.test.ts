@@ -15,7 +15,8 @@ import { decodePNG } from '../lib/image.ts';
 import { packageRoot } from '../lib/binding.ts';
 import { generateCheckpoint } from './fixtures/generate.ts';
 import { encodeFloats, f16BitsToF32, numel, type FloatDType } from './fixtures/random.ts';
-import { Pickler, ZipWriter } from './fixtures/writers.ts';
+import { Pickler, ValueSource, ZipWriter, writeCkpt, writeGguf } from './fixtures/writers.ts';
+import type { TensorEntry } from './fixtures/tensors.ts';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-embeddings-'));
 const embDir = path.join(work, 'emb');
@@ -165,6 +166,33 @@ describe('textual-inversion embeddings (SD1.x)', () => {
     const viaWord = await plain.encodePrompt(`${longWord}, in a field`);
     assert.ok(same(viaEmb.data, viaWord.data), `many = ${longWord} (${longIds.length} tokens)`);
     assert.deepEqual([...viaEmb.tokenIds].slice(1, 1 + longIds.length), longIds.map((_, k) => VOCAB + k));
+  });
+
+  test('other containers and types: f16 safetensors, GGUF, a .ckpt state dict, bf16', async () => {
+    const rows = tokenRows(sd1, SD1_TOKENS, catIds);
+    const entry: TensorEntry = { name: 'emb_params', shape: [1, WIDTH], component: 'text_encoder', source: 'emb_params', sourceShape: [1, WIDTH] };
+    const values = { values: () => rows } as unknown as ValueSource;
+    const files = {
+      f16: path.join(work, 'f16.safetensors'),
+      gguf: path.join(work, 'gg.gguf'),
+      ckpt: path.join(work, 'sd.ckpt'),
+    };
+    writeSafetensors(files.f16, { emb_params: { shape: [1, WIDTH], data: rows } }, 'f16');
+    await writeGguf(files.gguf, [entry], 'f16', values);
+    await writeCkpt(files.ckpt, [entry], 'f32', values);
+    const cat = (await plain.encodePrompt('a photo of a cat')).data;
+    for (const [kind, file] of Object.entries(files)) {
+      const e = await plain.encodePrompt('a photo of a moggy', { embeddings: [{ path: file, trigger: 'moggy' }] });
+      assert.ok(same(e.data, cat), kind);
+    }
+    // bf16 rounds the rows: close to the word, not equal.
+    const bf16 = path.join(work, 'bf.safetensors');
+    writeSafetensors(bf16, { emb_params: { shape: [1, WIDTH], data: rows } }, 'bf16');
+    const e = await plain.encodePrompt('a photo of a bf', { embeddings: [{ path: bf16 }] });
+    assert.equal(e.tokenIds[5], VOCAB);
+    let num = 0, den = 0;
+    for (let i = 0; i < cat.length; i++) { num += (e.data[i]! - cat[i]!) ** 2; den += cat[i]! ** 2; }
+    assert.ok(Math.sqrt(num / den) < 0.05, `bf16 relative difference ${Math.sqrt(num / den)}`);
   });
 
   test('the trigger changes the conditioning; a prompt without one is unchanged', async () => {
