@@ -410,3 +410,40 @@ describe('CLI: --embeddings-dir and --embedding', () => {
     assert.match(wide.stderr, /wide\.safetensors.*64 wide/);
   });
 });
+
+describe('textual-inversion embeddings (SD2.x, SDXL refiner)', () => {
+  test('SD2.x (OpenCLIP, pad 0): an emb_params of the word\'s rows gives the word; a clip_l / clip_g pair of other widths is refused', async () => {
+    const sd2 = (await generateCheckpoint({ arch: 'sd2', format: 'safetensors', out: path.join(work, 'sd2.safetensors'), seed: 13 })).path;
+    await using model = await loadModel(sd2, { threads: 2 });
+    const ids = wordIds(model, 'cat');
+    const file = path.join(work, 'sd2cat.safetensors');
+    writeSafetensors(file, { emb_params: { shape: [1, WIDTH], data: tokenRows(sd2, 'cond_stage_model.model.token_embedding.weight', ids) } });
+    const e = await model.encodePrompt('a photo of a sd2cat', { embeddings: [{ path: file }] });
+    assert.ok(same(e.data, (await model.encodePrompt('a photo of a cat')).data));
+    assert.equal(e.tokenIds[76], 0, 'OpenCLIP pads with 0');
+    const pair = path.join(work, 'pair64.safetensors');
+    writeSafetensors(pair, { clip_l: { shape: [1, 48], data: randomRows(1, 48, 8) }, clip_g: { shape: [1, 64], data: randomRows(1, 64, 9) } });
+    await assert.rejects(model.encodePrompt('pair64', { embeddings: [{ path: pair }] }), (err: unknown) =>
+      err instanceof ModelFormatError && /'clip_l' is 48 wide/.test(err.message) && /takes 32/.test(err.message));
+  });
+
+  test('the SDXL refiner (bigG only) takes clip_g; a file without one is refused', async () => {
+    const refiner = (await generateCheckpoint({ arch: 'sdxl-refiner', format: 'safetensors', out: path.join(work, 'refiner.safetensors'), seed: 14,
+      tiny: { vaeChannelMult: [1, 1, 1, 1], vaeResBlocks: 1 } })).path;
+    await using model = await loadModel(refiner, { threads: 2 });
+    const ids = wordIds(model, 'cat');
+    const file = path.join(work, 'refcat.safetensors');
+    writeSafetensors(file, {
+      clip_l: { shape: [1, WIDTH], data: randomRows(1, WIDTH, 10) },
+      clip_g: { shape: [1, WIDTH], data: tokenRows(refiner, 'conditioner.embedders.0.model.token_embedding.weight', ids) },
+    });
+    const e = await model.encodePrompt('a refcat', { embeddings: [{ path: file }] });
+    const word = await model.encodePrompt('a cat');
+    assert.ok(same(e.data, word.data));
+    assert.ok(same(e.pooled!, word.pooled!));
+    const lonly = path.join(work, 'lonlyref.safetensors');
+    writeSafetensors(lonly, { clip_l: { shape: [1, WIDTH], data: randomRows(1, WIDTH, 11) } });
+    await assert.rejects(model.encodePrompt('a lonlyref', { embeddings: [{ path: lonly }] }), (err: unknown) =>
+      err instanceof ModelFormatError && /no 'clip_g' tensor/.test(err.message));
+  });
+});
