@@ -15,6 +15,8 @@ export interface EmbeddingOption {
   /**
    * The file: safetensors `emb_params` [vectors, width] (or SDXL's `clip_l` + `clip_g`), an
    * A1111 `.pt` / `.bin` (`string_to_param`), a `.ckpt` or `.gguf` holding one such tensor.
+   * Relative paths are taken from the working directory.
+   * @example `'models/embeddings/EasyNegative.safetensors'`
    */
   path: string;
   /**

@@ -316,6 +316,7 @@ export interface EncodePromptOptions {
   /**
    * Textual-inversion embeddings beside loadModel's `embeddingsDir`, as generate()'s.
    * @default none (only the folder's)
+   * @example `model.encodePrompt('a portrait, mystyle', { embeddings: [{ path: 'emb/v2.pt', trigger: 'mystyle' }] })`
    */
   embeddings?: import('./embeddings.ts').EmbeddingOption[];
 }
