@@ -15,7 +15,8 @@
 // embedding for one encoder only (an SD1.x one: 768 wide) leaves the other encoder zero rows at
 // those tokens. The reference accepts such files too, but then reads the other encoder's rows past
 // the end of its buffer; zeros are our choice. Width mismatches are ModelFormat errors naming the
-// file, the tensor, its width and the expected one.
+// file, the tensor, its width and the expected one (the reference logs them at debug level and
+// puts token 0 in the trigger's place), as are unreadable files (the reference logs an error).
 #pragma once
 #include <cstdint>
 #include <map>
