@@ -147,6 +147,8 @@ export interface NativeLoadOptions {
   vae?: string;
   /** Overrides the detected prediction type. */
   prediction?: string;
+  /** A folder of textual-inversion embeddings (trigger = file name without extension). */
+  embeddingsDir?: string;
 }
 
 /** Which decoder turns latents into images and back, and its tiling (checked by the engine). */
@@ -183,6 +185,8 @@ export interface NativeEncoded {
   dim: number;
   /** SDXL: the pooled bigG output (1280). */
   pooled?: Float32Array;
+  /** The token ids encoded (tokens of them); embedding vectors are ids past the vocabulary. */
+  tokenIds: Int32Array;
 }
 
 export interface NativeGenerated {
@@ -226,7 +230,7 @@ export interface NativeSession {
     abort?: NativeAbortFlag,
   ): Promise<NativeGenerated>;
   encodePrompt(
-    text: string, clipSkip?: number, abort?: NativeAbortFlag,
+    text: string, clipSkip?: number, abort?: NativeAbortFlag, embeddings?: import('./embeddings.ts').NativeEmbedding[],
     adapters?: { loras?: import('./lora.ts').NativeLora[]; loraApply?: string },
   ): Promise<NativeEncoded>;
   encodeImage(

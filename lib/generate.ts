@@ -26,6 +26,7 @@ import {
 } from './options.ts';
 import { expectKnownKeys, expectOneOf, invalid, isObject } from './validate.ts';
 import { checkLoras, extractLoraTags, type LoraApply, type LoraSpec, type NativeLora } from './lora.ts';
+import { checkEmbeddings } from './embeddings.ts';
 
 /** One progress report of `generate()`: sent once per sampling step, in order. */
 export interface GenerateProgress {
@@ -268,6 +269,17 @@ export interface GenerateOptions {
   loras?: LoraSpec[];
   /** How LoRAs are applied; see {@link LoraApply}. @default 'auto' */
   loraApply?: LoraApply;
+  /**
+   * Textual-inversion embeddings for this generation, beside the files of loadModel's
+   * `embeddingsDir` (an entry replaces a folder file of the same trigger). Each occurrence of a
+   * trigger in the prompt or negative prompt becomes the embedding's vectors (as many tokens as
+   * it has vectors); `(trigger:1.2)` weights them like any word. Files are read when a prompt
+   * first uses them and cached while unchanged. With a `refiner`, the refiner uses only its own
+   * `embeddingsDir`.
+   * @default none (only the folder's)
+   * @example `embeddings: [{ path: 'emb/rndemb.safetensors' }]` then `prompt: 'a portrait in the style of rndemb'`
+   */
+  embeddings?: import('./embeddings.ts').EmbeddingOption[];
 }
 
 /** See {@link GenerateOptions.refiner}. */
@@ -385,6 +397,8 @@ export type NativeGenerateRequest = Partial<
   mask?: NativeImage;
   hires?: HiresOptions;
   loraApply?: LoraApply;
+  /** Textual-inversion embeddings, paths absolute. */
+  embeddings?: import('./embeddings.ts').NativeEmbedding[];
 };
 
 /** The image options, read (decoded, resized) before the native call. */
@@ -403,6 +417,8 @@ const KNOWN_KEYS = new Set([
   'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
   'aestheticScore', 'negativeAestheticScore', 'refiner', 'loras', 'loraApply',
 ]);
+
+KNOWN_KEYS.add('embeddings');
 
 /** A { a, b } object of integers in the size-conditioning range. */
 function checkPair<A extends string, B extends string>(name: string, v: unknown, a: A, b: B): Record<A | B, number> | undefined {
@@ -542,6 +558,7 @@ export function checkGenerateOptions(
   set('targetSize', checkPair('targetSize', o.targetSize, 'width', 'height'));
   set('aestheticScore', checkLimitedNumber('aestheticScore', o.aestheticScore));
   set('negativeAestheticScore', checkLimitedNumber('aestheticScore', o.negativeAestheticScore, 'negativeAestheticScore'));
+  set('embeddings', checkEmbeddings('embeddings', o.embeddings));
   const onPreview = checkCallback<(p: GeneratePreview) => void>('onPreview', o.onPreview);
   if (onPreview) request.previews = true;
   let refiner: { model: import('./model.ts').Model; switchAt: number } | undefined;

@@ -94,5 +94,6 @@ export {
   type LoraSpec,
   type LoraApply,
 } from './lora.ts';
+export type { EmbeddingOption } from './embeddings.ts';
 export { readParameters, parseParameters, type ImageParameters, type ParsedGenerateOptions } from './parameters.ts';
 export { version } from './version.ts';

@@ -50,6 +50,7 @@ import {
   type GenerateResult,
 } from './generate.ts';
 import { version } from './version.ts';
+import { checkEmbeddings } from './embeddings.ts';
 
 /** Options of {@link loadModel}. */
 export interface LoadModelOptions {
@@ -106,6 +107,17 @@ export interface LoadModelOptions {
    * @example `{ loraDir: 'models/lora' }`
    */
   loraDir?: string;
+  /**
+   * A folder of textual-inversion embeddings: every `.safetensors`, `.pt`, `.bin`, `.ckpt` and
+   * `.gguf` file in it is an embedding whose trigger word is its file name without the extension
+   * (case-insensitive: `EasyNegative.safetensors` answers to `easynegative` in prompts). The
+   * folder is listed again for every generate() / encodePrompt() call, so new files are picked
+   * up; files are read when a prompt first uses them and cached for the model's lifetime while
+   * their size and modification time stay the same. A missing folder is an {@link IoError}.
+   * @default none
+   * @example `{ embeddingsDir: 'models/embeddings' }`
+   */
+  embeddingsDir?: string;
   /** Cancels loading; the promise rejects with {@link AbortError}. */
   signal?: AbortSignal;
   /** Loading progress, `fraction` from 0 to 1. */
@@ -257,6 +269,8 @@ export interface EncodedPrompt {
   dim: number;
   /** SDXL: the pooled text embedding (bigG's projected end-token state, 1280 values), the first part of the UNet's `y`. */
   pooled?: Float32Array;
+  /** The token ids the prompt became (`tokens` of them): an embedding's vectors are ids from 49408 on, in the order the prompt first uses them. */
+  tokenIds: Int32Array;
 }
 
 /** An 8-bit image in memory: interleaved rows, 1 (gray), 3 (RGB) or 4 (RGBA; alpha ignored) channels. */
@@ -314,6 +328,12 @@ export interface EncodePromptOptions {
   /** @default 'auto' */
   loraApply?: LoraApply;
   signal?: AbortSignal;
+  /**
+   * Textual-inversion embeddings beside loadModel's `embeddingsDir`, as generate()'s.
+   * @default none (only the folder's)
+   * @example `model.encodePrompt('a portrait, mystyle', { embeddings: [{ path: 'emb/v2.pt', trigger: 'mystyle' }] })`
+   */
+  embeddings?: import('./embeddings.ts').EmbeddingOption[];
 }
 
 /**
@@ -413,7 +433,8 @@ export class Model {
 
   /**
    * CLIP token ids of a prompt as the text encoder sees them: emphasis parsed, chunks of 77
-   * (start token, up to 75 tokens, end token, padding).
+   * (start token, up to 75 tokens, end token, padding). Embedding triggers stay text here (no
+   * file is read); {@link Model.encodePrompt}'s `tokenIds` has them expanded.
    * @example `model.tokenize('a photo of a cat').slice(0, 7) // [49406, 320, 1125, 539, 320, 2368, 49407]`
    */
   tokenize(text: string): number[] {
@@ -434,16 +455,17 @@ export class Model {
     try {
       if (!isString(text)) invalid('text', 'a string', text);
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['clipSkip', 'loras', 'loraApply', 'signal']);
+      expectKnownKeys('options', o, ['clipSkip', 'loras', 'loraApply', 'signal', 'embeddings']);
       const clipSkip = checkLimitedInteger('clipSkip', o.clipSkip);
       const signal = checkSignal('signal', o.signal);
+      const embeddings = checkEmbeddings('embeddings', o.embeddings);
       const tagged = extractLoraTags(text);
       const loras = resolveLoras(checkLoras(o.loras), tagged.tags, this.loraDir);
       const loraApply = o.loraApply === undefined ? undefined : expectOneOf('loraApply', o.loraApply, LORA_APPLY_MODES);
       throwIfAborted(signal, 'encodePrompt');
       const session = this.nativeSession('encodePrompt()');
       const { flag, cleanup } = abortFlagFor(signal);
-      return callNative(() => session.encodePrompt(tagged.prompt, clipSkip, flag, { loras, loraApply }))
+      return callNative(() => session.encodePrompt(tagged.prompt, clipSkip, flag, embeddings, { loras, loraApply }))
         .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'encodePrompt');
         })
@@ -796,7 +818,7 @@ export class Model {
 export async function loadModel(modelPath: string, options?: LoadModelOptions): Promise<Model> {
   const abs = path.resolve(expectNonEmptyString('modelPath', modelPath));
   const o = expectOptionsObject('options', options);
-  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'prediction', 'loraDir', 'signal', 'onProgress']);
+  expectKnownKeys('options', o, ['weightType', 'threads', 'backend', 'taesd', 'vae', 'prediction', 'loraDir', 'signal', 'onProgress', 'embeddingsDir']);
   const loraDir = o.loraDir === undefined ? undefined : path.resolve(expectNonEmptyString('loraDir', o.loraDir));
   if (loraDir !== undefined && !fs.statSync(loraDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new IoError(`loraDir: ${loraDir} is not a folder`);
@@ -809,6 +831,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
   const vae = o.vae === undefined ? undefined : path.resolve(expectNonEmptyString('vae', o.vae));
   const signal = checkSignal('signal', o.signal);
   const onProgress = checkCallback<(p: { fraction: number }) => void>('onProgress', o.onProgress);
+  const embeddingsDir = o.embeddingsDir === undefined ? undefined : path.resolve(expectNonEmptyString('embeddingsDir', o.embeddingsDir));
   throwIfAborted(signal, 'loadModel');
   const { flag, cleanup } = abortFlagFor(signal);
   const guard = new CallbackGuard(onProgress, flag);
@@ -817,7 +840,7 @@ export async function loadModel(modelPath: string, options?: LoadModelOptions): 
     const nativeModel = await callNative((a) =>
       a.NativeModel.load(
         abs,
-        { weightType, threads, device: backend, taesd, vae, prediction },
+        { weightType, threads, device: backend, taesd, vae, prediction, embeddingsDir },
         report ? (fraction: number) => report({ fraction }) : undefined,
         flag,
       ),

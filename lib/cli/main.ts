@@ -95,6 +95,12 @@ decoding:
       --vae-tile-overlap X fraction of a tile shared with the next, 0 to 0.5 (default 0.5);
                            implies --vae-tiling
 
+embeddings:
+      --embeddings-dir DIR textual-inversion embeddings: each file's name without its extension
+                           is a trigger word in prompts (default none)
+      --embedding FILE[:TRIGGER]  one embedding file, trigger = its name without the extension
+                           unless given; repeatable (default none)
+
 previews:
       --preview FILE       write the latest preview to FILE while sampling, .png, .jpg or .webp
                            (default none)
@@ -379,6 +385,20 @@ const FLAG_OF: Record<string, string> = {
   previewInterval: '--preview-interval',
 };
 
+FLAG_OF.embeddingsDir = '--embeddings-dir';
+FLAG_OF.embeddings = '--embedding';
+
+/** --embedding FILE[:TRIGGER]: the trigger is what follows the last ':' unless that holds a path separator (C:\x.pt). */
+function embeddingArgs(values: string[] | undefined): Array<{ path: string; trigger?: string }> | undefined {
+  if (values === undefined) return undefined;
+  return values.map((v) => {
+    const at = v.lastIndexOf(':');
+    const trigger = at > 0 ? v.slice(at + 1) : '';
+    if (trigger === '' || /[\\/]/.test(trigger)) return { path: v };
+    return { path: v.slice(0, at), trigger };
+  });
+}
+
 /**
  * Says an API error in the command line's words: the option name it starts with becomes the
  * flag ("maskBlur must be ..." -> "--mask-blur must be ..."), as does an option name in
@@ -470,6 +490,8 @@ function parseGenerateArgs(args: string[]) {
       preview: { type: 'string' },
       'preview-method': { type: 'string' },
       'preview-interval': { type: 'string' },
+      'embeddings-dir': { type: 'string' },
+      embedding: { type: 'string', multiple: true },
     },
   });
 }
@@ -481,7 +503,8 @@ async function generate(args: string[]): Promise<number> {
   try {
     return await runGenerate(values);
   } catch (e) {
-    throw withFlagNames(e, { '--model': values.model, '--init-img': values['init-img'], '--mask': values.mask, '--vae': values.vae, '--taesd': values.taesd });
+    throw withFlagNames(e, { '--model': values.model, '--init-img': values['init-img'], '--mask': values.mask, '--vae': values.vae, '--taesd': values.taesd,
+      '--embeddings-dir': values['embeddings-dir'] });
   }
 }
 
@@ -524,6 +547,7 @@ async function runGenerate(values: GenerateValues): Promise<number> {
       backend: values.backend,
       vae: values.vae,
       taesd: values.taesd,
+      embeddingsDir: values['embeddings-dir'],
       signal: controller.signal,
       onProgress: ({ fraction }) => bar.update(Math.round(fraction * 100)),
     });
@@ -547,6 +571,7 @@ async function runGenerate(values: GenerateValues): Promise<number> {
         clipSkip: num('clip-skip', values['clip-skip']),
         eta: num('eta', values.eta),
         ...imageOptions,
+        embeddings: embeddingArgs(values.embedding),
         ...(previewFile !== undefined ? { onPreview: previewWriter(previewFile, previewFormat!) } : {}),
         signal: controller.signal,
         onProgress: ({ step, steps }) => {

@@ -56,6 +56,7 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo & info) {
         options.taesd_path = optional_string(opts, "taesd").value_or("");
         options.vae_path = optional_string(opts, "vae").value_or("");
         options.prediction = optional_string(opts, "prediction");
+        options.embeddings_dir = optional_string(opts, "embeddingsDir").value_or("");
         auto abort = AbortFlag::From(info.Length() > 3 ? info[3] : env.Undefined());
         auto queue = std::make_shared<JsTaskQueue>(env, info.Length() > 2 ? info[2] : env.Undefined(), "sdnode.loadModel");
         options.abort = abort.get();

@@ -123,6 +123,25 @@ std::vector<sd::LoraRequest> lora_requests(Napi::Object o) {
     return out;
 }
 
+// Textual-inversion embeddings as lib/ passes them: [{ path: string, trigger?: string }]
+// (undefined: none); the engine checks the files.
+std::vector<sd::EmbeddingRef> embeddings_from(Napi::Env env, Napi::Value v) {
+    std::vector<sd::EmbeddingRef> out;
+    if (v.IsUndefined()) return out;
+    const char * what = "embeddings must be an array of { path: string, trigger?: string }";
+    if (!v.IsArray()) throw_invalid_js(env, what);
+    const Napi::Array a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+        const Napi::Value e = a.Get(i);
+        if (!e.IsObject()) throw_invalid_js(env, what);
+        const Napi::Object eo = e.As<Napi::Object>();
+        const std::optional<std::string> path = optional_string(eo, "path");
+        if (!path) throw_invalid_js(env, what);
+        out.push_back(sd::EmbeddingRef{*path, optional_string(eo, "trigger").value_or("")});
+    }
+    return out;
+}
+
 // generate()'s options as lib/ passes them: only what the caller gave; the engine fills in and
 // checks the rest (model/options.h).
 sd::GenerateParams generate_params(Napi::Object o) {
@@ -212,6 +231,7 @@ sd::GenerateParams generate_params(Napi::Object o) {
     p.preview_interval = optional_int(o, "previewInterval");
     p.loras = lora_requests(o);
     p.lora_apply = optional_string(o, "loraApply");
+    p.embeddings = embeddings_from(env, o.Get("embeddings"));
     return p;
 }
 
@@ -372,15 +392,18 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
     std::optional<int> clip_skip;
     if (info.Length() > 1 && info[1].IsNumber()) clip_skip = info[1].As<Napi::Number>().Int32Value();
     auto abort = AbortFlag::From(info.Length() > 2 ? info[2] : env.Undefined());
+    const std::vector<sd::EmbeddingRef> embeddings = embeddings_from(env, info.Length() > 3 ? info[3] : env.Undefined());
     std::vector<sd::LoraRequest> loras;
     std::optional<std::string> lora_apply;
-    if (info.Length() > 3 && info[3].IsObject()) {
-        loras = lora_requests(info[3].As<Napi::Object>());
-        lora_apply = optional_string(info[3].As<Napi::Object>(), "loraApply");
+    if (info.Length() > 4 && info[4].IsObject()) {
+        loras = lora_requests(info[4].As<Napi::Object>());
+        lora_apply = optional_string(info[4].As<Napi::Object>(), "loraApply");
     }
     return Job<Encoded>::Start(
         env, "sdnode.encodePrompt", on(s),
-        [s, text, clip_skip, abort, loras, lora_apply]() { return Encoded{sd::encode_prompt(*s, text, clip_skip, abort.get(), loras, lora_apply)}; },
+        [s, text, clip_skip, abort, embeddings, loras, lora_apply]() {
+            return Encoded{sd::encode_prompt(*s, text, clip_skip, abort.get(), embeddings, loras, lora_apply)};
+        },
         [](Napi::Env e, Encoded & r) -> Napi::Value {
             const sd::HostTensor & hidden = r.encoding.hidden;
             Napi::Object out = Napi::Object::New(e);
@@ -389,6 +412,9 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
             out.Set("data", data);
             out.Set("dim", static_cast<double>(hidden.ne[0]));
             out.Set("tokens", static_cast<double>(hidden.ne[1]));
+            Napi::Int32Array ids = Napi::Int32Array::New(e, r.encoding.tokens.size());
+            std::copy(r.encoding.tokens.begin(), r.encoding.tokens.end(), ids.Data());
+            out.Set("tokenIds", ids);
             if (!r.encoding.pooled.data.empty()) {
                 Napi::Float32Array pooled = Napi::Float32Array::New(e, r.encoding.pooled.data.size());
                 std::copy(r.encoding.pooled.data.begin(), r.encoding.pooled.data.end(), pooled.Data());

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "adapters/lora.h"
+#include "adapters/embeddings.h"
 #include "core/errors.h"
 #include "diffusion/rng.h"
 #include "kernels/cpu-kernels.h"
@@ -139,6 +140,9 @@ struct GenerateParams {
     // are applied ("auto" default: merged into float weights, at run time for quantized ones).
     std::vector<LoraRequest> loras;
     std::optional<std::string> lora_apply;
+    // Textual-inversion embeddings for this generation, beside the model's embeddings folder
+    // (ModelLoadOptions::embeddings_dir; an entry replaces a folder file of the same trigger).
+    std::vector<EmbeddingRef> embeddings;
 };
 
 // What the UNet's extra input channels make of a run.
@@ -242,11 +246,16 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
 struct PromptEncoding {
     HostTensor hidden;
     HostTensor pooled;
+    std::vector<int32_t> tokens;  // the token ids encoded (chunks * 77; embedding vectors past the vocabulary)
 };
 // `loras`: as generate()'s (their text-encoder modules change the encoding).
 PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
                              const std::atomic<bool> * abort, const std::vector<LoraRequest> & loras = {},
                              const std::optional<std::string> & lora_apply = std::nullopt);
+// The same with textual-inversion embeddings: the model's folder and `embeddings`, as generate().
+PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                             const std::atomic<bool> * abort, const std::vector<EmbeddingRef> & embeddings,
+                             const std::vector<LoraRequest> & loras = {}, const std::optional<std::string> & lora_apply = std::nullopt);
 
 // ------------------------------------------------------------------ latents <-> images
 

@@ -2,6 +2,7 @@
 //
 // Merges: the engine's built-in vocabulary (text/tokenizer.h clip_merges()).
 // Reference cases (SDNODE_REFERENCE=1, check.h reference_root()): sd15-random/*/prompt_parse.json.
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -259,6 +260,45 @@ void test_encode(const sd::ClipTokenizer & tok) {
     CHECK(first.size() == 2);
 }
 
+// Special words (textual-inversion triggers): cut out of the lowercased text anywhere, the
+// longest at a shared start, each occurrence replaced by what resolve() gives.
+void test_special_words(const sd::ClipTokenizer & tok) {
+    std::vector<size_t> calls;
+    sd::SpecialWords words;
+    words.words = {"emb", "embx", "cat"};
+    words.resolve = [&](size_t i) {
+        calls.push_back(i);
+        if (i == 0) return std::vector<int32_t>{49408, 49409};
+        if (i == 1) return std::vector<int32_t>{49410};
+        return std::vector<int32_t>{49411};
+    };
+    CHECK((tok.encode("a photo of EMB", &words) == std::vector<int32_t>{320, 1125, 539, 49408, 49409}));
+    CHECK((tok.encode("embx", &words) == std::vector<int32_t>{49410}));  // not "emb" + "x"
+    CHECK((tok.encode("embembx emb", &words) == std::vector<int32_t>{49408, 49409, 49410, 49408, 49409}));
+    // Inside a word, as the reference: "concatenate" holds "cat".
+    const auto inside = tok.encode("concatenate", &words);
+    CHECK(std::find(inside.begin(), inside.end(), 49411) != inside.end());
+    // The CLIP specials still work beside them, and no words = the plain encoding.
+    CHECK((tok.encode("emb<|endoftext|>a", &words) == std::vector<int32_t>{49408, 49409, 49407, 320}));
+    CHECK(tok.encode("a photo of a cat", nullptr) == tok.encode("a photo of a cat"));
+    calls.clear();
+    tok.encode("no trigger here", &words);
+    CHECK(calls.empty());
+    // Through tokenize(): weights apply to the words' ids; BREAK and chunks count them.
+    const sd::WeightedTokens w = tok.tokenize("(emb:1.5) cat", &words);
+    CHECK(w.tokens[1] == 49408 && w.tokens[2] == 49409 && w.tokens[3] == 49411 && w.tokens[4] == 49407);
+    CHECK(w.weights[1] == 1.5f && w.weights[2] == 1.5f && w.weights[3] == 1.0f);
+    std::string long_prompt;
+    for (int i = 0; i < 74; ++i) long_prompt += "dog ";
+    const sd::WeightedTokens two = tok.tokenize(long_prompt + "emb", &words);
+    CHECK(two.chunks() == 2 && two.tokens[75] == 49408 && two.tokens[78] == 49409);
+    // What resolve() throws reaches the caller.
+    sd::SpecialWords failing;
+    failing.words = {"bad"};
+    failing.resolve = [](size_t) -> std::vector<int32_t> { throw sd::Error(sd::ErrorCode::ModelFormat, "bad file"); };
+    CHECK_THROWS_CODE(tok.tokenize("a bad day", &failing), sd::ErrorCode::ModelFormat);
+}
+
 void test_chunks(const std::string & merges) {
     const sd::ClipTokenizer sd1(merges);
     const sd::ClipTokenizer sd2(merges, 0);
@@ -427,6 +467,7 @@ int main() {
         const sd::ClipTokenizer tok(merges);
         test_vocab(tok);
         test_encode(tok);
+        test_special_words(tok);
         test_chunks(merges);
         test_merges_text(merges);
         test_reference(tok);

@@ -21,6 +21,24 @@
 
 namespace sd {
 
+// Token rows past the vocabulary (textual-inversion vectors): id first_id + k reads row k, as
+// stored, in place of the token embedding. Passed per call; the model's weights stay as loaded.
+struct CustomTokens {
+    int32_t first_id = 0;     // the encoder's vocabulary size
+    int64_t width = 0;        // the encoder's width
+    std::vector<float> rows;  // count() rows of `width` floats
+    int64_t count() const { return width > 0 ? static_cast<int64_t>(rows.size()) / width : 0; }
+};
+
+// The graph inputs that put custom rows in: `rows` ne {width, 77, chunks} holds the custom row
+// at each custom token's place and zeros elsewhere, `keep` ne {1, 77, chunks} 1 at base tokens,
+// 0 at custom ones, so the embedding lookup is lookup(ids) * keep + rows: the base rows
+// unchanged, the custom ones exactly as given.
+struct CustomTokenInputs {
+    ggml_tensor * rows = nullptr;
+    ggml_tensor * keep = nullptr;
+};
+
 class TextEncoder {
 public:
     // `weights` must outlive the encoder. Throws InvalidArgument for unusable params.
@@ -30,22 +48,26 @@ public:
     const TextEncoderParams & params() const { return params_; }
 
     // ids: ne {77, chunks} (i32). Returns ne {width, 77, chunks}.
-    ggml_tensor * build(Graph & g, ggml_tensor * ids, int clip_skip) const;
+    ggml_tensor * build(Graph & g, ggml_tensor * ids, int clip_skip, const CustomTokenInputs * custom = nullptr) const;
     // ids: ne {77, 1} (one chunk), eos_index: ne {1} (i32). Returns ne {projection_dim, 1}
     // (ModelFormat without text_projection).
-    ggml_tensor * build_pooled(Graph & g, ggml_tensor * ids, ggml_tensor * eos_index) const;
+    ggml_tensor * build_pooled(Graph & g, ggml_tensor * ids, ggml_tensor * eos_index,
+                               const CustomTokenInputs * custom = nullptr) const;
 
     // tokens: chunks * 77 ids. Returns the hidden states [chunks, 77, width] (no prompt weights).
     // Throws InvalidArgument for an empty or non-multiple-of-77 count, an id outside the
-    // vocabulary, or clip_skip outside [1, layers].
-    HostTensor encode(GraphRunner & runner, const std::vector<int32_t> & tokens, int clip_skip) const;
+    // vocabulary (and past it, outside `custom`'s rows), or clip_skip outside [1, layers].
+    HostTensor encode(GraphRunner & runner, const std::vector<int32_t> & tokens, int clip_skip,
+                      const CustomTokens * custom = nullptr) const;
     // tokens: one chunk of 77 ids; eos_index: where its end token is. Returns ne {projection_dim}.
-    HostTensor encode_pooled(GraphRunner & runner, const std::vector<int32_t> & tokens, int eos_index) const;
+    HostTensor encode_pooled(GraphRunner & runner, const std::vector<int32_t> & tokens, int eos_index,
+                             const CustomTokens * custom = nullptr) const;
 
 private:
     // Embeddings and layers 0..last: ne {width, 77, chunks}.
-    ggml_tensor * build_layers(Graph & g, ggml_tensor * ids, int last) const;
-    void check_tokens(const std::vector<int32_t> & tokens) const;
+    ggml_tensor * build_layers(Graph & g, ggml_tensor * ids, int last, const CustomTokenInputs * custom) const;
+    // Whether any token is a custom one; throws for ids outside the vocabulary and `custom`.
+    bool check_tokens(const std::vector<int32_t> & tokens, const CustomTokens * custom) const;
 
     const TensorSource & weights_;
     TextEncoderParams params_;
@@ -60,6 +82,6 @@ void apply_token_weights(HostTensor & hidden, const std::vector<float> & weights
 // The conditioning for a tokenized prompt: encode + apply_token_weights, as
 // [1, chunks * 77, width] (the UNet's context for one batch item).
 HostTensor encode_prompt(GraphRunner & runner, const TextEncoder & encoder, const WeightedTokens & prompt,
-                         int clip_skip);
+                         int clip_skip, const CustomTokens * custom = nullptr);
 
 }  // namespace sd

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/embeddings.h"
 #include "components/components.h"
 #include "components/taesd.h"
 #include "ggml-backend.h"
@@ -42,6 +43,10 @@ struct ModelLoadOptions {
     // What the UNet predicts ("eps", "v"), overriding the file's metadata and markers. Unset: as
     // detected (arch.cpp).
     std::optional<std::string> prediction;
+    // A folder of textual-inversion embeddings (adapters/embeddings.h): each file's name without
+    // its extension is a trigger word in prompts. Listed again for every generation, files read
+    // when a prompt first uses them. Empty: none. Io error at load when it is not a folder.
+    std::string embeddings_dir;
 };
 
 class Model {
@@ -97,6 +102,11 @@ public:
     // numbers). A stat() per file; nothing when every weight was copied (SDNODE_MMAP=0, GPU).
     void check_files_unchanged() const;
 
+    // Textual-inversion embeddings: ModelLoadOptions::embeddings_dir, and the files read so far
+    // (a cache with its own lock: reading embeddings leaves the model's weights as they are).
+    const std::string & embeddings_dir() const { return embeddings_dir_; }
+    EmbeddingCache & embedding_cache() const { return *embedding_cache_; }
+
 private:
     Model() = default;
 
@@ -118,6 +128,8 @@ private:
     Components components_;
     std::unique_ptr<Taesd> taesd_;
     std::vector<std::string> unused_;
+    std::string embeddings_dir_;
+    std::unique_ptr<EmbeddingCache> embedding_cache_ = std::make_unique<EmbeddingCache>();
 };
 
 // Picks and initializes a backend: "auto" → first GPU/iGPU device, else CPU; "cpu"; or an

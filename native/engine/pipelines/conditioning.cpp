@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "adapters/embeddings.h"
 #include "core/errors.h"
 #include "model/model.h"
 #include "model/options.h"
@@ -43,12 +44,19 @@ HostTensor concat_features(const HostTensor & a, const HostTensor & b) {
 
 }  // namespace
 
-Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip) {
+Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip,
+                                 PromptEmbeddings * embeddings) {
     Conditioning c;
-    const WeightedTokens tokens = model.tokenizer().tokenize(prompt);
+    const WeightedTokens tokens = model.tokenizer().tokenize(prompt, embeddings ? embeddings->special_words() : nullptr);
+    c.tokens = tokens.tokens;
+    // Each encoder's custom rows (text_encoder() = 0, text_encoder_2() = 1), once tokenizing met the triggers.
+    const auto custom = [&](const TextEncoder * e) -> const CustomTokens * {
+        if (!embeddings) return nullptr;
+        return embeddings->custom(e == model.text_encoder_2() ? 1 : 0);
+    };
     const TextEncoder * big = model.pooled_encoder();
     if (!big) {
-        c.context = encode_prompt(runner, model.text_encoder(), tokens, clip_skip);
+        c.context = encode_prompt(runner, model.text_encoder(), tokens, clip_skip, custom(&model.text_encoder()));
         return c;
     }
     const TextEncoder * clip_l = model.text_encoder_2() ? &model.text_encoder() : nullptr;  // SDXL base; the refiner has bigG alone
@@ -62,13 +70,13 @@ Conditioning encode_conditioning(const Model & model, GraphRunner & runner, cons
         if (chunk == 0) first_eos = std::min(at, kClipChunkLength - 1);
         if (at < kClipChunkLength) std::fill(t + at + 1, t + kClipChunkLength, 0);
     }
-    HostTensor hidden = big->encode(runner, cut, clip_skip);
-    if (clip_l) hidden = concat_features(clip_l->encode(runner, tokens.tokens, clip_skip), hidden);
+    HostTensor hidden = big->encode(runner, cut, clip_skip, custom(big));
+    if (clip_l) hidden = concat_features(clip_l->encode(runner, tokens.tokens, clip_skip, custom(clip_l)), hidden);
     apply_token_weights(hidden, tokens.weights);
     hidden.ne[1] *= hidden.ne[2];  // [1, chunks * 77, 2048]
     hidden.ne[2] = 1;
     c.context = std::move(hidden);
-    c.pooled = big->encode_pooled(runner, std::vector<int32_t>(cut.begin(), cut.begin() + kClipChunkLength), first_eos);
+    c.pooled = big->encode_pooled(runner, std::vector<int32_t>(cut.begin(), cut.begin() + kClipChunkLength), first_eos, custom(big));
     return c;
 }
 

@@ -8,11 +8,13 @@
 namespace sd {
 
 class Model;
+class PromptEmbeddings;
 
 struct Conditioning {
     HostTensor context;  // ne {dim, tokens, 1}: the UNet's cross-attention input
     HostTensor pooled;   // ne {dim}: the pooled text embedding (SDXL's bigG); empty when unused
     HostTensor vector;   // ne {adm_in_channels, 1}: the UNet's label input y (SDXL); empty when unused
+    std::vector<int32_t> tokens;  // the token ids the prompt became (chunks * 77; custom ones past the vocabulary)
     bool has_pooled() const { return !pooled.data.empty(); }
 };
 
@@ -42,7 +44,9 @@ int effective_clip_skip(const Model & model, std::optional<int> clip_skip);
 // clip_skip: as effective_clip_skip() returns it. SDXL, as stable-diffusion.cpp: per chunk the
 // CLIP-L and bigG hidden states side by side (768 + 1280), bigG seeing the chunk with every token
 // after the end token set to 0; the prompt weights on both; the pooled output from the first
-// chunk's end token.
-Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip);
+// chunk's end token. `embeddings` (may be null): the generation's textual-inversion triggers,
+// matched in the prompt and fed to each encoder as its own custom rows.
+Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip,
+                                 PromptEmbeddings * embeddings = nullptr);
 
 }  // namespace sd

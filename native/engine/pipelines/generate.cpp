@@ -361,6 +361,12 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
 PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
                              const std::atomic<bool> * abort, const std::vector<LoraRequest> & loras,
                              const std::optional<std::string> & lora_apply) {
+    return encode_prompt(session, prompt, clip_skip, abort, {}, loras, lora_apply);
+}
+
+PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
+                             const std::atomic<bool> * abort, const std::vector<EmbeddingRef> & embeddings,
+                             const std::vector<LoraRequest> & loras, const std::optional<std::string> & lora_apply) {
     check_prompt("text", prompt);
     if (clip_skip) int_in("clipSkip", clip_skip, 0, limits::kClipSkipMin, limits::kClipSkipMax);
     GraphRunner & runner = session.runner();
@@ -374,8 +380,9 @@ PromptEncoding encode_prompt(Session & session, const std::string & prompt, std:
     const ScopedWeightAdapter scoped_adapter(runner);
     session.loras().activate(model, runner, active, resolve_lora_apply(model, lora_apply ? parse_lora_apply(*lora_apply) : LoraApply::Auto),
                              model.default_threads(), abort);
-    Conditioning c = encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip));
-    return PromptEncoding{std::move(c.context), std::move(c.pooled)};
+    PromptEmbeddings prompt_embeddings(model, list_embeddings(model.embeddings_dir(), embeddings));
+    Conditioning c = encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip), &prompt_embeddings);
+    return PromptEncoding{std::move(c.context), std::move(c.pooled), std::move(c.tokens)};
 }
 
 namespace {
@@ -538,10 +545,12 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
 
     // Conditioning, once for the whole batch.
     const int clip_skip = effective_clip_skip(model, params.clip_skip);
-    Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip);
+    // Textual-inversion triggers: the folder listed again now, files read as the prompts use them.
+    PromptEmbeddings embeddings(model, list_embeddings(model.embeddings_dir(), params.embeddings));
+    Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip, &embeddings);
     Conditioning uncond;
     if (use_uncond || use_img_uncond) {
-        uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip);
+        uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip, &embeddings);
         // SDXL without a negative prompt: zeros for the text (its pooled vector stays), as the reference.
         if (is_sdxl_family(model.arch()) && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
     }

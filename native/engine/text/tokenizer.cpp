@@ -216,29 +216,57 @@ std::vector<int32_t> ClipTokenizer::word_ids(const std::string & word) const {
     return ids;
 }
 
-std::vector<int32_t> ClipTokenizer::encode(const std::string & text) const {
+std::vector<int32_t> ClipTokenizer::encode(const std::string & text, const SpecialWords * specials) const {
     const std::string normalized = normalize(text);
     std::vector<int32_t> ids;
-    auto encode_plain = [&](const std::string & part) {
-        for (const auto & word : split_words(part)) {
+    auto encode_plain = [&](size_t from, size_t to) {
+        if (to <= from) return;
+        for (const auto & word : split_words(normalized.substr(from, to - from))) {
             const auto word_tokens = word_ids(word);
             ids.insert(ids.end(), word_tokens.begin(), word_tokens.end());
         }
     };
-    // Special tokens written in the prompt are cut out first and keep their ids.
+    // Special tokens written in the prompt are cut out first: the two CLIP specials keep their
+    // ids, special words get theirs from `resolve`. next[i]: where word i occurs next, at or
+    // after the scan position (npos: nowhere), found again only once the scan has passed it.
+    const size_t n_words = specials ? specials->words.size() : 0;
+    std::vector<const std::string *> words = {nullptr, nullptr};
+    const std::string sot = kStartOfText, eot = kEndOfText;
+    words[0] = &sot;
+    words[1] = &eot;
+    for (size_t i = 0; i < n_words; ++i) words.push_back(&specials->words[i]);
+    std::vector<size_t> next(words.size(), 0);
+    std::vector<bool> stale(words.size(), true);
     size_t pos = 0;
     while (pos < normalized.size()) {
-        const size_t sot = normalized.find(kStartOfText, pos);
-        const size_t eot = normalized.find(kEndOfText, pos);
-        const size_t next = std::min(sot, eot);
-        if (next == std::string::npos) {
-            encode_plain(normalized.substr(pos));
+        size_t best = std::string::npos, best_at = std::string::npos;
+        for (size_t i = 0; i < words.size(); ++i) {
+            if (words[i]->empty()) continue;
+            if (stale[i] || (next[i] != std::string::npos && next[i] < pos)) {
+                next[i] = normalized.find(*words[i], pos);
+                stale[i] = false;
+            }
+            const size_t at = next[i];
+            if (at == std::string::npos) continue;
+            if (at < best_at || (at == best_at && words[i]->size() > words[best]->size())) {
+                best_at = at;
+                best = i;
+            }
+        }
+        if (best == std::string::npos) {
+            encode_plain(pos, normalized.size());
             break;
         }
-        encode_plain(normalized.substr(pos, next - pos));
-        const bool is_sot = next == sot;
-        ids.push_back(is_sot ? kClipBosToken : kClipEosToken);
-        pos = next + std::char_traits<char>::length(is_sot ? kStartOfText : kEndOfText);
+        encode_plain(pos, best_at);
+        if (best == 0) {
+            ids.push_back(kClipBosToken);
+        } else if (best == 1) {
+            ids.push_back(kClipEosToken);
+        } else {
+            const std::vector<int32_t> custom = specials->resolve(best - 2);
+            ids.insert(ids.end(), custom.begin(), custom.end());
+        }
+        pos = best_at + words[best]->size();
     }
     return ids;
 }
@@ -249,11 +277,11 @@ std::vector<std::string> ClipTokenizer::pieces(const std::string & text) const {
     return out;
 }
 
-WeightedTokens ClipTokenizer::tokenize(const std::string & prompt) const {
-    return tokenize(parse_prompt_attention(prompt));
+WeightedTokens ClipTokenizer::tokenize(const std::string & prompt, const SpecialWords * specials) const {
+    return tokenize(parse_prompt_attention(prompt), specials);
 }
 
-WeightedTokens ClipTokenizer::tokenize(const std::vector<PromptSegment> & segments) const {
+WeightedTokens ClipTokenizer::tokenize(const std::vector<PromptSegment> & segments, const SpecialWords * specials) const {
     // The prompt's tokens, without BOS/EOS.
     std::vector<int32_t> body;
     std::vector<float> body_weights;
@@ -266,7 +294,7 @@ WeightedTokens ClipTokenizer::tokenize(const std::vector<PromptSegment> & segmen
             body_weights.insert(body_weights.end(), fill, 1.0f);
             continue;
         }
-        const auto ids = encode(seg.text);
+        const auto ids = encode(seg.text, specials);
         body.insert(body.end(), ids.begin(), ids.end());
         body_weights.insert(body_weights.end(), ids.size(), seg.weight);
     }

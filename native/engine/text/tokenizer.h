@@ -15,6 +15,7 @@
 // "<|startoftext|>" and "<|endoftext|>" in a prompt become their special ids.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -39,6 +40,18 @@ struct WeightedTokens {
     int chunks() const { return static_cast<int>(tokens.size() / kClipChunkLength); }
 };
 
+// Words matched as special tokens inside the (lowercased) prompt text, each occurrence replaced
+// by the ids `resolve` gives for it: textual-inversion triggers (adapters/embeddings.h). As
+// stable-diffusion.cpp, a word matches anywhere in the text, even inside a longer word, and is
+// cut out before the rest is split into words. Where two words start at the same place the
+// longest wins (the reference takes the first in sorted order, i.e. the shortest of a prefix
+// pair: a deliberate difference).
+struct SpecialWords {
+    std::vector<std::string> words;  // lowercased (ASCII), non-empty
+    // The ids of words[i]; called for each occurrence, on the tokenizing thread. May throw.
+    std::function<std::vector<int32_t>(size_t i)> resolve;
+};
+
 class ClipTokenizer {
 public:
     // merges_text: one merge per line ("i n", "th e</w>", ...), most frequent first; an opening
@@ -47,15 +60,16 @@ public:
     // 0 for SD2.x's OpenCLIP ViT-H.
     explicit ClipTokenizer(std::string_view merges_text, int32_t pad_token = kClipEosToken);
 
-    // Token ids of `text`, without BOS/EOS.
-    std::vector<int32_t> encode(const std::string & text) const;
+    // Token ids of `text`, without BOS/EOS; `specials` (may be null): words replaced by their ids.
+    std::vector<int32_t> encode(const std::string & text, const SpecialWords * specials = nullptr) const;
     // The vocabulary strings of encode(text), e.g. {"low", "res</w>"}.
     std::vector<std::string> pieces(const std::string & text) const;
 
     // The whole prompt pipeline: emphasis parse, BREAK, chunking.
-    WeightedTokens tokenize(const std::string & prompt) const;
-    // Same, from segments already parsed (parse_prompt_attention).
-    WeightedTokens tokenize(const std::vector<PromptSegment> & segments) const;
+    WeightedTokens tokenize(const std::string & prompt, const SpecialWords * specials = nullptr) const;
+    // Same, from segments already parsed (parse_prompt_attention). Special words' ids take their
+    // segment's weight and count toward chunks and BREAK like any token.
+    WeightedTokens tokenize(const std::vector<PromptSegment> & segments, const SpecialWords * specials = nullptr) const;
 
     int32_t pad_token() const { return pad_token_; }
     // The vocabulary string of `id` (byte-level: a space byte reads "\u0120" etc.).
