@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "components/controlnet.h"
 #include "core/errors.h"
 #include "diffusion/rng.h"
 #include "kernels/cpu-kernels.h"
@@ -89,6 +90,24 @@ struct HiresParams {
     std::optional<std::string> upscaler;  // hires_upscaler names (model/options.h); default "latent"
 };
 
+// One ControlNet of a generation (components/controlnet.h): its residuals, times `strength`
+// (default kDefaultControlStrength, the reference's --control-strength), go into the UNet at the
+// steps from `start` to `end` (fractions of the pass's sampling steps; defaults 0 and 1).
+// `image`: the control image, width x height (the caller resizes), 1, 3 or 4 channels; with
+// `canny` it is first made an edge map as the reference's --canny does. Several are summed.
+struct ControlNetUse {
+    std::shared_ptr<const ControlNet> net;
+    ImageBytes image;
+    std::optional<double> strength, start, end;
+    std::optional<CannyParams> canny;
+};
+struct ResolvedControlNet {
+    std::string path;
+    float strength = 0, start = 0, end = 1;
+    bool canny = false;
+    CannyParams canny_params;
+};
+
 // What generate() is asked; every field but the prompts may be left out for its default
 // (model/options.h, the sampler's own defaults in diffusion/samplers.h). Names are the API's
 // ("euler_a", "karras", "cuda"); the engine parses and checks them.
@@ -134,6 +153,8 @@ struct GenerateParams {
     bool previews = false;
     std::optional<std::string> preview;
     std::optional<int> preview_interval;
+    // ControlNets, in order (their residuals are summed).
+    std::vector<ControlNetUse> control_nets;
 };
 
 // What the UNet's extra input channels make of a run.
@@ -172,6 +193,7 @@ struct ResolvedParams {
     bool previews = false;
     PreviewMode preview = PreviewMode::Proj;
     int preview_interval = kDefaultPreviewInterval;
+    std::vector<ResolvedControlNet> control_nets;
 };
 
 struct GeneratedImage {

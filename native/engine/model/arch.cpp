@@ -487,6 +487,7 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
             case Component::TextEncoder: info.parameters.text_encoder += n; break;
             case Component::TextEncoder2: info.parameters.text_encoder_2 += n; break;
             case Component::Taesd: info.parameters.taesd += n; break;
+            case Component::ControlNet: break;  // ControlNet files are loaded on their own
         }
         if (counted.insert(t.source).second) ++info.dtypes[dtype_name(t.source->dtype, t.source->type)];
     }
