@@ -25,6 +25,7 @@ import {
   type Scheduler,
 } from './options.ts';
 import { expectKnownKeys, expectOneOf, invalid, isObject } from './validate.ts';
+import { checkControlNets, controlNetFields, type ControlNetUnit, type NativeControlNetRequest, type ResolvedControlNet } from './controlnet.ts';
 
 /** One progress report of `generate()`: sent once per sampling step, in order. */
 export interface GenerateProgress {
@@ -256,6 +257,15 @@ export interface GenerateOptions {
   preview?: PreviewMode;
   /** A preview every this many steps of each image, 1 to 1000. @default 1 */
   previewInterval?: number;
+  /**
+   * ControlNets from {@link loadControlNet}, each with its control image (resized to the
+   * generation size as `initImage` is), strength, and the fraction of the steps it applies in.
+   * Several are summed (each times its strength). Works with img2img, hires (the control image
+   * resized to the hires size) and batches.
+   * @default none
+   * @example controlNets: [{ model: canny, image: 'photo.png', preprocess: 'canny', strength: 0.9 }]
+   */
+  controlNets?: ControlNetUnit[];
 }
 
 /** See {@link GenerateOptions.refiner}. */
@@ -345,6 +355,8 @@ export interface ResolvedGenerateOptions {
   /** With previews. */
   preview?: PreviewMode;
   previewInterval?: number;
+  /** The ControlNets applied, defaults filled in. */
+  controlNets?: ResolvedControlNet[];
 }
 
 /** An image as the native side receives it: decoded, resized, 8-bit. */
@@ -352,7 +364,7 @@ export interface NativeImage { data: Uint8Array; width: number; height: number; 
 
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
 export type NativeGenerateRequest = Partial<
-  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep'>
+  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep' | 'controlNets'>
 > & import('./binding.ts').NativeCodecOptions & {
   prompt: string;
   scheduler?: Scheduler;
@@ -365,6 +377,7 @@ export type NativeGenerateRequest = Partial<
   initImage?: NativeImage;
   mask?: NativeImage;
   hires?: HiresOptions;
+  controlNets?: NativeControlNetRequest[];
 };
 
 /** The image options, read (decoded, resized) before the native call. */
@@ -374,6 +387,8 @@ export interface ImageRequest {
   resizeMode: ResizeMode;
   maskBlur: number;
   invertMask: boolean;
+  /** The ControlNets, their images read with the others. */
+  controlNets?: ReturnType<typeof checkControlNets>;
 }
 
 const KNOWN_KEYS = new Set([
@@ -382,6 +397,7 @@ const KNOWN_KEYS = new Set([
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
   'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
   'aestheticScore', 'negativeAestheticScore', 'refiner',
+  'controlNets',
 ]);
 
 /** A { a, b } object of integers in the size-conditioning range. */
@@ -533,9 +549,11 @@ export function checkGenerateOptions(
     }
     refiner = { model: r.model as import('./model.ts').Model, switchAt };
   }
+  const controlNets = checkControlNets(o.controlNets);
+  if (controlNets) request.controlNets = controlNets.requests;
   return {
     request,
-    images: { initImage, mask, resizeMode, maskBlur, invertMask: o.invertMask === true },
+    images: { initImage, mask, resizeMode, maskBlur, invertMask: o.invertMask === true, controlNets },
     signal: checkSignal('signal', o.signal),
     onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
     onPreview,
@@ -639,6 +657,7 @@ export function parametersText(
         ]
       : []),
     ...(o.refiner ? [`Refiner: ${o.refiner.model}`, `Refiner switch at: ${o.refiner.switchAt}`] : []),
+    ...controlNetFields(o.controlNets),
     `Version: sdnode ${version}`,
   ];
   lines.push(fields.join(', '));

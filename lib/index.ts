@@ -44,6 +44,14 @@ export {
   type Latent,
   type RandnOptions,
 } from './model.ts';
+export {
+  loadControlNet,
+  ControlNet,
+  type LoadControlNetOptions,
+  type ControlNetUnit,
+  type CannyOptions,
+  type ResolvedControlNet,
+} from './controlnet.ts';
 export type {
   GenerateOptions,
   GenerateResult,

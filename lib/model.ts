@@ -34,7 +34,8 @@ import {
   type WeightType,
 } from './options.ts';
 import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
-import { DECODERS, LIMITS, PREDICTIONS } from './engine-tables.ts';
+import { ARCH_DEFAULTS, DECODERS, LIMITS, PREDICTIONS } from './engine-tables.ts';
+import { readControlImages } from './controlnet.ts';
 import {
   checkGenerateOptions,
   makeImage,
@@ -607,7 +608,11 @@ export class Model {
     Object.assign(request, checkCodecOptions(options as unknown as Record<string, unknown>));
     throwIfAborted(signal, 'generate');
     const session = this.nativeSession('generate()');
-    return readImageInputs(imageRequest, request, info).then(() => {
+    return readImageInputs(imageRequest, request, info).then(async () => {
+      if (imageRequest.controlNets) {
+        const side = ARCH_DEFAULTS[info.architecture];
+        await readControlImages(imageRequest.controlNets, request.width ?? side.width, request.height ?? side.height, imageRequest.resizeMode);
+      }
       throwIfAborted(signal, 'generate');
       const { flag, cleanup } = abortFlagFor(signal);
       const guard = new CallbackGuard<NativeGenerateEvent>((e) => {
@@ -625,6 +630,7 @@ export class Model {
               used.maskBlur = imageRequest.maskBlur;
               used.invertMask = imageRequest.invertMask;
             }
+            if (request.controlNets && request.initImage === undefined) used.resizeMode = imageRequest.resizeMode;
             return r;
           },
           (e: unknown) => {

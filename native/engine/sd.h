@@ -103,7 +103,7 @@ struct ControlNetUse {
 };
 struct ResolvedControlNet {
     std::string path;
-    float strength = 0, start = 0, end = 1;
+    double strength = 0, start = 0, end = 1;  // as given (the sampler uses them as floats)
     bool canny = false;
     CannyParams canny_params;
 };

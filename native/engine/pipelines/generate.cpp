@@ -350,9 +350,12 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         check_image_bytes(name + ".image", c.image, r.width, r.height, false);
         ResolvedControlNet rc;
         rc.path = c.net->path();
-        rc.strength = number_in((name + ".strength").c_str(), c.strength, kDefaultControlStrength, kControlStrengthMin, kControlStrengthMax);
-        rc.start = number_in((name + ".start").c_str(), c.start, kDefaultControlStart, kControlWindowMin, kControlWindowMax);
-        rc.end = number_in((name + ".end").c_str(), c.end, kDefaultControlEnd, kControlWindowMin, kControlWindowMax);
+        number_in((name + ".strength").c_str(), c.strength, kDefaultControlStrength, kControlStrengthMin, kControlStrengthMax);
+        number_in((name + ".start").c_str(), c.start, kDefaultControlStart, kControlWindowMin, kControlWindowMax);
+        number_in((name + ".end").c_str(), c.end, kDefaultControlEnd, kControlWindowMin, kControlWindowMax);
+        rc.strength = c.strength.value_or(kDefaultControlStrength);
+        rc.start = c.start.value_or(kDefaultControlStart);
+        rc.end = c.end.value_or(kDefaultControlEnd);
         if (!(rc.start < rc.end)) {
             throw_invalid(name + ".start must be below " + name + ".end; received " + number_text(rc.start) + " and " + number_text(rc.end));
         }
@@ -598,12 +601,12 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         const float inf = std::numeric_limits<float>::infinity();
         for (size_t i = 0; i < hints.size(); ++i) {
             const ResolvedControlNet & rc = p.control_nets[i];
-            if (rc.strength == 0.0f) continue;  // adds exactly nothing
+            if (rc.strength == 0.0) continue;  // adds exactly nothing
             const int a = static_cast<int>(std::lround(rc.start * steps)), e = static_cast<int>(std::lround(rc.end * steps));
             DenoiserControl dc;
             dc.net = params.control_nets[i].net.get();
             dc.guided_hint = &hints[i];
-            dc.strength = rc.strength;
+            dc.strength = static_cast<float>(rc.strength);
             dc.sigma_high = a <= 0 ? inf : a >= steps ? -inf : sigmas[static_cast<size_t>(a)];
             dc.sigma_low = e >= steps ? -inf : sigmas[static_cast<size_t>(e)];
             out.push_back(dc);
