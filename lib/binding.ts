@@ -299,6 +299,8 @@ export interface NativeAddon {
   AbortFlag: new () => NativeAbortFlag;
   NativeModel: NativeModelClass;
   NativeControlNet: NativeControlNetClass;
+  /** The Canny preprocessor on a copy of `pixels` (interleaved, 1, 3 or 4 channels), off the JS thread. */
+  canny(pixels: Uint8Array, width: number, height: number, channels: number, options: Record<string, unknown>): Promise<Uint8Array>;
 }
 
 // ------------------------------------------------------------------ loading

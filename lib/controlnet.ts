@@ -274,6 +274,26 @@ export async function readControlImages(
   }
 }
 
+/**
+ * The Canny edge map generate()'s `preprocess: 'canny'` makes of a control image (the same
+ * engine code, on a worker thread): white edges on black (`inverse`: black on white), 3 channels.
+ * @throws {InvalidArgumentError} an option is out of range; {@link ImageFormatError} the image cannot be read.
+ * @example
+ * ```ts
+ * const edges = await cannyEdges('photo.png', { highThreshold: 0.2 });
+ * fs.writeFileSync('edges.png', encodePNG(edges.data, edges.width, edges.height));
+ * ```
+ */
+export async function cannyEdges(
+  image: ImageInput,
+  options?: Omit<CannyOptions, 'type'>,
+): Promise<{ data: Uint8Array; width: number; height: number; channels: 3 }> {
+  const params = checkCanny('options', { type: 'canny', ...expectOptionsObject('options', options) });
+  const img = await readImage(image, 'image');
+  const data = await callNative((a) => a.canny(img.data, img.width, img.height, img.channels, params));
+  return { data, width: img.width, height: img.height, channels: 3 };
+}
+
 /** The A1111 parameters fields of the ControlNets (sd-webui-controlnet's "ControlNet N" layout). */
 export function controlNetFields(nets: readonly ResolvedControlNet[] | undefined): string[] {
   return (nets ?? []).map((c, i) => {

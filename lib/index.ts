@@ -46,6 +46,7 @@ export {
 } from './model.ts';
 export {
   loadControlNet,
+  cannyEdges,
   ControlNet,
   type LoadControlNetOptions,
   type ControlNetUnit,

@@ -174,6 +174,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Napi::Function controlnet = ControlNetWrap::Define(env);
     state->controlnet_ctor = Napi::Persistent(controlnet);
     exports.Set("NativeControlNet", controlnet);
+    exports.Set("canny", Napi::Function::New(env, Canny, "canny"));
     env.SetInstanceData(state);
     // Runs before the environment's objects are finalized (and before Node may unload the addon):
     // every job aborted, every engine thread joined.

@@ -97,4 +97,36 @@ Napi::Value ControlNetWrap::Dispose(const Napi::CallbackInfo & info) {
     return info.Env().Undefined();
 }
 
+Napi::Value Canny(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 5 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+        !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber() || !info[4].IsObject()) {
+        throw_invalid_js(env, "canny(pixels: Uint8Array, width, height, channels, options)");
+    }
+    const Napi::Uint8Array a = info[0].As<Napi::Uint8Array>();
+    auto pixels = std::make_shared<std::vector<uint8_t>>(a.Data(), a.Data() + a.ElementLength());
+    const int width = info[1].As<Napi::Number>().Int32Value(), height = info[2].As<Napi::Number>().Int32Value();
+    const int channels = info[3].As<Napi::Number>().Int32Value();
+    const Napi::Object k = info[4].As<Napi::Object>();
+    return guard(env, [&]() -> Napi::Value {
+        sd::CannyParams cp;
+        cp.high_threshold = optional_number(k, "highThreshold").value_or(cp.high_threshold);
+        cp.low_threshold = optional_number(k, "lowThreshold").value_or(cp.low_threshold);
+        cp.weak = optional_number(k, "weak").value_or(cp.weak);
+        cp.strong = optional_number(k, "strong").value_or(cp.strong);
+        cp.inverse = k.Get("inverse").ToBoolean().Value();
+        return Job<std::shared_ptr<std::vector<uint8_t>>>::Start(
+            env, "sdnode.canny", own_thread(env),
+            [pixels, width, height, channels, cp]() {
+                sd::preprocess_canny(*pixels, width, height, channels, cp);
+                return pixels;
+            },
+            [](Napi::Env e, std::shared_ptr<std::vector<uint8_t>> & out) -> Napi::Value {
+                Napi::Uint8Array data = Napi::Uint8Array::New(e, out->size());
+                std::copy(out->begin(), out->end(), data.Data());
+                return data;
+            });
+    });
+}
+
 }  // namespace sdnode

@@ -9,6 +9,10 @@
 
 namespace sdnode {
 
+// canny(pixels, width, height, channels, { highThreshold?, lowThreshold?, weak?, strong?, inverse? })
+// -> Promise<Uint8Array>: the reference's Canny preprocessor on a copy, off the JS thread.
+Napi::Value Canny(const Napi::CallbackInfo & info);
+
 class ControlNetWrap : public Napi::ObjectWrap<ControlNetWrap> {
 public:
     static Napi::Function Define(Napi::Env env);
