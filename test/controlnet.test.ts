@@ -2,6 +2,7 @@
 // the start/end window, several at once, dispose, files that do not fit or are broken, bad options,
 // the Canny preprocessor, and img2img / hires / batch.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +22,8 @@ import {
   type GenerateOptions,
   type Model,
 } from '../lib/index.ts';
+import { packageRoot } from '../lib/binding.ts';
+import { decodePNG } from '../lib/image.ts';
 import { writeControlNet } from './fixtures/controlnet.ts';
 import { generateCheckpoint } from './fixtures/generate.ts';
 
@@ -49,6 +52,8 @@ before(async () => {
   ldm = await loadControlNet(file('cn-ldm.safetensors'));
   hf = await loadControlNet(file('cn-hf.safetensors'));
   other = await loadControlNet(file('cn-other.safetensors'));
+  fs.writeFileSync(file('control.png'), await sharp(Buffer.from(square), { raw: { width: 64, height: 64, channels: 3 } }).png().toBuffer());
+  await writeControlNet({ out: file('cn-shape.safetensors'), tiny, reshape: { 'zero_convs.2.0.weight': [32, 16, 1, 1] } });
 });
 after(async () => {
   await Promise.all([model, ldm, hf, other].map((x) => x?.dispose()));
@@ -266,5 +271,39 @@ describe('Canny preprocessor', () => {
     const r = await model.generate({ ...base, controlNets: [{ model: ldm, image: control, preprocess: { type: 'canny', highThreshold: 0.3 } }] });
     assert.deepEqual(r.options.controlNets?.[0]?.preprocess, { type: 'canny', highThreshold: 0.3, lowThreshold: 0.08, weak: 0.8, strong: 1, inverse: false });
     assert.match((await readParameters(r.images[0].toPNG()))?.text ?? '', /ControlNet 0: "Module: canny/);
+  });
+});
+
+describe('command line', () => {
+  const cli = (...args: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'lib', 'cli', 'main.ts'), 'generate', ...args], { encoding: 'utf8' });
+  const common = () => ['-m', checkpoint, '-p', 'a red ball', '-W', '64', '-H', '64', '--steps', '2', '-s', '5', '--sampler', 'euler', '-t', '2'];
+
+  test('--control-net, --control-image, --control-strength, --canny: the API numbers', async () => {
+    const png = file('control.png');
+    const out = file('cli-cn.png');
+    const r = cli(...common(), '-o', out, '--control-net', file('cn-ldm.safetensors'), '--control-image', png, '--control-strength', '0.7', '--canny');
+    assert.equal(r.status, 0, r.stderr);
+    const api = await model.generate({ ...base, steps: 2, returnLatents: false, controlNets: [{ model: ldm, image: png, strength: 0.7, preprocess: 'canny' }] });
+    assert.deepEqual(decodePNG(fs.readFileSync(out)).data, api.images[0].data);
+    assert.match((await readParameters(out))?.text ?? '', /ControlNet 0: "Module: canny, Model: cn-ldm, Weight: 0.7/);
+  });
+
+  test('errors use the flag names', async () => {
+    const png = file('control.png');
+    const missing = cli(...common(), '-o', file('x.png'), '--control-image', png);
+    assert.notEqual(missing.status, 0);
+    assert.match(missing.stderr, /--control-image must be given with --control-net FILE/);
+    const noImage = cli(...common(), '-o', file('x.png'), '--control-net', file('cn-ldm.safetensors'));
+    assert.match(noImage.stderr, /--control-image must be a control image for --control-net/);
+    const strength = cli(...common(), '-o', file('x.png'), '--control-net', file('cn-ldm.safetensors'), '--control-image', png, '--control-strength', '20');
+    assert.notEqual(strength.status, 0);
+    assert.match(strength.stderr, /--control-strength must be/);
+    const window = cli(...common(), '-o', file('x.png'), '--control-net', file('cn-ldm.safetensors'), '--control-image', png, '--control-start', '0.8', '--control-end', '0.2');
+    assert.match(window.stderr, /--control-start must be below --control-end/);
+    const broken = cli(...common(), '-o', file('x.png'), '--control-net', file('cn-shape.safetensors'), '--control-image', png);
+    assert.match(broken.stderr, /ModelFormatError: .*zero_convs\.2\.0\.weight/);
+    const gone = cli(...common(), '-o', file('x.png'), '--control-net', file('nope.safetensors'), '--control-image', png);
+    assert.match(gone.stderr, /--control-net: cannot open .*nope\.safetensors: no such file/);
   });
 });
