@@ -203,6 +203,37 @@ describe('ControlNet', () => {
       e instanceof UnsupportedModelError && /is not a ControlNet.*checkpoint \(load it with loadModel\)/.test(e.message));
   });
 
+  test('loadModel on a ControlNet file says what it is', async () => {
+    await assert.rejects(loadModel(file('cn-ldm.safetensors')), (e: unknown) =>
+      e instanceof UnsupportedModelError && /is a ControlNet.*loadControlNet\(\)/.test(e.message));
+  });
+
+  test('a prompt longer than the negative one (passes run one by one, each with its own context)', async () => {
+    const prompt = Array.from({ length: 90 }, (_, i) => `word${i}`).join(' ');
+    const none = await latent({ prompt });
+    const withNet = await latent({ prompt, controlNets: [{ model: ldm, image: control }] });
+    assert.ok(rel(withNet, none) > 1e-3);
+    assert.deepEqual(await latent({ prompt, controlNets: [{ model: ldm, image: control, strength: 0 }] }), none);
+  });
+
+  test('SDXL-style ControlNets (label embedding): both namings', async () => {
+    const made = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: file('sdxl.safetensors'), seed: 2, tiny });
+    await using xl = await loadModel(made.path, { threads: 2 });
+    await writeControlNet({ out: file('cn-xl.safetensors'), arch: 'sdxl', tiny });
+    await writeControlNet({ out: file('cn-xl-hf.safetensors'), arch: 'sdxl', tiny, layout: 'diffusers' });
+    await using a = await loadControlNet(file('cn-xl.safetensors'));
+    await using b = await loadControlNet(file('cn-xl-hf.safetensors'));
+    const opts = { ...base, steps: 2 };
+    const none = (await xl.generate(opts)).latents![0];
+    const la = (await xl.generate({ ...opts, controlNets: [{ model: a, image: control }] })).latents![0];
+    const lb = (await xl.generate({ ...opts, controlNets: [{ model: b, image: control }] })).latents![0];
+    assert.deepEqual(la, lb);
+    assert.ok(rel(la, none) > 1e-3);
+    // An SD1 ControlNet does not fit an SDXL UNet.
+    await assert.rejects(xl.generate({ ...opts, controlNets: [{ model: ldm, image: control }] }), (e: unknown) =>
+      e instanceof InvalidArgumentError && /controlNets\[0\].*does not fit this model's UNet/.test(e.message));
+  });
+
   test('bad options are typed errors naming the option', async () => {
     const bad = async (controlNets: unknown, pattern: RegExp) =>
       assert.rejects(model.generate({ ...base, controlNets } as unknown as GenerateOptions), (e: unknown) =>
