@@ -46,6 +46,7 @@ export interface LoadControlNetOptions {
  * strongest edge.
  */
 export interface CannyOptions {
+  /** The preprocessor: `'canny'` (the only one). */
   type: 'canny';
   /** Edges at least this strong (times the strongest) are kept. @default 0.08 */
   highThreshold?: number;
