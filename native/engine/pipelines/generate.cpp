@@ -529,6 +529,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     GenerateOutput out;
     out.params = resolve_generate_params(model, params);
     model.check_files_unchanged();
+    for (const ControlNetUse & c : params.control_nets) c.net->check_files_unchanged();
     const ResolvedParams & p = out.params;
     const Clock::time_point t0 = Clock::now();
     GraphRunner & runner = session.runner();
