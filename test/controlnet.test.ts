@@ -234,6 +234,17 @@ describe('ControlNet', () => {
       e instanceof InvalidArgumentError && /controlNets\[0\].*does not fit this model's UNet/.test(e.message));
   });
 
+  test('SD2-style ControlNets (linear projections, fixed head width)', async () => {
+    const made = await generateCheckpoint({ arch: 'sd2', format: 'safetensors', out: file('sd2.safetensors'), seed: 2, tiny });
+    await using m = await loadModel(made.path, { threads: 2 });
+    await writeControlNet({ out: file('cn-sd2.safetensors'), arch: 'sd2', tiny, layout: 'diffusers' });
+    await using c = await loadControlNet(file('cn-sd2.safetensors'));
+    const opts = { ...base, steps: 2 };
+    const none = (await m.generate(opts)).latents![0];
+    const withNet = (await m.generate({ ...opts, controlNets: [{ model: c, image: control }] })).latents![0];
+    assert.ok(rel(withNet, none) > 1e-3);
+  });
+
   test('bad options are typed errors naming the option', async () => {
     const bad = async (controlNets: unknown, pattern: RegExp) =>
       assert.rejects(model.generate({ ...base, controlNets } as unknown as GenerateOptions), (e: unknown) =>
