@@ -246,6 +246,39 @@ export interface NativeSession {
   dispose(): Promise<void>;
 }
 
+/** NativeControlNet.info(): what loadControlNet found. */
+export interface NativeControlNetInfo {
+  path: string;
+  /** The family it fits, by its context width. */
+  architecture: 'sd1' | 'sd2' | 'sdxl' | 'unknown';
+  device: string;
+  weightBytes: number;
+  mappedBytes: number;
+  contextDim: number;
+  modelChannels: number;
+  latentChannels: number;
+  hintChannels: number;
+  /** Residuals per evaluation: one per UNet input block, then the middle block's. */
+  controlCount: number;
+  unusedTensors: string[];
+  warnings: string[];
+}
+
+/** A loaded ControlNet: immutable, shared by every generation that names it. */
+export interface NativeControlNet {
+  info(): NativeControlNetInfo;
+  dispose(): void;
+}
+
+export interface NativeControlNetClass {
+  load(
+    path: string,
+    options: { weightType?: string; threads?: number; device?: string },
+    onProgress?: (fraction: number) => void,
+    abort?: NativeAbortFlag,
+  ): Promise<NativeControlNet>;
+}
+
 /** The engine's option tables (lib/engine-tables.ts is generated from them). */
 export interface NativeOptionTables {
   samplers: string[];
@@ -292,6 +325,9 @@ export interface NativeAddon {
   shutdown(): void;
   AbortFlag: new () => NativeAbortFlag;
   NativeModel: NativeModelClass;
+  NativeControlNet: NativeControlNetClass;
+  /** The Canny preprocessor on a copy of `pixels` (interleaved, 1, 3 or 4 channels), off the JS thread. */
+  canny(pixels: Uint8Array, width: number, height: number, channels: number, options: Record<string, unknown>): Promise<Uint8Array>;
 }
 
 // ------------------------------------------------------------------ loading

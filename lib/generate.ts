@@ -27,6 +27,7 @@ import {
 import { expectKnownKeys, expectOneOf, invalid, isObject } from './validate.ts';
 import { checkLoras, extractLoraTags, type LoraApply, type LoraSpec, type NativeLora } from './lora.ts';
 import { checkEmbeddings } from './embeddings.ts';
+import { checkControlNets, controlNetFields, type ControlNetUnit, type NativeControlNetRequest, type ResolvedControlNet } from './controlnet.ts';
 
 /** One progress report of `generate()`: sent once per sampling step, in order. */
 export interface GenerateProgress {
@@ -280,6 +281,15 @@ export interface GenerateOptions {
    * @example `embeddings: [{ path: 'emb/rndemb.safetensors' }]` then `prompt: 'a portrait in the style of rndemb'`
    */
   embeddings?: import('./embeddings.ts').EmbeddingOption[];
+  /**
+   * ControlNets from {@link loadControlNet}, each with its control image (resized to the
+   * generation size as `initImage` is), strength, and the fraction of the steps it applies in.
+   * Several are summed (each times its strength). Works with img2img, hires (the control image
+   * resized to the hires size) and batches.
+   * @default none
+   * @example controlNets: [{ model: canny, image: 'photo.png', preprocess: 'canny', strength: 0.9 }]
+   */
+  controlNets?: ControlNetUnit[];
 }
 
 /** See {@link GenerateOptions.refiner}. */
@@ -376,6 +386,8 @@ export interface ResolvedGenerateOptions {
   /** With LoRAs: the files and weights used (the prompt's tags resolved, weights summed per file), and how they were applied. */
   loras?: NativeLora[];
   loraApply?: Exclude<LoraApply, 'auto'>;
+  /** The ControlNets applied, defaults filled in. */
+  controlNets?: ResolvedControlNet[];
 }
 
 /** An image as the native side receives it: decoded, resized, 8-bit. */
@@ -383,7 +395,7 @@ export interface NativeImage { data: Uint8Array; width: number; height: number; 
 
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
 export type NativeGenerateRequest = Partial<
-  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep' | 'loraApply'>
+  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep' | 'loraApply' | 'controlNets'>
 > & import('./binding.ts').NativeCodecOptions & {
   prompt: string;
   scheduler?: Scheduler;
@@ -399,6 +411,7 @@ export type NativeGenerateRequest = Partial<
   loraApply?: LoraApply;
   /** Textual-inversion embeddings, paths absolute. */
   embeddings?: import('./embeddings.ts').NativeEmbedding[];
+  controlNets?: NativeControlNetRequest[];
 };
 
 /** The image options, read (decoded, resized) before the native call. */
@@ -408,6 +421,8 @@ export interface ImageRequest {
   resizeMode: ResizeMode;
   maskBlur: number;
   invertMask: boolean;
+  /** The ControlNets, their images read with the others. */
+  controlNets?: ReturnType<typeof checkControlNets>;
 }
 
 const KNOWN_KEYS = new Set([
@@ -416,6 +431,7 @@ const KNOWN_KEYS = new Set([
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
   'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
   'aestheticScore', 'negativeAestheticScore', 'refiner', 'loras', 'loraApply',
+  'controlNets',
 ]);
 
 KNOWN_KEYS.add('embeddings');
@@ -574,9 +590,11 @@ export function checkGenerateOptions(
     }
     refiner = { model: r.model as import('./model.ts').Model, switchAt };
   }
+  const controlNets = checkControlNets(o.controlNets);
+  if (controlNets) request.controlNets = controlNets.requests;
   return {
     request,
-    images: { initImage, mask, resizeMode, maskBlur, invertMask: o.invertMask === true },
+    images: { initImage, mask, resizeMode, maskBlur, invertMask: o.invertMask === true, controlNets },
     signal: checkSignal('signal', o.signal),
     onProgress: checkCallback<(p: GenerateProgress) => void>('onProgress', o.onProgress),
     onPreview,
@@ -681,6 +699,7 @@ export function parametersText(
         ]
       : []),
     ...(o.refiner ? [`Refiner: ${o.refiner.model}`, `Refiner switch at: ${o.refiner.switchAt}`] : []),
+    ...controlNetFields(o.controlNets),
     `Version: sdnode ${version}`,
   ];
   lines.push(fields.join(', '));

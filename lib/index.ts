@@ -44,6 +44,15 @@ export {
   type Latent,
   type RandnOptions,
 } from './model.ts';
+export {
+  loadControlNet,
+  cannyEdges,
+  ControlNet,
+  type LoadControlNetOptions,
+  type ControlNetUnit,
+  type CannyOptions,
+  type ResolvedControlNet,
+} from './controlnet.ts';
 export type {
   GenerateOptions,
   GenerateResult,

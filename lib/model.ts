@@ -36,7 +36,8 @@ import {
   type WeightType,
 } from './options.ts';
 import { expectIntegerInRange, expectKnownKeys, expectNonEmptyString, expectOneOf, invalid, isObject, isString } from './validate.ts';
-import { DECODERS, LIMITS, LORA_APPLY_MODES, PREDICTIONS } from './engine-tables.ts';
+import { ARCH_DEFAULTS, DECODERS, LIMITS, LORA_APPLY_MODES, PREDICTIONS } from './engine-tables.ts';
+import { readControlImages } from './controlnet.ts';
 import {
   checkGenerateOptions,
   makeImage,
@@ -666,7 +667,11 @@ export class Model {
     const session = this.nativeSession('generate()');
     const loras = resolveLoras(checked.loras.specs, checked.loras.tags, this.loraDir);
     if (loras.length > 0) request.loras = loras;
-    return readImageInputs(imageRequest, request, info).then(() => {
+    return readImageInputs(imageRequest, request, info).then(async () => {
+      if (imageRequest.controlNets) {
+        const side = ARCH_DEFAULTS[info.architecture];
+        await readControlImages(imageRequest.controlNets, request.width ?? side.width, request.height ?? side.height, imageRequest.resizeMode);
+      }
       throwIfAborted(signal, 'generate');
       const { flag, cleanup } = abortFlagFor(signal);
       const guard = new CallbackGuard<NativeGenerateEvent>((e) => {
@@ -686,6 +691,7 @@ export class Model {
               used.maskBlur = imageRequest.maskBlur;
               used.invertMask = imageRequest.invertMask;
             }
+            if (request.controlNets && request.initImage === undefined) used.resizeMode = imageRequest.resizeMode;
             return r;
           },
           (e: unknown) => {

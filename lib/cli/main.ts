@@ -22,6 +22,7 @@ import { systemInfo } from '../system.ts';
 import { IoError, SdError } from '../errors.ts';
 import { readParameters } from '../parameters.ts';
 import { version } from '../version.ts';
+import { loadControlNet, type ControlNet, type ControlNetUnit } from '../controlnet.ts';
 
 const USAGE = `Usage: sdnode <command> [options]
 
@@ -106,6 +107,14 @@ previews:
                            (default none)
       --preview-method M   ${PREVIEW_MODES.join(', ')} (default taesd with --taesd, else proj: latent-sized)
       --preview-interval N a preview every N steps (default ${DEFAULTS.previewInterval})
+
+ControlNet:
+      --control-net FILE   a ControlNet (SD1.x/SD2.x, LDM or diffusers names) (default none)
+      --control-image IMG  its control image, fitted to -W x -H as --init-img (needs --control-net)
+      --control-strength X how much it steers, 0 to ${LIMITS['controlNets.strength'].max} (default 0.9)
+      --control-start X    fraction of the steps at which it starts (default 0)
+      --control-end X      fraction of the steps at which it stops (default 1)
+      --canny              make the control image an edge map first (the reference's --canny)
 
 Options:
   -h, --help               show this help
@@ -492,8 +501,49 @@ function parseGenerateArgs(args: string[]) {
       'preview-interval': { type: 'string' },
       'embeddings-dir': { type: 'string' },
       embedding: { type: 'string', multiple: true },
+      'control-net': { type: 'string' },
+      'control-image': { type: 'string' },
+      'control-strength': { type: 'string' },
+      'control-start': { type: 'string' },
+      'control-end': { type: 'string' },
+      canny: { type: 'boolean' },
     },
   });
+}
+
+/** The ControlNet flags, checked before anything loads; undefined without --control-net. */
+function controlNetFlags(values: GenerateValues): (Omit<ControlNetUnit, 'model'> & { file: string }) | undefined {
+  const file = values['control-net'];
+  if (file === undefined) {
+    for (const flag of ['control-image', 'control-strength', 'control-start', 'control-end', 'canny'] as const) {
+      if (values[flag] !== undefined) invalid(`--${flag}`, 'given with --control-net FILE', values[flag]);
+    }
+    return undefined;
+  }
+  const image = values['control-image'];
+  if (image === undefined) invalid('--control-image', 'a control image for --control-net', undefined);
+  checkInputs({ '--control-net': file, '--control-image': image });
+  const o: Omit<ControlNetUnit, 'model'> & { file: string } = { file, image };
+  const strength = num('control-strength', values['control-strength']);
+  const start = num('control-start', values['control-start']);
+  const end = num('control-end', values['control-end']);
+  if (strength !== undefined) o.strength = strength;
+  if (start !== undefined) o.start = start;
+  if (end !== undefined) o.end = end;
+  if (values.canny) o.preprocess = 'canny';
+  return o;
+}
+
+/** generate()'s controlNets[0] errors in the flags' words ("controlNets[0].strength" -> "--control-strength"). */
+function withControlNetFlags(e: unknown): unknown {
+  if (!(e instanceof SdError)) return e;
+  const flags: Array<[RegExp, string]> = [
+    [/controlNets\[0\]\.preprocess(\.\w+)?/g, '--canny'], [/controlNets\[0\]\.strength/g, '--control-strength'],
+    [/controlNets\[0\]\.start/g, '--control-start'], [/controlNets\[0\]\.end/g, '--control-end'],
+    [/controlNets\[0\]\.image/g, '--control-image'], [/controlNets\[0\](\.model)?/g, '--control-net'],
+  ];
+  for (const [re, flag] of flags) e.message = e.message.replace(re, flag);
+  return e;
 }
 
 type GenerateValues = ReturnType<typeof parseGenerateArgs>['values'];
@@ -503,8 +553,10 @@ async function generate(args: string[]): Promise<number> {
   try {
     return await runGenerate(values);
   } catch (e) {
-    throw withFlagNames(e, { '--model': values.model, '--init-img': values['init-img'], '--mask': values.mask, '--vae': values.vae, '--taesd': values.taesd,
-      '--embeddings-dir': values['embeddings-dir'] });
+    throw withFlagNames(withControlNetFlags(e), {
+      '--model': values.model, '--init-img': values['init-img'], '--mask': values.mask, '--vae': values.vae, '--taesd': values.taesd,
+      '--embeddings-dir': values['embeddings-dir'], '--control-net': values['control-net'], '--control-image': values['control-image'],
+    });
   }
 }
 
@@ -532,6 +584,7 @@ async function runGenerate(values: GenerateValues): Promise<number> {
   }
   checkInputs({ '--init-img': values['init-img'], '--mask': values.mask });
   const imageOptions = imageToImageOptions(values);
+  const control = controlNetFlags(values);
   const bar = new cliProgress.SingleBar(
     { stream: process.stderr, format: '{stage} [{bar}] {value}/{total} {extra}', hideCursor: true, clearOnComplete: false },
     cliProgress.Presets.shades_classic,
@@ -551,9 +604,17 @@ async function runGenerate(values: GenerateValues): Promise<number> {
       signal: controller.signal,
       onProgress: ({ fraction }) => bar.update(Math.round(fraction * 100)),
     });
+    let net: ControlNet | undefined;
     try {
+      if (control) {
+        net = await loadControlNet(control.file, {
+          weightType: values.type as WeightType | undefined, threads: num('threads', values.threads), backend: values.backend, signal: controller.signal,
+        });
+      }
+      const { file: _, ...unit } = control ?? { file: '' };
       const t0 = Date.now();
       const result = await model.generate({
+        ...(net ? { controlNets: [{ ...unit, model: net } as ControlNetUnit] } : {}),
         prompt: values.prompt,
         negativePrompt: values['negative-prompt'],
         width: num('width', values.width),
@@ -598,6 +659,7 @@ async function runGenerate(values: GenerateValues): Promise<number> {
       );
       return 0;
     } finally {
+      await net?.dispose();
       await model.dispose();
     }
   } finally {

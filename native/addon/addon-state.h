@@ -13,6 +13,7 @@ struct AddonState {
     Napi::FunctionReference abort_flag_ctor;
     Napi::FunctionReference model_ctor;
     Napi::FunctionReference session_ctor;
+    Napi::FunctionReference controlnet_ctor;
     // What this environment started natively, stopped at its teardown.
     std::shared_ptr<Lifetime> lifetime = std::make_shared<Lifetime>();
 

@@ -15,6 +15,7 @@
 #include "convert.h"
 #include "inspect.h"
 #include "js-error.h"
+#include "controlnet-wrap.h"
 #include "model-wrap.h"
 #include "randn.h"
 #include "sd.h"
@@ -172,6 +173,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     state->abort_flag_ctor = Napi::Persistent(abort_flag);
     state->model_ctor = Napi::Persistent(model);
     state->session_ctor = Napi::Persistent(session);
+    Napi::Function controlnet = ControlNetWrap::Define(env);
+    state->controlnet_ctor = Napi::Persistent(controlnet);
+    exports.Set("NativeControlNet", controlnet);
+    exports.Set("canny", Napi::Function::New(env, Canny, "canny"));
     env.SetInstanceData(state);
     // Runs before the environment's objects are finalized (and before Node may unload the addon):
     // every job aborted, every engine thread joined.

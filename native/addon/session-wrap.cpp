@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "abort-flag.h"
+#include "controlnet-wrap.h"
 #include "convert.h"
 #include "job.h"
 
@@ -232,6 +233,40 @@ sd::GenerateParams generate_params(Napi::Object o) {
     p.loras = lora_requests(o);
     p.lora_apply = optional_string(o, "loraApply");
     p.embeddings = embeddings_from(env, o.Get("embeddings"));
+    // controlNets: [{ model: NativeControlNet, image, strength?, start?, end?, canny?: { highThreshold,
+    // lowThreshold, weak, strong, inverse } }] (lib/ resolves `preprocess` into `canny`).
+    const Napi::Value nets = o.Get("controlNets");
+    if (!nets.IsUndefined()) {
+        if (!nets.IsArray()) throw_invalid_js(env, "controlNets must be an array");
+        const Napi::Array a = nets.As<Napi::Array>();
+        for (uint32_t i = 0; i < a.Length(); ++i) {
+            const std::string name = "controlNets[" + std::to_string(i) + "]";
+            const Napi::Value e = a.Get(i);
+            if (!e.IsObject()) throw_invalid_js(env, name + " must be an object { model, image, strength?, start?, end? }");
+            const Napi::Object co = e.As<Napi::Object>();
+            sd::ControlNetUse use;
+            use.net = ControlNetWrap::From(env, co.Get("model"), name + ".model");
+            const std::optional<sd::ImageBytes> image = optional_image(co, "image");
+            if (!image) throw_invalid_js(env, name + ".image is required");
+            use.image = *image;
+            use.strength = optional_number(co, "strength");
+            use.start = optional_number(co, "start");
+            use.end = optional_number(co, "end");
+            const Napi::Value canny = co.Get("canny");
+            if (!canny.IsUndefined()) {
+                if (!canny.IsObject()) throw_invalid_js(env, name + ".canny must be an object");
+                const Napi::Object k = canny.As<Napi::Object>();
+                sd::CannyParams cp;
+                cp.high_threshold = optional_number(k, "highThreshold").value_or(cp.high_threshold);
+                cp.low_threshold = optional_number(k, "lowThreshold").value_or(cp.low_threshold);
+                cp.weak = optional_number(k, "weak").value_or(cp.weak);
+                cp.strong = optional_number(k, "strong").value_or(cp.strong);
+                cp.inverse = k.Get("inverse").ToBoolean().Value();
+                use.canny = cp;
+            }
+            p.control_nets.push_back(std::move(use));
+        }
+    }
     return p;
 }
 
@@ -302,6 +337,29 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
         }
         o.Set("loras", loras);
         o.Set("loraApply", sd::lora_apply_name(r.lora_apply));
+    }
+    if (!r.control_nets.empty()) {
+        Napi::Array nets = Napi::Array::New(env, r.control_nets.size());
+        for (uint32_t i = 0; i < r.control_nets.size(); ++i) {
+            const sd::ResolvedControlNet & c = r.control_nets[i];
+            Napi::Object co = Napi::Object::New(env);
+            co.Set("path", c.path);
+            co.Set("strength", c.strength);
+            co.Set("start", c.start);
+            co.Set("end", c.end);
+            if (c.canny) {
+                Napi::Object k = Napi::Object::New(env);
+                k.Set("type", "canny");
+                k.Set("highThreshold", c.canny_params.high_threshold);
+                k.Set("lowThreshold", c.canny_params.low_threshold);
+                k.Set("weak", c.canny_params.weak);
+                k.Set("strong", c.canny_params.strong);
+                k.Set("inverse", c.canny_params.inverse);
+                co.Set("preprocess", k);
+            }
+            nets.Set(i, co);
+        }
+        o.Set("controlNets", nets);
     }
     return o;
 }

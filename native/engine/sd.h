@@ -21,6 +21,7 @@
 
 #include "adapters/lora.h"
 #include "adapters/embeddings.h"
+#include "components/controlnet.h"
 #include "core/errors.h"
 #include "diffusion/rng.h"
 #include "kernels/cpu-kernels.h"
@@ -91,6 +92,24 @@ struct HiresParams {
     std::optional<std::string> upscaler;  // hires_upscaler names (model/options.h); default "latent"
 };
 
+// One ControlNet of a generation (components/controlnet.h): its residuals, times `strength`
+// (default kDefaultControlStrength, the reference's --control-strength), go into the UNet at the
+// steps from `start` to `end` (fractions of the pass's sampling steps; defaults 0 and 1).
+// `image`: the control image, width x height (the caller resizes), 1, 3 or 4 channels; with
+// `canny` it is first made an edge map as the reference's --canny does. Several are summed.
+struct ControlNetUse {
+    std::shared_ptr<const ControlNet> net;
+    ImageBytes image;
+    std::optional<double> strength, start, end;
+    std::optional<CannyParams> canny;
+};
+struct ResolvedControlNet {
+    std::string path;
+    double strength = 0, start = 0, end = 1;  // as given (the sampler uses them as floats)
+    bool canny = false;
+    CannyParams canny_params;
+};
+
 // What generate() is asked; every field but the prompts may be left out for its default
 // (model/options.h, the sampler's own defaults in diffusion/samplers.h). Names are the API's
 // ("euler_a", "karras", "cuda"); the engine parses and checks them.
@@ -143,6 +162,8 @@ struct GenerateParams {
     // Textual-inversion embeddings for this generation, beside the model's embeddings folder
     // (ModelLoadOptions::embeddings_dir; an entry replaces a folder file of the same trigger).
     std::vector<EmbeddingRef> embeddings;
+    // ControlNets, in order (their residuals are summed).
+    std::vector<ControlNetUse> control_nets;
 };
 
 // What the UNet's extra input channels make of a run.
@@ -183,6 +204,7 @@ struct ResolvedParams {
     int preview_interval = kDefaultPreviewInterval;
     std::vector<LoraRequest> loras;        // the non-zero ones
     LoraApply lora_apply = LoraApply::Merge;  // as resolved for this model (with loras)
+    std::vector<ResolvedControlNet> control_nets;
 };
 
 struct GeneratedImage {

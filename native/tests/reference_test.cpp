@@ -35,6 +35,7 @@
 #include "runtime/graph-runner.h"
 #include "components/text-encoder.h"
 #include "text/tokenizer.h"
+#include "components/controlnet.h"
 #include "components/unet.h"
 #include "components/taesd.h"
 #include "components/vae.h"
@@ -306,6 +307,76 @@ void run_case(const std::string & dir, const std::string & name, ggml_backend_t 
     if (image_psnr >= 0) CHECK(image_psnr > 40.0);
 }
 
+// The ControlNet case (sd15-adapters/controlnet-euler): the 13 step-0 ControlNet outputs for the
+// prompt (strength 1: the reference dumps them before the strength), then the step-0 UNet outputs
+// with the residuals times 0.9 added, for the prompt and the negative prompt (each pass's own
+// ControlNet run, with its own context, as the reference runs them).
+void controlnet_case(const std::string & reference, const std::string & controlnet_path, ggml_backend_t backend,
+                     const sd::ClipTokenizer & tok, Sd15 & weights) {
+    const std::string dir = reference + "/sd15-adapters/controlnet-euler";
+    std::ifstream probe(controlnet_path);
+    if (!probe || !std::ifstream(dir + "/case.json")) {
+        std::printf("controlnet: skipped (no %s or no %s)\n", controlnet_path.c_str(), dir.c_str());
+        return;
+    }
+    const std::string raw = "/tmp/sdnode-ref-control.rgb8";
+    const std::string cmd = "python3 native/tests/tools/png-to-rgb8.py '" + reference + "/images/control.png' '" + raw + "' > /dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) {
+        std::printf("controlnet: skipped (python3 could not decode the control image)\n");
+        return;
+    }
+    const std::string rgb = read_text(raw);
+    std::remove(raw.c_str());
+    const auto net = sd::ControlNet::load(controlnet_path, sd::ControlNetLoadOptions{});
+    sd::GraphRunner runner(backend, 2);
+    sd::TextEncoder text(weights.text, clip_l());
+    sd::Unet unet(weights.unet, sd15_unet());
+    const std::string json = read_text(dir + "/case.json");
+    const sd::HostTensor cond = sd::encode_prompt(runner, text, tok.tokenize(json_string(json, "prompt")), 1);
+    const sd::HostTensor uncond = sd::encode_prompt(runner, text, tok.tokenize(json_string(json, "negativePrompt")), 1);
+    sd::HostTensor image;  // [1, 3, 128, 128] in [0, 1]
+    image.ne[0] = image.ne[1] = 128;
+    image.ne[2] = 3;
+    image.data.resize(128 * 128 * 3);
+    if (rgb.size() != image.data.size()) {
+        CHECK(false);
+        return;
+    }
+    for (int c = 0; c < 3; ++c)
+        for (size_t i = 0; i < 128 * 128; ++i) image.data[c * 128 * 128 + i] = static_cast<uint8_t>(rgb[i * 3 + c]) / 255.0f;
+    const sd::HostTensor guided = net->hint(runner, image);
+    const sd::HostTensor x = read_tensor(dir + "/step0_unet_input");
+    const std::vector<float> t = read_f32(dir + "/step0_timestep.f32");
+    sd::UnetInput in{x, t, cond};
+    const std::vector<sd::HostTensor> outs = net->forward(runner, in, guided, 1.0f);
+    CHECK(outs.size() == 13);
+    double worst = 0;
+    std::string figures;
+    for (size_t i = 0; i < outs.size() && i < 13; ++i) {
+        char stem[64];
+        std::snprintf(stem, sizeof stem, "/step0_control_cond_%02zu", i);
+        const double e = sdtest::relative_l2(outs[i].data, read_f32(dir + stem + ".f32"));
+        worst = std::max(worst, e);
+        char f[32];
+        std::snprintf(f, sizeof f, "%s%.4f", i ? " " : "", 100 * e);
+        figures += f;
+    }
+    double e_unet[2] = {0, 0};
+    const sd::HostTensor * contexts[2] = {&cond, &uncond};
+    const char * outputs[2] = {"/step0_unet_out_cond.f32", "/step0_unet_out_uncond.f32"};
+    for (int k = 0; k < 2; ++k) {
+        sd::UnetInput u{x, t, *contexts[k]};
+        u.control = net->forward(runner, u, guided, 0.9f);
+        e_unet[k] = sdtest::relative_l2(unet.forward(runner, u).data, read_f32(dir + outputs[k]));
+    }
+    std::printf("controlnet-euler   control outputs (%%): %s; worst rel L2 %.2e  unet-cond %.2e  unet-uncond %.2e\n", figures.c_str(),
+                worst, e_unet[0], e_unet[1]);
+    std::fflush(stdout);
+    CHECK(worst < 0.005);
+    CHECK(e_unet[0] < 0.005);
+    CHECK(e_unet[1] < 0.005);
+}
+
 // img2img's init latent: the VAE encoder's posterior sample of img/init.png times the scale
 // factor, against sd15-img2img/img2img-eulera/init_latent. Which generator the posterior noise
 // comes from decides the match, so the candidates are printed: the run's generator seeded with
@@ -501,6 +572,18 @@ int main() {
             load_sd15(checkpoint, backend, std::nullopt, *loaded[false]);
         }
         tiled_vae_case(ref, backend, *loaded[false]);
+    }
+    if (!only || std::string(only) == "controlnet-euler") {
+        if (!loaded[false]) {
+            loaded.clear();
+            loaded[false] = std::make_unique<Sd15>();
+            load_sd15(checkpoint, backend, std::nullopt, *loaded[false]);
+        }
+        const char * cn_env = std::getenv("SDNODE_CONTROLNET_CHECKPOINT");
+        const char * home_dir = std::getenv("HOME");
+        const std::string cn_path = cn_env && *cn_env ? std::string(cn_env)
+                                                      : std::string(home_dir ? home_dir : "") + "/.cache/sdnode/models/controlnet-random-f16.safetensors";
+        controlnet_case(ref, cn_path, backend, tok, *loaded[false]);
     }
     if (!only || std::string(only) == "taesd") {
         const char * taesd_env = std::getenv("SDNODE_TAESD_CHECKPOINT");

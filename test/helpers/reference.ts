@@ -40,6 +40,7 @@ export function referenceModel(file: string): string {
     case 'sd15-inpaint-random-f16.safetensors': return cachedModel(file, 'make-sd15-inpaint-random.py', []);
     case 'sd15-ip2p-random-f16.safetensors': return cachedModel(file, 'make-sd15-inpaint-random.py', ['--in-channels', '8']);
     case 'taesd-random-f16.safetensors': return cachedModel(file, 'make-taesd-random.py', []);
+    case 'controlnet-random-f16.safetensors': return cachedModel(file, 'make-controlnet-random.py', []);
     // 6.9 GB, a few minutes.
     case 'sdxl-random-f16.safetensors': return cachedModel(file, 'make-sdxl-random.py', []);
     case 'controlnet-random-f16.safetensors': return cachedModel(file, 'make-controlnet-random.py', []);

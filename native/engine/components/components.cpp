@@ -98,6 +98,8 @@ std::set<std::string> trace_component(const TensorSource & weights, Component co
                 }
                 break;
             }
+            case Component::ControlNet:
+                throw Error(ErrorCode::Internal, "ControlNet files are traced by ControlNet::load (trace_graph)");
             case Component::Vae: {
                 Vae vae(rec, info.vae);
                 if (vae.can_decode()) vae.build_decoder(g, ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 1, 1, info.vae.z_channels, 1));
@@ -111,6 +113,20 @@ std::set<std::string> trace_component(const TensorSource & weights, Component co
     } catch (const Error & e) {
         if (e.code() != ErrorCode::ModelFormat && e.code() != ErrorCode::InvalidArgument) throw;
         throw Error(ErrorCode::ModelFormat, std::string(component_name(component)) + ": " + e.what());
+    }
+    return std::move(rec.used());
+}
+
+std::set<std::string> trace_graph(const TensorSource & weights, const std::string & what,
+                                  const std::function<void(Graph &)> & build) {
+    RecordingSource rec(weights);
+    ggml_context_ptr owned = trace_context();
+    Graph g{owned.get(), rec, {}};
+    try {
+        build(g);
+    } catch (const Error & e) {
+        if (e.code() != ErrorCode::ModelFormat && e.code() != ErrorCode::InvalidArgument) throw;
+        throw Error(ErrorCode::ModelFormat, what + ": " + e.what());
     }
     return std::move(rec.used());
 }

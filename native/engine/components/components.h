@@ -7,6 +7,7 @@
 // shape is a ModelFormat error naming the tensor, the expected and the found shape, before any
 // weight is read), and the names it did not look up are the file's unused tensors.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -47,6 +48,12 @@ private:
 // returns the canonical names it used. Throws ModelFormat ("<component>: ...") for a tensor that
 // is missing or has the wrong shape.
 std::set<std::string> trace_component(const TensorSource & weights, Component component, const ModelInfo & info);
+
+// trace_component's machinery for a graph outside the component table (a ControlNet): builds
+// `build`'s graph on metadata only over `weights` and returns the canonical names it used.
+// Throws ModelFormat ("<what>: ...") for a tensor that is missing or has the wrong shape.
+std::set<std::string> trace_graph(const TensorSource & weights, const std::string & what,
+                                  const std::function<void(Graph &)> & build);
 
 // The canonical tensors of present components that no component uses, as "<component>.<name>".
 std::vector<std::string> unused_tensors(const CanonicalModel & model, Component component, const std::set<std::string> & used);

@@ -53,12 +53,12 @@ Unet::Unet(const TensorSource & weights, UnetParams params) : weights_(weights),
 
 int Unet::spatial_multiple() const { return 1 << (static_cast<int>(params_.channel_mult.size()) - 1); }
 
-int Unet::heads_at(int channels) const {
-    if (params_.num_head_channels > 0) {
-        return channels % params_.num_head_channels == 0 ? channels / params_.num_head_channels : -1;
-    }
-    return params_.num_heads > 0 && channels % params_.num_heads == 0 ? params_.num_heads : -1;
+int unet_heads_at(const UnetParams & p, int channels) {
+    if (p.num_head_channels > 0) return channels % p.num_head_channels == 0 ? channels / p.num_head_channels : -1;
+    return p.num_heads > 0 && channels % p.num_heads == 0 ? p.num_heads : -1;
 }
+
+int Unet::heads_at(int channels) const { return unet_heads_at(params_, channels); }
 
 int Unet::control_count() const {
     int blocks = 1;  // input_blocks.0
@@ -138,19 +138,57 @@ void Unet::check_inputs(const UnetInput & in) const {
     }
 }
 
+ggml_tensor * unet_time_embedding(Graph & g, const UnetParams & p, ggml_tensor * timesteps, ggml_tensor * y) {
+    ggml_tensor * emb = timestep_embedding(g.ctx, timesteps, p.model_channels);  // [N, model_channels]
+    emb = linear(g, emb, "time_embed.0");
+    emb = named(linear(g, ggml_silu(g.ctx, emb), "time_embed.2"), "time_embed");  // [N, time_embed_dim]
+    if (y) {
+        // SDXL: emb + label_emb(y), an MLP like the time embedding's.
+        ggml_tensor * l = linear(g, ggml_silu(g.ctx, linear(g, y, "label_emb.0.0")), "label_emb.0.2");
+        if (l->ne[0] != emb->ne[0]) throw Error(ErrorCode::ModelFormat, "label_emb.0.2 does not give time_embed_dim outputs");
+        emb = named(ggml_add(g.ctx, emb, l), "label_emb");
+    }
+    return emb;
+}
+
+ggml_tensor * unet_encoder(Graph & g, const UnetParams & p, ggml_tensor * h, ggml_tensor * emb, ggml_tensor * context,
+                           std::vector<ggml_tensor *> & outputs) {
+    const int levels = static_cast<int>(p.channel_mult.size());
+    int block = 1;
+    for (int level = 0; level < levels; ++level) {
+        const int ch = p.model_channels * p.channel_mult[level];
+        for (int r = 0; r < p.num_res_blocks[level]; ++r, ++block) {
+            const std::string prefix = at("input_blocks", block);
+            h = unet_resblock(g, h, emb, prefix + ".0");
+            if (const int depth = attention_depth(g, prefix + ".1", p.transformer_depth[level])) {
+                h = spatial_transformer(g, h, context, prefix + ".1", unet_heads_at(p, ch), depth);
+            }
+            outputs.push_back(named(h, prefix));
+        }
+        if (level != levels - 1) {
+            h = unet_downsample(g, h, at("input_blocks", block) + ".0");
+            outputs.push_back(named(h, at("input_blocks", block)));
+            ++block;
+        }
+    }
+    if (p.has_middle_block) {
+        const int ch = p.model_channels * p.channel_mult.back();
+        h = unet_resblock(g, h, emb, "middle_block.0");
+        int next = 1;
+        if (const int depth = attention_depth(g, "middle_block.1", p.transformer_depth_middle)) {
+            h = spatial_transformer(g, h, context, "middle_block.1", unet_heads_at(p, ch), depth);
+            next = 2;
+        }
+        h = unet_resblock(g, h, emb, at("middle_block", next));
+    }
+    return h;
+}
+
 ggml_tensor * Unet::build(Graph & g, const GraphInputs & in) const {
     const UnetParams & p = params_;
     const int levels = static_cast<int>(p.channel_mult.size());
 
-    ggml_tensor * emb = timestep_embedding(g.ctx, in.timesteps, p.model_channels);  // [N, model_channels]
-    emb = linear(g, emb, "time_embed.0");
-    emb = named(linear(g, ggml_silu(g.ctx, emb), "time_embed.2"), "time_embed");  // [N, time_embed_dim]
-    if (in.y) {
-        // SDXL: emb + label_emb(y), an MLP like the time embedding's.
-        ggml_tensor * l = linear(g, ggml_silu(g.ctx, linear(g, in.y, "label_emb.0.0")), "label_emb.0.2");
-        if (l->ne[0] != emb->ne[0]) throw Error(ErrorCode::ModelFormat, "label_emb.0.2 does not give time_embed_dim outputs");
-        emb = named(ggml_add(g.ctx, emb, l), "label_emb");
-    }
+    ggml_tensor * emb = unet_time_embedding(g, p, in.timesteps, in.y);
     // A ControlNet residual, checked against the block output it is added to.
     size_t next_control = 0;
     auto control = [&](ggml_tensor * h, const std::string & where) {
@@ -166,40 +204,14 @@ ggml_tensor * Unet::build(Graph & g, const GraphInputs & in) const {
     std::vector<ggml_tensor *> skips;
     ggml_tensor * h = named(conv2d(g, in.x, "input_blocks.0.0", 1, 1), "input_blocks.0");
     skips.push_back(h);
-    int block = 1;
-    for (int level = 0; level < levels; ++level) {
-        const int ch = p.model_channels * p.channel_mult[level];
-        for (int r = 0; r < p.num_res_blocks[level]; ++r, ++block) {
-            const std::string prefix = at("input_blocks", block);
-            h = unet_resblock(g, h, emb, prefix + ".0");
-            if (const int depth = attention_depth(g, prefix + ".1", p.transformer_depth[level])) {
-                h = spatial_transformer(g, h, in.context, prefix + ".1", heads_at(ch), depth);
-            }
-            skips.push_back(named(h, prefix));
-        }
-        if (level != levels - 1) {
-            h = unet_downsample(g, h, at("input_blocks", block) + ".0");
-            skips.push_back(named(h, at("input_blocks", block)));
-            ++block;
-        }
-    }
-    // ControlNet adds to what the skip connections carry, in block order.
+    h = unet_encoder(g, p, h, emb, in.context, skips);
+    // ControlNet adds to what the skip connections carry, in block order, and to the middle
+    // block's output (where stable-diffusion.cpp adds them).
     for (size_t i = 0; i < skips.size(); ++i) skips[i] = control(skips[i], at("input_blocks", static_cast<int>(i)));
-
-    if (p.has_middle_block) {
-        const int ch = p.model_channels * p.channel_mult.back();
-        h = unet_resblock(g, h, emb, "middle_block.0");
-        int next = 1;
-        if (const int depth = attention_depth(g, "middle_block.1", p.transformer_depth_middle)) {
-            h = spatial_transformer(g, h, in.context, "middle_block.1", heads_at(ch), depth);
-            next = 2;
-        }
-        h = unet_resblock(g, h, emb, at("middle_block", next));
-        h = named(control(h, "middle_block"), "middle_block");
-    }
+    if (p.has_middle_block) h = named(control(h, "middle_block"), "middle_block");
 
     // Output side: one more res block per level than the input side, each on [h, skip].
-    block = 0;
+    int block = 0;
     for (int level = levels - 1; level >= 0; --level) {
         const int ch = p.model_channels * p.channel_mult[level];
         for (int r = 0; r <= p.num_res_blocks[level]; ++r, ++block) {

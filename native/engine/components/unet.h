@@ -28,6 +28,17 @@ struct UnetInput {
                                       // block's, each of that block's output shape
 };
 
+// The pieces of the UNet graph ControlNet shares (its encoder is a copy of the UNet's).
+// Heads at `channels` width under p's fixed count or fixed head width; -1 when they do not split.
+int unet_heads_at(const UnetParams & p, int channels);
+// time_embed (and SDXL's label_emb on y, when y is given): [N, time_embed_dim].
+ggml_tensor * unet_time_embedding(Graph & g, const UnetParams & p, ggml_tensor * timesteps, ggml_tensor * y);
+// The encoder after input_blocks.0: input_blocks 1.. on h (input_blocks.0's output, pushed to
+// `outputs` by the caller), each block's output appended to `outputs`, then the middle block when
+// p has one. Returns the middle block's output (the last input block's without one).
+ggml_tensor * unet_encoder(Graph & g, const UnetParams & p, ggml_tensor * h, ggml_tensor * emb, ggml_tensor * context,
+                           std::vector<ggml_tensor *> & outputs);
+
 class Unet {
 public:
     // `weights` must outlive the Unet. Throws InvalidArgument for params no UNet has.

@@ -55,6 +55,22 @@ Denoiser::Denoiser(DenoiserInputs in, int latent_width, int latent_height, int l
     }
 }
 
+std::vector<HostTensor> Denoiser::control_residuals(const UnetInput & in, float sigma) const {
+    std::vector<HostTensor> sum;
+    for (const DenoiserControl & c : in_.controls) {
+        if (!(sigma <= c.sigma_high && sigma > c.sigma_low)) continue;
+        std::vector<HostTensor> r = c.net->forward(*in_.runner, in, *c.guided_hint, c.strength);
+        if (sum.empty()) {
+            sum = std::move(r);
+            continue;
+        }
+        for (size_t i = 0; i < sum.size() && i < r.size(); ++i) {
+            for (size_t j = 0; j < sum[i].data.size(); ++j) sum[i].data[j] += r[i].data[j];
+        }
+    }
+    return sum;
+}
+
 void Denoiser::operator()(const float * x, float sigma, float * denoised, float * uncond) {
     const Scalings s = denoiser_scalings(in_.prediction, sigma);
     const float t = in_.schedule->sigma_to_t(sigma);
@@ -68,6 +84,8 @@ void Denoiser::operator()(const float * x, float sigma, float * denoised, float 
     HostTensor batched;
     std::vector<HostTensor> single(passes_.size());
     if (batched_) {
+        input_.control.clear();
+        input_.control = control_residuals(input_, sigma);
         batched = in_.unet->forward(*in_.runner, input_);
         for (size_t k = 0; k < passes_.size(); ++k) outs[k] = batched.data.data() + k * n_;
     } else {
@@ -75,6 +93,8 @@ void Denoiser::operator()(const float * x, float sigma, float * denoised, float 
             input_.context = *passes_[k].context;
             if (passes_[k].concat) input_.concat = *passes_[k].concat;
             if (passes_[k].vector) input_.y = *passes_[k].vector;
+            input_.control.clear();
+            input_.control = control_residuals(input_, sigma);
             single[k] = in_.unet->forward(*in_.runner, input_);
             outs[k] = single[k].data.data();
         }

@@ -16,11 +16,21 @@
 #pragma once
 #include <vector>
 
+#include "components/controlnet.h"
 #include "components/unet.h"
 #include "diffusion/schedule.h"
 #include "pipelines/conditioning.h"
 
 namespace sd {
+
+// A ControlNet applied while sigma_low < sigma <= sigma_high: its residuals for each pass (that
+// pass's context), times strength, summed with the other ControlNets' and added by the UNet.
+struct DenoiserControl {
+    const ControlNet * net = nullptr;
+    const HostTensor * guided_hint = nullptr;  // ControlNet::hint() at this latent size
+    float strength = 1.0f;
+    float sigma_high = 0, sigma_low = 0;
+};
 
 struct DenoiserInputs {
     const Unet * unet = nullptr;
@@ -35,6 +45,7 @@ struct DenoiserInputs {
     float image_cfg_scale = 1.0f;
     const HostTensor * concat = nullptr;             // ne {w, h, C', 1}; null: none
     const HostTensor * img_uncond_concat = nullptr;  // with use_img_uncond
+    std::vector<DenoiserControl> controls;
 };
 
 class Denoiser {
@@ -56,6 +67,8 @@ private:
     size_t n_;
     std::vector<Pass> passes_;  // cond, then uncond and img_uncond when used
     bool batched_;
+    // The summed residuals of the ControlNets active at sigma for `in` (empty: none active).
+    std::vector<HostTensor> control_residuals(const UnetInput & in, float sigma) const;
     UnetInput input_;  // reused every step: shapes fixed, buffers refilled
 };
 

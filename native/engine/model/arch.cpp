@@ -356,7 +356,7 @@ std::string examples(const ModelFile & file) {
 }
 
 [[noreturn]] void throw_not_sd(const ModelFile & file) {
-    bool llm = false, lora = false, flux = false, sd3 = false;
+    bool llm = false, lora = false, flux = false, sd3 = false, controlnet = false;
     for (const auto & t : file.tensors) {
         const std::string & n = t.name;
         llm |= starts_with(n, "blk.") || n == "token_embd.weight" || n == "output_norm.weight";
@@ -364,10 +364,12 @@ std::string examples(const ModelFile & file) {
                 n.find("lora_A") != std::string::npos;
         flux |= n.find("double_blocks.") != std::string::npos;
         sd3 |= n.find("joint_blocks.") != std::string::npos;
+        controlnet |= n.find("input_hint_block.") != std::string::npos || n.find("controlnet_cond_embedding.") != std::string::npos;
     }
     const std::string found = " (" + std::to_string(file.tensors.size()) + " tensors, e.g. " + examples(file) + ")";
     if (llm) throw_unsupported(file.path, "looks like a language model, not a Stable Diffusion model" + found);
     if (lora) throw_unsupported(file.path, "looks like a LoRA adapter, not a full Stable Diffusion model" + found);
+    if (controlnet) throw_unsupported(file.path, "is a ControlNet, not a Stable Diffusion model: load it with loadControlNet() and pass it in generate's controlNets" + found);
     if (flux) throw_unsupported(file.path, "looks like a Flux model; only SD1.x, SD2.x and SDXL are supported" + found);
     if (sd3) throw_unsupported(file.path, "looks like an SD3 model; only SD1.x, SD2.x and SDXL are supported" + found);
     throw_unsupported(file.path, "no Stable Diffusion tensors found" + found);
@@ -487,6 +489,7 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
             case Component::TextEncoder: info.parameters.text_encoder += n; break;
             case Component::TextEncoder2: info.parameters.text_encoder_2 += n; break;
             case Component::Taesd: info.parameters.taesd += n; break;
+            case Component::ControlNet: break;  // ControlNet files are loaded on their own
         }
         if (counted.insert(t.source).second) ++info.dtypes[dtype_name(t.source->dtype, t.source->type)];
     }

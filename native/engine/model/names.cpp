@@ -22,6 +22,7 @@ const char * component_name(Component c) {
         case Component::TextEncoder: return "text_encoder";
         case Component::TextEncoder2: return "text_encoder_2";
         case Component::Taesd: return "taesd";
+        case Component::ControlNet: return "controlnet";
     }
     return "unknown";
 }
@@ -676,6 +677,75 @@ CanonicalModel canonicalize(const ModelFile & file) {
     add(Component::TextEncoder, te);
     add(Component::TextEncoder2, te2);
     add(Component::Taesd, taesd);
+    return model;
+}
+
+// ---------------------------------------------------------------- ControlNet files
+
+namespace {
+
+// The ControlNet-only tensors (hint encoder, zero convolutions) to canonical names; false for the
+// rest, which are the UNet encoder's and go through the UNet mapper.
+bool map_controlnet_extra(const std::string & n, std::string & out) {
+    int i;
+    std::string rest;
+    if (starts_with(n, "input_hint_block.") || starts_with(n, "zero_convs.") || starts_with(n, "middle_block_out.")) {
+        out = n;
+        return true;
+    }
+    // diffusers: conv_in, blocks.0..5, conv_out are the hint block's convolutions 0, 2, .., 14.
+    if (starts_with(n, "controlnet_cond_embedding.")) {
+        const std::string s = n.substr(26);
+        if (starts_with(s, "conv_in.")) { out = "input_hint_block.0." + s.substr(8); return true; }
+        if (starts_with(s, "conv_out.")) { out = "input_hint_block.14." + s.substr(9); return true; }
+        if (starts_with(s, "blocks.") && take_index(s, 7, i, rest)) {
+            out = "input_hint_block." + std::to_string(2 * i + 2) + "." + rest;
+            return true;
+        }
+        return false;
+    }
+    if (starts_with(n, "controlnet_down_blocks.") && take_index(n, 23, i, rest)) {
+        out = "zero_convs." + std::to_string(i) + ".0." + rest;
+        return true;
+    }
+    if (starts_with(n, "controlnet_mid_block.")) {
+        out = "middle_block_out.0." + n.substr(21);
+        return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+CanonicalModel canonicalize_controlnet(const ModelFile & file) {
+    CanonicalModel model;
+    std::vector<Routed> encoder;
+    std::vector<Mapped> mapped;
+    for (const auto & t : file.tensors) {
+        std::string n = t.name;
+        if (is_ignored(n)) { model.ignored.push_back(n); continue; }
+        replace_prefix(n, "control_model.", "") || replace_prefix(n, "controlnet.", "");
+        std::string extra;
+        if (map_controlnet_extra(n, extra)) mapped.push_back(whole(&t, extra));
+        else encoder.push_back({&t, n, Scheme::Auto});
+    }
+    map_unet(file, encoder, mapped, model.unknown);
+    std::map<std::string, const TensorRecord *> seen;
+    for (auto & m : mapped) {
+        auto inserted = seen.insert({m.name, m.source});
+        if (!inserted.second)
+            throw_format(file.path, "tensors '" + inserted.first->second->name + "' and '" + m.source->name +
+                                        "' both map to controlnet '" + m.name + "'");
+        CanonicalTensor c;
+        c.component = Component::ControlNet;
+        c.name = std::move(m.name);
+        c.source = m.source;
+        c.shape = std::move(m.shape);
+        c.offset = m.offset;
+        c.nbytes = m.nbytes;
+        c.transpose = m.transpose;
+        model.tensors.push_back(std::move(c));
+    }
     return model;
 }
 

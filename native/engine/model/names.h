@@ -9,6 +9,9 @@
 //   text_encoder_2: same HF CLIP naming (SDXL's OpenCLIP bigG, converted)
 //   taesd:          diffusers AutoencoderTiny names without prefix "decoder.layers.2.conv.0.weight"
 //                   (a TAESD file: stored as is, or under stable-diffusion.cpp's "tae." / "taesd.")
+//   controlnet:     a ControlNet file (canonicalize_controlnet): the UNet's canonical names for its
+//                   encoder copy (time_embed, label_emb, input_blocks, middle_block) plus
+//                   "input_hint_block.<0..14>.*", "zero_convs.<i>.0.*", "middle_block_out.0.*"
 // OpenCLIP tensors (SD2.x, SDXL) are renamed to the HF CLIP spelling; a fused in_proj is split
 // into q/k/v views (rows are outermost, so each third is a contiguous byte range).
 //
@@ -37,8 +40,8 @@
 
 namespace sd {
 
-enum class Component { Unet, Vae, TextEncoder, TextEncoder2, Taesd };
-const char * component_name(Component c);  // "unet", "vae", "text_encoder", "text_encoder_2", "taesd"
+enum class Component { Unet, Vae, TextEncoder, TextEncoder2, Taesd, ControlNet };
+const char * component_name(Component c);  // "unet", "vae", "text_encoder", "text_encoder_2", "taesd", "controlnet"
 
 // A canonical tensor: a view of (part of) a stored tensor.
 struct CanonicalTensor {
@@ -63,5 +66,11 @@ struct CanonicalModel {
 // Normalizes every tensor of `file`. Throws ModelFormat on contradictions (two stored tensors
 // mapping to one canonical name, a fused qkv whose rows do not split in three).
 CanonicalModel canonicalize(const ModelFile & file);
+
+// A ControlNet file, every tensor as Component::ControlNet: lllyasviel's LDM names (under
+// "control_model." or bare) or diffusers ControlNetModel names (conv_in, down_blocks.*,
+// mid_block.*, controlnet_cond_embedding.*, controlnet_down_blocks.N, controlnet_mid_block).
+// Throws ModelFormat as canonicalize() does.
+CanonicalModel canonicalize_controlnet(const ModelFile & file);
 
 }  // namespace sd

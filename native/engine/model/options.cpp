@@ -137,6 +137,10 @@ OptionTables option_tables() {
     t.default_image_cfg_scale = kDefaultImageCfgScale;
     t.default_hires_scale = kDefaultHiresScale;
     t.default_hires_strength = kDefaultHiresStrength;
+    // ControlNet
+    t.limits.push_back({"controlNets.strength", kControlStrengthMin, kControlStrengthMax, false});
+    t.limits.push_back({"controlNets.window", kControlWindowMin, kControlWindowMax, false});
+    t.limits.push_back({"canny", kCannyValueMin, kCannyValueMax, false});
     t.default_hires_upscaler = hires_upscaler_name(kDefaultHiresUpscaler);
     for (const char * d : kDecoderNames) t.decoders.push_back(d);
     for (const char * n : kPredictionNames) t.predictions.push_back(n);

@@ -61,6 +61,11 @@ constexpr int kLorasMax = 64;
 constexpr double kLoraWeightMin = -100, kLoraWeightMax = 100;
 // Previews every N sampling steps.
 constexpr int kPreviewIntervalMin = 1, kPreviewIntervalMax = kStepsMax;
+// ControlNet: strength (0 = off), the start and end of its window as fractions of the steps,
+// the Canny preprocessor's thresholds (fractions of the strongest edge) and its weak / strong values.
+constexpr double kControlStrengthMin = 0, kControlStrengthMax = 10;
+constexpr double kControlWindowMin = 0, kControlWindowMax = 1;
+constexpr double kCannyValueMin = 0, kCannyValueMax = 1;
 }  // namespace limits
 
 // What a UNet may predict (the `prediction` load option): the noise or v.
@@ -89,6 +94,12 @@ constexpr double kDefaultStrength = 0.75;
 constexpr double kDefaultImageCfgScale = 1.0;  // the reference's: no image guidance unless asked
 constexpr double kDefaultHiresScale = 2.0;
 constexpr double kDefaultHiresStrength = 0.7;
+// ControlNet: the reference's --control-strength default, and its --canny settings (examples/cli:
+// preprocess_canny(image, 0.08, 0.08, 0.8, 1.0, false): high, low, weak, strong, inverse).
+constexpr double kDefaultControlStrength = 0.9;
+constexpr double kDefaultControlStart = 0, kDefaultControlEnd = 1;
+constexpr double kDefaultCannyHighThreshold = 0.08, kDefaultCannyLowThreshold = 0.08;
+constexpr double kDefaultCannyWeak = 0.8, kDefaultCannyStrong = 1.0;
 
 // Previews while sampling (pipelines/preview.h): the linear latent-to-RGB projection, the TAESD
 // decoder, or the VAE decoder. The default is taesd when a TAESD is loaded, else proj.

@@ -123,7 +123,7 @@ ggml_type placed_type(Component component, const std::string & name, const std::
     const ggml_type keep = runnable_store ? stored : GGML_TYPE_F32;
     if (!requested) return keep;
     const bool embedding = contains(name, "token_embedding") || contains(name, "position_embedding") ||
-                           (component == Component::Unet && (name.rfind("time_embed.", 0) == 0 || name.rfind("label_emb.", 0) == 0));
+                           ((component == Component::Unet || component == Component::ControlNet) && (name.rfind("time_embed.", 0) == 0 || name.rfind("label_emb.", 0) == 0));
     if (embedding) return keep;
     const int64_t row_len = shape.back();
     if (row_len % ggml_blck_size(*requested) != 0) return keep;

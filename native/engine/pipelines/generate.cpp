@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -355,6 +356,44 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         const std::vector<float> full = make_sigmas(parse_scheduler(r.scheduler), scheduler_steps, DiscreteSchedule());
         r.hires_sigmas = truncate_schedule(full, scheduler_steps, o.strength);
     }
+
+    // ControlNets: each must fit this UNet and run where the model runs.
+    for (size_t i = 0; i < p.control_nets.size(); ++i) {
+        const ControlNetUse & c = p.control_nets[i];
+        const std::string name = "controlNets[" + std::to_string(i) + "]";
+        if (!c.net) throw_invalid(name + ".model must be a loaded ControlNet (loadControlNet)");
+        c.net->check_fits(u, name);
+        if (c.net->hint_channels() != 3) {
+            throw Error(ErrorCode::UnsupportedModel, name + " (" + c.net->path() + ") takes a " + std::to_string(c.net->hint_channels()) +
+                                                         "-channel control image; sdnode gives ControlNets RGB images");
+        }
+        if (c.net->device() != model.device()) {
+            throw_invalid(name + " was loaded on " + ggml_backend_dev_name(c.net->device()) + ", the model on " + model.device_name() +
+                          "; load both with the same backend");
+        }
+        check_image_bytes(name + ".image", c.image, r.width, r.height, false);
+        ResolvedControlNet rc;
+        rc.path = c.net->path();
+        number_in((name + ".strength").c_str(), c.strength, kDefaultControlStrength, kControlStrengthMin, kControlStrengthMax);
+        number_in((name + ".start").c_str(), c.start, kDefaultControlStart, kControlWindowMin, kControlWindowMax);
+        number_in((name + ".end").c_str(), c.end, kDefaultControlEnd, kControlWindowMin, kControlWindowMax);
+        rc.strength = c.strength.value_or(kDefaultControlStrength);
+        rc.start = c.start.value_or(kDefaultControlStart);
+        rc.end = c.end.value_or(kDefaultControlEnd);
+        if (!(rc.start < rc.end)) {
+            throw_invalid(name + ".start must be below " + name + ".end; received " + number_text(rc.start) + " and " + number_text(rc.end));
+        }
+        if (c.canny) {
+            rc.canny = true;
+            rc.canny_params = *c.canny;
+            const CannyParams & k = rc.canny_params;
+            for (const auto & [field, v] : {std::pair{"highThreshold", k.high_threshold}, std::pair{"lowThreshold", k.low_threshold},
+                                            std::pair{"weak", k.weak}, std::pair{"strong", k.strong}}) {
+                number_in((name + ".preprocess." + field).c_str(), v, 0, kCannyValueMin, kCannyValueMax);
+            }
+        }
+        r.control_nets.push_back(rc);
+    }
     return r;
 }
 
@@ -529,6 +568,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     GenerateOutput out;
     out.params = resolve_generate_params(model, params);
     model.check_files_unchanged();
+    for (const ControlNetUse & c : params.control_nets) c.net->check_files_unchanged();
     const ResolvedParams & p = out.params;
     const Clock::time_point t0 = Clock::now();
     GraphRunner & runner = session.runner();
@@ -578,11 +618,56 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     out.timings.vae_encode_ms = ms_since(te);
     check_abort(control.abort);
 
+    // ControlNets: each control image (made an edge map first with Canny) in [0, 1]; its guided
+    // hint is computed once per pass size, the image resized to 8x the latent (the hint block's
+    // three halvings) when that is not the image size (hires, VAEs of another factor).
+    std::vector<HostTensor> control_units;
+    for (size_t i = 0; i < params.control_nets.size(); ++i) {
+        ImageBytes image = params.control_nets[i].image;
+        if (p.control_nets[i].canny) preprocess_canny(image.pixels, image.width, image.height, image.channels, p.control_nets[i].canny_params);
+        control_units.push_back(image_bytes_to_unit(image));
+    }
+    auto guided_hints = [&](int lw, int lh) {
+        std::vector<HostTensor> out;
+        for (size_t i = 0; i < control_units.size(); ++i) {
+            const HostTensor & unit = control_units[i];
+            if (unit.ne[0] == 8 * lw && unit.ne[1] == 8 * lh) {
+                out.push_back(params.control_nets[i].net->hint(runner, unit));
+            } else {
+                out.push_back(params.control_nets[i].net->hint(runner, interpolate(unit, 8 * lw, 8 * lh, Interpolation::Bilinear)));
+            }
+            check_abort(control.abort);
+        }
+        return out;
+    };
+    // A ControlNet's window [start, end) of a pass's steps, as sigmas: sigma_low < sigma <= sigma_high.
+    auto control_inputs = [&](const std::vector<HostTensor> & hints, const std::vector<float> & sigmas) {
+        std::vector<DenoiserControl> out;
+        const int steps = static_cast<int>(sigmas.size()) - 1;
+        const float inf = std::numeric_limits<float>::infinity();
+        for (size_t i = 0; i < hints.size(); ++i) {
+            const ResolvedControlNet & rc = p.control_nets[i];
+            if (rc.strength == 0.0) continue;  // adds exactly nothing
+            const int a = static_cast<int>(std::lround(rc.start * steps)), e = static_cast<int>(std::lround(rc.end * steps));
+            DenoiserControl dc;
+            dc.net = params.control_nets[i].net.get();
+            dc.guided_hint = &hints[i];
+            dc.strength = static_cast<float>(rc.strength);
+            dc.sigma_high = a <= 0 ? inf : a >= steps ? -inf : sigmas[static_cast<size_t>(a)];
+            dc.sigma_low = e >= steps ? -inf : sigmas[static_cast<size_t>(e)];
+            out.push_back(dc);
+        }
+        return out;
+    };
+    const std::vector<HostTensor> hints = guided_hints(w, h);
+    std::vector<HostTensor> hires_hints;
+
     const DiscreteSchedule schedule;
     // The running pass's latest denoised prediction (x0), kept for previews.
     const bool previewing = p.previews && control.preview;
     std::vector<float> last_x0;
-    auto make_denoise = [&](int lw, int lh, const HostTensor * mask, const std::vector<float> * init) {
+    auto make_denoise = [&](int lw, int lh, const HostTensor * mask, const std::vector<float> * init,
+                            std::vector<DenoiserControl> controls) {
         DenoiserInputs di;
         di.unet = &model.unet();
         di.runner = &runner;
@@ -596,6 +681,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         di.image_cfg_scale = p.image_cfg_scale;
         di.concat = images.concat.data.empty() ? nullptr : &images.concat;
         di.img_uncond_concat = images.img_uncond_concat.data.empty() ? nullptr : &images.img_uncond_concat;
+        di.controls = std::move(controls);
         auto denoiser = std::make_shared<Denoiser>(di, lw, lh, C);
         const size_t n = static_cast<size_t>(C) * lw * lh;
         std::vector<float> * keep = previewing ? &last_x0 : nullptr;
@@ -613,7 +699,6 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         });
     };
     const HostTensor * mask = images.denoise_mask.data.empty() ? nullptr : &images.denoise_mask;
-    const Denoise denoise = make_denoise(w, h, mask, &images.init_latent);
 
     SamplingPlan plan;
     plan.sampler = parse_sampler(p.sampler);
@@ -623,6 +708,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     plan.add_noise = !params.start_latent;
     plan.eta = p.eta;
     plan.params.lms_max_order = p.lms_max_order;
+    const Denoise denoise = make_denoise(w, h, mask, &images.init_latent, control_inputs(hints, plan.sigmas));
     SamplingPlan hires_plan = plan;
     hires_plan.sigmas = p.hires_sigmas;
     const int hw = p.hires.enabled ? p.hires.width / up : w, hh = p.hires.enabled ? p.hires.height / up : h;
@@ -680,7 +766,9 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
             const HostTensor upscaled = upscale_latent(model, runner, latent, p.hires, *hires_rng, p.codec);
             HostTensor hires_mask;
             if (mask) hires_mask = interpolate_nearest_max(*mask, hw, hh);
-            const Denoise hires_denoise = make_denoise(hw, hh, mask ? &hires_mask : nullptr, &upscaled.data);
+            if (hires_hints.empty() && !hints.empty()) hires_hints = guided_hints(hw, hh);
+            const Denoise hires_denoise = make_denoise(hw, hh, mask ? &hires_mask : nullptr, &upscaled.data,
+                                                       control_inputs(hires_hints, hires_plan.sigmas));
             latent.ne[0] = hw;
             latent.ne[1] = hh;
             last_x0.clear();
