@@ -2,6 +2,7 @@
 // output by what its delta says; weight 0, switching and merge vs run time are exact or within
 // float rounding; bad files and bad options are typed errors naming what is wrong.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,6 +11,8 @@ import {
   InvalidArgumentError, IoError, ModelFormatError, UnsupportedModelError, extractLoraTags, inspectLora, loadModel,
   type GenerateOptions, type Model,
 } from '../lib/index.ts';
+import { packageRoot } from '../lib/binding.ts';
+import { decodePNG } from '../lib/image.ts';
 import { fixturePath } from './fixtures/generate.ts';
 import { initTensor } from './fixtures/random.ts';
 import { denseDelta, diffTensor, loraLayers, moduleTensors, writeLora, type LoraKind, type LoraLayer, type LoraTensor } from './fixtures/lora.ts';
@@ -253,5 +256,29 @@ describe('LoRA', () => {
     await assert.rejects(loadModel('x.safetensors', { loraDir: path.join(dir, 'nope') }), IoError);
     // The model is unharmed.
     assert.deepEqual(await latent(), plain);
+  });
+});
+
+describe('LoRA on the command line', () => {
+  const cliRun = (...args: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'lib', 'cli', 'main.ts'), ...args], { encoding: 'utf8' });
+
+  test('--lora-dir, --lora NAME:W and prompt tags give the API numbers; a missing name names the flag', { timeout: 300_000 }, async () => {
+    const p = await file('cli.safetensors', modules('lora'));
+    const want = await model.generate({ ...base, loras: [{ name: 'cli', weight: 0.7 }] });
+    const args = ['generate', '-m', model.path, '-W', '64', '-H', '64', '--steps', '2', '-s', '11', '--sampler', 'euler', '--lora-dir', dir];
+    for (const [extra, prompt] of [[['--lora', 'cli:0.7'], base.prompt], [[], `${base.prompt} <lora:cli:0.7>`], [['--lora', `${p}:0.7`], base.prompt]] as const) {
+      const out = path.join(dir, `cli-${extra.length}-${prompt.length}.png`);
+      const r = cliRun(...args, '-p', prompt, ...extra, '-o', out);
+      assert.equal(r.status, 0, r.stderr);
+      const png = decodePNG(fs.readFileSync(out));
+      assert.deepEqual(png.data, want.images[0]!.data, `${extra.join(' ')} ${prompt}`);
+      assert.match(r.stderr, /LoRA merge/);
+    }
+    const missing = cliRun(...args, '-p', 'x', '--lora', 'nope:1', '-o', path.join(dir, 'x.png'));
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /IoError: --lora.*no LoRA named "nope"/);
+    const badMode = cliRun(...args, '-p', 'x', '--lora', 'cli', '--lora-apply', 'fast', '-o', path.join(dir, 'x.png'));
+    assert.match(badMode.stderr, /--lora-apply must be one of "auto", "merge", "runtime"/);
   });
 });

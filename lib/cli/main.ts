@@ -13,7 +13,8 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { inspectModel, type ModelInspection } from '../inspect.ts';
 import { loadModel, type Decoder } from '../model.ts';
-import { DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, PREVIEW_MODES } from '../engine-tables.ts';
+import { DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, LORA_APPLY_MODES, PREVIEW_MODES } from '../engine-tables.ts';
+import type { LoraApply, LoraSpec } from '../lora.ts';
 import type { GeneratePreview, HiresOptions, HiresUpscaler, PreviewMode } from '../generate.ts';
 import { DEFAULT_RESIZE_MODE, MIN_MASK_BLUR, MAX_MASK_BLUR, RESIZE_MODES, type ResizeMode } from '../image-io.ts';
 import { MAX_BATCH, RNGS, SAMPLERS, SCHEDULERS, WEIGHT_TYPES, type Rng, type Sampler, type Scheduler, type WeightType } from '../options.ts';
@@ -95,6 +96,14 @@ decoding:
       --vae-tile-size N    tile side in latent pixels, ${LIMITS['vaeTiling.tileSize'].min} to ${LIMITS['vaeTiling.tileSize'].max} (default 32); implies --vae-tiling
       --vae-tile-overlap X fraction of a tile shared with the next, 0 to 0.5 (default 0.5);
                            implies --vae-tiling
+
+LoRA:
+      --lora-dir DIR       where <lora:name:weight> in the prompt and --lora name:weight look
+                           (default none)
+      --lora NAME[:W]      a LoRA by name in --lora-dir, or a file path, weight W (default 1);
+                           repeatable (default none)
+      --lora-apply MODE    ${LORA_APPLY_MODES.join(', ')}: merge into copies of float weights, add at run
+                           time, or runtime for quantized models (default auto)
 
 embeddings:
       --embeddings-dir DIR textual-inversion embeddings: each file's name without its extension
@@ -395,6 +404,23 @@ const FLAG_OF: Record<string, string> = {
 };
 
 FLAG_OF.embeddingsDir = '--embeddings-dir';
+FLAG_OF.loraDir = '--lora-dir';
+FLAG_OF.loras = '--lora';
+FLAG_OF.loraApply = '--lora-apply';
+
+/** --lora NAME[:W] / FILE[:W]: a weight is what follows the last ':' when it is a number (a path may hold ':'). */
+function loraArgs(values: string[] | undefined): LoraSpec[] | undefined {
+  if (!values?.length) return undefined;
+  return values.map((v) => {
+    const at = v.lastIndexOf(':');
+    const tail = at > 0 ? v.slice(at + 1) : '';
+    const hasWeight = tail !== '' && Number.isFinite(Number(tail));
+    const target = hasWeight ? v.slice(0, at) : v;
+    const weight = hasWeight ? Number(tail) : undefined;
+    const isPath = /[\\/]/.test(target) || /\.(safetensors|gguf|pt|ckpt|pth|bin)$/i.test(target);
+    return { ...(isPath ? { path: target } : { name: target }), ...(weight !== undefined ? { weight } : {}) };
+  });
+}
 FLAG_OF.embeddings = '--embedding';
 
 /** --embedding FILE[:TRIGGER]: the trigger is what follows the last ':' unless that holds a path separator (C:\x.pt). */
@@ -499,6 +525,9 @@ function parseGenerateArgs(args: string[]) {
       preview: { type: 'string' },
       'preview-method': { type: 'string' },
       'preview-interval': { type: 'string' },
+      'lora-dir': { type: 'string' },
+      lora: { type: 'string', multiple: true },
+      'lora-apply': { type: 'string' },
       'embeddings-dir': { type: 'string' },
       embedding: { type: 'string', multiple: true },
       'control-net': { type: 'string' },
@@ -555,7 +584,7 @@ async function generate(args: string[]): Promise<number> {
   } catch (e) {
     throw withFlagNames(withControlNetFlags(e), {
       '--model': values.model, '--init-img': values['init-img'], '--mask': values.mask, '--vae': values.vae, '--taesd': values.taesd,
-      '--embeddings-dir': values['embeddings-dir'], '--control-net': values['control-net'], '--control-image': values['control-image'],
+      '--embeddings-dir': values['embeddings-dir'], '--lora-dir': values['lora-dir'], '--control-net': values['control-net'], '--control-image': values['control-image'],
     });
   }
 }
@@ -601,6 +630,7 @@ async function runGenerate(values: GenerateValues): Promise<number> {
       vae: values.vae,
       taesd: values.taesd,
       embeddingsDir: values['embeddings-dir'],
+      loraDir: values['lora-dir'],
       signal: controller.signal,
       onProgress: ({ fraction }) => bar.update(Math.round(fraction * 100)),
     });
@@ -633,6 +663,8 @@ async function runGenerate(values: GenerateValues): Promise<number> {
         eta: num('eta', values.eta),
         ...imageOptions,
         embeddings: embeddingArgs(values.embedding),
+        loras: loraArgs(values.lora),
+        loraApply: values['lora-apply'] as LoraApply | undefined,
         ...(previewFile !== undefined ? { onPreview: previewWriter(previewFile, previewFormat!) } : {}),
         signal: controller.signal,
         onProgress: ({ step, steps }) => {
@@ -651,10 +683,11 @@ async function runGenerate(values: GenerateValues): Promise<number> {
         }
         process.stdout.write(`${written[i]} (seed ${img.seed})\n`);
       }
+      for (const w of result.warnings) process.stderr.write(`sdnode: warning: ${w}\n`);
       const t = result.timings;
       const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
       process.stderr.write(
-        `text ${s(t.textEncode)}, ${t.vaeEncode > 0 ? `VAE encode ${s(t.vaeEncode)}, ` : ''}sampling ${s(t.sampling)}, ` +
+        `${t.loraApply > 0 ? `LoRA ${result.options.loraApply} ${s(t.loraApply)}, ` : ''}text ${s(t.textEncode)}, ${t.vaeEncode > 0 ? `VAE encode ${s(t.vaeEncode)}, ` : ''}sampling ${s(t.sampling)}, ` +
           `VAE ${s(t.vaeDecode)}${result.options.vaeTiling ? ' (tiled)' : ''}, total ${s(t.total)}\n`,
       );
       return 0;
