@@ -20,6 +20,16 @@
 // images, f16 file as is): full VAE decode (untiled), tiled decode (the defaults), TAESD decode,
 // VAE encode, TAESD encode; each stage and size in its own child process, so peak RSS and the
 // compute buffer are that stage's own. Makes the random TAESD once too.
+//
+//   npm run bench -- --lora                # LoRAs on SD1.5: 0, 1 and 3, merged and at run time
+//   npm run bench -- --lora --types f16,q8_0 --size 256 --steps 4
+//
+// --lora uses three seeded random kohya LoRAs of the reference's generator (rank 8, every attention
+// and feed-forward layer of the UNet and the text encoder: 792 tensors each). Per weight type, in
+// one child process: for each set (none; 1 and 3 LoRAs merged; 1 and 3 at run time) a first
+// generation (which applies the set) and `runs` measured ones (the set reused); then the cost of
+// switching: generations alternating between two single-LoRA sets, each one applying its set.
+// Reported: UNet step, text encode, the time to make a set active, and the bytes it holds.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -104,6 +114,93 @@ async function child(type: string, model: string, size: number, threads: number,
     runs,
   };
   process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
+interface LoraFigures {
+  type: string;
+  sets: Array<{ label: string; unetStepS: number; textEncodeS: number; applyS: number; loraMB: number; generateS: number }>;
+  switchS: number;
+  peakRssMB: number;
+}
+
+async function loraChild(type: string, model: string, loras: string[], size: number, threads: number, runs: number, steps: number): Promise<void> {
+  const { loadModel } = await import('../lib/index.ts');
+  const m = await loadModel(model, { weightType: type === 'f16' ? undefined : (type as never), threads });
+  const gen = async (set: string[], apply: 'merge' | 'runtime', seed: number) => {
+    const marks: number[] = [];
+    const r = await m.generate({
+      prompt: 'a photo of a cat', width: size, height: size, steps, cfgScale: 7, sampler: 'euler_a', seed,
+      loras: set.map((path) => ({ path, weight: 0.8 })), loraApply: apply,
+      onProgress: ({ elapsedMs }) => marks.push(elapsedMs),
+    });
+    const stepTimes: number[] = [];
+    let prev = r.timings.loraApply + r.timings.textEncode;
+    for (const t of marks) {
+      stepTimes.push((t - prev) / 1000);
+      prev = t;
+    }
+    return { r, stepTimes };
+  };
+  const sets: Array<[string, string[], 'merge' | 'runtime']> = [
+    ['no LoRA', [], 'merge'], ['1 LoRA, merged', loras.slice(0, 1), 'merge'], ['3 LoRAs, merged', loras, 'merge'],
+    ['1 LoRA, run time', loras.slice(0, 1), 'runtime'], ['3 LoRAs, run time', loras, 'runtime'],
+  ];
+  const out: LoraFigures = { type, sets: [], switchS: 0, peakRssMB: 0 };
+  for (const [label, set, apply] of sets) {
+    const first = await gen(set, apply, 1);
+    const steps_: number[] = [], text: number[] = [], total: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const g = await gen(set, apply, 2 + i);
+      steps_.push(...g.stepTimes);
+      text.push(g.r.timings.textEncode / 1000);
+      total.push(g.r.timings.total / 1000);
+    }
+    out.sets.push({ label, unetStepS: median(steps_), textEncodeS: median(text), applyS: first.r.timings.loraApply / 1000,
+      loraMB: m.memory().compute / 1024 ** 2, generateS: median(total) });
+  }
+  const switches: number[] = [];
+  for (let i = 0; i < runs + 1; i++) {
+    const g = await gen([loras[i % 2]!], type === 'f16' ? 'merge' : 'runtime', 10 + i);
+    if (i > 0) switches.push(g.r.timings.loraApply / 1000);
+  }
+  out.switchS = median(switches);
+  out.peakRssMB = process.resourceUsage().maxRSS / 1024;
+  await m.dispose();
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
+async function loraMain(model: string, types: string[], size: number, threads: number, runs: number, steps: number): Promise<void> {
+  const loras = [99, 100, 101].map((seed) => cachedModel(`testlora-seed${seed}.safetensors`, 'make-sd15-lora.py', ['--seed', String(seed)], '9 MB'));
+  const results: LoraFigures[] = [];
+  for (const type of types) {
+    process.stderr.write(`LoRAs on ${type}: ${size}x${size}, ${steps} steps, ${threads} threads, ${runs} runs per set...\n`);
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', fileURLToPath(import.meta.url), '--lora-child', type, '--model', model, '--loras', loras.join(','),
+        '--size', String(size), '--threads', String(threads), '--runs', String(runs), '--steps', String(steps)],
+      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    if (r.status !== 0) throw new Error(`LoRA benchmark of ${type} failed`);
+    results.push(JSON.parse(r.stdout.trim().split('\n').pop()!));
+  }
+  const lines = [
+    `| ${size}x${size}, ${steps} steps, ${threads} threads (median of ${runs}) | ${results.map((r) => `${r.type}: UNet step | text encode | apply | compute + LoRA memory`).join(' | ')} |`,
+    `| --- |${results.map(() => ' --- | --- | --- | --- |').join('')}`,
+  ];
+  for (const [i, set] of results[0]!.sets.entries()) {
+    lines.push(`| ${set.label} | ${results.map((r) => {
+      const s = r.sets[i]!;
+      return `${s.unetStepS.toFixed(2)} s | ${s.textEncodeS.toFixed(3)} s | ${s.applyS.toFixed(2)} s | ${s.loraMB.toFixed(0)} MiB`;
+    }).join(' | ')} |`);
+  }
+  lines.push(`| switching A <-> B (f16 merged, quantized at run time) | ${results.map((r) => `${r.switchS.toFixed(2)} s | | | `).join(' | ')} |`);
+  lines.push(`| peak RSS of the process | ${results.map((r) => `${(r.peakRssMB / 1024).toFixed(2)} GB | | |`).join(' | ')} |`);
+  process.stdout.write(lines.join('\n') + '\n');
+  const outDir = path.join(here, 'results');
+  fs.mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `lora-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify({ size, steps, threads, runs, cpu: os.cpus()[0]?.model, results }, null, 2));
+  process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
 }
 
 const VAE_STAGES = ['vae decode', 'vae decode, tiled', 'taesd decode', 'vae encode', 'taesd encode'] as const;
@@ -223,6 +320,9 @@ async function main(): Promise<void> {
       'vae-child': { type: 'string' },
       taesd: { type: 'string' },
       sizes: { type: 'string', default: '512,1024' },
+      lora: { type: 'boolean', default: false },
+      'lora-child': { type: 'string' },
+      loras: { type: 'string' },
     },
   });
   const size = Number(values.size);
@@ -231,10 +331,12 @@ async function main(): Promise<void> {
   const runs = Number(values.runs ?? (values.vae ? 1 : 3));
   const steps = Number(values.steps);
   if (values.child) return child(values.child, values.model!, size, threads, runs, steps);
+  if (values['lora-child']) return loraChild(values['lora-child'], values.model!, values.loras!.split(','), size, threads, runs, steps);
   if (values['vae-child']) return vaeChild(values['vae-child'] as VaeStage, values.model!, values.taesd!, size, threads, runs);
 
   const model = values.model === 'sdxl' ? ensureSdxl() : values.model ?? ensureCheckpoint();
   if (values.vae) return vaeMain(model, values.sizes.split(',').map(Number), threads, runs);
+  if (values.lora) return loraMain(model, values.types === 'f16,q8_0,q4_0,q4_K,q5_0' ? ['f16', 'q8_0'] : values.types.split(','), size, threads, runs, steps);
   const results: Array<Figures & { label: string }> = [];
   const variants = values.baseline
     ? [

@@ -118,15 +118,26 @@ export interface NativeModelInfo {
   warnings: string[];
 }
 
-/** What inspectLora() finds in a LoRA file. */
+/** What inspectLora() finds in a LoRA file (the public `LoraInspection`). */
 export interface NativeLoraInfo {
+  /** Absolute path of the file. */
   path: string;
+  /** The container: safetensors, gguf or torch. */
   format: string;
+  /** The name convention(s) found: `kohya`, `diffusers`, `peft`, `ldm` (joined with `+` when mixed). */
   naming: string;
+  /** Module kinds found: `lora`, `locon` (convolutions), `loha`, `lokr`, `diff` (full deltas), and `dora`. */
   kinds: string[];
+  /** The smallest and largest rank of its low-rank modules (0 when it has none). */
   rank: { min: number; max: number };
   tensorCount: number;
+  /**
+   * The weights it adapts. With a model: canonical names (`unet` + `input_blocks.1.1.proj_in.weight`)
+   * and their shapes, every module checked against them; without one, the component its prefix
+   * names and the stored module key.
+   */
   targets: Array<{ key: string; component: string; target: string; kind: string; rank: number; shape?: number[] }>;
+  /** Tensors that would be ignored (for the given model, or as not LoRA tensors at all), and why. */
   ignored: Array<{ tensor: string; reason: string }>;
   metadata: Record<string, string>;
 }

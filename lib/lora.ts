@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { LIMITS, LORA_APPLY_MODES } from './engine-tables.ts';
-import { callNative } from './binding.ts';
+import { callNative, type NativeLoraInfo } from './binding.ts';
 import { IoError } from './errors.ts';
 import { expectKnownKeys, expectNonEmptyString, invalid, isObject } from './validate.ts';
 
@@ -151,29 +151,8 @@ export function resolveLoras(specs: LoraSpec[] | undefined, tags: Array<{ name: 
   });
 }
 
-/** What {@link inspectLora} reports about a LoRA file. */
-export interface LoraInspection {
-  /** Absolute path of the file. */
-  path: string;
-  /** The container: safetensors, gguf or torch. */
-  format: string;
-  /** The name convention(s) found: `kohya`, `diffusers`, `peft`, `ldm` (joined with `+` when mixed). */
-  naming: string;
-  /** Module kinds found: `lora`, `locon` (convolutions), `loha`, `lokr`, `diff` (full deltas), and `dora`. */
-  kinds: string[];
-  /** The smallest and largest rank of its low-rank modules (0 when it has none). */
-  rank: { min: number; max: number };
-  tensorCount: number;
-  /**
-   * The weights it adapts. With a model: canonical names (`unet.input_blocks.1.1.proj_in.weight`
-   * as `component` + `target`) and their shapes, every module checked against them; without one,
-   * the component its prefix names and the stored module key.
-   */
-  targets: Array<{ key: string; component: string; target: string; kind: string; rank: number; shape?: number[] }>;
-  /** Tensors that would be ignored (for the given model, or as not LoRA tensors at all), and why. */
-  ignored: Array<{ tensor: string; reason: string }>;
-  metadata: Record<string, string>;
-}
+/** What {@link inspectLora} reports about a LoRA file (fields described in lib/binding.ts). */
+export type LoraInspection = NativeLoraInfo;
 
 /**
  * Reads a LoRA file's names and shapes (nothing is computed) and reports its format, rank and

@@ -6,9 +6,9 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadControlNet, loadModel, randn, type Rng, type Sampler, type Scheduler } from '../lib/index.ts';
+import { loadControlNet, loadModel } from '../lib/index.ts';
 import { decodePNG } from '../lib/image.ts';
-import { readTensor, referenceCases, referenceEnabled, psnrOf, referenceModel, relativeL2, sharedDir } from './helpers/reference.ts';
+import { readTensor, referenceCases, referenceEnabled, psnrOf, referenceModel, relativeL2, sharedDir, caseGenerateOptions, noiseMaxDiff } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'set SDNODE_REFERENCE=1 (needs ../shared and python3 with numpy)';
 const adapters = path.join(sharedDir, 'reference', 'sd15-adapters');
@@ -25,23 +25,10 @@ describe('reference: ControlNet against stable-diffusion.cpp', { skip }, () => {
       await using model = await loadModel(referenceModel(c.model ?? 'sd15-random-f16.safetensors'));
       await using net = await loadControlNet(referenceModel(path.basename(arg('--control-net')!)));
       const image = path.join(sharedDir, 'reference', 'images', arg('--control-image')!.replace(/^img\//, ''));
-      const noiseRef = readTensor(c.dir, 'noise');
-      const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
-      let maxNoise = 0;
-      for (let i = 0; i < noise.length; i++) maxNoise = Math.max(maxNoise, Math.abs(noise[i] - noiseRef.data[i]));
+      const maxNoise = noiseMaxDiff(c);
       const condErr = relativeL2((await model.encodePrompt(c.prompt)).data, readTensor(c.dir, 'cond_crossattn').data);
       const r = await model.generate({
-        prompt: c.prompt,
-        negativePrompt: c.negativePrompt,
-        width: c.width,
-        height: c.height,
-        steps: c.steps,
-        cfgScale: c.cfgScale,
-        sampler: c.sampler as Sampler,
-        scheduler: c.scheduler as Scheduler,
-        seed: c.seed,
-        rng: c.rng as Rng,
-        returnLatents: true,
+        ...caseGenerateOptions(c),
         controlNets: [{ model: net, image, strength: Number(arg('--control-strength')), ...(/--canny/.test(args) ? { preprocess: 'canny' as const } : {}) }],
       });
       const latentErr = relativeL2(r.latents![0], readTensor(c.dir, 'final_latent').data);

@@ -8,9 +8,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadModel, randn, type Rng, type Sampler, type Scheduler } from '../lib/index.ts';
+import { loadModel } from '../lib/index.ts';
 import { decodePNG } from '../lib/image.ts';
-import { psnrOf, readTensor, referenceEnabled, referenceModel, relativeL2, sharedDir, type ReferenceCase } from './helpers/reference.ts';
+import { psnrOf, readTensor, referenceEnabled, referenceModel, relativeL2, sharedDir, type ReferenceCase, caseGenerateOptions, noiseMaxDiff } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'set SDNODE_REFERENCE=1 (needs ../shared and python3 with numpy)';
 const caseDir = path.join(sharedDir, 'reference', 'sd15-adapters', 'embedding-euler');
@@ -74,27 +74,14 @@ describe('reference: textual-inversion embedding against stable-diffusion.cpp', 
       assert.deepEqual([...encoded.tokenIds].slice(0, expected.length + 2), [49406, ...expected, 49407], `tokens of "${entry.text}"`);
     }
 
-    const noiseRef = readTensor(caseDir, 'noise');
-    const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
-    let maxNoise = 0;
-    for (let i = 0; i < noise.length; i++) maxNoise = Math.max(maxNoise, Math.abs(noise[i]! - noiseRef.data[i]!));
+    const maxNoise = noiseMaxDiff(c, caseDir);
     const condErr = relativeL2((await model.encodePrompt(c.prompt)).data, readTensor(caseDir, 'cond_crossattn').data);
     const uncondErr = relativeL2((await model.encodePrompt(c.negativePrompt)).data, readTensor(caseDir, 'uncond_crossattn').data);
     // Without the embedding the trigger is plain text: far from the reference's cond.
     await using bare = await loadModel(referenceModel(path.basename(c.model ?? 'sd15-random-f16.safetensors')));
     const bareErr = relativeL2((await bare.encodePrompt(c.prompt)).data, readTensor(caseDir, 'cond_crossattn').data);
     const r = await model.generate({
-      prompt: c.prompt,
-      negativePrompt: c.negativePrompt,
-      width: c.width,
-      height: c.height,
-      steps: c.steps,
-      cfgScale: c.cfgScale,
-      sampler: c.sampler as Sampler,
-      scheduler: c.scheduler as Scheduler,
-      seed: c.seed,
-      rng: c.rng as Rng,
-      returnLatents: true,
+      ...caseGenerateOptions(c),
     });
     const latentErr = relativeL2(r.latents![0]!, readTensor(caseDir, 'final_latent').data);
     const ref = decodePNG(fs.readFileSync(path.join(caseDir, 'image.png')));

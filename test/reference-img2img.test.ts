@@ -5,9 +5,9 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadModel, randn, type GenerateOptions, type Rng, type Sampler, type Scheduler } from '../lib/index.ts';
+import { loadModel, type GenerateOptions, type Rng } from '../lib/index.ts';
 import { decodePNG } from '../lib/image.ts';
-import { img2imgCaseDir, readTensor, referenceCases, referenceEnabled, psnrOf, referenceModel, relativeL2, sharedDir } from './helpers/reference.ts';
+import { img2imgCaseDir, readTensor, referenceCases, referenceEnabled, psnrOf, referenceModel, relativeL2, sharedDir, caseGenerateOptions, noiseMaxDiff } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'set SDNODE_REFERENCE=1 (needs ../shared and python3 with numpy)';
 const img = (rel: string) => path.join(sharedDir, 'reference', 'images', rel.replace(/^img\//, ''));
@@ -26,17 +26,7 @@ describe('reference: image to image against stable-diffusion.cpp', { skip }, () 
       const taesd = arg('--taesd');
       await using model = await loadModel(referenceModel(modelFile), taesd ? { taesd: referenceModel(path.basename(taesd)) } : {});
       const options: GenerateOptions = {
-        prompt: c.prompt,
-        negativePrompt: c.negativePrompt,
-        width: c.width,
-        height: c.height,
-        steps: c.steps,
-        cfgScale: c.cfgScale,
-        sampler: c.sampler as Sampler,
-        scheduler: c.scheduler as Scheduler,
-        seed: c.seed,
-        rng: c.rng as Rng,
-        returnLatents: true,
+        ...caseGenerateOptions(c),
       };
       const init = arg('-i') ?? arg('-r');
       if (init) options.initImage = img(init);
@@ -54,10 +44,7 @@ describe('reference: image to image against stable-diffusion.cpp', { skip }, () 
           upscaler: arg('--hires-upscaler')!.toLowerCase() as 'latent',
         };
       }
-      const noiseRef = readTensor(c.dir, 'noise');
-      const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
-      let maxNoise = 0;
-      for (let i = 0; i < noise.length; i++) maxNoise = Math.max(maxNoise, Math.abs(noise[i] - noiseRef.data[i]));
+      const maxNoise = noiseMaxDiff(c);
       const condErr = relativeL2((await model.encodePrompt(c.prompt)).data, readTensor(c.dir, 'cond_crossattn').data);
       const parts = [`noise max|diff| ${maxNoise.toExponential(2)}`, `cond ${(condErr * 100).toFixed(3)}%`];
       let initErr = 0;

@@ -6,9 +6,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadModel, randn, type Rng, type Sampler, type Scheduler } from '../lib/index.ts';
+import { loadModel } from '../lib/index.ts';
 import { decodePNG } from '../lib/image.ts';
-import { psnrOf, readTensor, referenceCases, referenceEnabled, referenceModel, relativeL2, sharedDir } from './helpers/reference.ts';
+import { psnrOf, readTensor, referenceCases, referenceEnabled, referenceModel, relativeL2, sharedDir, caseGenerateOptions, noiseMaxDiff } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'set SDNODE_REFERENCE=1 (needs ../shared and python3 with numpy)';
 const adaptersDir = path.join(sharedDir, 'reference', 'sd15-adapters');
@@ -24,25 +24,20 @@ describe('reference: LoRA against stable-diffusion.cpp', { skip }, () => {
       const loraDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sdnode-lora-'));
       fs.symlinkSync(referenceModel('testlora.safetensors'), path.join(loraDir, 'testlora.safetensors'));
       await using model = await loadModel(referenceModel('sd15-random-f16.safetensors'), { loraDir });
-      const noiseRef = readTensor(c.dir, 'noise');
-      const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
-      let maxNoise = 0;
-      for (let i = 0; i < noise.length; i++) maxNoise = Math.max(maxNoise, Math.abs(noise[i] - noiseRef.data[i]));
+      const maxNoise = noiseMaxDiff(c);
       // The text encoder's LoRA modules change the conditioning.
       const condErr = relativeL2((await model.encodePrompt(c.prompt)).data, readTensor(c.dir, 'cond_crossattn').data);
       const uncondErr = relativeL2((await model.encodePrompt(c.negativePrompt, { loras: [{ path: path.join(loraDir, 'testlora.safetensors'), weight: 0.8 }] })).data,
         readTensor(c.dir, 'uncond_crossattn').data);
       const r = await model.generate({
-        prompt: c.prompt, negativePrompt: c.negativePrompt, width: c.width, height: c.height, steps: c.steps, cfgScale: c.cfgScale,
-        sampler: c.sampler as Sampler, scheduler: c.scheduler as Scheduler, seed: c.seed, rng: c.rng as Rng, returnLatents: true,
+        ...caseGenerateOptions(c),
       });
       const latentErr = relativeL2(r.latents![0], readTensor(c.dir, 'final_latent').data);
       const ref = decodePNG(fs.readFileSync(path.join(c.dir, 'image.png')));
       const psnr = psnrOf(r.images[0].data, ref.data);
       // Without the LoRA the result must differ: the case tests the LoRA, not the base model.
       const base = await model.generate({
-        prompt: c.prompt.replace(/<lora:[^>]*>/g, ''), negativePrompt: c.negativePrompt, width: c.width, height: c.height, steps: c.steps,
-        cfgScale: c.cfgScale, sampler: c.sampler as Sampler, scheduler: c.scheduler as Scheduler, seed: c.seed, rng: c.rng as Rng, returnLatents: true,
+        ...caseGenerateOptions(c), prompt: c.prompt.replace(/<lora:[^>]*>/g, ''),
       });
       const baseErr = relativeL2(base.latents![0], readTensor(c.dir, 'final_latent').data);
       figures.push(`${c.name}: noise max|diff| ${maxNoise.toExponential(2)}, cond ${(condErr * 100).toFixed(3)}%, uncond ${(uncondErr * 100).toFixed(3)}%, ` +

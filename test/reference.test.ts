@@ -6,8 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { decodePNG } from '../lib/image.ts';
-import { inspectModel, loadModel, randn, type Rng, type Sampler, type Scheduler, type WeightType } from '../lib/index.ts';
-import { readTensor, referenceCases, referenceEnabled, psnrOf, relativeL2, sd15RandomCheckpoint } from './helpers/reference.ts';
+import { inspectModel, loadModel, type WeightType } from '../lib/index.ts';
+import { readTensor, referenceCases, referenceEnabled, psnrOf, relativeL2, sd15RandomCheckpoint, caseGenerateOptions, noiseMaxDiff } from './helpers/reference.ts';
 
 const skip = referenceEnabled ? false : 'opt-in: set SDNODE_REFERENCE=1 (makes a 2.1 GB checkpoint once)';
 
@@ -43,10 +43,7 @@ describe('reference: text-to-image against stable-diffusion.cpp', { skip }, () =
       const weightType = /--type\s+(\S+)/.exec(c.extraReferenceArgs)?.[1] as WeightType | undefined;
       const sigmas = /--sigmas\s+(\S+)/.exec(c.extraReferenceArgs)?.[1]?.split(',').map(Number);
       await using model = await loadModel(sd15RandomCheckpoint(), { weightType });
-      const noiseRef = readTensor(c.dir, 'noise');
-      const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
-      let maxNoise = 0;
-      for (let i = 0; i < noise.length; i++) maxNoise = Math.max(maxNoise, Math.abs(noise[i] - noiseRef.data[i]));
+      const maxNoise = noiseMaxDiff(c);
       const cond = await model.encodePrompt(c.prompt);
       const condErr = relativeL2(cond.data, readTensor(c.dir, 'cond_crossattn').data);
       // cfg 1 runs no unconditional pass: the reference wrote no unconditional conditioning.
@@ -54,17 +51,7 @@ describe('reference: text-to-image against stable-diffusion.cpp', { skip }, () =
       assert.equal(hasUncond, c.cfgScale !== 1, 'an unconditional conditioning exactly when cfg != 1');
       const uncondErr = hasUncond ? relativeL2((await model.encodePrompt(c.negativePrompt)).data, readTensor(c.dir, 'uncond_crossattn').data) : 0;
       const r = await model.generate({
-        prompt: c.prompt,
-        negativePrompt: c.negativePrompt,
-        width: c.width,
-        height: c.height,
-        steps: c.steps,
-        cfgScale: c.cfgScale,
-        sampler: c.sampler as Sampler,
-        scheduler: c.scheduler as Scheduler,
-        seed: c.seed,
-        rng: c.rng as Rng,
-        returnLatents: true,
+        ...caseGenerateOptions(c),
         ...(sigmas ? { sigmas } : {}),
       });
       const latentErr = relativeL2(r.latents![0], readTensor(c.dir, 'final_latent').data);

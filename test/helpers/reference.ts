@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { packageRoot } from '../../lib/binding.ts';
+import { randn, type GenerateOptions, type Rng, type Sampler, type Scheduler } from '../../lib/index.ts';
 
 export const referenceEnabled = process.env.SDNODE_REFERENCE === '1';
 export const sharedDir = process.env.SDNODE_SHARED_DIR ?? path.resolve(packageRoot, '..', 'shared');
@@ -103,4 +104,21 @@ export function psnrOf(a: Uint8Array, b: Uint8Array): number {
   for (let i = 0; i < a.length; i++) se += (a[i] - b[i]) ** 2;
   const mse = se / a.length;
   return mse === 0 ? Infinity : 10 * Math.log10((255 * 255) / mse);
+}
+
+/** The largest difference between the noise a case's seed and RNG give here and the reference's. */
+export function noiseMaxDiff(c: ReferenceCase, dir = c.dir): number {
+  const noiseRef = readTensor(dir, 'noise');
+  const noise = randn({ seed: c.seed, rng: c.rng as Rng, count: noiseRef.data.length });
+  let max = 0;
+  for (let i = 0; i < noise.length; i++) max = Math.max(max, Math.abs(noise[i]! - noiseRef.data[i]!));
+  return max;
+}
+
+/** A case's text-to-image options as generate() takes them, final latents returned. */
+export function caseGenerateOptions(c: ReferenceCase): GenerateOptions {
+  return {
+    prompt: c.prompt, negativePrompt: c.negativePrompt, width: c.width, height: c.height, steps: c.steps, cfgScale: c.cfgScale,
+    sampler: c.sampler as Sampler, scheduler: c.scheduler as Scheduler, seed: c.seed, rng: c.rng as Rng, returnLatents: true,
+  };
 }
