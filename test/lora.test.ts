@@ -196,6 +196,23 @@ describe('LoRA', () => {
     assert.ok(relativeL2(x1, x0) > 1e-3);
   });
 
+  test('SD2.x (OpenCLIP text encoder, linear projections): kohya names apply; mapped weights stay mapped', async () => {
+    await using sd2 = await loadModel(await fixturePath({ arch: 'sd2', format: 'safetensors', dtype: 'f16' }));
+    const sd2Layers = loraLayers('sd2').filter((l) => /attn[12]\.to_[qv]|proj_in|self_attn\.(q|k|v|out)_proj|mlp\.fc2/.test(l.diffusers));
+    const p = path.join(dir, 'sd2.safetensors');
+    await writeLora(p, sd2Layers.flatMap((l) => moduleTensors(l, 'lora', { arch: 'sd2' })));
+    const info = await inspectLora(p, { model: sd2 });
+    assert.deepEqual(info.ignored, []);
+    assert.ok(info.targets.some((t) => t.target.endsWith('self_attn.k_proj.weight')), 'OpenCLIP q/k/v split views take their own LoRA');
+    const mappedBefore = sd2.memory().mapped;
+    const o: GenerateOptions = { ...base, width: 64, height: 64 };
+    const x0 = (await sd2.generate(o)).latents![0];
+    const x1 = (await sd2.generate({ ...o, loras: [{ path: p }] })).latents![0];
+    assert.ok(relativeL2(x1, x0) > 1e-3);
+    assert.equal(sd2.memory().mapped, mappedBefore);
+    assert.deepEqual((await sd2.generate(o)).latents![0], x0);
+  });
+
   test('inspectLora without a model: naming, kinds, rank, prefixes', async () => {
     const p = await file('inspect.safetensors', [...modules('lora'), { name: 'not_a_lora.weight', shape: [2], values: new Float32Array(2) }]);
     const info = await inspectLora(p);

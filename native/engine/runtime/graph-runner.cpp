@@ -174,6 +174,9 @@ size_t GraphRunner::measure(const BuildFn & build) {
     std::vector<size_t> sizes(backends_.size(), 0);
     ggml_backend_sched_reserve_size(sched_.get(), gf, sizes.data());
     ggml_backend_sched_reset(sched_.get());
+    // Measuring plans the allocator for the measured graph; the next run of any shape must plan
+    // (reserve) again rather than reuse the allocator's state (it then writes outside it).
+    reserved_.clear();
     size_t total = 0;
     for (size_t s : sizes) total += s;
     return total;
