@@ -249,12 +249,7 @@ std::vector<HostTensor> ControlNet::forward(GraphRunner & runner, const UnetInpu
         Graph g = component_graph(b, *tensors_, runner);
         Unet::GraphInputs gi;
         gi.x = b.input_f32("x", x.data.data(), x.ne[0], x.ne[1], x.ne[2], x.ne[3]);
-        gi.timesteps = b.input_f32("timesteps", in.timesteps.data(), static_cast<int64_t>(in.timesteps.size()));
-        gi.timesteps = ggml_reshape_1d(g.ctx, gi.timesteps, ggml_nelements(gi.timesteps));
-        const HostTensor & ctx = in.context;
-        gi.context = b.input_f32("context", ctx.data.data(), ctx.ne[0], ctx.ne[1], ctx.ne[2]);
-        gi.context = ggml_reshape_3d(g.ctx, gi.context, ctx.ne[0], ctx.ne[1], ctx.ne[2]);
-        if (!in.y.data.empty()) gi.y = ggml_reshape_2d(g.ctx, b.input_f32("y", in.y.data.data(), in.y.ne[0], in.y.ne[1]), in.y.ne[0], in.y.ne[1]);
+        declare_unet_inputs(b, g, in, gi);
         ggml_tensor * gh = b.input_f32("guided_hint", guided.data.data(), guided.ne[0], guided.ne[1], guided.ne[2], guided.ne[3]);
         std::vector<ggml_tensor *> outs = build(g, gi, gh, strength);
         shapes.clear();

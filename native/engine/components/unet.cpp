@@ -238,6 +238,15 @@ ggml_tensor * Unet::build(Graph & g, const GraphInputs & in) const {
     return named(conv2d(g, group_norm(g, h, "out.0", true), "out.2", 1, 1), "unet_out");
 }
 
+void declare_unet_inputs(GraphBuilder & b, Graph & g, const UnetInput & in, Unet::GraphInputs & gi) {
+    gi.timesteps = b.input_f32("timesteps", in.timesteps.data(), static_cast<int64_t>(in.timesteps.size()));
+    gi.timesteps = ggml_reshape_1d(g.ctx, gi.timesteps, ggml_nelements(gi.timesteps));
+    const HostTensor & ctx = in.context;
+    gi.context = b.input_f32("context", ctx.data.data(), ctx.ne[0], ctx.ne[1], ctx.ne[2]);
+    gi.context = ggml_reshape_3d(g.ctx, gi.context, ctx.ne[0], ctx.ne[1], ctx.ne[2]);
+    if (!in.y.data.empty()) gi.y = ggml_reshape_2d(g.ctx, b.input_f32("y", in.y.data.data(), in.y.ne[0], in.y.ne[1]), in.y.ne[0], in.y.ne[1]);
+}
+
 HostTensor Unet::forward(GraphRunner & runner, const UnetInput & in) const {
     check_inputs(in);
     const HostTensor & x = in.x;
@@ -254,12 +263,7 @@ HostTensor Unet::forward(GraphRunner & runner, const UnetInput & in) const {
             const HostTensor & c = in.concat;
             gi.x = ggml_concat(g.ctx, gi.x, b.input_f32("concat", c.data.data(), c.ne[0], c.ne[1], c.ne[2], c.ne[3]), 2);
         }
-        gi.timesteps = b.input_f32("timesteps", in.timesteps.data(), static_cast<int64_t>(in.timesteps.size()));
-        gi.timesteps = ggml_reshape_1d(g.ctx, gi.timesteps, ggml_nelements(gi.timesteps));
-        const HostTensor & ctx = in.context;
-        gi.context = b.input_f32("context", ctx.data.data(), ctx.ne[0], ctx.ne[1], ctx.ne[2]);
-        gi.context = ggml_reshape_3d(g.ctx, gi.context, ctx.ne[0], ctx.ne[1], ctx.ne[2]);
-        if (!in.y.data.empty()) gi.y = ggml_reshape_2d(g.ctx, b.input_f32("y", in.y.data.data(), in.y.ne[0], in.y.ne[1]), in.y.ne[0], in.y.ne[1]);
+        declare_unet_inputs(b, g, in, gi);
         for (size_t i = 0; i < in.control.size(); ++i) {
             const HostTensor & r = in.control[i];
             gi.control.push_back(b.input_f32(("control." + std::to_string(i)).c_str(), r.data.data(), r.ne[0], r.ne[1], r.ne[2], r.ne[3]));

@@ -79,4 +79,8 @@ private:
     UnetParams params_;
 };
 
+// The conditioning inputs of a UNet-shaped graph (timesteps, context and, when given, y) declared
+// on `b` from `in`; x, concat and control residuals are the caller's (the UNet and the ControlNet).
+void declare_unet_inputs(GraphBuilder & b, Graph & g, const UnetInput & in, Unet::GraphInputs & gi);
+
 }  // namespace sd
