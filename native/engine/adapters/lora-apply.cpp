@@ -82,7 +82,7 @@ std::vector<float> tucker(const float * up, const Mat & core, const float * down
 // kron(a [A, B], b [C, D, S]) -> [A*C, B*D, S]
 std::vector<float> kron(const Mat & a, const Mat & b) {
     const int64_t A = a.rows(), B = a.cols(), C = b.shape[0], D = b.shape.size() > 1 ? b.shape[1] : 1;
-    const int64_t S = C * D ? static_cast<int64_t>(b.v.size()) / (C * D) : 0;
+    const int64_t S = C * D != 0 ? static_cast<int64_t>(b.v.size()) / (C * D) : 0;
     std::vector<float> out(static_cast<size_t>(A * C * B * D * S));
     for (int64_t i = 0; i < A; ++i)
         for (int64_t p = 0; p < C; ++p)
@@ -107,14 +107,18 @@ float alpha_scale(const LoraModule & m, int64_t rank) {
     return 1.0f;
 }
 
+// A LoRA / LoCon module's scale: a stored `scale` wins, else alpha / rank (rank = lora_down's rows).
+float low_rank_scale(const LoraModule & m) {
+    return part(m, "scale") ? scalar(part(m, "scale")) : alpha_scale(m, part(m, "lora_down")->shape[0]);
+}
+
 Delta module_delta(const LoraModule & m) {
     Delta d;
     if (const TensorRecord * up_r = part(m, "lora_up")) {
         const Mat up = load(up_r), down = load(part(m, "lora_down"));
-        const int64_t rank = down.rows();
         if (const TensorRecord * mid = part(m, "lora_mid")) d.dw = tucker(up.v.data(), load(mid), down.v.data(), up.rows(), down.cols());
         else d.dw = matmul(up, down);
-        d.scale = part(m, "scale") ? scalar(part(m, "scale")) : alpha_scale(m, rank);
+        d.scale = low_rank_scale(m);
     } else if (part(m, "hada_w1_a")) {
         auto half = [&](const char * a_role, const char * b_role, const char * t_role) {
             const Mat a = load(part(m, a_role)), b = load(part(m, b_role));
@@ -457,9 +461,7 @@ LoraActivation LoraState::activate(const Model & model, GraphRunner & runner, co
         for (size_t i = 0; i < job.terms.size(); ++i) {
             const Use & u = *job.terms[i].first;
             if (terms[i].dense) continue;
-            const LoraModule & m = *u.module;
-            const float s = part(m, "scale") ? scalar(part(m, "scale")) : alpha_scale(m, part(m, "lora_down")->shape[0]);
-            terms[i].scale = s * u.weight;
+            terms[i].scale = low_rank_scale(*u.module) * u.weight;
         }
     }
 
