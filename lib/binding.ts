@@ -6,9 +6,13 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { PREDICTIONS } from './engine-tables.ts';
 import { NativeLoadError, fromNative } from './errors.ts';
 
 /** Root of the installed package (lib/ or dist/ sit one level below it). */
+/** What a UNet predicts (diffusion/prediction.h). */
+export type Prediction = (typeof PREDICTIONS)[number];
+
 export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 // ------------------------------------------------------------------ shapes crossing the boundary
@@ -72,7 +76,7 @@ export interface NativeUnetParams {
   useLinearProjection: boolean;
   admInChannels: number;
   timeEmbedDim: number;
-  prediction: 'eps' | 'v';
+  prediction: Prediction;
   variant: string;
 }
 
@@ -180,7 +184,9 @@ export interface NativeLoadedInfo {
   threads: number;
   contextDim: number;
   latentChannels: number;
-  prediction: 'eps' | 'v';
+  prediction: Prediction;
+  /** The UNet's noise levels (model.ts `NoiseScheduleInfo`). */
+  noiseSchedule: { kind: 'discrete' | 'edm'; sigmaMin: number; sigmaMax: number; fromFile: boolean };
   /** Image width/height must be multiples of this. */
   spatialMultiple: number;
   /** Tensors that no component uses (`<component>.<name>`): ignored. */

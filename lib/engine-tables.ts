@@ -26,7 +26,7 @@ export const HIRES_UPSCALERS = ["latent","latent-nearest","latent-nearest-exact"
 export const DECODERS = ["vae","taesd"] as const;
 
 /** What a UNet may predict (the `prediction` load option). */
-export const PREDICTIONS = ["eps","v"] as const;
+export const PREDICTIONS = ["eps","v","edm_v"] as const;
 
 /** How LoRAs are applied: merged into copies of the float weights, at run time, or chosen by the weight types. */
 export const LORA_APPLY_MODES = ["auto","merge","runtime"] as const;

@@ -91,10 +91,12 @@ export interface LoadModelOptions {
    */
   vae?: string;
   /**
-   * What the UNet predicts, overriding what the file says: `'eps'` (the noise) or `'v'`
-   * (v-prediction: SD2.x 768-v, v-pred SDXL fine-tunes). Detected from metadata
-   * (`modelspec.prediction_type`, diffusers' scheduler config, ...) and from the `v_pred` marker
-   * tensor stable-diffusion.cpp reads; `model.warnings` says when it was assumed.
+   * What the UNet predicts, overriding what the file says: `'eps'` (the noise), `'v'`
+   * (v-prediction: SD2.x 768-v, v-pred SDXL fine-tunes) or `'edm_v'` (v-prediction on the EDM
+   * noise schedule, sigma 0.002 to 120, CosXL: samplers then default to the `exponential`
+   * scheduler). Detected from metadata (`modelspec.prediction_type`, diffusers' scheduler config,
+   * ...) and from the marker tensors stable-diffusion.cpp reads (`edm_vpred.sigma_max`, `v_pred`);
+   * `model.warnings` says when it was assumed.
    * @default as detected
    * @example `{ prediction: 'v' }`
    */
@@ -352,8 +354,16 @@ export class Model {
   readonly architecture: NativeLoadedInfo['architecture'];
   /** The device the model runs on, e.g. `'CPU'` or `'CUDA0'`. */
   readonly device: string;
-  /** What the UNet predicts: `'eps'` or `'v'` (as detected, or loadModel's `prediction`). */
+  /** What the UNet predicts: `'eps'`, `'v'` or `'edm_v'` (as detected, or loadModel's `prediction`). */
   readonly prediction: NativeLoadedInfo['prediction'];
+  /**
+   * The noise levels the UNet was trained with, which schedulers draw sigmas from:
+   * `'discrete'` (the 1000-step DDPM table of SD1.x/SD2.x/SDXL; `fromFile` when the checkpoint's
+   * own `alphas_cumprod` replaced the standard one, as in zero-terminal-SNR fine-tunes) or
+   * `'edm'` (edm_v models). `sigmaMin`/`sigmaMax` bound the schedule.
+   * @example `{ kind: 'discrete', sigmaMin: 0.0292, sigmaMax: 14.6146, fromFile: false }`
+   */
+  readonly noiseSchedule: Readonly<NativeLoadedInfo['noiseSchedule']>;
   /** Known tensors in the file that no component uses (`<component>.<name>`), ignored when loading. */
   readonly unusedTensors: readonly string[];
   /** What loading assumed or ignored (e.g. the prediction type, unused tensors). */
@@ -375,6 +385,7 @@ export class Model {
     this.architecture = info.architecture;
     this.device = info.device;
     this.prediction = info.prediction;
+    this.noiseSchedule = Object.freeze({ ...info.noiseSchedule });
     this.unusedTensors = Object.freeze([...info.unusedTensors]);
     this.warnings = Object.freeze([...info.warnings]);
   }

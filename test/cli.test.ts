@@ -74,6 +74,14 @@ test('sdnode generate writes PNGs with metadata; a batch writes numbered files',
   assert.equal(badSigmas.status, 2);
   assertOneLine(badSigmas.stderr, '--sigmas 3,x,0');
   assert.match(badSigmas.stderr, /--sigmas must be a number; received "x"/);
+  // --prediction overrides what the file says (edm_v: the exponential scheduler by default).
+  const edm = path.join(work, 'edm.png');
+  const e = cli('generate', '-m', made.path, '-p', 'a cat', '-W', '64', '-H', '64', '--steps', '2', '--prediction', 'edm_v', '-o', edm);
+  assert.equal(e.status, 0, e.stderr);
+  assert.match(decodePNG(fs.readFileSync(edm)).text.parameters, /Schedule type: Exponential/);
+  const badPrediction = cli('generate', '-m', made.path, '-p', 'a cat', '--prediction', 'flow');
+  assert.equal(badPrediction.status, 2);
+  assert.match(badPrediction.stderr, /--prediction must be one of "eps", "v", "edm_v"; received "flow"/);
 });
 
 /** One line on stderr, no stack frames. */

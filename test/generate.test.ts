@@ -319,6 +319,9 @@ describe('generate across architectures, formats and weight types', () => {
     // diffusers drops OpenCLIP's last layer (SD2 uses the penultimate): the default clip skip
     // accounts for it, so the conditioning and the image are the same.
     assert.deepEqual(outs[2].latent, outs[0].latent);
+    // Align Your Steps has SD1.x and SDXL tables only (stable-diffusion.cpp has none for SD2.x either).
+    await using sd2 = await loadModel(path.join(work, 'sd2-safetensors.safetensors'));
+    await assert.rejects(sd2.generate({ ...base, scheduler: 'ays' }), (e: unknown) => e instanceof InvalidArgumentError && /ays scheduler has noise levels for SD1\.x and SDXL only/.test((e as Error).message));
   });
 
   test('quantized weights (GGUF q4_0, on-load q8_0 / q4_0) generate finite images close to f16', async () => {

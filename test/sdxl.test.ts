@@ -204,7 +204,7 @@ describe('base -> refiner hand-off', () => {
 });
 
 describe('SDXL prediction types', () => {
-  test("a v_pred marker tensor means v-prediction (as stable-diffusion.cpp reads it); loadModel's prediction overrides; EDM-v is refused", async () => {
+  test("a v_pred marker tensor means v-prediction (as stable-diffusion.cpp reads it); loadModel's prediction overrides", async () => {
     const v = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-v.safetensors'), seed: 6, tiny, extraTensors: [{ name: 'v_pred', shape: [0] }] });
     await using vModel = await loadModel(v.path, { threads: 2 });
     assert.equal(model.prediction, 'eps');
@@ -220,10 +220,98 @@ describe('SDXL prediction types', () => {
     await using back = await loadModel(v.path, { threads: 2, prediction: 'eps' });
     assert.equal(back.prediction, 'eps');
     await assert.rejects(loadModel(ldm, { prediction: 'flow' as never }), /prediction must be one of "eps", "v"/);
-    const edm = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-edm.safetensors'), seed: 6, tiny, extraTensors: [{ name: 'edm_vpred.sigma_max', shape: [1] }, { name: 'edm_vpred.sigma_min', shape: [1] }] });
-    await assert.rejects(loadModel(edm.path), (e: Error) => e.name === 'UnsupportedModelError' && /EDM v-prediction/.test(e.message));
-    await using edmAsV = await loadModel(edm.path, { threads: 2, prediction: 'v' });
-    assert.equal(edmAsV.prediction, 'v');
+    await using edmAsV = await loadModel(v.path, { threads: 2, prediction: 'edm_v' });
+    assert.equal(edmAsV.prediction, 'edm_v');
+  });
+
+  test('EDM v-prediction (CosXL: edm_vpred.* tensors) samples on the EDM schedule, exponential by default', async () => {
+    const sigmaTensors = (min: number, max: number) => [
+      { name: 'edm_vpred.sigma_max', shape: [], values: new Float32Array([max]) },
+      { name: 'edm_vpred.sigma_min', shape: [], values: new Float32Array([min]) },
+    ];
+    const out = (name: string) => path.join(work, name);
+    // f32, so that the stored range is exactly the reference's 0.002f and 120.
+    const edm = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: out('xl-edm.safetensors'), seed: 6, tiny, dtype: 'f32', extraTensors: sigmaTensors(0.002, 120) });
+    const plain = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: out('xl-f32.safetensors'), seed: 6, tiny, dtype: 'f32' });
+    await using edmModel = await loadModel(edm.path, { threads: 2 });
+    assert.equal(edmModel.prediction, 'edm_v');
+    assert.deepEqual(edmModel.noiseSchedule, { kind: 'edm', sigmaMin: Math.fround(0.002), sigmaMax: 120, fromFile: false });
+    assert.deepEqual(edmModel.unusedTensors, []);
+    assert.doesNotMatch(edmModel.warnings.join('\n'), /sigma/);
+    assert.equal(model.noiseSchedule.kind, 'discrete');
+
+    const r = await edmModel.generate(base);
+    assert.equal(r.options.scheduler, 'exponential');  // the reference's default for EDM models
+    assert.ok(r.latents![0].every(Number.isFinite));
+    // The marker and loadModel's prediction agree (the file's range is the reference's 0.002..120).
+    assert.ok(Math.abs(r.options.sigmas[0]! - 120) < 1e-4 && Math.abs(r.options.sigmas[1]! - 0.002) < 1e-9);
+    await using forced = await loadModel(plain.path, { threads: 2, prediction: 'edm_v' });
+    assert.equal(forced.noiseSchedule.kind, 'edm');
+    assert.deepEqual((await forced.generate(base)).latents![0], r.latents![0]);
+    // EDM against v on the same weights and sigmas: the UNet timesteps differ (0.25 ln sigma).
+    await using vModel = await loadModel(plain.path, { threads: 2, prediction: 'v' });
+    const sigmas = [...(await edmModel.generate({ ...base, returnLatents: false })).options.sigmas];
+    const byV = await vModel.generate({ ...base, sigmas });
+    const byEdm = await edmModel.generate({ ...base, sigmas });
+    assert.deepEqual(byEdm.latents![0], r.latents![0]);
+    assert.ok(maxAbs(byV.latents![0], r.latents![0]) > 1e-3);
+    // A scheduler still applies, drawn from the EDM range (ays: its fixed SDXL levels, as the reference).
+    const ays = await edmModel.generate({ ...base, scheduler: 'ays', steps: 10 });
+    assert.deepEqual(ays.options.sigmas.slice(1, 4).map((x) => +x.toFixed(4)), [6.3184, 3.7682, 2.1811]);
+    const karras = await edmModel.generate({ ...base, scheduler: 'karras' });
+    assert.equal(karras.options.scheduler, 'karras');
+    assert.ok(Math.abs(karras.options.sigmas[0]! - 120) < 1e-4);
+    // A file with its own range is used as stored and said in the warnings; v_pred with it is still EDM.
+    const other = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: out('xl-edm-80.safetensors'), seed: 6, tiny, dtype: 'f32',
+      extraTensors: [...sigmaTensors(0.01, 80), { name: 'v_pred', shape: [0] }] });
+    await using otherModel = await loadModel(other.path, { threads: 2 });
+    assert.equal(otherModel.prediction, 'edm_v');
+    assert.equal(otherModel.noiseSchedule.sigmaMax, 80);
+    assert.match(otherModel.warnings.join('\n'), /EDM sigma range 0\.01 to 80 from the file/);
+    assert.ok(Math.abs((await otherModel.generate(base)).options.sigmas[0]! - 80) < 1e-4);
+  });
+
+  test("a checkpoint's own alphas_cumprod (zero-terminal-SNR fine-tunes) replaces the standard noise table", async () => {
+    // LDM's table in float64 (betas scaled-linear from 0.00085 to 0.012), as checkpoints store it.
+    const standard = new Float64Array(1000);
+    let p = 1;
+    for (let i = 0; i < 1000; i++) {
+      const b = Math.sqrt(0.00085) + (Math.sqrt(0.012) - Math.sqrt(0.00085)) * (i / 999);
+      p *= 1 - b * b;
+      standard[i] = p;
+    }
+    // Zero terminal SNR (Lin et al. 2023): sqrt(ac) shifted to end at 0 and rescaled to keep the
+    // start, with diffusers' 2^-24 floor at the end.
+    const s = standard.map(Math.sqrt);
+    const [s0, sT] = [s[0]!, s[999]!];
+    const ztsnr = new Float32Array(s.map((v) => Math.max(((v - sT) * s0 / (s0 - sT)) ** 2, 2 ** -24)));
+    const withTable = (name: string, values: Float32Array) =>
+      generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, name), seed: 6, tiny, dtype: 'f32', extraTensors: [{ name: 'alphas_cumprod', shape: [1000], values }] });
+    const plain = await generateCheckpoint({ arch: 'sdxl', format: 'safetensors', out: path.join(work, 'xl-f32-b.safetensors'), seed: 6, tiny, dtype: 'f32' });
+    await using plainModel = await loadModel(plain.path, { threads: 2, prediction: 'v' });
+    await using stdModel = await loadModel((await withTable('xl-ac.safetensors', new Float32Array(standard))).path, { threads: 2, prediction: 'v' });
+    await using zModel = await loadModel((await withTable('xl-ztsnr.safetensors', ztsnr)).path, { threads: 2, prediction: 'v' });
+    assert.equal(plainModel.noiseSchedule.fromFile, false);
+    assert.equal(stdModel.noiseSchedule.fromFile, true);
+    assert.equal(zModel.noiseSchedule.fromFile, true);
+    assert.deepEqual(zModel.unusedTensors, []);
+    // sigma_max = sqrt((1 - ac) / ac) of the last entry: 14.61 for the standard table, 4096 here.
+    assert.ok(Math.abs(stdModel.noiseSchedule.sigmaMax - plainModel.noiseSchedule.sigmaMax) < 1e-3);
+    assert.ok(Math.abs(zModel.noiseSchedule.sigmaMax - Math.sqrt(2 ** 24 - 1)) < 1);
+    const a = await plainModel.generate(base);
+    const b = await stdModel.generate(base);
+    const z = await zModel.generate(base);
+    // The float64 table and the float one the engine computes differ in the last bits only.
+    assert.ok(maxAbs(a.latents![0], b.latents![0]) < 1e-3);
+    assert.ok(Math.abs(z.options.sigmas[0]! - zModel.noiseSchedule.sigmaMax) < 1);
+    assert.ok(z.latents![0].every(Number.isFinite));
+    assert.ok(maxAbs(a.latents![0], z.latents![0]) > 1e-2);
+    // A table that cannot be one is passed over, and said.
+    const broken = new Float32Array(standard);
+    broken[10] = 0;
+    await using brokenModel = await loadModel((await withTable('xl-ac-bad.safetensors', broken)).path, { threads: 2 });
+    assert.equal(brokenModel.noiseSchedule.fromFile, false);
+    assert.match(brokenModel.warnings.join('\n'), /alphas_cumprod \[10\] is 0\.0+; expected a number in \(0, 1\]; the standard noise schedule is used/);
   });
 });
 

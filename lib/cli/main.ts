@@ -13,7 +13,7 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { inspectModel, type ModelInspection } from '../inspect.ts';
 import { loadModel, type Decoder } from '../model.ts';
-import { DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, LORA_APPLY_MODES, PREVIEW_MODES } from '../engine-tables.ts';
+import { DECODERS, DEFAULTS, HIRES_UPSCALERS, LIMITS, LORA_APPLY_MODES, PREDICTIONS, PREVIEW_MODES } from '../engine-tables.ts';
 import type { LoraApply, LoraSpec } from '../lora.ts';
 import type { GeneratePreview, HiresOptions, HiresUpscaler, PreviewMode } from '../generate.ts';
 import { DEFAULT_RESIZE_MODE, MIN_MASK_BLUR, MAX_MASK_BLUR, RESIZE_MODES, type ResizeMode } from '../image-io.ts';
@@ -61,6 +61,7 @@ generate options:
       --type TYPE          convert weights on load: ${WEIGHT_TYPES.join(', ')}
   -t, --threads N          CPU threads
       --backend NAME       auto, cpu or a device name
+      --prediction NAME    what the UNet predicts: ${PREDICTIONS.join(', ')} (default: as the file says)
 
 image to image:
       --init-img FILE      start from this image (PNG, JPEG, WebP, ...); -W and -H default to its size
@@ -393,7 +394,7 @@ const FLAG_OF: Record<string, string> = {
   modelPath: '--model', prompt: '--prompt', negativePrompt: '--negative-prompt', width: '--width', height: '--height',
   steps: '--steps', cfgScale: '--cfg-scale', sampler: '--sampler', scheduler: '--scheduler', sigmas: '--sigmas',
   lmsMaxOrder: '--lms-max-order', seed: '--seed', rng: '--rng', samplerRng: '--sampler-rng', batchSize: '--batch-count',
-  clipSkip: '--clip-skip', eta: '--eta', weightType: '--type', threads: '--threads', backend: '--backend',
+  clipSkip: '--clip-skip', eta: '--eta', weightType: '--type', threads: '--threads', backend: '--backend', prediction: '--prediction',
   initImage: '--init-img', strength: '--strength', mask: '--mask', maskBlur: '--mask-blur', invertMask: '--invert-mask',
   resizeMode: '--resize-mode', imageCfgScale: '--img-cfg-scale',
   hires: '--hires-*', 'hires.scale': '--hires-scale', 'hires.width': '--hires-width', 'hires.height': '--hires-height',
@@ -499,6 +500,7 @@ function parseGenerateArgs(args: string[]) {
       type: { type: 'string' },
       threads: { type: 'string', short: 't' },
       backend: { type: 'string' },
+      prediction: { type: 'string' },
       quality: { type: 'string' },
       'init-img': { type: 'string' },
       strength: { type: 'string' },
@@ -627,6 +629,7 @@ async function runGenerate(values: GenerateValues): Promise<number> {
       weightType: values.type as WeightType | undefined,
       threads: num('threads', values.threads),
       backend: values.backend,
+      prediction: values.prediction as (typeof PREDICTIONS)[number] | undefined,
       vae: values.vae,
       taesd: values.taesd,
       embeddingsDir: values['embeddings-dir'],

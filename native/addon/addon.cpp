@@ -122,7 +122,7 @@ Napi::Value OptionTables(const Napi::CallbackInfo & info) {
         x.Set("width", d.image_side);
         x.Set("height", d.image_side);
         x.Set("clipSkip", d.clip_skip);
-        x.Set("prediction", d.prediction == sd::Prediction::V ? "v" : "eps");
+        x.Set("prediction", sd::prediction_name(d.prediction));
         x.Set("vaeScaleFactor", d.vae_scale_factor);
         arch.Set(sd::arch_name(d.arch), x);
     }

@@ -28,7 +28,7 @@ Napi::Value unet_to_js(Napi::Env env, const sd::UnetParams & u) {
     o.Set("useLinearProjection", u.use_linear_projection);
     o.Set("admInChannels", u.adm_in_channels);
     o.Set("timeEmbedDim", u.time_embed_dim);
-    o.Set("prediction", u.prediction == sd::Prediction::V ? "v" : "eps");
+    o.Set("prediction", sd::prediction_name(u.prediction));
     o.Set("variant", u.variant);
     return o;
 }

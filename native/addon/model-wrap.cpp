@@ -85,7 +85,14 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo & info) {
     o.Set("threads", m->default_threads());
     o.Set("contextDim", m->info().unet.context_dim);
     o.Set("latentChannels", m->info().unet.in_channels);
-    o.Set("prediction", m->info().unet.prediction == sd::Prediction::V ? "v" : "eps");
+    o.Set("prediction", sd::prediction_name(m->info().unet.prediction));
+    const sd::NoiseSchedule & ns = m->schedule();
+    Napi::Object schedule = Napi::Object::New(env);
+    schedule.Set("kind", ns.kind() == sd::NoiseSchedule::Kind::Edm ? "edm" : "discrete");
+    schedule.Set("sigmaMin", ns.sigma_min());
+    schedule.Set("sigmaMax", ns.sigma_max());
+    schedule.Set("fromFile", ns.table_from_file());
+    o.Set("noiseSchedule", schedule);
     o.Set("spatialMultiple", m->unet().spatial_multiple() * m->vae().upscale());
     o.Set("unusedTensors", to_js_array(env, m->unused_tensors()));
     o.Set("warnings", to_js_array(env, m->warnings()));

@@ -26,8 +26,8 @@ constexpr float kMu = 0.5f, kS = 1.0f;
 constexpr size_t kDims = 40000;
 constexpr int kSteps = 50;
 
-const sd::DiscreteSchedule & table() {
-    static const sd::DiscreteSchedule t;
+const sd::NoiseSchedule & table() {
+    static const sd::NoiseSchedule t;
     return t;
 }
 

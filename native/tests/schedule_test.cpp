@@ -12,8 +12,8 @@
 
 namespace {
 
-const sd::DiscreteSchedule & table() {
-    static const sd::DiscreteSchedule t;
+const sd::NoiseSchedule & table() {
+    static const sd::NoiseSchedule t;
     return t;
 }
 
@@ -173,6 +173,59 @@ void scalings() {
     CHECK_NEAR(v.c_skip * x + v.c_out * vv, x0, 1e-6);
 }
 
+void edm_schedule() {
+    // CosXL (stable-diffusion.cpp's EDMVDenoiser): sigma in [0.002, 120], UNet timestep 0.25 ln s,
+    // timestep-stepping schedulers through exp(4 t / 1000), v scalings.
+    const sd::NoiseSchedule e = sd::NoiseSchedule::edm();
+    CHECK(e.kind() == sd::NoiseSchedule::Kind::Edm);
+    CHECK_NEAR(e.sigma_min(), 0.002, 1e-9);
+    CHECK_NEAR(e.sigma_max(), 120.0, 0);
+    CHECK_NEAR(e.sigma_to_t(1.0f), 0.0, 0);
+    CHECK_NEAR(e.sigma_to_t(120.0f), 0.25 * std::log(120.0), 1e-6);  // 1.19689
+    CHECK_NEAR(e.sigma_to_t(0.002f), 0.25 * std::log(0.002), 1e-6);  // -1.55363: below 0, not clamped
+    CHECK_NEAR(e.t_to_sigma(999.0f), std::exp(3.996), 1e-3);          // 54.3645
+    CHECK_NEAR(e.t_to_sigma(0.0f), 1.0, 0);
+    // exponential (the EDM default): log-uniform from 120 down to 0.002, then 0.
+    const std::vector<float> x = sd::make_sigmas(sd::Scheduler::Exponential, 4, e);
+    CHECK(x.size() == 5);
+    const double want[] = {120.0, 3.0652375, 0.078297339};  // numpy: exp(linspace(ln 120, ln .002, 4))
+    CHECK_NEAR(x[0], want[0], 1e-4);
+    CHECK_NEAR(x[1], want[1], 1e-5);
+    CHECK_NEAR(x[2], want[2], 1e-6);
+    CHECK_NEAR(x[3], 0.002, 1e-8);
+    CHECK_NEAR(x[4], 0.0, 0);
+    // karras uses the range too; discrete steps through t_to_sigma.
+    CHECK_NEAR(sd::make_sigmas(sd::Scheduler::Karras, 3, e)[0], 120.0, 1e-3);
+    CHECK_NEAR(sd::make_sigmas(sd::Scheduler::Karras, 3, e)[2], 0.002, 1e-7);
+    CHECK_NEAR(sd::make_sigmas(sd::Scheduler::Discrete, 2, e)[0], std::exp(3.996), 1e-3);
+    CHECK_NEAR(sd::make_sigmas(sd::Scheduler::Discrete, 2, e)[1], 1.0, 0);
+    const auto v = sd::denoiser_scalings(sd::Prediction::EdmV, 2.0f);
+    CHECK_NEAR(v.c_skip, 0.2, 1e-7);
+    CHECK_NEAR(v.c_out, -2.0 / std::sqrt(5.0), 1e-7);
+    CHECK_THROWS_CODE(sd::NoiseSchedule::edm(1.0f, 0.5f), sd::ErrorCode::InvalidArgument);
+}
+
+void stored_table() {
+    // A checkpoint's alphas_cumprod replaces the computed table (the reference's load_alphas_cumprod).
+    std::vector<float> ac(sd::kTimesteps);
+    for (int i = 0; i < sd::kTimesteps; ++i) ac[i] = table().alphas_cumprod(i);
+    const sd::NoiseSchedule same(ac);
+    CHECK(same.table_from_file());
+    for (int t : {0, 1, 500, 999}) CHECK_NEAR(same.sigma(t), table().sigma(t), 0);
+    // Zero terminal SNR (rescaled, diffusers' 2^-24 floor at the end): sigma_max ~4096.
+    ac.back() = 1.0f / 16777216.0f;
+    const sd::NoiseSchedule z(ac);
+    CHECK_NEAR(z.sigma_max(), std::sqrt((1.0 - ac.back()) / ac.back()), 1e-2);
+    CHECK_NEAR(z.sigma_to_t(z.sigma_max()), 999.0, 1e-4);
+    CHECK_NEAR(sd::make_sigmas(sd::Scheduler::Karras, 4, z)[0], z.sigma_max(), 1e-1);
+    // What cannot be used is said.
+    CHECK(sd::NoiseSchedule::invalid_alphas_cumprod(ac).empty());
+    ac[3] = 0.0f;
+    CHECK(sd::NoiseSchedule::invalid_alphas_cumprod(ac).find("[3]") != std::string::npos);
+    CHECK_THROWS_CODE(sd::NoiseSchedule{ac}, sd::ErrorCode::InvalidArgument);
+    CHECK(!sd::NoiseSchedule::invalid_alphas_cumprod(std::vector<float>(999, 0.5f)).empty());
+}
+
 }  // namespace
 
 int main() {
@@ -184,5 +237,7 @@ int main() {
     ays_and_gits();
     reference_first_timestep();
     scalings();
+    edm_schedule();
+    stored_table();
     return sdtest::finish("schedule_test");
 }

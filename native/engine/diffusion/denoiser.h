@@ -36,7 +36,7 @@ struct DenoiserInputs {
     const Unet * unet = nullptr;
     GraphRunner * runner = nullptr;
     Prediction prediction = Prediction::Eps;
-    const DiscreteSchedule * schedule = nullptr;
+    const NoiseSchedule * schedule = nullptr;
     const Conditioning * cond = nullptr;
     const Conditioning * uncond = nullptr;  // the negative prompt; needed by either unconditional pass
     bool use_uncond = false;                // run the (negative prompt, concat) pass

@@ -31,7 +31,8 @@ Sampler parse_sampler(const std::string & name) { return parse_enum(kSamplerName
 
 std::vector<Sampler> all_samplers() { return enum_values(kSamplerNames); }
 
-Scheduler default_scheduler(Sampler s) {
+Scheduler default_scheduler(Sampler s, NoiseSchedule::Kind schedule) {
+    if (schedule == NoiseSchedule::Kind::Edm) return Scheduler::Exponential;
     if (s == Sampler::Lcm || s == Sampler::Tcd) return Scheduler::Lcm;
     if (s == Sampler::DdimTrailing) return Scheduler::Simple;
     return Scheduler::Discrete;

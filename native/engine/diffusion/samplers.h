@@ -32,11 +32,12 @@ const char * sampler_name(Sampler s);  // "euler", "euler_a", ..., "dpm++2mv2", 
 Sampler parse_sampler(const std::string & name);  // throws InvalidArgument on an unknown name
 std::vector<Sampler> all_samplers();
 
-// sd.cpp's defaults for SD1/SD2/SDXL: the sampler is euler_a; the scheduler is "lcm" for lcm and
-// tcd, "simple" for ddim_trailing, "discrete" otherwise; eta is 1 for euler_a, dpm++2s_a, er_sde,
+// sd.cpp's defaults for SD1/SD2/SDXL: the sampler is euler_a; the scheduler is "exponential" on an
+// EDM schedule (edm_v models, whatever the sampler), else "lcm" for lcm and tcd, "simple" for
+// ddim_trailing, "discrete" otherwise; eta is 1 for euler_a, dpm++2s_a, er_sde,
 // euler_a_cfg_pp, dpm++2m_sde and dpm++2m_sde_bt, 0 for the rest (samplers without noise ignore it).
 constexpr Sampler kDefaultSampler = Sampler::EulerA;
-Scheduler default_scheduler(Sampler s);
+Scheduler default_scheduler(Sampler s, NoiseSchedule::Kind schedule = NoiseSchedule::Kind::CompVis);
 float default_eta(Sampler s);
 // Whether the sampler needs the unguided prediction too (the CFG++ samplers).
 bool needs_uncond_denoised(Sampler s);

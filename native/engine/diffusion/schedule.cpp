@@ -8,43 +8,88 @@
 
 namespace sd {
 
-// ------------------------------------------------------------------ the discrete table
+// ------------------------------------------------------------------ noise schedules
 
-DiscreteSchedule::DiscreteSchedule() {
+NoiseSchedule::NoiseSchedule() {
     // In float, step for step as the reference: beta = (sqrt(start) + i/999 * (sqrt(end) - sqrt(start)))^2.
     const float sqrt_start = std::sqrt(0.00085f);
     const float sqrt_end = std::sqrt(0.0120f);
+    std::array<float, kTimesteps> ac{};
     float product = 1.0f;
     for (int i = 0; i < kTimesteps; ++i) {
         const float beta_sqrt = sqrt_start + (sqrt_end - sqrt_start) * (float(i) / float(kTimesteps - 1));
         product *= 1.0f - std::pow(beta_sqrt, 2.0f);
-        alphas_cumprod_[i] = product;
-        sigmas_[i] = std::sqrt((1.0f - product) / product);
-        log_sigmas_[i] = std::log(sigmas_[i]);
+        ac[i] = product;
     }
+    fill_table(ac.data());
 }
 
-float DiscreteSchedule::sigma(int t) const {
+NoiseSchedule::NoiseSchedule(const std::vector<float> & alphas_cumprod) {
+    const std::string why = invalid_alphas_cumprod(alphas_cumprod);
+    if (!why.empty()) throw_invalid("alphas_cumprod " + why);
+    fill_table(alphas_cumprod.data());
+    from_file_ = true;
+}
+
+std::string NoiseSchedule::invalid_alphas_cumprod(const std::vector<float> & ac) {
+    if (ac.size() != size_t(kTimesteps)) {
+        return "has " + std::to_string(ac.size()) + " values; expected " + std::to_string(kTimesteps);
+    }
+    for (size_t i = 0; i < ac.size(); ++i) {
+        if (!(std::isfinite(ac[i]) && ac[i] > 0.0f && ac[i] <= 1.0f)) {
+            return "[" + std::to_string(i) + "] is " + std::to_string(ac[i]) + "; expected a number in (0, 1]";
+        }
+    }
+    return "";
+}
+
+void NoiseSchedule::fill_table(const float * ac) {
+    for (int i = 0; i < kTimesteps; ++i) {
+        alphas_cumprod_[i] = ac[i];
+        sigmas_[i] = std::sqrt((1.0f - ac[i]) / ac[i]);
+        log_sigmas_[i] = std::log(sigmas_[i]);
+    }
+    sigma_min_ = sigmas_[0];
+    sigma_max_ = sigmas_[kTimesteps - 1];
+}
+
+NoiseSchedule NoiseSchedule::edm(float sigma_min, float sigma_max) {
+    if (!(sigma_min > 0.0f && sigma_max > sigma_min && std::isfinite(sigma_max))) {
+        throw_invalid("EDM sigmas must satisfy 0 < sigma_min < sigma_max; received " + std::to_string(sigma_min) + ", " +
+                      std::to_string(sigma_max));
+    }
+    NoiseSchedule s;
+    s.kind_ = Kind::Edm;
+    s.sigma_min_ = sigma_min;
+    s.sigma_max_ = sigma_max;
+    return s;
+}
+
+float NoiseSchedule::sigma(int t) const {
     if (t < 0 || t >= kTimesteps) throw_invalid("timestep " + std::to_string(t) + " is outside [0, 999]");
+    if (kind_ == Kind::Edm) return t_to_sigma(float(t));
     return sigmas_[t];
 }
 
-float DiscreteSchedule::alphas_cumprod(int t) const {
+float NoiseSchedule::alphas_cumprod(int t) const {
     if (t < 0 || t >= kTimesteps) throw_invalid("timestep " + std::to_string(t) + " is outside [0, 999]");
+    if (kind_ == Kind::Edm) throw Error(ErrorCode::Internal, "an EDM schedule has no alphas_cumprod table");
     return alphas_cumprod_[t];
 }
 
-float DiscreteSchedule::t_to_sigma(float t) const {
+float NoiseSchedule::t_to_sigma(float t) const {
     if (!(t >= 0.0f && t <= float(kTimesteps - 1))) {
         throw_invalid("timestep " + std::to_string(t) + " is outside [0, 999]");
     }
+    if (kind_ == Kind::Edm) return std::exp(t * 4.0f / float(kTimesteps));
     const int lo = int(std::floor(t));
     const int hi = int(std::ceil(t));
     const float w = t - float(lo);
     return std::exp((1.0f - w) * log_sigmas_[lo] + w * log_sigmas_[hi]);
 }
 
-float DiscreteSchedule::sigma_to_t(float sigma) const {
+float NoiseSchedule::sigma_to_t(float sigma) const {
+    if (kind_ == Kind::Edm) return 0.25f * std::log(sigma);
     // The last table entry at or below log(sigma), clamped so [lo, lo+1] is a valid pair.
     const float log_sigma = std::log(sigma);
     int lo = 0;
@@ -79,6 +124,19 @@ Scheduler parse_scheduler(const std::string & name) {
 }
 
 std::vector<Scheduler> all_schedulers() { return enum_values(kSchedulerNames); }
+
+namespace {
+constexpr EnumName<Prediction> kPredictionNames[] = {
+    {Prediction::Eps, "eps"}, {Prediction::V, "v"}, {Prediction::EdmV, "edm_v"}};
+}  // namespace
+
+const char * prediction_name(Prediction p) { return enum_name(kPredictionNames, p); }
+Prediction parse_prediction(const std::string & name) { return parse_enum(kPredictionNames, name, "prediction"); }
+std::vector<std::string> prediction_names() {
+    std::vector<std::string> v;
+    for (const auto & e : kPredictionNames) v.push_back(e.name);
+    return v;
+}
 
 // ------------------------------------------------------------------ helpers shared by the tables
 
@@ -249,7 +307,7 @@ double beta_quantile(double u, double a, double b) {
 
 // ------------------------------------------------------------------ schedules
 
-std::vector<float> make_sigmas(Scheduler s, int n, const DiscreteSchedule & table, AysModel ays) {
+std::vector<float> make_sigmas(Scheduler s, int n, const NoiseSchedule & table, AysModel ays) {
     if (n < 1 || n > 10000) throw_invalid("steps " + std::to_string(n) + " is out of range: expected 1..10000");
     const float sigma_min = table.sigma_min();
     const float sigma_max = table.sigma_max();
@@ -384,7 +442,7 @@ std::vector<float> make_sigmas(Scheduler s, int n, const DiscreteSchedule & tabl
 
 Scalings denoiser_scalings(Prediction p, float sigma) {
     const float norm = std::sqrt(sigma * sigma + 1.0f);  // sigma_data = 1
-    if (p == Prediction::V) return {1.0f / (sigma * sigma + 1.0f), -sigma / norm, 1.0f / norm};
+    if (p == Prediction::V || p == Prediction::EdmV) return {1.0f / (sigma * sigma + 1.0f), -sigma / norm, 1.0f / norm};
     return {1.0f, -sigma, 1.0f / norm};
 }
 

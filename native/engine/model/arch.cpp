@@ -122,6 +122,7 @@ bool metadata_prediction(const ModelFile & file, Prediction & prediction) {
     auto parse = [&](const std::string & v) {
         if (v == "v" || v == "v_prediction" || v == "v-prediction" || v == "vpred") { prediction = Prediction::V; return true; }
         if (v == "epsilon" || v == "eps") { prediction = Prediction::Eps; return true; }
+        if (v == "edm_v") { prediction = Prediction::EdmV; return true; }
         return false;
     };
     for (const char * key : {"sdnode.prediction", "modelspec.prediction_type", "prediction_type"})
@@ -444,13 +445,12 @@ ModelInfo detect_architecture(const ModelFile & file, const CanonicalModel & mod
         if (distilled && p.variant.empty()) p.variant = p.has_middle_block ? "small" : "tiny";
 
         const bool sdxl = is_sdxl_family(info.arch);
+        // stable-diffusion.cpp's markers for SDXL checkpoints, which it goes by (metadata or not):
+        // "edm_vpred.sigma_max" (CosXL) means EDM v-prediction, else a tensor named "v_pred" means
+        // v-prediction.
         if (sdxl && file.find("edm_vpred.sigma_max")) {
-            // CosXL-style EDM v-prediction (stable-diffusion.cpp's edm_v): not run yet; said at load.
-            p.prediction_edm = true;
-        }
-        // stable-diffusion.cpp's marker for SDXL v-prediction checkpoints, a tensor named "v_pred",
-        // is what it goes by (metadata or not).
-        if (sdxl && file.find("v_pred")) {
+            p.prediction = Prediction::EdmV;
+        } else if (sdxl && file.find("v_pred")) {
             p.prediction = Prediction::V;
         } else if (!metadata_prediction(file, p.prediction)) {
             p.prediction = arch_defaults(info.arch).prediction;

@@ -35,7 +35,6 @@ struct UnetParams {
     int num_head_channels = -1;            // -1 when num_heads is fixed instead
     bool use_linear_projection = false;    // proj_in/out as linear (SD2, SDXL) vs 1x1 conv (SD1)
     int adm_in_channels = 0;               // SDXL label embedding input, 0 = none
-    bool prediction_edm = false;           // an EDM v-prediction marker (edm_vpred.*) was found
     int time_embed_dim = 1280;
     Prediction prediction = Prediction::Eps;
     // "", "inpaint", "instruct-pix2pix" (by in_channels), else for distilled UNets (fewer res blocks

@@ -1,6 +1,8 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 
 #include "runtime/backend.h"
@@ -53,6 +55,53 @@ namespace {
 bool mmap_disabled() {
     const char * v = std::getenv("SDNODE_MMAP");
     return v && std::string(v) == "0";
+}
+
+std::string float_text(float v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", double(v));
+    return buf;
+}
+
+// The noise levels the model was trained with (diffusion/schedule.h). EDM v-prediction: the range
+// CosXL stores as edm_vpred.sigma_min / sigma_max (the reference's 0.002 and 120 when absent).
+// Otherwise the checkpoint's own alphas_cumprod buffer when it holds a usable table, as
+// stable-diffusion.cpp reads it, else the computed one. What is passed over is said in warnings.
+NoiseSchedule noise_schedule(const ModelFile & file, ModelInfo & info) {
+    auto warn = [&](const std::string & w) { info.warnings.push_back(w); };
+    if (info.unet.prediction == Prediction::EdmV) {
+        float range[2] = {NoiseSchedule::kEdmSigmaMin, NoiseSchedule::kEdmSigmaMax};
+        const char * names[2] = {"edm_vpred.sigma_min", "edm_vpred.sigma_max"};
+        for (int i = 0; i < 2; ++i) {
+            const TensorRecord * r = file.find(names[i]);
+            if (!r) continue;
+            const std::vector<float> v = r->numel() == 1 ? read_f32(*r) : std::vector<float>{};
+            if (v.size() == 1 && std::isfinite(v[0]) && v[0] > 0) range[i] = v[0];
+            else warn(std::string(names[i]) + " is not one positive number; using " + float_text(range[i]));
+        }
+        if (!(range[0] < range[1])) {
+            warn("edm_vpred.sigma_min is not below sigma_max; using 0.002 and 120");
+            range[0] = NoiseSchedule::kEdmSigmaMin;
+            range[1] = NoiseSchedule::kEdmSigmaMax;
+        }
+        if (range[0] != NoiseSchedule::kEdmSigmaMin || range[1] != NoiseSchedule::kEdmSigmaMax) {
+            warn("EDM sigma range " + float_text(range[0]) + " to " + float_text(range[1]) +
+                 " from the file (stable-diffusion.cpp always uses 0.002 to 120)");
+        }
+        return NoiseSchedule::edm(range[0], range[1]);
+    }
+    const TensorRecord * r = file.find("alphas_cumprod");
+    if (!r) return NoiseSchedule();
+    std::vector<float> ac;
+    if (r->numel() == kTimesteps) ac = read_f32(*r);
+    const std::string why = r->numel() == kTimesteps ? NoiseSchedule::invalid_alphas_cumprod(ac)
+                                                     : "has " + std::to_string(r->numel()) + " values; expected " +
+                                                           std::to_string(kTimesteps);
+    if (!why.empty()) {
+        warn("the file's alphas_cumprod " + why + "; the standard noise schedule is used");
+        return NoiseSchedule();
+    }
+    return NoiseSchedule(ac);
 }
 
 }  // namespace
@@ -185,16 +234,8 @@ std::shared_ptr<const Model> Model::load(const std::string & path, const ModelLo
         for (size_t i = 0; i < missing.size(); ++i) list += (i ? (i + 1 == missing.size() ? " and " : ", ") : "") + missing[i];
         throw_unsupported(m->file_.path, "cannot generate images: the model has no " + list);
     }
-    if (options.prediction) {
-        if (*options.prediction == kPredictionNames[0]) m->info_.unet.prediction = Prediction::Eps;
-        else if (*options.prediction == kPredictionNames[1]) m->info_.unet.prediction = Prediction::V;
-        else throw_invalid("prediction must be \"eps\" or \"v\"; received \"" + *options.prediction + "\"");
-        m->info_.unet.prediction_edm = false;
-    }
-    if (info.unet.prediction_edm) {
-        throw_unsupported(m->file_.path, "is an EDM v-prediction model (CosXL: edm_vpred.* tensors), which sdnode does not run yet; "
-                                         "prediction: 'v' runs it as plain v-prediction");
-    }
+    if (options.prediction) m->info_.unet.prediction = parse_prediction(*options.prediction);
+    m->schedule_ = noise_schedule(m->file_, m->info_);
     if (info.arch == Arch::Unknown) {
         throw_unsupported(m->file_.path, "text-to-image runs SD1.x, SD2.x, SDXL and SDXL refiner models; this one is of an unknown architecture");
     }

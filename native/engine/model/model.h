@@ -14,6 +14,7 @@
 #include "adapters/embeddings.h"
 #include "components/components.h"
 #include "components/taesd.h"
+#include "diffusion/schedule.h"
 #include "ggml-backend.h"
 #include "ggml-cpp.h"
 #include "io/model-file.h"
@@ -40,8 +41,8 @@ struct ModelLoadOptions {
     // VAE; its latent channels must be the UNet's. The model's own VAE tensors are then unused
     // and not loaded. Empty: the checkpoint's VAE.
     std::string vae_path;
-    // What the UNet predicts ("eps", "v"), overriding the file's metadata and markers. Unset: as
-    // detected (arch.cpp).
+    // What the UNet predicts ("eps", "v", "edm_v": diffusion/prediction.h), overriding the file's
+    // metadata and markers. Unset: as detected (arch.cpp).
     std::optional<std::string> prediction;
     // A folder of textual-inversion embeddings (adapters/embeddings.h): each file's name without
     // its extension is a trigger word in prompts. Listed again for every generation, files read
@@ -81,6 +82,9 @@ public:
         return text_encoder_2();
     }
     const Unet & unet() const { return *components_.unet; }
+    // The noise levels the UNet was trained with: what sigmas are drawn from and turned into its
+    // timesteps (EDM for edm_v, else the CompVis table, the file's own when it has one).
+    const NoiseSchedule & schedule() const { return schedule_; }
     const Vae & vae() const { return *components_.vae; }
     // The TAESD loaded from ModelLoadOptions::taesd_path, null when none was given.
     const Taesd * taesd() const { return taesd_.get(); }
@@ -119,6 +123,7 @@ private:
     CanonicalModel canonical_;
     Source vae_file_, taesd_file_;
     ModelInfo info_;
+    NoiseSchedule schedule_;
     ggml_backend_ptr load_backend_;  // allocates and fills the weight buffers
     ggml_backend_dev_t device_ = nullptr;
     int threads_ = 1;

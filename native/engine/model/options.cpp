@@ -143,7 +143,7 @@ OptionTables option_tables() {
     t.limits.push_back({"canny", kCannyValueMin, kCannyValueMax, false});
     t.default_hires_upscaler = hires_upscaler_name(kDefaultHiresUpscaler);
     for (const char * d : kDecoderNames) t.decoders.push_back(d);
-    for (const char * n : kPredictionNames) t.predictions.push_back(n);
+    t.predictions = prediction_names();
     t.image_side_multiple = kImageSideMultiple;
     t.prompt_max_length = kPromptMaxLength;
     t.default_steps = kDefaultSteps;

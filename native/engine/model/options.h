@@ -68,9 +68,6 @@ constexpr double kControlWindowMin = 0, kControlWindowMax = 1;
 constexpr double kCannyValueMin = 0, kCannyValueMax = 1;
 }  // namespace limits
 
-// What a UNet may predict (the `prediction` load option): the noise or v.
-constexpr const char * kPredictionNames[] = {"eps", "v"};
-
 // How LoRAs are applied (adapters/lora.h): merged into copies of float weights, added at run time,
 // or chosen by the model's weight types.
 constexpr const char * kLoraApplyNames[] = {"auto", "merge", "runtime"};

@@ -136,6 +136,12 @@ std::vector<LoraRequest> check_loras(const GenerateParams & p) {
     return out;
 }
 
+// The Align Your Steps table for the model's family (as the reference picks it); SD2.x has none.
+AysModel ays_model(Arch arch) {
+    if (arch == Arch::SD2) throw_invalid("the ays scheduler has noise levels for SD1.x and SDXL only, not SD2.x; choose another scheduler");
+    return is_sdxl_family(arch) ? AysModel::Sdxl : AysModel::Sd1;
+}
+
 }  // namespace
 
 ResolvedParams resolve_generate_params(const Model & model, const GenerateParams & p) {
@@ -171,7 +177,9 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
     r.cfg_scale = number_in("cfgScale", p.cfg_scale, kDefaultCfgScale, kCfgScaleMin, kCfgScaleMax);
     const Sampler sampler = p.sampler ? parse_sampler(*p.sampler) : kDefaultSampler;
     r.sampler = sampler_name(sampler);
-    r.scheduler = scheduler_name(p.scheduler ? parse_scheduler(*p.scheduler) : default_scheduler(sampler));
+    const Scheduler scheduler = p.scheduler ? parse_scheduler(*p.scheduler) : default_scheduler(sampler, model.schedule().kind());
+    r.scheduler = scheduler_name(scheduler);
+    const AysModel ays = scheduler == Scheduler::Ays ? ays_model(model.arch()) : AysModel::Sd1;
     r.eta = number_in("eta", p.eta, default_eta(sampler), kEtaMin, kEtaMax);
     r.lms_max_order = int_in("lmsMaxOrder", p.lms_max_order, SamplerParams{}.lms_max_order, kLmsMaxOrderMin, kLmsMaxOrderMax);
     int asked_steps = r.steps;  // what the schedule was asked for (img2img truncates from it, as the reference)
@@ -196,7 +204,7 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
         }
         r.steps = asked_steps = n;
     } else {
-        r.sigmas = make_sigmas(parse_scheduler(r.scheduler), r.steps, DiscreteSchedule());
+        r.sigmas = make_sigmas(scheduler, r.steps, model.schedule(), ays);
         r.steps = static_cast<int>(r.sigmas.size()) - 1;  // beta drops repeated timesteps
     }
     r.rng = rng_kind_name(parse_rng_kind(p.rng.value_or(kDefaultRng)));
@@ -353,7 +361,7 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
                           std::to_string(steps) + " / " + number_text(o.strength));
         }
         const int scheduler_steps = std::max(1, static_cast<int>(total));
-        const std::vector<float> full = make_sigmas(parse_scheduler(r.scheduler), scheduler_steps, DiscreteSchedule());
+        const std::vector<float> full = make_sigmas(scheduler, scheduler_steps, model.schedule(), ays);
         r.hires_sigmas = truncate_schedule(full, scheduler_steps, o.strength);
     }
 
@@ -662,7 +670,6 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const std::vector<HostTensor> hints = guided_hints(w, h);
     std::vector<HostTensor> hires_hints;
 
-    const DiscreteSchedule schedule;
     // The running pass's latest denoised prediction (x0), kept for previews.
     const bool previewing = p.previews && control.preview;
     std::vector<float> last_x0;
@@ -672,7 +679,7 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
         di.unet = &model.unet();
         di.runner = &runner;
         di.prediction = model.info().unet.prediction;
-        di.schedule = &schedule;
+        di.schedule = &model.schedule();
         di.cond = &cond;
         di.uncond = (use_uncond || use_img_uncond) ? &uncond : nullptr;
         di.use_uncond = use_uncond;
