@@ -248,7 +248,7 @@ export interface NativeSession {
   ): Promise<NativeGenerated>;
   encodePrompt(
     text: string, clipSkip?: number, abort?: NativeAbortFlag, embeddings?: import('./embeddings.ts').NativeEmbedding[],
-    adapters?: { loras?: import('./lora.ts').NativeLora[]; loraApply?: string },
+    adapters?: { loras?: import('./lora.ts').NativeLora[]; loraApply?: string; prompt2?: string },
   ): Promise<NativeEncoded>;
   encodeImage(
     pixels: Uint8Array, width: number, height: number, channels: number, seed: number | undefined, rng: string,

@@ -117,6 +117,19 @@ export interface GenerateOptions {
   prompt: string;
   /** What to avoid (classifier-free guidance's unconditional prompt). @default '' */
   negativePrompt?: string;
+  /**
+   * SDXL: the text for the second text encoder (OpenCLIP bigG, which also makes the pooled
+   * embedding), so that the two encoders read different prompts — ComfyUI's `text_g` beside
+   * `text_l`, diffusers' `prompt_2`. Each text is then tokenized and weighted on its own; the one
+   * with fewer 77-token chunks is padded with empty-prompt chunks. On the SDXL refiner (bigG only)
+   * it replaces `prompt`. Refused on SD1.x/SD2.x (one text encoder). `<lora:...>` tags count as in
+   * `prompt`.
+   * @default prompt (the one-prompt encoding, as stable-diffusion.cpp)
+   * @example `{ prompt: 'a watercolor painting', prompt2: 'a lighthouse on a cliff at dusk' }`
+   */
+  prompt2?: string;
+  /** SDXL: the negative prompt for the second text encoder, as `prompt2`. @default negativePrompt */
+  negativePrompt2?: string;
   /** Image width in pixels, a multiple of 8 from 64 to 4096. @default 512 (SD1.x), 768 (SD2.x) */
   width?: number;
   /** Image height in pixels, a multiple of 8 from 64 to 4096. @default 512 (SD1.x), 768 (SD2.x) */
@@ -335,6 +348,9 @@ export interface GenerateResult {
 export interface ResolvedGenerateOptions {
   prompt: string;
   negativePrompt: string;
+  /** SDXL, when given: the second text encoder's texts. */
+  prompt2?: string;
+  negativePrompt2?: string;
   width: number;
   height: number;
   steps: number;
@@ -395,9 +411,10 @@ export interface NativeImage { data: Uint8Array; width: number; height: number; 
 
 /** What the native side receives: only the options the caller gave (the engine fills in the rest). */
 export type NativeGenerateRequest = Partial<
-  Omit<ResolvedGenerateOptions, 'prompt' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep' | 'loraApply' | 'controlNets'>
+  Omit<ResolvedGenerateOptions, 'prompt' | 'prompt2' | 'scheduler' | 'mode' | 'hires' | 'resizeMode' | 'maskBlur' | 'invertMask' | 'decoder' | 'vaeTiling' | 'refiner' | 'switchStep' | 'loraApply' | 'controlNets'>
 > & import('./binding.ts').NativeCodecOptions & {
   prompt: string;
+  prompt2?: string;
   scheduler?: Scheduler;
   /** Send previews to the callback. */
   previews?: boolean;
@@ -426,7 +443,7 @@ export interface ImageRequest {
 }
 
 const KNOWN_KEYS = new Set([
-  'prompt', 'negativePrompt', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
+  'prompt', 'negativePrompt', 'prompt2', 'negativePrompt2', 'width', 'height', 'steps', 'cfgScale', 'sampler', 'scheduler', 'seed', 'rng', 'samplerRng',
   'clipSkip', 'batchSize', 'eta', 'signal', 'onProgress', 'returnLatents', 'sigmas', 'lmsMaxOrder',
   'initImage', 'strength', 'mask', 'maskBlur', 'invertMask', 'resizeMode', 'imageCfgScale', 'hires', 'decoder', 'vaeTiling',
   'vaeMemoryBudget', 'onPreview', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'targetSize',
@@ -525,6 +542,12 @@ export function checkGenerateOptions(
   if (prompt === undefined) invalid('prompt', 'a string', o.prompt);
   const tagged = extractLoraTags(prompt);
   const request: NativeGenerateRequest = { prompt: tagged.prompt };
+  const prompt2 = checkPrompt('prompt2', o.prompt2);
+  if (prompt2 !== undefined) {
+    const tagged2 = extractLoraTags(prompt2);
+    request.prompt2 = tagged2.prompt;
+    tagged.tags.push(...tagged2.tags);
+  }
   const set = <K extends keyof NativeGenerateRequest>(key: K, v: NativeGenerateRequest[K] | undefined) => {
     if (v !== undefined) request[key] = v;
   };
@@ -555,6 +578,7 @@ export function checkGenerateOptions(
   }
   set('seed', seed);
   set('negativePrompt', checkPrompt('negativePrompt', o.negativePrompt));
+  set('negativePrompt2', checkPrompt('negativePrompt2', o.negativePrompt2));
   const initImage = checkImageInput('initImage', o.initImage);
   const mask = checkImageInput('mask', o.mask);
   const strength = checkLimitedNumber('strength', o.strength);

@@ -24,6 +24,7 @@ import {
   RNGS,
   checkCallback,
   checkImageSide,
+  checkPrompt,
   checkSeed,
   checkSignal,
   checkLimitedInteger,
@@ -322,6 +323,12 @@ export interface EncodeImageOptions {
 /** Options of {@link Model.encodePrompt}. */
 export interface EncodePromptOptions {
   /**
+   * SDXL: the text for the second text encoder (bigG) and the pooled embedding, as generate()'s.
+   * @default the text
+   * @example `model.encodePrompt('a watercolor painting', { prompt2: 'a lighthouse at dusk' })`
+   */
+  prompt2?: string;
+  /**
    * Stop at this layer from the end (1 = last layer).
    * @default 1 for SD1.x, 2 for SD2.x
    */
@@ -467,17 +474,18 @@ export class Model {
     try {
       if (!isString(text)) invalid('text', 'a string', text);
       const o = expectOptionsObject('options', options);
-      expectKnownKeys('options', o, ['clipSkip', 'loras', 'loraApply', 'signal', 'embeddings']);
+      expectKnownKeys('options', o, ['clipSkip', 'loras', 'loraApply', 'signal', 'embeddings', 'prompt2']);
       const clipSkip = checkLimitedInteger('clipSkip', o.clipSkip);
       const signal = checkSignal('signal', o.signal);
       const embeddings = checkEmbeddings('embeddings', o.embeddings);
       const tagged = extractLoraTags(text);
-      const loras = resolveLoras(checkLoras(o.loras), tagged.tags, this.loraDir);
+      const prompt2 = o.prompt2 === undefined ? undefined : extractLoraTags(checkPrompt('prompt2', o.prompt2)!);
+      const loras = resolveLoras(checkLoras(o.loras), [...tagged.tags, ...(prompt2?.tags ?? [])], this.loraDir);
       const loraApply = o.loraApply === undefined ? undefined : expectOneOf('loraApply', o.loraApply, LORA_APPLY_MODES);
       throwIfAborted(signal, 'encodePrompt');
       const session = this.nativeSession('encodePrompt()');
       const { flag, cleanup } = abortFlagFor(signal);
-      return callNative(() => session.encodePrompt(tagged.prompt, clipSkip, flag, embeddings, { loras, loraApply }))
+      return callNative(() => session.encodePrompt(tagged.prompt, clipSkip, flag, embeddings, { loras, loraApply, prompt2: prompt2?.prompt }))
         .catch((e: unknown) => {
           throw withAbortReason(e, signal, 'encodePrompt');
         })
@@ -752,7 +760,7 @@ export class Model {
     throwIfAborted(checked.signal, 'generate');
 
     // The refiner's request: the same prompt, seed and sampler, the rest of the schedule, the latents.
-    const keep = ['prompt', 'negativePrompt', 'cfgScale', 'sampler', 'eta', 'rng', 'samplerRng', 'lmsMaxOrder', 'clipSkip', 'returnLatents',
+    const keep = ['prompt', 'negativePrompt', 'prompt2', 'negativePrompt2', 'cfgScale', 'sampler', 'eta', 'rng', 'samplerRng', 'lmsMaxOrder', 'clipSkip', 'returnLatents',
       'decoder', 'vaeTiling', 'vaeMemoryBudget', 'preview', 'previewInterval', 'originalSize', 'cropTopLeft', 'signal',
       'aestheticScore', 'negativeAestheticScore', 'targetSize'];
     const second: Record<string, unknown> = {};
@@ -760,6 +768,7 @@ export class Model {
     Object.assign(second, { width: base.width, height: base.height, seed: base.seed, batchSize: batch, sigmas: base.sigmas.slice(k) });
     // The base model's LoRAs are not the refiner's: it gets the prompt without their tags.
     second.prompt = checked.request.prompt;
+    if (checked.request.prompt2 !== undefined) second.prompt2 = checked.request.prompt2;
     if (onPreview) second.onPreview = onPreview;
     const checked2 = checkGenerateOptions(second, refiner.loadedInfo());
     checked2.request.startLatent = concatLatents(first.latents);

@@ -82,6 +82,9 @@ test('sdnode generate writes PNGs with metadata; a batch writes numbered files',
   const badPrediction = cli('generate', '-m', made.path, '-p', 'a cat', '--prediction', 'flow');
   assert.equal(badPrediction.status, 2);
   assert.match(badPrediction.stderr, /--prediction must be one of "eps", "v", "edm_v"; received "flow"/);
+  const prompt2 = cli('generate', '-m', made.path, '-p', 'a cat', '--prompt-2', 'a dog', '-W', '64', '-H', '64', '-o', path.join(work, 'p2.png'));
+  assert.equal(prompt2.status, 2);
+  assert.match(prompt2.stderr, /--prompt-2 is the text for SDXL's second text encoder \(OpenCLIP bigG\); this sd1 model has one text encoder/);
 });
 
 /** One line on stderr, no stack frames. */

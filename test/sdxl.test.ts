@@ -127,6 +127,69 @@ describe('SDXL', () => {
   });
 });
 
+describe('separate prompts for the two SDXL text encoders (text_l / text_g)', () => {
+  test('prompt2 feeds bigG and the pooled embedding; each text is weighted on its own; the shorter is padded with empty chunks', async () => {
+    const half = (e: { data: Float32Array; dim: number }, part: 'l' | 'g') => {
+      // Tiny encoders: 32 CLIP-L then 32 bigG values per token.
+      const out: number[] = [];
+      for (let t = 0; t < e.data.length / e.dim; t++) for (let i = 0; i < 32; i++) out.push(e.data[t * e.dim + (part === 'l' ? i : 32 + i)]!);
+      return out;
+    };
+    const l = await model.encodePrompt('a watercolor painting');
+    const g = await model.encodePrompt('a lighthouse at dusk');
+    const both = await model.encodePrompt('a watercolor painting', { prompt2: 'a lighthouse at dusk' });
+    assert.equal(both.tokens, 77);
+    assert.deepEqual(both.tokenIds, l.tokenIds);  // CLIP-L's ids
+    assert.deepEqual(both.pooled, g.pooled);
+    assert.deepEqual(half(both, 'l'), half(l, 'l'));
+    assert.deepEqual(half(both, 'g'), half(g, 'g'));
+    // Emphasis in one text weights that encoder's half only.
+    const weighted = await model.encodePrompt('a watercolor painting', { prompt2: 'a (lighthouse:1.4) at dusk' });
+    assert.deepEqual(half(weighted, 'l'), half(l, 'l'));
+    assert.ok(maxAbs(new Float32Array(half(weighted, 'g')), new Float32Array(half(g, 'g'))) > 1e-3);
+    // The same text twice is the one-prompt encoding, exactly.
+    assert.deepEqual((await model.encodePrompt('a lighthouse at dusk', { prompt2: 'a lighthouse at dusk' })).data, g.data);
+    // A two-chunk bigG text beside a one-chunk CLIP-L text: CLIP-L gets an empty-prompt chunk.
+    const long = Array(100).fill('cat').join(' ');
+    const padded = await model.encodePrompt('a lighthouse at dusk', { prompt2: long });
+    assert.equal(padded.tokens, 154);
+    assert.deepEqual(half(padded, 'g'), half(await model.encodePrompt(long), 'g'));
+    const empty = half(await model.encodePrompt(''), 'l');
+    assert.deepEqual(half(padded, 'l').slice(77 * 32), empty);
+    assert.deepEqual(half(padded, 'l').slice(0, 77 * 32), half(g, 'l'));
+  });
+
+  test('generate takes prompt2 and negativePrompt2 (reported, passed to the refiner); SD1.x refuses them; the refiner reads prompt2', async () => {
+    const plain = await model.generate(base);
+    const r = await model.generate({ ...base, prompt2: 'a stormy sea' });
+    assert.equal(r.options.prompt2, 'a stormy sea');
+    assert.equal(plain.options.prompt2, undefined);
+    assert.notDeepEqual(r.latents![0], plain.latents![0]);
+    assert.deepEqual((await model.generate({ ...base, prompt2: base.prompt })).latents![0], plain.latents![0]);
+    // An empty negative prompt zeroes the unconditional text only when bigG's is empty too.
+    const neg2 = await model.generate({ ...base, negativePrompt2: 'blurry' });
+    assert.equal(neg2.options.negativePrompt2, 'blurry');
+    assert.notDeepEqual(neg2.latents![0], plain.latents![0]);
+    assert.deepEqual((await model.generate({ ...base, negativePrompt2: '' })).latents![0], plain.latents![0]);
+    const sd1 = (await generateCheckpoint({ arch: 'sd1', format: 'safetensors', out: path.join(work, 'sd1-p2.safetensors'), seed: 6, tiny })).path;
+    await using one = await loadModel(sd1, { threads: 2 });
+    for (const key of ['prompt2', 'negativePrompt2'] as const) {
+      await assert.rejects(one.generate({ ...base, [key]: 'x' }), (e: Error) => e.name === 'InvalidArgumentError' &&
+        new RegExp(`^${key} is the text for SDXL's second text encoder \\(OpenCLIP bigG\\); this sd1 model has one text encoder`).test(e.message));
+    }
+    await assert.rejects(one.encodePrompt('x', { prompt2: 'y' }), /prompt2 is the text for SDXL's second text encoder/);
+    await assert.rejects(model.generate({ ...base, prompt2: 42 as never }), /prompt2 must be a string/);
+    // The refiner has bigG alone: prompt2 is its text.
+    const made = await generateCheckpoint({ arch: 'sdxl-refiner', format: 'safetensors', out: path.join(work, 'refiner-p2.safetensors'), seed: 7, tiny });
+    await using refiner = await loadModel(made.path, { threads: 2 });
+    assert.deepEqual((await refiner.encodePrompt('x', { prompt2: 'a stormy sea' })).data, (await refiner.encodePrompt('a stormy sea')).data);
+    // The hand-off gives the refiner the same texts: with the model itself and euler, the single run.
+    const whole = await model.generate({ ...base, prompt2: 'a stormy sea', steps: 4 });
+    const split = await model.generate({ ...base, prompt2: 'a stormy sea', steps: 4, refiner: { model, switchAt: 0.5 } });
+    assert.deepEqual(split.latents![0], whole.latents![0]);
+  });
+});
+
 describe('SDXL refiner', () => {
   test('bigG alone; y holds the aesthetic score instead of the target size; the options are checked per model', async () => {
     const made = await generateCheckpoint({ arch: 'sdxl-refiner', format: 'safetensors', out: path.join(work, 'refiner.safetensors'), seed: 7, tiny });

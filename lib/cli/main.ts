@@ -40,6 +40,8 @@ generate options:
   -m, --model PATH         model file or diffusers folder (required)
   -p, --prompt TEXT        prompt (required)
   -n, --negative-prompt T  negative prompt
+      --prompt-2 TEXT      SDXL: the prompt of the second text encoder (bigG; default: --prompt)
+      --negative-prompt-2 T  SDXL: its negative prompt (default: --negative-prompt)
   -o, --output FILE        output image (default output.png); the extension picks the format: .png,
                            .jpg/.jpeg or .webp (parameters in EXIF UserComment), none: PNG;
                            a batch writes FILE_1.png, FILE_2.png, ...
@@ -391,7 +393,7 @@ function previewWriter(file: string, format: 'png' | 'jpeg' | 'webp'): (p: Gener
 
 /** The command-line flag of each API option name that errors of loadModel() and generate() start with. */
 const FLAG_OF: Record<string, string> = {
-  modelPath: '--model', prompt: '--prompt', negativePrompt: '--negative-prompt', width: '--width', height: '--height',
+  modelPath: '--model', prompt: '--prompt', negativePrompt: '--negative-prompt', prompt2: '--prompt-2', negativePrompt2: '--negative-prompt-2', width: '--width', height: '--height',
   steps: '--steps', cfgScale: '--cfg-scale', sampler: '--sampler', scheduler: '--scheduler', sigmas: '--sigmas',
   lmsMaxOrder: '--lms-max-order', seed: '--seed', rng: '--rng', samplerRng: '--sampler-rng', batchSize: '--batch-count',
   clipSkip: '--clip-skip', eta: '--eta', weightType: '--type', threads: '--threads', backend: '--backend', prediction: '--prediction',
@@ -444,7 +446,7 @@ function embeddingArgs(values: string[] | undefined): Array<{ path: string; trig
  */
 function withFlagNames(e: unknown, files: Record<string, string | undefined>): unknown {
   if (!(e instanceof SdError) || e.message.startsWith('-')) return e;
-  const subject = /^([A-Za-z]+(?:\.[A-Za-z]+)?)(?=[ :[])/.exec(e.message)?.[1];
+  const subject = /^([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z]+)?)(?=[ :[])/.exec(e.message)?.[1];
   const flag = subject === undefined ? undefined : FLAG_OF[subject];
   let head = '';
   let rest = e.message;
@@ -455,7 +457,7 @@ function withFlagNames(e: unknown, files: Record<string, string | undefined>): u
     const byFile = Object.entries(files).find(([, f]) => f !== undefined && path.resolve(f) === path.resolve(e.file!))?.[0];
     if (byFile !== undefined) head = `${byFile}: `;
   }
-  rest = rest.replace(/(?<![\w./-])(`?)([A-Za-z]+(?:\.[A-Za-z]+)?)\1(?![\w/-]|\.\w)/g, (m, quote: string, name: string) =>
+  rest = rest.replace(/(?<![\w./-])(`?)([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z]+)?)\1(?![\w/-]|\.\w)/g, (m, quote: string, name: string) =>
     FLAG_OF[name] === undefined ? m : quote !== '' ? FLAG_OF[name] : /[A-Z.]/.test(name) ? `${m} (${FLAG_OF[name]})` : m,
   );
   e.message = head + rest;
@@ -482,6 +484,8 @@ function parseGenerateArgs(args: string[]) {
       model: { type: 'string', short: 'm' },
       prompt: { type: 'string', short: 'p' },
       'negative-prompt': { type: 'string', short: 'n' },
+      'prompt-2': { type: 'string' },
+      'negative-prompt-2': { type: 'string' },
       output: { type: 'string', short: 'o', default: 'output.png' },
       width: { type: 'string', short: 'W' },
       height: { type: 'string', short: 'H' },
@@ -650,6 +654,8 @@ async function runGenerate(values: GenerateValues): Promise<number> {
         ...(net ? { controlNets: [{ ...unit, model: net } as ControlNetUnit] } : {}),
         prompt: values.prompt,
         negativePrompt: values['negative-prompt'],
+        prompt2: values['prompt-2'],
+        negativePrompt2: values['negative-prompt-2'],
         width: num('width', values.width),
         height: num('height', values.height),
         steps: num('steps', values.steps),

@@ -150,6 +150,8 @@ sd::GenerateParams generate_params(Napi::Object o) {
     sd::GenerateParams p;
     p.prompt = optional_string(o, "prompt").value_or("");
     p.negative_prompt = optional_string(o, "negativePrompt").value_or("");
+    p.prompt_2 = optional_string(o, "prompt2");
+    p.negative_prompt_2 = optional_string(o, "negativePrompt2");
     p.width = optional_int(o, "width");
     p.height = optional_int(o, "height");
     p.steps = optional_int(o, "steps");
@@ -274,6 +276,8 @@ Napi::Value resolved_to_js(Napi::Env env, const sd::ResolvedParams & r) {
     Napi::Object o = Napi::Object::New(env);
     o.Set("prompt", r.prompt);
     o.Set("negativePrompt", r.negative_prompt);
+    if (r.prompt_2) o.Set("prompt2", *r.prompt_2);
+    if (r.negative_prompt_2) o.Set("negativePrompt2", *r.negative_prompt_2);
     o.Set("width", r.width);
     o.Set("height", r.height);
     o.Set("steps", r.steps);
@@ -445,23 +449,23 @@ Napi::Value SessionWrap::Info(const Napi::CallbackInfo & info) {
 Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     auto s = session(env);
-    if (info.Length() < 1 || !info[0].IsString()) throw_invalid_js(env, "encodePrompt(text: string, clipSkip?: number, abort?, { loras, loraApply }?)");
-    const std::string text = info[0].As<Napi::String>().Utf8Value();
-    std::optional<int> clip_skip;
-    if (info.Length() > 1 && info[1].IsNumber()) clip_skip = info[1].As<Napi::Number>().Int32Value();
+    if (info.Length() < 1 || !info[0].IsString()) {
+        throw_invalid_js(env, "encodePrompt(text: string, clipSkip?: number, abort?, embeddings?, { loras, loraApply, prompt2 }?)");
+    }
+    sd::PromptRequest request;
+    request.prompt = info[0].As<Napi::String>().Utf8Value();
+    if (info.Length() > 1 && info[1].IsNumber()) request.clip_skip = info[1].As<Napi::Number>().Int32Value();
     auto abort = AbortFlag::From(info.Length() > 2 ? info[2] : env.Undefined());
-    const std::vector<sd::EmbeddingRef> embeddings = embeddings_from(env, info.Length() > 3 ? info[3] : env.Undefined());
-    std::vector<sd::LoraRequest> loras;
-    std::optional<std::string> lora_apply;
+    request.embeddings = embeddings_from(env, info.Length() > 3 ? info[3] : env.Undefined());
     if (info.Length() > 4 && info[4].IsObject()) {
-        loras = lora_requests(info[4].As<Napi::Object>());
-        lora_apply = optional_string(info[4].As<Napi::Object>(), "loraApply");
+        const Napi::Object extra = info[4].As<Napi::Object>();
+        request.loras = lora_requests(extra);
+        request.lora_apply = optional_string(extra, "loraApply");
+        request.prompt_2 = optional_string(extra, "prompt2");
     }
     return Job<Encoded>::Start(
         env, "sdnode.encodePrompt", on(s),
-        [s, text, clip_skip, abort, embeddings, loras, lora_apply]() {
-            return Encoded{sd::encode_prompt(*s, text, clip_skip, abort.get(), embeddings, loras, lora_apply)};
-        },
+        [s, request, abort]() { return Encoded{sd::encode_prompt(*s, request, abort.get())}; },
         [](Napi::Env e, Encoded & r) -> Napi::Value {
             const sd::HostTensor & hidden = r.encoding.hidden;
             Napi::Object out = Napi::Object::New(e);

@@ -116,6 +116,9 @@ struct ResolvedControlNet {
 struct GenerateParams {
     std::string prompt;
     std::string negative_prompt;
+    // The texts for bigG (SDXL's second text encoder, the refiner's only one): unset = prompt /
+    // negative_prompt. Refused on one-encoder SD1.x/SD2.x models.
+    std::optional<std::string> prompt_2, negative_prompt_2;
     std::optional<int> width, height, steps, clip_skip, batch;
     std::optional<double> cfg_scale, eta;
     std::optional<std::string> sampler, scheduler, rng;
@@ -180,6 +183,7 @@ struct ResolvedHires {
 // What a generation used, every default filled in.
 struct ResolvedParams {
     std::string prompt, negative_prompt;
+    std::optional<std::string> prompt_2, negative_prompt_2;  // as asked (unset: prompt / negative_prompt)
     int width = 0, height = 0, steps = 0, clip_skip = 0, batch = 1;
     float cfg_scale = 0, eta = 0;
     std::string sampler, scheduler, rng, sampler_rng;  // sampler_rng "" = continues rng
@@ -270,14 +274,18 @@ struct PromptEncoding {
     HostTensor pooled;
     std::vector<int32_t> tokens;  // the token ids encoded (chunks * 77; embedding vectors past the vocabulary)
 };
-// `loras`: as generate()'s (their text-encoder modules change the encoding).
-PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                             const std::atomic<bool> * abort, const std::vector<LoraRequest> & loras = {},
-                             const std::optional<std::string> & lora_apply = std::nullopt);
-// The same with textual-inversion embeddings: the model's folder and `embeddings`, as generate().
-PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                             const std::atomic<bool> * abort, const std::vector<EmbeddingRef> & embeddings,
-                             const std::vector<LoraRequest> & loras = {}, const std::optional<std::string> & lora_apply = std::nullopt);
+// What encode_prompt() is asked: the text (prompt_2: bigG's, as generate()'s), clip skip (unset:
+// the architecture's default), textual-inversion embeddings beside the model's folder, and LoRAs
+// (their text-encoder modules change the encoding), as generate() takes them.
+struct PromptRequest {
+    std::string prompt;
+    std::optional<std::string> prompt_2;
+    std::optional<int> clip_skip;
+    std::vector<EmbeddingRef> embeddings;
+    std::vector<LoraRequest> loras;
+    std::optional<std::string> lora_apply;
+};
+PromptEncoding encode_prompt(Session & session, const PromptRequest & request, const std::atomic<bool> * abort);
 
 // ------------------------------------------------------------------ latents <-> images
 

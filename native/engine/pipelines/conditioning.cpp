@@ -44,24 +44,16 @@ HostTensor concat_features(const HostTensor & a, const HostTensor & b) {
 
 }  // namespace
 
-Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip,
-                                 PromptEmbeddings * embeddings) {
-    Conditioning c;
-    const WeightedTokens tokens = model.tokenizer().tokenize(prompt, embeddings ? embeddings->special_words() : nullptr);
-    c.tokens = tokens.tokens;
-    // Each encoder's custom rows (text_encoder() = 0, text_encoder_2() = 1), once tokenizing met the triggers.
-    const auto custom = [&](const TextEncoder * e) -> const CustomTokens * {
-        if (!embeddings) return nullptr;
-        return embeddings->custom(e == model.text_encoder_2() ? 1 : 0);
-    };
-    const TextEncoder * big = model.pooled_encoder();
-    if (!big) {
-        c.context = encode_prompt(runner, model.text_encoder(), tokens, clip_skip, custom(&model.text_encoder()));
-        return c;
-    }
-    const TextEncoder * clip_l = model.text_encoder_2() ? &model.text_encoder() : nullptr;  // SDXL base; the refiner has bigG alone
-    // bigG sees each chunk cut after its end token (zeros), CLIP-L the chunk as it is.
-    std::vector<int32_t> cut = tokens.tokens;
+namespace {
+
+// bigG's part of an SDXL conditioning: per chunk the hidden states of the chunk cut after its end
+// token (zeros), and the pooled output from the first chunk's end token. Unweighted.
+struct BigGOutput {
+    HostTensor hidden, pooled;
+};
+BigGOutput encode_big_g(const TextEncoder & big, GraphRunner & runner, const std::vector<int32_t> & tokens, int clip_skip,
+                        const CustomTokens * custom) {
+    std::vector<int32_t> cut = tokens;
     int first_eos = kClipChunkLength - 1;
     for (size_t chunk = 0; chunk < cut.size() / kClipChunkLength; ++chunk) {
         int32_t * t = cut.data() + chunk * kClipChunkLength;
@@ -70,13 +62,86 @@ Conditioning encode_conditioning(const Model & model, GraphRunner & runner, cons
         if (chunk == 0) first_eos = std::min(at, kClipChunkLength - 1);
         if (at < kClipChunkLength) std::fill(t + at + 1, t + kClipChunkLength, 0);
     }
-    HostTensor hidden = big->encode(runner, cut, clip_skip, custom(big));
-    if (clip_l) hidden = concat_features(clip_l->encode(runner, tokens.tokens, clip_skip, custom(clip_l)), hidden);
-    apply_token_weights(hidden, tokens.weights);
-    hidden.ne[1] *= hidden.ne[2];  // [1, chunks * 77, 2048]
+    BigGOutput out;
+    out.hidden = big.encode(runner, cut, clip_skip, custom);
+    out.pooled = big.encode_pooled(runner, std::vector<int32_t>(cut.begin(), cut.begin() + kClipChunkLength), first_eos, custom);
+    return out;
+}
+
+// Appends chunks of `pad` (an empty prompt) until `t` has `chunks` of them.
+void pad_chunks(WeightedTokens & t, const WeightedTokens & pad, int chunks) {
+    while (t.chunks() < chunks) {
+        t.tokens.insert(t.tokens.end(), pad.tokens.begin(), pad.tokens.end());
+        t.weights.insert(t.weights.end(), pad.weights.begin(), pad.weights.end());
+    }
+}
+
+void flatten_chunks(HostTensor & hidden) {
+    hidden.ne[1] *= hidden.ne[2];  // [1, chunks * 77, width]
     hidden.ne[2] = 1;
+}
+
+}  // namespace
+
+Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip,
+                                 PromptEmbeddings * embeddings, const std::string * prompt_2) {
+    Conditioning c;
+    const SpecialWords * words = embeddings ? embeddings->special_words() : nullptr;
+    // Each encoder's custom rows (text_encoder() = 0, text_encoder_2() = 1), once tokenizing met the triggers.
+    const auto custom = [&](const TextEncoder * e) -> const CustomTokens * {
+        if (!embeddings) return nullptr;
+        return embeddings->custom(e == model.text_encoder_2() ? 1 : 0);
+    };
+    const TextEncoder * big = model.pooled_encoder();
+    const TextEncoder * clip_l = model.text_encoder_2() ? &model.text_encoder() : nullptr;  // SDXL base; the refiner has bigG alone
+    if (prompt_2 && *prompt_2 == prompt) prompt_2 = nullptr;  // the same text: the one-prompt path, same numbers
+    if (!clip_l) {
+        // SD1.x/SD2.x (one encoder), or the refiner (bigG alone: it reads prompt_2 when given).
+        const WeightedTokens tokens = model.tokenizer().tokenize(big && prompt_2 ? *prompt_2 : prompt, words);
+        c.tokens = tokens.tokens;
+        if (!big) {
+            c.context = encode_prompt(runner, model.text_encoder(), tokens, clip_skip, custom(&model.text_encoder()));
+            return c;
+        }
+        BigGOutput g = encode_big_g(*big, runner, tokens.tokens, clip_skip, custom(big));
+        apply_token_weights(g.hidden, tokens.weights);
+        flatten_chunks(g.hidden);
+        c.context = std::move(g.hidden);
+        c.pooled = std::move(g.pooled);
+        return c;
+    }
+    if (!prompt_2) {
+        // As stable-diffusion.cpp: one tokenization for both encoders, CLIP-L and bigG side by side
+        // (768 + 1280), the prompt weights applied across both.
+        const WeightedTokens tokens = model.tokenizer().tokenize(prompt, words);
+        c.tokens = tokens.tokens;
+        BigGOutput g = encode_big_g(*big, runner, tokens.tokens, clip_skip, custom(big));
+        HostTensor hidden = concat_features(clip_l->encode(runner, tokens.tokens, clip_skip, custom(clip_l)), g.hidden);
+        apply_token_weights(hidden, tokens.weights);
+        flatten_chunks(hidden);
+        c.context = std::move(hidden);
+        c.pooled = std::move(g.pooled);
+        return c;
+    }
+    // Separate texts (ComfyUI's text_l / text_g): each tokenized and weighted on its own, the one
+    // with fewer chunks padded with empty-prompt chunks (as ComfyUI pads), then side by side.
+    WeightedTokens tokens_l = model.tokenizer().tokenize(prompt, words);
+    WeightedTokens tokens_g = model.tokenizer().tokenize(*prompt_2, words);
+    const int chunks = std::max(tokens_l.chunks(), tokens_g.chunks());
+    if (tokens_l.chunks() != tokens_g.chunks()) {
+        const WeightedTokens empty = model.tokenizer().tokenize("", nullptr);
+        pad_chunks(tokens_l, empty, chunks);
+        pad_chunks(tokens_g, empty, chunks);
+    }
+    c.tokens = tokens_l.tokens;
+    HostTensor hidden_l = clip_l->encode(runner, tokens_l.tokens, clip_skip, custom(clip_l));
+    apply_token_weights(hidden_l, tokens_l.weights);
+    BigGOutput g = encode_big_g(*big, runner, tokens_g.tokens, clip_skip, custom(big));
+    apply_token_weights(g.hidden, tokens_g.weights);
+    HostTensor hidden = concat_features(hidden_l, g.hidden);
+    flatten_chunks(hidden);
     c.context = std::move(hidden);
-    c.pooled = big->encode_pooled(runner, std::vector<int32_t>(cut.begin(), cut.begin() + kClipChunkLength), first_eos, custom(big));
+    c.pooled = std::move(g.pooled);
     return c;
 }
 

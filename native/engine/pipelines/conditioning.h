@@ -45,8 +45,11 @@ int effective_clip_skip(const Model & model, std::optional<int> clip_skip);
 // CLIP-L and bigG hidden states side by side (768 + 1280), bigG seeing the chunk with every token
 // after the end token set to 0; the prompt weights on both; the pooled output from the first
 // chunk's end token. `embeddings` (may be null): the generation's textual-inversion triggers,
-// matched in the prompt and fed to each encoder as its own custom rows.
+// matched in the prompt and fed to each encoder as its own custom rows. `prompt_2` (may be null):
+// the text for bigG (SDXL's second encoder, the refiner's only one; ComfyUI's text_g, diffusers'
+// prompt_2) when it differs from `prompt`: on SDXL each text is then tokenized and weighted on
+// its own, the shorter padded with empty-prompt chunks, the pooled output from prompt_2.
 Conditioning encode_conditioning(const Model & model, GraphRunner & runner, const std::string & prompt, int clip_skip,
-                                 PromptEmbeddings * embeddings = nullptr);
+                                 PromptEmbeddings * embeddings = nullptr, const std::string * prompt_2 = nullptr);
 
 }  // namespace sd

@@ -71,6 +71,16 @@ void check_prompt(const char * name, const std::string & s) {
     }
 }
 
+// A second text (bigG's) only for the models that have bigG.
+void check_prompt_2(const Model & model, const char * name, const std::optional<std::string> & s) {
+    if (!s) return;
+    check_prompt(name, *s);
+    if (!model.pooled_encoder()) {
+        throw_invalid(std::string(name) + " is the text for SDXL's second text encoder (OpenCLIP bigG); this " + arch_name(model.arch()) +
+                      " model has one text encoder");
+    }
+}
+
 }  // namespace
 
 namespace {
@@ -149,8 +159,12 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
     ResolvedParams r;
     check_prompt("prompt", p.prompt);
     check_prompt("negativePrompt", p.negative_prompt);
+    check_prompt_2(model, "prompt2", p.prompt_2);
+    check_prompt_2(model, "negativePrompt2", p.negative_prompt_2);
     r.prompt = p.prompt;
     r.negative_prompt = p.negative_prompt;
+    r.prompt_2 = p.prompt_2;
+    r.negative_prompt_2 = p.negative_prompt_2;
     const UnetParams & u = model.info().unet;
     const int zc = model.info().vae.z_channels;
     const bool inpaint_unet = is_inpaint_unet(model), edit_unet = is_edit_unet(model);
@@ -405,30 +419,26 @@ ResolvedParams resolve_generate_params(const Model & model, const GenerateParams
     return r;
 }
 
-PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                             const std::atomic<bool> * abort, const std::vector<LoraRequest> & loras,
-                             const std::optional<std::string> & lora_apply) {
-    return encode_prompt(session, prompt, clip_skip, abort, {}, loras, lora_apply);
-}
-
-PromptEncoding encode_prompt(Session & session, const std::string & prompt, std::optional<int> clip_skip,
-                             const std::atomic<bool> * abort, const std::vector<EmbeddingRef> & embeddings,
-                             const std::vector<LoraRequest> & loras, const std::optional<std::string> & lora_apply) {
-    check_prompt("text", prompt);
+PromptEncoding encode_prompt(Session & session, const PromptRequest & request, const std::atomic<bool> * abort) {
+    check_prompt("text", request.prompt);
+    check_prompt_2(session.model(), "prompt2", request.prompt_2);
+    const std::optional<int> & clip_skip = request.clip_skip;
     if (clip_skip) int_in("clipSkip", clip_skip, 0, limits::kClipSkipMin, limits::kClipSkipMax);
     GraphRunner & runner = session.runner();
     const ScopedAbort scoped(runner, abort);
     const Model & model = session.model();
     model.check_files_unchanged();
     GenerateParams lora_params;  // checked as generate() checks them
-    lora_params.loras = loras;
-    lora_params.lora_apply = lora_apply;
+    lora_params.loras = request.loras;
+    lora_params.lora_apply = request.lora_apply;
     const std::vector<LoraRequest> active = check_loras(lora_params);
+    const std::optional<std::string> & lora_apply = request.lora_apply;
     const ScopedWeightAdapter scoped_adapter(runner);
     session.loras().activate(model, runner, active, resolve_lora_apply(model, lora_apply ? parse_lora_apply(*lora_apply) : LoraApply::Auto),
                              model.default_threads(), abort);
-    PromptEmbeddings prompt_embeddings(model, list_embeddings(model.embeddings_dir(), embeddings));
-    Conditioning c = encode_conditioning(model, runner, prompt, effective_clip_skip(model, clip_skip), &prompt_embeddings);
+    PromptEmbeddings prompt_embeddings(model, list_embeddings(model.embeddings_dir(), request.embeddings));
+    Conditioning c = encode_conditioning(model, runner, request.prompt, effective_clip_skip(model, clip_skip), &prompt_embeddings,
+                                         request.prompt_2 ? &*request.prompt_2 : nullptr);
     return PromptEncoding{std::move(c.context), std::move(c.pooled), std::move(c.tokens)};
 }
 
@@ -595,12 +605,16 @@ GenerateOutput generate(Session & session, const GenerateParams & params, const 
     const int clip_skip = effective_clip_skip(model, params.clip_skip);
     // Textual-inversion triggers: the folder listed again now, files read as the prompts use them.
     PromptEmbeddings embeddings(model, list_embeddings(model.embeddings_dir(), params.embeddings));
-    Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip, &embeddings);
+    Conditioning cond = encode_conditioning(model, runner, p.prompt, clip_skip, &embeddings, p.prompt_2 ? &*p.prompt_2 : nullptr);
     Conditioning uncond;
     if (use_uncond || use_img_uncond) {
-        uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip, &embeddings);
-        // SDXL without a negative prompt: zeros for the text (its pooled vector stays), as the reference.
-        if (is_sdxl_family(model.arch()) && p.negative_prompt.empty()) std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
+        const std::string * negative_2 = p.negative_prompt_2 ? &*p.negative_prompt_2 : nullptr;
+        uncond = encode_conditioning(model, runner, p.negative_prompt, clip_skip, &embeddings, negative_2);
+        // SDXL without a negative prompt (for either encoder): zeros for the text (its pooled vector
+        // stays), as the reference.
+        if (is_sdxl_family(model.arch()) && p.negative_prompt.empty() && (!negative_2 || negative_2->empty())) {
+            std::fill(uncond.context.data.begin(), uncond.context.data.end(), 0.0f);
+        }
     }
     if (p.size_conditioned) {
         SizeConditioning size;
