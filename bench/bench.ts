@@ -15,6 +15,7 @@
 //
 //   npm run bench -- --vae                 # VAE / TAESD stages at 512 and 1024 (--sizes 512,1024)
 //   npm run bench -- --model sdxl --size 512 --steps 2 --types f16,q8_0   # the random SDXL base (6.9 GB)
+//   npm run bench -- --model sdxl --size 1024 --steps 2 --runs 1 --warmup 0   # no warm-up run: minutes saved at 1024
 //
 // --vae times the decoders and encoders alone (decodeLatents / encodeImage on random latents and
 // images, f16 file as is): full VAE decode (untiled), tiled decode (the defaults), TAESD decode,
@@ -61,7 +62,7 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 
-async function child(type: string, model: string, size: number, threads: number, runs: number, steps: number): Promise<void> {
+async function child(type: string, model: string, size: number, threads: number, runs: number, steps: number, warmup: number): Promise<void> {
   const { loadModel } = await import('../lib/index.ts');
   const t0 = performance.now();
   const m = await loadModel(model, { weightType: type === 'file' ? undefined : (type as never), threads });
@@ -72,7 +73,7 @@ async function child(type: string, model: string, size: number, threads: number,
   const total: number[] = [];
   const overhead: number[] = [];
   const overheadMs: number[] = [];
-  for (let r = 0; r <= runs; r++) {
+  for (let r = 1 - warmup; r <= runs; r++) {
     const marks: number[] = [];
     const wall0 = performance.now();
     const res = await m.generate({
@@ -86,7 +87,7 @@ async function child(type: string, model: string, size: number, threads: number,
       onProgress: ({ elapsedMs }) => marks.push(elapsedMs),
     });
     const wallMs = performance.now() - wall0;
-    if (r === 0) continue; // warm-up
+    if (r <= 0) continue; // warm-up
     overhead.push((wallMs / res.timings.total - 1) * 100);
     overheadMs.push(wallMs - res.timings.total);
     text.push(res.timings.textEncode / 1000);
@@ -314,6 +315,7 @@ async function main(): Promise<void> {
       threads: { type: 'string', default: '2' },
       runs: { type: 'string' },
       steps: { type: 'string', default: '4' },
+      warmup: { type: 'string', default: '1' },
       types: { type: 'string', default: 'f16,q8_0,q4_0,q4_K,q5_0' },
       baseline: { type: 'boolean', default: false },
       vae: { type: 'boolean', default: false },
@@ -330,7 +332,9 @@ async function main(): Promise<void> {
   // --vae's stages are long at 1024 (a full decode is ~45 s on 2 threads): one run by default.
   const runs = Number(values.runs ?? (values.vae ? 1 : 3));
   const steps = Number(values.steps);
-  if (values.child) return child(values.child, values.model!, size, threads, runs, steps);
+  const warmup = Number(values.warmup);
+  if (!Number.isInteger(warmup) || warmup < 0) throw new Error(`--warmup must be a whole number of runs, 0 or more; received ${values.warmup}`);
+  if (values.child) return child(values.child, values.model!, size, threads, runs, steps, warmup);
   if (values['lora-child']) return loraChild(values['lora-child'], values.model!, values.loras!.split(','), size, threads, runs, steps);
   if (values['vae-child']) return vaeChild(values['vae-child'] as VaeStage, values.model!, values.taesd!, size, threads, runs);
 
@@ -347,10 +351,10 @@ async function main(): Promise<void> {
   for (const type of values.types.split(',')) {
     for (const v of variants) {
       const label = `${type}${v.suffix}`;
-      process.stderr.write(`${label}: ${size}x${size}, ${steps} steps, ${threads} threads, 1 warm-up + ${runs} runs...\n`);
+      process.stderr.write(`${label}: ${size}x${size}, ${steps} steps, ${threads} threads, ${warmup} warm-up + ${runs} runs...\n`);
       const r = spawnSync(
         process.execPath,
-        ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', type, '--model', model, '--size', String(size), '--threads', String(threads), '--runs', String(runs), '--steps', String(steps)],
+        ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', type, '--model', model, '--size', String(size), '--threads', String(threads), '--runs', String(runs), '--steps', String(steps), '--warmup', String(warmup)],
         { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...v.env } },
       );
       if (r.status !== 0) throw new Error(`benchmark of ${label} failed`);
@@ -374,7 +378,7 @@ async function main(): Promise<void> {
   const outDir = path.join(here, 'results');
   fs.mkdirSync(outDir, { recursive: true });
   const file = path.join(outDir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify({ size, steps, threads, runs, cpu: os.cpus()[0]?.model, results }, null, 2));
+  fs.writeFileSync(file, JSON.stringify({ size, steps, threads, runs, warmup, cpu: os.cpus()[0]?.model, results }, null, 2));
   process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
 }
 
