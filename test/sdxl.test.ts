@@ -369,6 +369,8 @@ describe('SDXL prediction types', () => {
     assert.ok(Math.abs(z.options.sigmas[0]! - zModel.noiseSchedule.sigmaMax) < 1);
     assert.ok(z.latents![0].every(Number.isFinite));
     assert.ok(maxAbs(a.latents![0], z.latents![0]) > 1e-2);
+    // Its schedule, given back as custom sigmas (from 4096), runs the same.
+    assert.deepEqual((await zModel.generate({ ...base, sigmas: z.options.sigmas })).latents![0], z.latents![0]);
     // A table that cannot be one is passed over, and said.
     const broken = new Float32Array(standard);
     broken[10] = 0;

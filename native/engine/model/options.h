@@ -22,8 +22,9 @@ constexpr int kStepsMin = 1, kStepsMax = 1000;
 constexpr int kBatchMin = 1, kBatchMax = 64;
 constexpr double kCfgScaleMin = 0, kCfgScaleMax = 100;
 constexpr double kEtaMin = 0, kEtaMax = 100;
-// A custom schedule's sigmas (SD's own run from 14.6 down to 0.029).
-constexpr double kSigmaMin = 0, kSigmaMax = 1000;
+// A custom schedule's sigmas (SD's own run from 14.6 down to 0.029, CosXL's EDM from 120, a
+// zero-terminal-SNR table's from ~4096 with diffusers' 2^-24 floor; room above for lower floors).
+constexpr double kSigmaMin = 0, kSigmaMax = 100000;
 // lms's history length; the reference warns that orders above 12 can give NaNs.
 constexpr int kLmsMaxOrderMin = 1, kLmsMaxOrderMax = 12;
 constexpr int kClipSkipMin = 1, kClipSkipMax = 48;
