@@ -118,6 +118,11 @@ ggml_type placed_type(Component component, const std::string & name, const std::
     const size_t dims = shape.size();
     if (dims >= 3) return GGML_TYPE_F16;  // conv kernels
     if (dims <= 1) return GGML_TYPE_F32;  // norms, biases, scalars
+    // bigG's pooled projection: an f32 parameter in the reference whatever the file holds, so the
+    // pooled product runs in f32 (an f16 weight would round the activations to f16 too).
+    if ((component == Component::TextEncoder || component == Component::TextEncoder2) && name == "text_projection.weight") {
+        return GGML_TYPE_F32;
+    }
     const bool runnable_store = stored == GGML_TYPE_F32 || stored == GGML_TYPE_F16 || stored == GGML_TYPE_BF16 ||
                                 (stored != GGML_TYPE_COUNT && ggml_is_quantized(stored));
     const ggml_type keep = runnable_store ? stored : GGML_TYPE_F32;

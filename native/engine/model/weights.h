@@ -3,7 +3,8 @@
 //
 // Type rules (as stable-diffusion.cpp types its weights, so quantized runs match it):
 //   - convolution kernels (4-D) are f16, whatever type is asked for;
-//   - 1-D tensors (norm weights, every bias) and scalars are f32;
+//   - 1-D tensors (norm weights, every bias) and scalars are f32, and so is OpenCLIP bigG's
+//     text_projection (the reference's parameter type);
 //   - linear (2-D) weights take the requested type, except token/position embeddings and the
 //     time/label embedding MLPs, which keep their stored type (f32 if not a float type ggml runs),
 //     and rows whose length is not a multiple of the requested type's block size (kept as stored);
