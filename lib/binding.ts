@@ -340,6 +340,8 @@ export interface NativeAddon {
   optionTables(): NativeOptionTables;
   /** Aborts every running job of this thread's environment and joins the engine's threads. */
   shutdown(): void;
+  /** Bytes the addon's objects report to V8 as external memory now (weights, compute buffers, LoRA tensors). */
+  externalMemory(): number;
   AbortFlag: new () => NativeAbortFlag;
   NativeModel: NativeModelClass;
   NativeControlNet: NativeControlNetClass;

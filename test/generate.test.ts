@@ -18,6 +18,7 @@ import {
   randn,
   type Model,
 } from '../lib/index.ts';
+import { native } from '../lib/binding.ts';
 import { generateCheckpoint } from './fixtures/generate.ts';
 import { readTensor, referenceCaseDirs, referenceEnabled } from './helpers/reference.ts';
 
@@ -403,6 +404,21 @@ describe('generate across architectures, formats and weight types', () => {
         assert.deepEqual(a.images[0].data, b.images[0].data, format);
       }
     }
+  });
+
+  test("native memory is reported to V8 (weights at load, compute after each run) and taken back at dispose", async () => {
+    const made = await generateCheckpoint({ arch: 'sd1', format: 'safetensors', seed: 4, tiny, out: path.join(work, 'external.safetensors') });
+    const before = native().externalMemory();
+    const m = await loadModel(made.path, { threads: 2, weightType: 'q8_0' });  // q8_0: weights copied, not mapped
+    assert.equal(native().externalMemory() - before, m.memory().weights);
+    await m.generate({ ...base, seed: 1 });
+    assert.equal(native().externalMemory() - before, m.memory().weights + m.memory().compute);
+    const { weights, compute } = m.memory();
+    assert.ok(weights > 0 && compute > 0);
+    // The addon's own count of what it reported (V8's statistics do not show adjusted memory).
+    const held = native().externalMemory();
+    await m.dispose();
+    assert.equal(held - native().externalMemory(), weights + compute);
   });
 
   test('repeated generations do not grow native memory', async () => {

@@ -166,6 +166,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("randn", Napi::Function::New(env, Randn, "randn"));
     exports.Set("optionTables", Napi::Function::New(env, OptionTables, "optionTables"));
     exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));
+    exports.Set("externalMemory", Napi::Function::New(
+                                      env, [](const Napi::CallbackInfo & info) -> Napi::Value {
+                                          return Napi::Number::New(info.Env(), static_cast<double>(ExternalMemory::total().load()));
+                                      },
+                                      "externalMemory"));
     auto * state = new AddonState();
     Napi::Function abort_flag = AbortFlag::Define(env);
     Napi::Function model = ModelWrap::Define(env);

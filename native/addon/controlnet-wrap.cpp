@@ -22,18 +22,10 @@ ControlNetWrap::ControlNetWrap(const Napi::CallbackInfo & info) : Napi::ObjectWr
     }
     net_ = *info[0].As<Napi::External<std::shared_ptr<const sd::ControlNet>>>().Data();
     // Native memory held, as NativeModel reports it, so GC pressure reflects it.
-    reported_bytes_ = static_cast<int64_t>(net_->weight_bytes());
-    Napi::MemoryManagement::AdjustExternalMemory(info.Env(), reported_bytes_);
+    memory_.set(info.Env(), static_cast<int64_t>(net_->weight_bytes()));
 }
 
-ControlNetWrap::~ControlNetWrap() { release_memory(Env()); }
-
-void ControlNetWrap::release_memory(Napi::Env env) {
-    if (reported_bytes_ != 0) {
-        Napi::MemoryManagement::AdjustExternalMemory(env, -reported_bytes_);
-        reported_bytes_ = 0;
-    }
-}
+ControlNetWrap::~ControlNetWrap() { memory_.close(Env()); }
 
 std::shared_ptr<const sd::ControlNet> ControlNetWrap::From(Napi::Env env, Napi::Value v, const std::string & what) {
     if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(AddonState::Get(env).controlnet_ctor.Value())) {
@@ -92,7 +84,7 @@ Napi::Value ControlNetWrap::Info(const Napi::CallbackInfo & info) {
 }
 
 Napi::Value ControlNetWrap::Dispose(const Napi::CallbackInfo & info) {
-    release_memory(info.Env());
+    memory_.close(info.Env());
     net_.reset();  // running generations keep their own reference until they end
     return info.Env().Undefined();
 }

@@ -5,6 +5,7 @@
 
 #include <memory>
 
+#include "external-memory.h"
 #include "sd.h"
 
 namespace sdnode {
@@ -29,10 +30,9 @@ public:
 private:
     Napi::Value Info(const Napi::CallbackInfo & info);
     Napi::Value Dispose(const Napi::CallbackInfo & info);
-    void release_memory(Napi::Env env);
 
     std::shared_ptr<const sd::ControlNet> net_;
-    int64_t reported_bytes_ = 0;
+    ExternalMemory memory_;  // the weights
 };
 
 }  // namespace sdnode

@@ -25,18 +25,10 @@ ModelWrap::ModelWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<ModelWr
     }
     model_ = *info[0].As<Napi::External<std::shared_ptr<const sd::Model>>>().Data();
     // Tell V8 how much native memory this object holds, so GC pressure reflects it.
-    reported_bytes_ = static_cast<int64_t>(model_->weight_bytes());
-    Napi::MemoryManagement::AdjustExternalMemory(info.Env(), reported_bytes_);
+    memory_.set(info.Env(), static_cast<int64_t>(model_->weight_bytes()));
 }
 
-ModelWrap::~ModelWrap() { release_memory(Env()); }
-
-void ModelWrap::release_memory(Napi::Env env) {
-    if (reported_bytes_ != 0) {
-        Napi::MemoryManagement::AdjustExternalMemory(env, -reported_bytes_);
-        reported_bytes_ = 0;
-    }
-}
+ModelWrap::~ModelWrap() { memory_.close(Env()); }
 
 std::shared_ptr<const sd::Model> ModelWrap::model(Napi::Env env) const {
     if (!model_) throw CapturedError{"Disposed", "the model was disposed", ""}.to_js(env);
@@ -125,7 +117,7 @@ Napi::Value ModelWrap::CreateSession(const Napi::CallbackInfo & info) {
 }
 
 Napi::Value ModelWrap::Dispose(const Napi::CallbackInfo & info) {
-    release_memory(info.Env());
+    memory_.close(info.Env());
     model_.reset();  // sessions and running jobs keep their own reference until they end
     return info.Env().Undefined();
 }

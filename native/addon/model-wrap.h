@@ -5,6 +5,7 @@
 
 #include <memory>
 
+#include "external-memory.h"
 #include "sd.h"
 
 namespace sdnode {
@@ -25,10 +26,9 @@ private:
     Napi::Value Tokenize(const Napi::CallbackInfo & info);
     Napi::Value CreateSession(const Napi::CallbackInfo & info);
     Napi::Value Dispose(const Napi::CallbackInfo & info);
-    void release_memory(Napi::Env env);
 
     std::shared_ptr<const sd::Model> model_;
-    int64_t reported_bytes_ = 0;
+    ExternalMemory memory_;  // the weights
 };
 
 }  // namespace sdnode

@@ -434,6 +434,22 @@ SessionWrap::SessionWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<Ses
     session_ = *info[0].As<Napi::External<std::shared_ptr<sd::Session>>>().Data();
 }
 
+SessionWrap::~SessionWrap() { memory_->close(Env()); }
+
+namespace {
+
+// `to_js` that first reports the session's native memory as the job left it.
+template <typename Result>
+typename Job<Result>::ToJs reporting(std::shared_ptr<ExternalMemory> memory, std::shared_ptr<sd::Session> s,
+                                     typename Job<Result>::ToJs to_js) {
+    return [memory = std::move(memory), s = std::move(s), to_js = std::move(to_js)](Napi::Env e, Result & r) {
+        memory->set(e, static_cast<int64_t>(s->compute_bytes()));
+        return to_js(e, r);
+    };
+}
+
+}  // namespace
+
 std::shared_ptr<sd::Session> SessionWrap::session(Napi::Env env) const {
     if (!session_) throw CapturedError{"Disposed", "the model was disposed", ""}.to_js(env);
     return session_;
@@ -466,7 +482,7 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
     return Job<Encoded>::Start(
         env, "sdnode.encodePrompt", on(s),
         [s, request, abort]() { return Encoded{sd::encode_prompt(*s, request, abort.get())}; },
-        [](Napi::Env e, Encoded & r) -> Napi::Value {
+        reporting<Encoded>(memory_, s, [](Napi::Env e, Encoded & r) -> Napi::Value {
             const sd::HostTensor & hidden = r.encoding.hidden;
             Napi::Object out = Napi::Object::New(e);
             Napi::Float32Array data = Napi::Float32Array::New(e, hidden.data.size());
@@ -483,7 +499,7 @@ Napi::Value SessionWrap::EncodePrompt(const Napi::CallbackInfo & info) {
                 out.Set("pooled", pooled);
             }
             return out;
-        },
+        }),
         {info.This().As<Napi::Object>()}, nullptr, abort);
 }
 
@@ -529,7 +545,7 @@ Napi::Value SessionWrap::EncodeImage(const Napi::CallbackInfo & info) {
         [s, pixels = std::move(pixels), width, height, channels, seed, rng, abort, codec]() {
             return Latent{sd::encode_image(*s, pixels, width, height, channels, seed, rng, abort.get(), codec)};
         },
-        [](Napi::Env e, Latent & r) -> Napi::Value {
+        reporting<Latent>(memory_, s, [](Napi::Env e, Latent & r) -> Napi::Value {
             Napi::Object out = Napi::Object::New(e);
             Napi::Float32Array data = Napi::Float32Array::New(e, r.t.data.size());
             std::copy(r.t.data.begin(), r.t.data.end(), data.Data());
@@ -538,7 +554,7 @@ Napi::Value SessionWrap::EncodeImage(const Napi::CallbackInfo & info) {
             out.Set("height", static_cast<double>(r.t.ne[1]));
             out.Set("channels", static_cast<double>(r.t.ne[2]));
             return out;
-        },
+        }),
         {info.This().As<Napi::Object>()}, nullptr, abort);
 }
 
@@ -566,7 +582,7 @@ Napi::Value SessionWrap::DecodeLatents(const Napi::CallbackInfo & info) {
     return Job<Images>::Start(
         env, "sdnode.decodeLatents", on(s),
         [s, latents = std::move(latents), abort, codec]() { return Images{sd::decode_latents(*s, latents, abort.get(), codec)}; },
-        [](Napi::Env e, Images & r) -> Napi::Value {
+        reporting<Images>(memory_, s, [](Napi::Env e, Images & r) -> Napi::Value {
             Napi::Array out = Napi::Array::New(e, r.rgb.size());
             for (uint32_t i = 0; i < r.rgb.size(); ++i) {
                 Napi::Uint8Array px = Napi::Uint8Array::New(e, r.rgb[i].size());
@@ -574,7 +590,7 @@ Napi::Value SessionWrap::DecodeLatents(const Napi::CallbackInfo & info) {
                 out.Set(i, px);
             }
             return out;
-        },
+        }),
         {info.This().As<Napi::Object>()}, nullptr, abort);
 }
 
@@ -596,7 +612,7 @@ Napi::Value SessionWrap::Generate(const Napi::CallbackInfo & info) {
                 control.preview = [&queue](sd::StepPreview && p) { post_progress(*queue, std::move(p), preview_to_js); };
                 return sd::generate(*s, params, control);
             },
-            generated_to_js, {info.This().As<Napi::Object>()}, queue, abort);
+            reporting<sd::GenerateOutput>(memory_, s, generated_to_js), {info.This().As<Napi::Object>()}, queue, abort);
     });
 }
 
@@ -611,7 +627,10 @@ Napi::Value SessionWrap::Dispose(const Napi::CallbackInfo & info) {
     // released on the main thread (its thread idle, so joining it does not wait).
     std::shared_ptr<sd::Session> s = std::move(session_);
     return Job<Closed>::Start(env, "sdnode.closeSession", on(s), [s]() { return Closed{}; },
-                              [](Napi::Env e, Closed &) -> Napi::Value { return e.Undefined(); });
+                              [memory = memory_](Napi::Env e, Closed &) -> Napi::Value {
+                                  memory->close(e);
+                                  return e.Undefined();
+                              });
 }
 
 }  // namespace sdnode

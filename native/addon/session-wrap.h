@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "external-memory.h"
 #include "sd.h"
 
 namespace sdnode {
@@ -15,6 +16,7 @@ public:
     static Napi::Function Define(Napi::Env env);
     // Only NativeModel.createSession() constructs sessions (passing the session as an External).
     explicit SessionWrap(const Napi::CallbackInfo & info);
+    ~SessionWrap() override;
 
 private:
     std::shared_ptr<sd::Session> session(Napi::Env env) const;  // throws Disposed
@@ -26,6 +28,9 @@ private:
     Napi::Value Dispose(const Napi::CallbackInfo & info);
 
     std::shared_ptr<sd::Session> session_;
+    // The session's compute buffers and LoRA tensors, reported after each job that settles (the
+    // engine measures them when a job ends); taken back at dispose() and finalization.
+    std::shared_ptr<ExternalMemory> memory_ = std::make_shared<ExternalMemory>();
 };
 
 }  // namespace sdnode
