@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <system_error>
 
@@ -38,33 +37,13 @@ std::string shape_of(const TensorRecord & r) {
 
 // The record's elements as f32; only float types make sense as token vectors.
 std::vector<float> record_floats(const std::string & path, const TensorRecord & r) {
-    const int64_t n = r.numel();
-    std::vector<float> out(static_cast<size_t>(n));
-    const uint8_t * src = r.file->data() + r.offset;
-    switch (r.dtype) {
-        case DType::F32: std::memcpy(out.data(), src, static_cast<size_t>(n) * 4); break;
-        case DType::F16: ggml_fp16_to_fp32_row(reinterpret_cast<const ggml_fp16_t *>(src), out.data(), n); break;
-        case DType::BF16: ggml_bf16_to_fp32_row(reinterpret_cast<const ggml_bf16_t *>(src), out.data(), n); break;
-        case DType::F64:
-            for (int64_t i = 0; i < n; ++i) {
-                double v;
-                std::memcpy(&v, src + 8 * i, 8);
-                out[static_cast<size_t>(i)] = static_cast<float>(v);
-            }
-            break;
-        case DType::Ggml: {
-            const ggml_type_traits * tr = ggml_get_type_traits(r.type);
-            if (!tr || !tr->to_float) {
-                throw_unsupported(path, "tensor '" + r.name + "' has type " + ggml_type_name(r.type) +
-                                            ", which cannot be read as float vectors");
-            }
-            tr->to_float(src, out.data(), n);
-            break;
-        }
-        default:
-            throw_unsupported(path, "tensor '" + r.name + "' has type " + dtype_name(r.dtype, r.type) +
-                                        "; embedding vectors are floats (f32, f16, bf16)");
+    const bool floats = r.dtype == DType::F32 || r.dtype == DType::F16 || r.dtype == DType::BF16 || r.dtype == DType::F64 ||
+                        r.dtype == DType::Ggml;
+    if (!floats) {
+        throw_unsupported(path, "tensor '" + r.name + "' has type " + dtype_name(r.dtype, r.type) +
+                                    "; embedding vectors are floats (f32, f16, bf16)");
     }
+    std::vector<float> out = read_f32(r);  // a ggml type without a conversion: UnsupportedModel
     for (float v : out) {
         if (!std::isfinite(v)) throw_format(path, "tensor '" + r.name + "' holds a value that is not a finite number");
     }
