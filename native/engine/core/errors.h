@@ -1,6 +1,7 @@
 // One exception type for the whole engine. The addon maps `code` to a typed JS error class;
 // the message is written for the user: what was wrong, and what was expected.
 #pragma once
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -38,6 +39,13 @@ private:
 }
 [[noreturn]] inline void throw_unsupported(const std::string & file, const std::string & msg) {
     throw Error(ErrorCode::UnsupportedModel, file + ": " + msg, file);
+}
+
+// A number as messages show it: shortest of %g ("0.002", "120", "1e+09").
+inline std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
 }
 
 }  // namespace sd

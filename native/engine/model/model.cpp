@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 
 #include "runtime/backend.h"
@@ -57,12 +56,6 @@ bool mmap_disabled() {
     return v && std::string(v) == "0";
 }
 
-std::string float_text(float v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", double(v));
-    return buf;
-}
-
 // The noise levels the model was trained with (diffusion/schedule.h). EDM v-prediction: the range
 // CosXL stores as edm_vpred.sigma_min / sigma_max (the reference's 0.002 and 120 when absent).
 // Otherwise the checkpoint's own alphas_cumprod buffer when it holds a usable table, as
@@ -77,16 +70,18 @@ NoiseSchedule noise_schedule(const ModelFile & file, ModelInfo & info) {
             if (!r) continue;
             const std::vector<float> v = r->numel() == 1 ? read_f32(*r) : std::vector<float>{};
             if (v.size() == 1 && std::isfinite(v[0]) && v[0] > 0) range[i] = v[0];
-            else warn(std::string(names[i]) + " is not one positive number; using " + float_text(range[i]));
+            else warn(std::string(names[i]) + " is not one positive number; using " + number_text(range[i]));
         }
         if (!(range[0] < range[1])) {
-            warn("edm_vpred.sigma_min is not below sigma_max; using 0.002 and 120");
+            warn("edm_vpred.sigma_min is not below sigma_max; using " + number_text(NoiseSchedule::kEdmSigmaMin) + " and " +
+                 number_text(NoiseSchedule::kEdmSigmaMax));
             range[0] = NoiseSchedule::kEdmSigmaMin;
             range[1] = NoiseSchedule::kEdmSigmaMax;
         }
         if (range[0] != NoiseSchedule::kEdmSigmaMin || range[1] != NoiseSchedule::kEdmSigmaMax) {
-            warn("EDM sigma range " + float_text(range[0]) + " to " + float_text(range[1]) +
-                 " from the file (stable-diffusion.cpp always uses 0.002 to 120)");
+            warn("EDM sigma range " + number_text(range[0]) + " to " + number_text(range[1]) +
+                 " from the file (stable-diffusion.cpp always uses " + number_text(NoiseSchedule::kEdmSigmaMin) + " to " +
+                 number_text(NoiseSchedule::kEdmSigmaMax) + ")");
         }
         return NoiseSchedule::edm(range[0], range[1]);
     }

@@ -49,12 +49,6 @@ int int_in(const char * name, std::optional<int> v, int fallback, int min, int m
     return x;
 }
 
-std::string number_text(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v);
-    return buf;
-}
-
 float number_in(const char * name, std::optional<double> v, double fallback, double min, double max) {
     const double x = v.value_or(fallback);
     if (!std::isfinite(x) || x < min || x > max) {
